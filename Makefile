@@ -1,0 +1,43 @@
+# linreg set-up and everyday commands. Everything lives in .venv; nothing is installed globally.
+#   make demo   set up, make a small data set, train on it, show the artifacts
+#   make test   set up, then run the test suite (this is what CI runs)
+PY      ?= python3
+VENV    ?= .venv
+RUNTIME ?= .venv-runtime
+BIN      = $(VENV)/bin
+# torch: the CPU build of 2.13.0. On machines whose pip would pick a multi-GB CUDA build, point
+# TORCH_INDEX_URL at PyTorch's CPU wheel index (or its CUDA index for a GPU build); see README.
+TORCH_SPEC      ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
+
+.PHONY: setup setup-runtime demo test test-runtime lint bench clean
+
+setup: $(VENV)/.done
+$(VENV)/.done: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[train,plot,http,test]"
+	touch $@
+
+# The runtime alone (no torch at all), to prove serve/ needs none of it.
+setup-runtime: $(RUNTIME)/.done
+$(RUNTIME)/.done: pyproject.toml
+	$(PY) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install -q -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/linreg-synth data/example.csv --samples 1000 --features 3 --seed 0 --force
+	$(BIN)/linreg-train data/example.csv --standardize --val-fraction 0.2 --log-every 250 --force
+
+test: setup setup-runtime
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+	$(RUNTIME)/bin/python -m pytest -q tests/serve -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) $(RUNTIME) build *.egg-info

@@ -1,0 +1,24 @@
+"""Typed exceptions shared by the runtime and the trainer.
+
+Library code raises these; only the CLIs turn them into one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+
+class LinregError(Exception):
+    """Base class of every error a user can cause (bad file, bad flag, bad model)."""
+
+    exit_code = 1
+
+
+class DataError(LinregError):
+    """A data file or an in-memory input is unusable: missing, malformed, non-numeric, NaN..."""
+
+
+class ModelError(LinregError):
+    """A model folder or file is missing, corrupt, or does not match its manifest."""
+
+
+class OutputExistsError(LinregError):
+    """Refusing to overwrite an existing output without --force."""

@@ -1,0 +1,131 @@
+"""Console scripts of the training side: ``linreg-train``, ``linreg-synth``, ``linreg-export``.
+
+    linreg-synth data/synth.csv --samples 10000 --features 8 --targets 2
+    linreg-train data/synth.csv --target y0 --target y1 --standardize --val-fraction 0.2
+    linreg-train tutorial.csv --epochs 2000 --lr 0.01 --init zeros      # the tutorial, exactly
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from serve._cli import CONTEXT, OneLineErrors
+from trainer.fit import TrainConfig
+
+
+def _names(values: tuple[str, ...]) -> list[str]:
+    """Repeatable and comma-separated: ``--target a --target b`` or ``--target a,b``."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+@click.command("linreg-train", cls=OneLineErrors, context_settings=CONTEXT)
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--target", "targets", multiple=True, help="Target column (repeatable). "
+              "Default: the last column.")
+@click.option("--features", "features", multiple=True, help="Feature columns, comma-separated. "
+              "Default: every other column.")
+@click.option("--val-fraction", type=float, default=0.0, show_default=True,
+              help="Hold out this fraction of rows (seeded) for validation metrics.")
+@click.option("--epochs", type=int, default=1000, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=float, default=0.0, show_default=True)
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="0: full batch (the tutorials); N: shuffled mini-batches of N rows.")
+@click.option("--init", type=click.Choice(["default", "zeros"]), default="default",
+              show_default=True, help="nn.Linear's own init under --seed, or zeros.")
+@click.option("--no-bias", is_flag=True, help="Fit H(x) = Wx with no intercept.")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--standardize", is_flag=True,
+              help="Train on standardised features; saved W and b stay in raw units.")
+@click.option("--solver", type=click.Choice(["sgd", "lstsq"]), default="sgd", show_default=True)
+@click.option("--tol", type=float, default=None, help="Stop when the cost improves less than this.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+              show_default=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Artifact folder. Default: models/<data file stem>.")
+@click.option("--force", is_flag=True, help="Overwrite an existing artifact folder.")
+@click.option("--plot", is_flag=True, help="Also write theta.png, loss.png and fit.png.")
+@click.option("--log-every", type=int, default=100, show_default=True,
+              help="Print a log line every N epochs (0: never).")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def train_main(data: Path, targets, features, val_fraction, epochs, lr, momentum, weight_decay,
+               batch_size, init, no_bias, seed, standardize, solver, tol, device, dtype, out,
+               force, plot, log_every, quiet) -> None:
+    """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
+    from trainer.train import train
+
+    if log_every < 0:
+        raise click.BadParameter(f"{log_every} must be >= 0", param_hint="'--log-every'")
+    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                         batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
+                         standardize=standardize, solver=solver, tol=tol, device=device,
+                         dtype=dtype, log_every=log_every)
+    log = None if quiet or log_every == 0 else click.echo
+    bar = None
+    if not quiet and sys.stderr.isatty() and solver == "sgd" and epochs >= 1000:
+        bar = click.progressbar(length=epochs, label="training", file=sys.stderr)
+    try:
+        progress = None if bar is None else (lambda done: bar.update(done - bar.pos))
+        folder, manifest = train(data, out=out, config=config, targets=_names(targets),
+                                 features=_names(features), val_fraction=val_fraction,
+                                 force=force, plot=plot, log=log, progress=progress)
+    finally:
+        if bar is not None:
+            bar.render_finish()
+    if not quiet:
+        _summary(folder, manifest)
+
+
+def _summary(folder: Path, manifest: dict) -> None:
+    t = manifest["training"]
+    m = manifest["metrics"]
+    click.echo(f"Trained {manifest['model']['n_features']} feature(s) -> "
+               f"{manifest['model']['n_targets']} target(s) on {t['device']}: "
+               f"{t['epochs_run']} epochs ({t['stopped']}), {t['seconds']:.2f}s")
+    for i, target in enumerate(manifest["targets"]):
+        terms = [(w, f"·{f}") for f, w in zip(manifest["features"], manifest["model"]["coef_"][i])]
+        if manifest["model"]["bias"]:
+            terms.append((manifest["model"]["intercept_"][i], ""))
+        text = " ".join(f"{'-' if w < 0 else '+'} {abs(w):.6g}{name}" for w, name in terms)
+        click.echo(f"  {target} = {text.removeprefix('+ ')}")
+    val = m.get("validation")
+    click.echo(f"  train MSE {m['train']['mse_mean']:.6g}" +
+               (f", validation MSE {val['mse_mean']:.6g}" if val else ""))
+    click.echo(f"Artifacts: {folder}/ ({', '.join(manifest['artifacts'])}, model.json)")
+
+
+@click.command("linreg-synth", cls=OneLineErrors, context_settings=CONTEXT)
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--features", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--targets", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--noise", type=float, default=10.0, show_default=True,
+              help="Standard deviation of the noise added to y.")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, noise: float,
+               force: bool) -> None:
+    """Write the tutorial's synthetic data set (x ~ N(0, 5²), y = 23.4·x + N(3, 10²), generalised)
+    to OUT (.csv, .parquet, .npy or .npz), and the true coefficients to OUT.truth.json."""
+    from serve.errors import OutputExistsError
+    from trainer.synth import make_dataset, write_dataset
+
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
+    data = make_dataset(samples, features, targets, seed=seed, noise=noise)
+    write_dataset(data, out)
+    click.echo(f"Wrote {samples} rows x {features} feature(s) + {targets} target(s) to {out} "
+               f"(true coefficients in {out}.truth.json)")
+
+
+@click.command("linreg-export", cls=OneLineErrors, context_settings=CONTEXT)
+@click.argument("args", nargs=-1)
+def export_main(args) -> None:
+    """Export to TorchScript and ONNX (not built yet)."""
+    raise click.ClickException("linreg-export is not built yet (issue #3)")

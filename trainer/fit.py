@@ -1,0 +1,358 @@
+"""Fitting H(x) = Wx + b: the SGD loop of the tutorials, and exact least squares to check it.
+
+    from trainer.fit import TrainConfig, fit
+    result = fit(X, Y, TrainConfig(epochs=2000, lr=0.01, init="zeros"), log=print)
+    result.coef_, result.intercept_        # raw units, numpy float64
+
+The loop is the tutorial's (forward, ``F.mse_loss``, ``zero_grad``, ``backward``, ``step``) with
+the bookkeeping kept off the hot path: the per-epoch cost and parameters are written into a
+history tensor on the device, and the host only looks at it (a GPU sync) at check points.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from serve.errors import LinregError
+from trainer.model import build_model
+
+MAX_HISTORY_PARAMS = 256  # above this, history.csv keeps the cost alone
+
+
+class TrainingError(LinregError):
+    """The fit cannot run or cannot finish (bad settings, no CUDA, divergence)."""
+
+
+class DivergenceError(TrainingError):
+    """The cost became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one fit, plain values only (saved as-is in the manifest)."""
+
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 0  # 0: full batch, as the tutorials
+    init: str = "default"  # "default" (nn.Linear's, under the seed) or "zeros"
+    bias: bool = True
+    seed: int = 1
+    standardize: bool = False
+    solver: str = "sgd"  # or "lstsq"
+    tol: float | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    log_every: int = 100
+
+    def validate(self) -> None:
+        """Reject settings that cannot train, naming the flag and the fix."""
+        if self.solver not in ("sgd", "lstsq"):
+            raise TrainingError(f"--solver {self.solver!r}: use sgd or lstsq")
+        if self.init not in ("default", "zeros"):
+            raise TrainingError(f"--init {self.init!r}: use default or zeros")
+        if self.dtype not in ("float32", "float64"):
+            raise TrainingError(f"--dtype {self.dtype!r}: use float32 or float64")
+        if self.solver == "sgd":
+            if self.epochs < 1:
+                raise TrainingError(f"--epochs {self.epochs}: must be at least 1")
+            if not (self.lr > 0 and math.isfinite(self.lr)):
+                raise TrainingError(f"--lr {self.lr:g}: the learning rate must be a positive "
+                                    "number, e.g. 0.01")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise TrainingError("--momentum and --weight-decay must be >= 0")
+        if self.batch_size < 0:
+            raise TrainingError(f"--batch-size {self.batch_size}: use 0 for full batch or a "
+                                "positive number of rows")
+        if self.tol is not None and self.tol < 0:
+            raise TrainingError(f"--tol {self.tol:g}: must be >= 0")
+
+
+@dataclass
+class FitResult:
+    """What a fit learned, in raw feature units, and how it got there."""
+
+    coef_: np.ndarray  # (n_targets, n_features)
+    intercept_: np.ndarray  # (n_targets,), zeros without bias
+    state_dict: dict[str, torch.Tensor]  # on the CPU, in the model's dtype
+    history: np.ndarray  # (epochs_run, 1 + n_params): cost, then W row-major, then b
+    history_columns: list[str]
+    epochs_run: int
+    stopped: str  # "epochs", "tol" or "exact"
+    device: str
+    mean_: np.ndarray | None = None  # standardisation used in training, folded into coef_
+    scale_: np.ndarray | None = None
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` takes CUDA when present; ``cuda`` without CUDA is an error that says so."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        build = "this torch has no CUDA support" if torch.version.cuda is None \
+            else "no CUDA device is visible"
+        raise TrainingError(f"--device {name}: {build}; use --device cpu or --device auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise TrainingError(f"--device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
+        log: Callable[[str], None] | None = None,
+        progress: Callable[[int], None] | None = None) -> FitResult:
+    """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says."""
+    config.validate()
+    n_rows, n_features = X.shape
+    n_params = n_features + int(config.bias)
+    if n_rows < n_params:
+        raise TrainingError(f"{n_rows} training rows but the model has {n_params} parameters "
+                            f"per target; need at least {n_params} rows (or fewer features)")
+    start = time.perf_counter()
+    mean, scale = _standardization(X, config)
+    if config.solver == "lstsq":
+        result = _fit_lstsq(X, Y, config)
+    else:
+        result = _fit_sgd(X, Y, config, mean, scale, log, progress)
+    result.seconds = time.perf_counter() - start
+    result.config = asdict(config)
+    return result
+
+
+def _standardization(X: np.ndarray, config: TrainConfig) -> tuple[np.ndarray | None, ...]:
+    """Mean and scale per feature; without a bias only scale (centring would need one)."""
+    if not config.standardize or config.solver == "lstsq":
+        return None, None
+    scale = X.std(axis=0)
+    scale[scale == 0] = 1.0  # a constant column stays as it is
+    mean = X.mean(axis=0) if config.bias else np.zeros(X.shape[1])
+    return mean, scale
+
+
+def _fold(W: np.ndarray, b: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None):
+    """W, b learned on (x - mean) / scale, re-expressed for raw x. Works on stacked rows too."""
+    if scale is None:
+        return W, b
+    W_raw = W / scale
+    return W_raw, b - W_raw @ mean
+
+
+def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
+    device = resolve_device(config.device)
+    dtype = getattr(torch, config.dtype)
+    n_rows, n_features = X.shape
+    n_targets = Y.shape[1]
+    epochs, batch_size = config.epochs, config.batch_size
+    full_batch = batch_size == 0 or batch_size >= n_rows
+
+    # 1. Seed, then build the model before any other random draw, as a plain script would.
+    torch.manual_seed(config.seed)
+    model = build_model(n_features, n_targets, bias=config.bias, init=config.init, dtype=dtype)
+    model.to(device)
+    W, b = model.linear.weight, model.linear.bias
+    Xs = X if scale is None else (X - mean) / scale
+    x_all = torch.as_tensor(Xs, dtype=dtype, device=device)
+    y_all = torch.as_tensor(Y, dtype=dtype, device=device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+
+    # 2. History lives where the model does; the host reads it only at check points.
+    keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
+    tracked = [W, b] if keep_params and b is not None else [W] if keep_params else []
+    history = _History(epochs, tracked, device, dtype)
+    check_every = 1 if config.tol is not None else 10 if device.type == "cpu" else 100
+    log_every = config.log_every if log is not None else 0
+    last_checked, stopped, epoch = -1, "epochs", -1
+
+    for epoch in range(epochs):
+        if full_batch:
+            # 3. Forward pass and cost; zero the old gradients; backward; step.
+            cost = F.mse_loss(model(x_all), y_all)
+            optimizer.zero_grad()
+            cost.backward()
+            optimizer.step()
+        else:
+            cost = _minibatch_epoch(model, optimizer, x_all, y_all, batch_size)
+        # 4. Record this epoch's cost and the parameters after its step (no GPU sync).
+        history.record(epoch, cost)
+
+        # 5. At check points: divergence, tolerance, logging, progress.
+        logging_now = log_every and epoch % log_every == 0
+        if logging_now or epoch % check_every == 0 or epoch == epochs - 1:
+            costs = history.costs(last_checked + 1, epoch + 1)
+            _check_finite(costs, last_checked + 1, config.lr)
+            if config.tol is not None and epoch > 0 and \
+                    history.costs(epoch - 1, epoch)[0] - costs[-1] < config.tol:
+                stopped = "tol"
+            if logging_now:
+                log(_log_line(epoch, epochs, history.row(epoch), n_features, n_targets,
+                              config.bias, mean, scale))
+            if progress is not None:
+                progress(epoch + 1)
+            last_checked = epoch
+            if stopped == "tol":
+                break
+
+    # 6. Raw-unit results: fold the standardisation back into W and b.
+    epochs_run = epoch + 1
+    hist = history.rows(epochs_run)
+    W_s = W.detach().double().cpu().numpy()
+    b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(n_targets)
+    coef, intercept = _fold(W_s, b_s, mean, scale)
+    if keep_params:
+        hist = _fold_history(hist, n_features, n_targets, config.bias, mean, scale)
+    state = _state_dict(coef, intercept if config.bias else None, dtype)
+    coef, intercept = _saved_values(state, n_targets)
+    return FitResult(coef, intercept, state, hist,
+                     _history_columns(n_features, n_targets, config.bias, keep_params),
+                     epochs_run, stopped, str(device), mean, scale)
+
+
+class _History:
+    """Per-epoch cost and parameters. On the CPU a numpy array written through numpy views of
+    the parameters (about 1 µs an epoch); on a GPU a device tensor filled by one ``torch.cat``
+    an epoch, read by the host only when asked (that read is the sync)."""
+
+    def __init__(self, epochs: int, tracked: list[torch.Tensor], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        width = 1 + sum(t.numel() for t in tracked)
+        self.on_cpu = device.type == "cpu"
+        if self.on_cpu:
+            self.data = np.empty((epochs, width), dtype=str(dtype).removeprefix("torch."))
+            self.views = [t.detach().numpy().reshape(-1) for t in tracked]  # share memory
+            self.slices = []
+            at = 1
+            for v in self.views:
+                self.slices.append(slice(at, at + v.size))
+                at += v.size
+        else:
+            self.data = torch.empty((epochs, width), dtype=dtype, device=device)
+            self.flat = [t.view(-1) for t in tracked]
+
+    def record(self, epoch: int, cost: torch.Tensor) -> None:
+        if self.on_cpu:
+            row = self.data[epoch]
+            row[0] = cost.item()
+            for sl, v in zip(self.slices, self.views):
+                row[sl] = v
+        else:
+            with torch.no_grad():
+                torch.cat([cost.detach().view(1), *self.flat], out=self.data[epoch])
+
+    def costs(self, start: int, stop: int) -> np.ndarray:
+        c = self.data[start:stop, 0]
+        return c if self.on_cpu else c.cpu().numpy()
+
+    def row(self, epoch: int) -> np.ndarray:
+        r = self.data[epoch]
+        return r if self.on_cpu else r.cpu().numpy()
+
+    def rows(self, n: int) -> np.ndarray:
+        r = self.data[:n]
+        return r.astype(np.float64) if self.on_cpu else r.double().cpu().numpy()
+
+
+def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size) -> torch.Tensor:
+    """One epoch over shuffled mini-batches (torch's global RNG, so the seed decides the order).
+
+    Returns the epoch's cost: the row-weighted mean of its batches' costs, kept on the device.
+    """
+    n_rows = x_all.shape[0]
+    order = torch.randperm(n_rows).to(x_all.device)
+    total = torch.zeros((), dtype=x_all.dtype, device=x_all.device)
+    for start in range(0, n_rows, batch_size):
+        idx = order[start:start + batch_size]
+        cost = F.mse_loss(model(x_all[idx]), y_all[idx])
+        optimizer.zero_grad()
+        cost.backward()
+        optimizer.step()
+        total += cost.detach() * idx.numel()
+    return total / n_rows
+
+
+def _check_finite(costs: np.ndarray, first_epoch: int, lr: float) -> None:
+    bad = np.flatnonzero(~np.isfinite(costs))
+    if bad.size:
+        epoch = first_epoch + int(bad[0])
+        raise DivergenceError(
+            f"training diverged at epoch {epoch}: the cost became {costs[bad[0]]} with --lr "
+            f"{lr:g}; try a smaller --lr (e.g. {lr / 10:g}) or --standardize")
+
+
+def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> FitResult:
+    """The exact least-squares answer (numpy, float64), for checking SGD or using directly."""
+    A = np.hstack([X, np.ones((X.shape[0], 1))]) if config.bias else X
+    sol, *_ = np.linalg.lstsq(A, Y, rcond=None)
+    coef = sol[: X.shape[1]].T.copy()
+    intercept = sol[X.shape[1]].copy() if config.bias else np.zeros(Y.shape[1])
+    cost = float(np.mean((A @ sol - Y) ** 2))
+    state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
+    coef, intercept = _saved_values(state, Y.shape[1])
+    return FitResult(coef, intercept, state, np.array([[cost]]), ["cost"], 0, "exact", "cpu")
+
+
+def _saved_values(state: dict[str, torch.Tensor], n_targets: int) -> tuple[np.ndarray, np.ndarray]:
+    """coef_ and intercept_ exactly as saved (in the model's dtype), as float64 numpy."""
+    coef = state["linear.weight"].double().numpy()
+    bias = state.get("linear.bias")
+    return coef, bias.double().numpy() if bias is not None else np.zeros(n_targets)
+
+
+def _state_dict(coef: np.ndarray, intercept: np.ndarray | None, dtype: torch.dtype):
+    state = {"linear.weight": torch.tensor(coef, dtype=dtype)}
+    if intercept is not None:
+        state["linear.bias"] = torch.tensor(intercept, dtype=dtype)
+    return state
+
+
+def _fold_history(hist, n_features, n_targets, bias, mean, scale) -> np.ndarray:
+    if scale is None:
+        return hist
+    n_w = n_features * n_targets
+    W = hist[:, 1:1 + n_w].reshape(-1, n_targets, n_features)
+    b = hist[:, 1 + n_w:] if bias else np.zeros((len(hist), n_targets))
+    W_raw = W / scale
+    b_raw = b - W_raw @ mean if bias else b
+    parts = [hist[:, :1], W_raw.reshape(len(hist), -1)] + ([b_raw] if bias else [])
+    return np.hstack(parts)
+
+
+def _history_columns(n_features, n_targets, bias, keep_params) -> list[str]:
+    if not keep_params:
+        return ["cost"]
+    if n_features == 1 and n_targets == 1:
+        return ["cost", "W"] + (["b"] if bias else [])
+    cols = [f"W[{t},{f}]" for t in range(n_targets) for f in range(n_features)]
+    return ["cost", *cols, *([f"b[{t}]" for t in range(n_targets)] if bias else [])]
+
+
+def _log_line(epoch, epochs, row, n_features, n_targets, bias, mean, scale) -> str:
+    """The tutorial's line for one feature and target; the same shape with vectors otherwise."""
+    cost = float(row[0])
+    params = row[1:].astype(np.float64)
+    if params.size == 0:
+        return f"Epoch {epoch:4d}/{epochs} Cost: {cost:.6f}"
+    n_w = n_features * n_targets
+    W = params[:n_w].reshape(n_targets, n_features)
+    b = params[n_w:] if bias else np.zeros(n_targets)
+    W, b = _fold(W, b, mean, scale)
+    if n_features == 1 and n_targets == 1:
+        b_text = f", b: {b[0]:.3f}" if bias else ""
+        return f"Epoch {epoch:4d}/{epochs} W: {W[0, 0]:.3f}{b_text} Cost: {cost:.6f}"
+    w_text = _vec(W[0]) if n_targets == 1 else "[" + ", ".join(_vec(r) for r in W) + "]"
+    b_text = (f", b: {b[0]:.3f}" if n_targets == 1 else f", b: {_vec(b)}") if bias else ""
+    return f"Epoch {epoch:4d}/{epochs} W: {w_text}{b_text} Cost: {cost:.6f}"
+
+
+def _vec(v: np.ndarray, limit: int = 6) -> str:
+    items = [f"{x:.3f}" for x in v[:limit]] + (["..."] if len(v) > limit else [])
+    return "[" + ", ".join(items) + "]"

@@ -1,0 +1,113 @@
+"""One training run, end to end: data file in, artifact folder out.
+
+    linreg-train data.csv --target y --epochs 2000 --lr 0.01 --init zeros
+
+Steps: load and split the data, fit, measure, then write ``model.pt`` (state_dict only),
+``history.csv``, optional plots and ``model.json`` into a temporary folder that is renamed into
+place only when everything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import torch
+
+from serve.atomic import atomic_dir
+from serve.manifest import SCHEMA_VERSION, record_artifact, sha256_file, write_manifest
+from trainer.data import TrainingData, load_training_data, split_rows
+from trainer.fit import FitResult, TrainConfig, fit
+
+LINREG_VERSION = "0.1.0"
+
+
+def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
+          targets: Sequence[str] = (), features: Sequence[str] = (), val_fraction: float = 0.0,
+          force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
+          progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
+    out = Path(out) if out is not None else Path("models") / Path(data_path).stem
+    config.validate()
+    if out.exists() and not force:  # fail before the (possibly long) fit, not after it
+        from serve.errors import OutputExistsError
+        raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
+    data = load_training_data(data_path, targets=targets, features=features)
+    train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
+    X, Y = data.X[train_idx], data.Y[train_idx]
+    result = fit(X, Y, config, log=log, progress=progress)
+
+    with atomic_dir(out, force=force) as tmp:
+        torch.save(result.state_dict, tmp / "model.pt")
+        _write_history(tmp / "history.csv", result)
+        manifest = _manifest(data, result, config, train_idx, val_idx, out.name)
+        for name in ("model.pt", "history.csv"):
+            record_artifact(manifest, tmp, name)
+        if plot:
+            from trainer.plots import write_plots
+            for name in write_plots(tmp, result.history, result.history_columns, X, Y,
+                                    result.coef_, result.intercept_, data.feature_names,
+                                    data.target_names):
+                record_artifact(manifest, tmp, name)
+        write_manifest(tmp, manifest)
+    return out, manifest
+
+
+def regression_metrics(X: np.ndarray, Y: np.ndarray, coef: np.ndarray,
+                       intercept: np.ndarray) -> dict[str, Any]:
+    """MSE and R² per target (float64), and their means over targets."""
+    resid = Y - (X @ coef.T + intercept)
+    mse = np.mean(resid**2, axis=0)
+    var = np.var(Y, axis=0)
+    r2 = np.where(var > 0, 1.0 - mse / np.where(var > 0, var, 1.0), np.nan)
+    return {"rows": int(len(X)), "mse": mse.tolist(), "r2": [None if np.isnan(v) else float(v)
+                                                             for v in r2],
+            "mse_mean": float(mse.mean())}
+
+
+def _write_history(path: Path, result: FitResult) -> None:
+    cols = {"epoch": pa.array(np.arange(len(result.history)), pa.int64())}
+    for j, name in enumerate(result.history_columns):
+        cols[name] = pa.array(result.history[:, j])
+    pacsv.write_csv(pa.table(cols), path)
+
+
+def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
+              train_idx: np.ndarray, val_idx: np.ndarray, name: str) -> dict[str, Any]:
+    metrics = {"train": regression_metrics(data.X[train_idx], data.Y[train_idx], result.coef_,
+                                           result.intercept_)}
+    if len(val_idx):
+        metrics["validation"] = regression_metrics(data.X[val_idx], data.Y[val_idx],
+                                                   result.coef_, result.intercept_)
+    std = None
+    if result.scale_ is not None:
+        std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
+               "folded_into_weights": True}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "linreg_version": LINREG_VERSION,
+        "model": {"type": "linear", "n_features": len(data.feature_names),
+                  "n_targets": len(data.target_names), "bias": config.bias,
+                  "dtype": config.dtype, "coef_": result.coef_.tolist(),
+                  "intercept_": result.intercept_.tolist()},
+        "features": data.feature_names,
+        "targets": data.target_names,
+        "normalization": std,
+        "data": {"path": str(data.path), "sha256": sha256_file(data.path), "rows": data.n_rows,
+                 "train_rows": int(len(train_idx)), "validation_rows": int(len(val_idx)),
+                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None},
+        "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
+                     "stopped": result.stopped, "seconds": round(result.seconds, 4),
+                     "torch_version": torch.__version__},
+        "metrics": metrics,
+        "history": "history.csv",
+        "artifacts": {},
+        "exports": {},
+    }
