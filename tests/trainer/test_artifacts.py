@@ -89,7 +89,8 @@ def test_synth_command_writes_data_and_truth(tmp_path):
     assert truth["coef"][0][0] == 23.4 and len(truth["coef"]) == 2
     res = run_script("linreg-synth", out)
     assert res.returncode == 1
-    assert res.stderr.decode() == f"linreg-synth: error: {out}: already exists; pass --force to overwrite it\n"
+    assert res.stderr.decode() == (f"linreg-synth: error: {out}: already exists; pass --force to "
+                                   "overwrite it\n")
     res = run_script("linreg-train", out, "--target", "y0", "--target", "y1", "--solver", "lstsq",
                      "--out", tmp_path / "m")
     assert res.returncode == 0, res.stderr
