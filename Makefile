@@ -30,6 +30,9 @@ $(RUNTIME)/.done: pyproject.toml
 demo: setup
 	$(BIN)/linreg-synth data/example.csv --samples 1000 --features 3 --seed 0 --force
 	$(BIN)/linreg-train data/example.csv --standardize --val-fraction 0.2 --log-every 250 --force
+	$(BIN)/linreg-export models/example --force
+	$(BIN)/linreg-predict models/example data/example.csv -o data/example-predictions.csv --force
+	@head -4 data/example-predictions.csv
 
 test: setup setup-runtime
 	$(BIN)/ruff check .
@@ -38,6 +41,7 @@ test: setup setup-runtime
 
 bench: setup
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/predict.py
 
 clean:
 	rm -rf $(VENV) $(RUNTIME) build *.egg-info

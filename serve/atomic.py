@@ -12,6 +12,12 @@ from pathlib import Path
 from serve.errors import OutputExistsError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(final: str | Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final``, on error it vanishes."""
@@ -20,6 +26,7 @@ def atomic_dir(final: str | Path, *, force: bool = False) -> Iterator[Path]:
         raise OutputExistsError(f"{final}: already exists; pass --force to overwrite it")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield tmp
         if final.exists():
@@ -41,6 +48,7 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
     fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent or ".")
     os.close(fd)
     tmp = Path(name)
+    tmp.chmod(0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
     try:
         yield tmp
         os.replace(tmp, final)

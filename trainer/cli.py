@@ -125,7 +125,25 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 
 
 @click.command("linreg-export", cls=OneLineErrors, context_settings=CONTEXT)
-@click.argument("args", nargs=-1)
-def export_main(args) -> None:
-    """Export to TorchScript and ONNX (not built yet)."""
-    raise click.ClickException("linreg-export is not built yet (issue #3)")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "formats", multiple=True,
+              type=click.Choice(["onnx", "torchscript", "pt2"]),
+              help="Repeatable. Default: onnx and torchscript.")
+@click.option("--opset", type=click.IntRange(min=13), default=18, show_default=True,
+              help="ONNX opset version.")
+@click.option("--force", is_flag=True, help="Overwrite existing exported files.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def export_main(model_dir: Path, formats: tuple[str, ...], opset: int, force: bool,
+                quiet: bool) -> None:
+    """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
+    from trainer.export import export
+
+    formats = tuple(dict.fromkeys(formats)) or ("onnx", "torchscript")
+    manifest = export(model_dir, formats=formats, opset=opset, force=force)
+    if not quiet:
+        for fmt in formats:
+            info = manifest["exports"][fmt]
+            p = info["parity"]
+            click.echo(f"{model_dir / info['file']}: {fmt}, max abs error {p['max_abs_error']:.3g} "
+                       f"over {sum(p['rows_checked']):,} rows (tolerance {p['tolerance']:g} "
+                       "relative)")

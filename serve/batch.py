@@ -1,0 +1,342 @@
+"""Batch prediction from files, streamed in chunks so memory stays flat whatever the size.
+
+    linreg-predict models/example data.csv -o predictions.parquet --keep id
+
+Readers yield ``(rows, kept, first_row)`` chunks: ``rows`` a float matrix in the model's feature
+order, ``kept`` the pass-through columns, ``first_row`` the 0-based data row of the chunk's start.
+Writers take the predictions chunk by chunk. The output goes to a temporary file that replaces
+the output path only when every row has been predicted (a bad row leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from serve.atomic import atomic_file
+from serve.errors import DataError, OutputExistsError
+from serve.predictor import Predictor
+from serve.tables import SUFFIXES, csv_header, file_format, to_matrix
+
+INPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
+OUTPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
+Chunk = tuple[np.ndarray, dict[str, pa.Array], int]
+
+
+def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
+                 input_format: str | None = None, output_format: str | None = None,
+                 batch_rows: int = 65536, keep: Sequence[str] = (), force: bool = False,
+                 progress: Callable[[int], None] | None = None) -> int:
+    """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count."""
+    if batch_rows < 1:
+        raise DataError(f"--batch-rows {batch_rows}: must be at least 1")
+    in_fmt = input_format or ("csv" if str(source) == "-" else
+                              file_format(source, allowed=INPUT_FORMATS))
+    out_fmt = output_format or ("csv" if str(output) == "-" else
+                                file_format(output, allowed=OUTPUT_FORMATS))
+    keep = list(keep)
+    if clash := sorted(set(keep) & set(predictor.target_names)):
+        raise DataError(f"--keep {clash[0]}: the output already has a target column of that name")
+    if out_fmt == "npy" and keep:
+        raise DataError("--keep needs a CSV, Parquet or JSON-lines output; .npy holds numbers only")
+    if str(source) != "-":
+        if not Path(source).is_file():
+            raise DataError(f"{source}: no such file")
+        if Path(source).stat().st_size == 0:
+            raise DataError(f"{source}: file is empty")
+    if str(output) != "-" and Path(output).exists() and not force:
+        raise OutputExistsError(f"{output}: already exists; pass --force to overwrite it")
+
+    chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
+    if str(output) == "-":
+        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress)
+    with atomic_file(output) as tmp, open(tmp, "wb") as sink:
+        return _run(predictor, chunks, sink, out_fmt, keep, progress)
+
+
+def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
+         keep: list[str], progress) -> int:
+    writer = _WRITERS[out_fmt](sink, predictor, keep)
+    done = 0
+    for rows, kept, first in chunks:
+        try:  # readers have checked the values; this catches what only the model knows
+            pred = predictor.predict(rows)
+        except DataError as e:
+            raise DataError(f"rows {first + 1}-{first + len(rows)}: {e}") from None
+        writer.write(pred, kept)
+        done += len(rows)
+        if progress is not None:
+            progress(done)
+    writer.close()
+    return done
+
+
+# ---------------------------------------------------------------------------------- readers
+
+def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) -> Iterator[Chunk]:
+    features = predictor.feature_names
+    name = "<stdin>" if str(source) == "-" else str(source)
+    if str(source) != "-":
+        header = csv_header(Path(source))
+        _check_header(name, header, features, keep)
+        block = _csv_block_size(Path(source), batch_rows)
+    else:
+        header, block = None, 1 << 22
+    types = {f: pa.float64() for f in features}
+    columns = list(dict.fromkeys(features + keep))  # a kept feature is read once
+    convert = pacsv.ConvertOptions(column_types=types, include_columns=columns,
+                                   null_values=[""], strings_can_be_null=True)
+    stream = sys.stdin.buffer if str(source) == "-" else source
+    first, reader = 0, None
+    while True:
+        try:  # pyarrow reports a bad cell without its row: find it ourselves (error path only)
+            if reader is None:
+                reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block),
+                                        convert_options=convert)
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as e:
+            if header is not None:
+                _locate_csv_error(Path(source), header, features, first)
+            raise DataError(f"{name}: after row {first}: {_arrow_message(e)}") from None
+        rows = to_matrix(batch, features, source=name, dtype=predictor.dtype, row_offset=first)
+        yield rows, {k: batch.column(k) for k in keep}, first
+        first += batch.num_rows
+
+
+def _csv_block_size(path: Path, batch_rows: int) -> int:
+    """Bytes per block so that a block holds about ``batch_rows`` rows."""
+    with open(path, "rb") as f:
+        sample = f.read(1 << 16)
+    per_row = max(1, len(sample) // max(1, sample.count(b"\n")))
+    return int(min(max(batch_rows * per_row, 1 << 16), 1 << 28))
+
+
+def _locate_csv_error(path: Path, header: list[str], features: list[str], first: int) -> None:
+    """Find and raise the first bad feature cell at or after data row ``first`` (error path)."""
+    cols = [header.index(f) for f in features]
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader)
+        for r, row in enumerate(reader, start=1):
+            if r <= first:
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}: row {r} has {len(row)} fields but the header has "
+                                f"{len(header)}")
+            for c, name in zip(cols, features):
+                try:
+                    float(row[c])
+                except ValueError:
+                    what = "missing value" if not row[c].strip() else f"'{row[c]}' is not a number"
+                    raise DataError(f"{path}: row {r}, column {name!r}: {what}") from None
+
+
+def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
+    try:
+        pf = pq.ParquetFile(source)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{source}: not a readable Parquet file ({_arrow_message(e)})") from None
+    _check_header(str(source), pf.schema_arrow.names, predictor.feature_names, keep)
+    first = 0
+    columns = list(dict.fromkeys(predictor.feature_names + keep))
+    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+        rows = to_matrix(batch, predictor.feature_names, source=source, dtype=predictor.dtype,
+                         row_offset=first)
+        yield rows, {k: batch.column(k) for k in keep}, first
+        first += batch.num_rows
+
+
+def _npy_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
+    if keep:
+        raise DataError(f"{source}: --keep needs named columns; .npy input has none")
+    data = np.load(source if str(source) != "-" else io.BytesIO(sys.stdin.buffer.read()),
+                   mmap_mode="r" if str(source) != "-" else None, allow_pickle=False)
+    if data.ndim == 1 and predictor.n_features == 1:
+        data = data.reshape(-1, 1)
+    if data.ndim != 2 or data.shape[1] != predictor.n_features:
+        raise DataError(f"{source}: array of shape {data.shape}; the model needs "
+                        f"(rows, {predictor.n_features}) in feature order "
+                        f"{', '.join(predictor.feature_names)}")
+    if data.dtype.kind not in "fiub":
+        raise DataError(f"{source}: array dtype {data.dtype} is not numeric")
+    for first in range(0, data.shape[0], batch_rows):
+        rows = np.ascontiguousarray(data[first:first + batch_rows], dtype=predictor.dtype)
+        if not np.isfinite(rows).all():
+            r, c = np.argwhere(~np.isfinite(rows))[0]
+            raise DataError(f"{source}: row {first + r + 1}, column {c}: {rows[r, c]} is not "
+                            "allowed")
+        yield rows, {}, first
+
+
+def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
+    """One JSON object per line (keys are feature names) or one array of features per line."""
+    name = "<stdin>" if str(source) == "-" else str(source)
+    features = predictor.feature_names
+    stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")
+    try:
+        rows, kept, first, line_no = [], {k: [] for k in keep}, 0, 0
+        for line_no, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{name}: line {line_no}: not valid JSON ({e.msg})") from None
+            if isinstance(rec, dict):
+                missing = [f for f in features + keep if f not in rec]
+                if missing:
+                    raise DataError(f"{name}: line {line_no}: missing {', '.join(missing)}")
+                values = [rec[f] for f in features]
+                for k in keep:
+                    kept[k].append(rec[k])
+            elif isinstance(rec, list) and not keep:
+                values = rec
+            else:
+                raise DataError(f"{name}: line {line_no}: expected an object keyed by feature "
+                                "name" + ("" if keep else " or an array of features"))
+            if len(values) != len(features) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                bad = next((f"{v!r}" for v in values if not isinstance(v, (int, float))
+                            or isinstance(v, bool)), None)
+                raise DataError(f"{name}: line {line_no}: " + (
+                    f"{bad} is not a number" if bad else
+                    f"{len(values)} values, the model needs {len(features)}"))
+            rows.append(values)
+            if len(rows) == batch_rows:
+                yield _jsonl_chunk(rows, kept, first, predictor, name)
+                first += len(rows)
+                rows, kept = [], {k: [] for k in keep}
+        if rows:
+            yield _jsonl_chunk(rows, kept, first, predictor, name)
+        elif first == 0:
+            raise DataError(f"{name}: no rows")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
+    arr = np.asarray(rows, dtype=predictor.dtype)
+    if not np.isfinite(arr).all():
+        r, c = np.argwhere(~np.isfinite(arr))[0]
+        raise DataError(f"{name}: row {first + r + 1}, column {predictor.feature_names[c]!r}: "
+                        "not a finite number")
+    return arr, {k: pa.array(v) for k, v in kept.items()}, first
+
+
+def _check_header(name: str, columns: Sequence[str], features: list[str], keep: list[str]) -> None:
+    missing = [f for f in features if f not in columns]
+    if missing:
+        raise DataError(f"{name}: missing feature column(s) {', '.join(missing)}; the model "
+                        f"needs {', '.join(features)}")
+    if unknown := [k for k in keep if k not in columns]:
+        raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
+                        f"{', '.join(columns)}")
+
+
+def _arrow_message(e: Exception) -> str:
+    return str(e).splitlines()[0]
+
+
+_READERS = {"csv": _csv_chunks, "parquet": _parquet_chunks, "npy": _npy_chunks,
+            "jsonl": _jsonl_chunks}
+
+
+# ---------------------------------------------------------------------------------- writers
+
+class _ArrowWriter:
+    """CSV or Parquet, one record batch per chunk: kept columns first, then the targets."""
+
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str], fmt: str) -> None:
+        self.sink, self.targets, self.keep, self.fmt = sink, predictor.target_names, keep, fmt
+        self.writer = None
+
+    def write(self, pred: np.ndarray, kept: dict[str, pa.Array]) -> None:
+        cols = [kept[k] for k in self.keep] + [pa.array(pred[:, j]) for j in
+                                               range(pred.shape[1])]
+        batch = pa.RecordBatch.from_arrays(cols, names=self.keep + self.targets)
+        if self.writer is None:
+            self.writer = (pacsv.CSVWriter(self.sink, batch.schema) if self.fmt == "csv"
+                           else pq.ParquetWriter(self.sink, batch.schema))
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _NpyWriter:
+    """An .npy of predictions; the header is rewritten with the final row count at the end."""
+
+    HEADER = 128
+
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str]) -> None:
+        self.sink, self.n_targets, self.dtype, self.rows = sink, predictor.n_targets, \
+            predictor.dtype, 0
+        self.seekable = sink.seekable()
+        self.buffered: list[np.ndarray] = []
+        if self.seekable:
+            sink.write(self._header(0))
+
+    def _header(self, rows: int) -> bytes:
+        d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+             "shape": (rows, self.n_targets)}
+        text = repr(d).encode("latin1")
+        pad = self.HEADER - 10 - len(text) - 1
+        return b"\x93NUMPY\x01\x00" + (self.HEADER - 10).to_bytes(2, "little") + text + \
+            b" " * pad + b"\n"
+
+    def write(self, pred: np.ndarray, kept) -> None:
+        if self.seekable:
+            self.sink.write(np.ascontiguousarray(pred).tobytes())
+        else:  # stdout: keep the (small) predictions, write once at the end
+            self.buffered.append(pred)
+        self.rows += len(pred)
+
+    def close(self) -> None:
+        if self.seekable:
+            self.sink.seek(0)
+            self.sink.write(self._header(self.rows))
+        else:
+            pred = np.concatenate(self.buffered) if self.buffered else \
+                np.empty((0, self.n_targets), self.dtype)
+            np.save(self.sink, pred)
+
+
+class _JsonlWriter:
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str]) -> None:
+        self.sink, self.targets, self.keep = sink, predictor.target_names, keep
+
+    def write(self, pred: np.ndarray, kept: dict[str, pa.Array]) -> None:
+        # float32 predictions print as their shortest float32 repr, not float64 noise.
+        values = pred.tolist() if pred.dtype != np.float32 else \
+            [[float(str(v)) for v in row] for row in pred]
+        kept_lists = {k: v.to_pylist() for k, v in kept.items()}
+        lines = []
+        for i, row in enumerate(values):
+            rec: dict[str, Any] = {k: kept_lists[k][i] for k in self.keep}
+            rec.update(zip(self.targets, row))
+            lines.append(json.dumps(rec))
+        self.sink.write(("\n".join(lines) + "\n").encode())
+
+    def close(self) -> None:
+        pass
+
+
+_WRITERS = {"csv": lambda s, p, k: _ArrowWriter(s, p, k, "csv"),
+            "parquet": lambda s, p, k: _ArrowWriter(s, p, k, "parquet"),
+            "npy": _NpyWriter, "jsonl": _JsonlWriter}
+
+__all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS", "SUFFIXES"]

@@ -1,0 +1,286 @@
+"""``Predictor``: load an exported model and predict, with onnxruntime and numpy only.
+
+    from serve import Predictor
+    p = Predictor.load("models/example")          # a folder, a .onnx or a .torchscript.pt
+    p.predict([[1.0, 2.0, 3.0]])                   # -> float32 array (1, n_targets)
+    p.predict({"x0": [1, 2], "x1": [0, 0], "x2": [5, 5]})
+
+Inputs are converted to the model's own dtype (float32 unless trained with --dtype float64) on
+purpose, at this edge: onnxruntime refuses any other input dtype.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.errors import DataError, ModelError
+from serve.manifest import MANIFEST, read_manifest
+
+SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
+
+
+class PredictionInputError(DataError, ValueError):
+    """The rows given to ``predict`` do not fit the model: wrong width, names, values."""
+
+
+class Predictor:
+    """A loaded model: ``feature_names``, ``target_names``, ``metadata`` and ``predict(X)``."""
+
+    def __init__(self, backend: _Backend, *, feature_names: list[str], target_names: list[str],
+                 metadata: dict[str, Any], dtype: np.dtype, source: str) -> None:
+        self._backend = backend
+        self.feature_names = list(feature_names)
+        self.target_names = list(target_names)
+        self.metadata = metadata
+        self.dtype = np.dtype(dtype)
+        self.source = source
+        self.n_features = len(self.feature_names)
+        self.n_targets = len(self.target_names)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, threads: int | None = None) -> Predictor:
+        """Load a model folder (its ``model.onnx``), a ``.onnx`` file or a ``.torchscript.pt``.
+
+        ``threads=None`` keeps two onnxruntime sessions: one thread, sequential, for small
+        batches (lowest one-row latency) and one per physical core for large batches; an int
+        pins a single session to that many threads.
+        """
+        path = Path(path)
+        if path.is_dir():
+            onnx_path = path / "model.onnx"
+            if not onnx_path.is_file():
+                raise ModelError(f"{path}: no model.onnx; export it first (linreg-export {path})")
+            return cls._load_onnx(onnx_path, threads)
+        if not path.exists():
+            raise ModelError(f"{path}: no such model file or folder")
+        if path.name.endswith(".torchscript.pt"):
+            return cls._load_torchscript(path)
+        if path.suffix == ".onnx":
+            return cls._load_onnx(path, threads)
+        raise ModelError(f"{path}: expected a model folder, a .onnx or a .torchscript.pt file")
+
+    @classmethod
+    def _load_onnx(cls, path: Path, threads: int | None) -> Predictor:
+        backend = _OnnxBackend(path, threads)
+        meta = backend.metadata
+        n_in, n_out = backend.width_in, backend.width_out
+        features = _json_list(meta.get("feature_names")) or [f"f{i}" for i in range(n_in)]
+        targets = _json_list(meta.get("target_names")) or [f"t{i}" for i in range(n_out)]
+        if len(features) != n_in or len(targets) != n_out:
+            raise ModelError(f"{path}: metadata names {len(features)} features and "
+                             f"{len(targets)} targets but the graph has {n_in} and {n_out}")
+        return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                   dtype=backend.dtype, source=str(path))
+
+    @classmethod
+    def _load_torchscript(cls, path: Path) -> Predictor:
+        backend = _TorchScriptBackend(path)
+        manifest_path = path.parent / MANIFEST
+        meta: dict[str, Any] = {}
+        if manifest_path.is_file():
+            manifest = read_manifest(path.parent)
+            features, targets = manifest["features"], manifest["targets"]
+            meta = {"manifest": manifest}
+        else:
+            features = [f"f{i}" for i in range(backend.width_in)]
+            targets = [f"t{i}" for i in range(backend.width_out)]
+        return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                   dtype=backend.dtype, source=str(path))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predictions ``(n_rows, n_targets)`` in the model's dtype for rows ``X``.
+
+        ``X``: a 2-D array, a 1-D array (one row), a list of rows, a dict of columns by feature
+        name, a list of dicts (records), or a pandas DataFrame (columns picked by name).
+        """
+        if type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
+                and X.shape[1] == self.n_features and X.flags.c_contiguous:
+            rows = X  # fast path: already the model's own layout
+        else:
+            rows = self.as_matrix(X)
+        if not np.isfinite(rows).all():
+            self._raise_not_finite(rows)
+        return self._backend.run(rows)
+
+    def as_matrix(self, X: Any) -> np.ndarray:
+        """``X`` as a C-ordered ``(n_rows, n_features)`` array of the model's dtype."""
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
+            self._check_columns(list(map(str, X.columns)))
+            X = X[self.feature_names].to_numpy()
+        elif isinstance(X, Mapping):
+            self._check_columns(list(X))
+            X = _columns_to_rows([X[name] for name in self.feature_names])
+        elif isinstance(X, (list, tuple)) and X and isinstance(X[0], Mapping):
+            X = self._records(X)
+        arr = self._to_array(X)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2:
+            raise PredictionInputError(f"expected rows of {self.n_features} features, got an "
+                                       f"array of shape {arr.shape}")
+        if arr.shape[1] != self.n_features:
+            raise PredictionInputError(f"expected {self.n_features} features per row "
+                                       f"({', '.join(self.feature_names)}), got {arr.shape[1]}")
+        return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def _to_array(self, X: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(X)
+        except ValueError:  # ragged lists
+            raise PredictionInputError(f"rows have different lengths; each row needs "
+                                       f"{self.n_features} features") from None
+        if arr.dtype.kind in "fiub":
+            return arr
+        if arr.dtype.kind == "c":
+            raise PredictionInputError("complex numbers are not accepted")
+        flat = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+        for (r, c), v in np.ndenumerate(flat):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: '{v}' is "
+                                           "not a number") from None
+        return flat.astype(np.float64)
+
+    def _records(self, records: Any) -> list[list[Any]]:
+        out = []
+        for r, rec in enumerate(records, start=1):
+            if not isinstance(rec, Mapping):
+                raise PredictionInputError(f"row {r}: expected an object of feature values")
+            missing = [n for n in self.feature_names if n not in rec]
+            if missing:
+                raise PredictionInputError(f"row {r}: missing feature(s) {', '.join(missing)}")
+            out.append([rec[n] for n in self.feature_names])
+        return out
+
+    def _check_columns(self, given: list[str]) -> None:
+        missing = [n for n in self.feature_names if n not in given]
+        if missing:
+            raise PredictionInputError(f"missing feature column(s) {', '.join(missing)}; the "
+                                       f"model needs {', '.join(self.feature_names)}")
+
+    def _name(self, c: int) -> str:
+        return self.feature_names[c] if c < self.n_features else str(c)
+
+    def _raise_not_finite(self, rows: np.ndarray) -> None:
+        r, c = np.argwhere(~np.isfinite(rows))[0]
+        v = rows[r, c]
+        what = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+        raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what} is not allowed")
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.source!r}, features={self.feature_names}, "
+                f"targets={self.target_names}, dtype={self.dtype})")
+
+
+def _columns_to_rows(columns: list[Any]) -> np.ndarray:
+    cols = [np.atleast_1d(np.asarray(c)) for c in columns]
+    lengths = {len(c) for c in cols}
+    if len(lengths) > 1:
+        raise PredictionInputError(f"feature columns have different lengths {sorted(lengths)}")
+    try:
+        return np.stack(cols, axis=1) if cols else np.empty((0, 0))
+    except ValueError as e:
+        raise PredictionInputError(f"feature columns cannot form rows: {e}") from None
+
+
+def _json_list(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    try:
+        names = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+class _Backend:
+    dtype: np.dtype
+    width_in: int
+    width_out: int
+
+    def run(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+class _OnnxBackend(_Backend):
+    """onnxruntime on the CPU; one or two sessions as :meth:`Predictor.load` explains."""
+
+    def __init__(self, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        self._ort, self._path, self._threads = ort, path, threads
+        try:
+            self._small = self._session(1 if threads is None else threads)
+        except Exception as e:  # onnxruntime raises its own types for a corrupt file
+            raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") \
+                from None
+        self._large = self._small if threads is not None else None
+        inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 2 \
+                or inputs[0].type not in _ORT_TYPES:
+            raise ModelError(f"{path}: not a linreg model (expected one 2-D float input and one "
+                             "output)")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.dtype = np.dtype(_ORT_TYPES[inputs[0].type])
+        self.width_in = int(inputs[0].shape[1])
+        self.width_out = int(outputs[0].shape[1])
+        self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
+        self._outputs = [self.output_name]
+        self._run_small = self._small.run
+
+    def _session(self, threads: int):
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        return ort.InferenceSession(str(self._path), sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+
+    def run(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) < SMALL_BATCH or self._threads is not None:
+            return self._run_small(self._outputs, {self.input_name: rows})[0]
+        if self._large is None:
+            self._large = self._session(0)  # 0: one thread per physical core
+        return self._large.run(self._outputs, {self.input_name: rows})[0]
+
+
+class _TorchScriptBackend(_Backend):
+    """TorchScript via torch, imported only here, so the ONNX path never loads torch."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import torch
+        except ImportError:
+            raise ModelError(f"{path}: TorchScript needs torch, which is not installed; load "
+                             "the model's .onnx instead, or pip install 'linreg[train]'") from None
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self._module = torch.jit.load(str(path), map_location="cpu")
+            except Exception as e:
+                raise ModelError(f"{path}: torch.jit.load cannot load it "
+                                 f"({str(e).splitlines()[0]})") from None
+        self._torch = torch
+        weight = dict(self._module.named_parameters()).get("linear.weight")
+        if weight is None:
+            raise ModelError(f"{path}: not a linreg TorchScript model (no linear.weight)")
+        self.width_out, self.width_in = weight.shape
+        self.dtype = np.dtype(str(weight.dtype).removeprefix("torch."))
+
+    def run(self, rows: np.ndarray) -> np.ndarray:
+        with self._torch.no_grad():
+            return self._module(self._torch.from_numpy(rows)).numpy()

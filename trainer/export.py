@@ -1,0 +1,294 @@
+"""Export a trained model folder to ONNX, TorchScript and (opt-in) torch.export's ``.pt2``.
+
+    linreg-export models/example                    # model.onnx + model.torchscript.pt
+    linreg-export models/example --format pt2 --force
+
+Every export is checked: torch eager, each exported file and onnxruntime predict the same rows
+(held-out rows when the manifest has them, else seeded synthetic rows, plus 1 row and a large
+batch), the errors go into the manifest, and the export fails above the tolerance. Files are
+written to temporaries and renamed into place only when all of them pass.
+
+Exporter choice (torch 2.13): ONNX goes through the dynamo exporter (``dynamo=True``), torch's
+default since 2.9 and the maintained path; the TorchScript-based one is deprecated and warns.
+For one ``nn.Linear`` both give a single ``Gemm``; dynamo's needs onnxscript (the ``train``
+extra). TorchScript is deprecated in 2.11+: we still produce it for those who need it, silence its
+deprecation warnings, and turn a refusal into a clear error pointing at ``--format pt2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve.errors import LinregError, ModelError
+from serve.manifest import read_manifest, record_artifact, sha256_file, write_manifest
+from serve.tables import read_table, to_matrix
+from trainer.model import LinearRegression, model_from_state_dict
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
+DEFAULT_OPSET = 18
+# Parity tolerance, relative to the largest |prediction| (and at least 1): float32 Gemm sums in
+# another order than torch's addmm, so only the last bits may differ.
+TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
+LARGE_BATCH = 100_000
+
+
+class ExportError(LinregError):
+    """An export could not be produced, or does not agree with the trained model."""
+
+
+def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
+    """The model and manifest of a folder made by linreg-train, checked against each other."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelError(f"{folder}: no such model folder")
+    manifest = read_manifest(folder)
+    pt = folder / "model.pt"
+    if not pt.is_file():
+        raise ModelError(f"{pt}: no such file; train the model first (linreg-train)")
+    try:
+        state = torch.load(pt, weights_only=True, map_location="cpu")
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise ModelError(f"{pt}: not a readable state_dict ({str(e).splitlines()[0][:120]})") \
+            from None
+    if not isinstance(state, dict) or "linear.weight" not in state:
+        raise ModelError(f"{pt}: not a linreg state_dict (expected key 'linear.weight')")
+    m = manifest.get("model", {})
+    weight = state["linear.weight"]
+    expected = (m.get("n_targets"), m.get("n_features"))
+    if tuple(weight.shape) != expected or ("linear.bias" in state) != bool(m.get("bias")) \
+            or str(weight.dtype).removeprefix("torch.") != m.get("dtype") \
+            or len(manifest.get("features", [])) != weight.shape[1] \
+            or len(manifest.get("targets", [])) != weight.shape[0]:
+        raise ModelError(f"{pt}: does not match model.json (weight {tuple(weight.shape)} "
+                         f"{weight.dtype}, bias {'linear.bias' in state}; manifest says "
+                         f"{expected[0]} target(s) x {expected[1]} feature(s), {m.get('dtype')}, "
+                         f"bias {m.get('bias')})")
+    return model_from_state_dict(state).eval(), manifest
+
+
+def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
+           opset: int = DEFAULT_OPSET, force: bool = False) -> dict[str, Any]:
+    """Write the requested formats into ``folder``, check parity, update the manifest."""
+    folder = Path(folder)
+    model, manifest = load_trained(folder)
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        if (folder / FORMATS[fmt]).exists() and not force:
+            raise ExportError(f"{folder / FORMATS[fmt]}: already exists; pass --force to overwrite it")
+    rows = parity_rows(folder, manifest)
+    with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
+        results = {}
+        for fmt in formats:
+            writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "pt2": _write_pt2}[fmt]
+            info = writer(model, manifest, tmp[FORMATS[fmt]], opset)
+            info["parity"] = _check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
+            results[fmt] = info
+        tmp.commit()  # every file passed: rename them all into place
+    for fmt, info in results.items():
+        record_artifact(manifest, folder, FORMATS[fmt])
+        manifest.setdefault("exports", {})[fmt] = {"file": FORMATS[fmt], **info}
+    write_manifest(folder, manifest)
+    return manifest
+
+
+class _Temps(dict):
+    committed = False
+
+    def commit(self) -> None:
+        for final, tmp in self.finals.items():
+            os.replace(tmp, final)
+        self.committed = True
+
+
+@contextlib.contextmanager
+def _temporaries(folder: Path, names: list[str]) -> Iterator[_Temps]:
+    temps = _Temps({n: folder / f".{n}.{os.getpid()}.tmp" for n in names})
+    temps.finals = {folder / n: p for n, p in temps.items()}
+    try:
+        yield temps
+    except OSError as e:
+        raise ModelError(f"{folder}: cannot write the export ({e.strerror or e})") from None
+    finally:
+        for p in temps.values():
+            if p.exists():
+                p.unlink()
+
+
+# ---------------------------------------------------------------------------------- writers
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Keep the exporters' deprecation warnings and log lines from our users."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo",
+                                              "torch.fx", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
+def _example(model: LinearRegression) -> torch.Tensor:
+    # Two or more rows: a batch of 0 or 1 may be specialised to a constant by torch.export.
+    w = model.linear.weight
+    return torch.zeros((3, w.shape[1]), dtype=w.dtype)
+
+
+def _dynamic_batch() -> dict[str, dict[int, Any]]:
+    return {"x": {0: torch.export.Dim("batch")}}
+
+
+def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
+    import onnx
+
+    with _quiet_torch():
+        try:
+            program = torch.onnx.export(model, (_example(model),), dynamo=True, verbose=False,
+                                        input_names=["features"], output_names=["prediction"],
+                                        dynamic_shapes=_dynamic_batch(), opset_version=opset,
+                                        external_data=False)
+        except Exception as e:
+            raise ExportError(f"ONNX export failed with torch {torch.__version__} at opset "
+                              f"{opset}: {str(e).splitlines()[0][:200]}") from None
+    proto = program.model_proto
+    for key, value in onnx_metadata(manifest).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name, proto.producer_version = "linreg", manifest.get("linreg_version", "")
+    proto.doc_string = f"linreg linear regression {manifest.get('name', '')}"
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {e}") from None
+    onnx.save_model(proto, path)  # one self-contained file: no external data
+    return {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+            "torch_version": torch.__version__, "onnx_version": onnx.__version__,
+            "input": {"name": "features", "shape": ["batch", len(manifest["features"])]},
+            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
+
+
+def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
+    """The ``metadata_props`` of model.onnx: names and key facts, as strings (ONNX's type)."""
+    m, t = manifest["model"], manifest.get("training", {})
+    return {
+        "linreg.schema_version": str(manifest["schema_version"]),
+        "feature_names": json.dumps(manifest["features"]),
+        "target_names": json.dumps(manifest["targets"]),
+        "model_name": str(manifest.get("name", "")),
+        "dtype": m["dtype"],
+        "n_features": str(m["n_features"]),
+        "n_targets": str(m["n_targets"]),
+        "bias": json.dumps(m["bias"]),
+        "normalization": "folded into the weights" if manifest.get("normalization") else "none",
+        "training": json.dumps({k: t.get(k) for k in ("solver", "epochs_run", "lr", "seed",
+                                                      "device", "torch_version")}),
+        "metrics": json.dumps({k: v.get("mse") for k, v in manifest.get("metrics", {}).items()}),
+        "created": str(manifest.get("created", "")),
+    }
+
+
+def _write_torchscript(model, manifest, path: Path, opset: int) -> dict[str, Any]:
+    with _quiet_torch():
+        try:
+            scripted = torch.jit.script(model)
+            scripted.save(str(path))
+        except Exception as e:  # a torch that has dropped or refuses TorchScript
+            raise ExportError(f"torch {torch.__version__} refuses to produce TorchScript "
+                              f"({str(e).splitlines()[0][:160]}); use --format pt2 (torch.export) "
+                              "or --format onnx instead") from None
+    return {"exporter": "torch.jit.script", "torch_version": torch.__version__}
+
+
+def _write_pt2(model, manifest, path: Path, opset: int) -> dict[str, Any]:
+    with _quiet_torch():
+        try:
+            program = torch.export.export(model, (_example(model),),
+                                          dynamic_shapes=_dynamic_batch())
+            torch.export.save(program, path)
+        except Exception as e:
+            raise ExportError(f"torch.export failed: {str(e).splitlines()[0][:200]}") from None
+    return {"exporter": "torch.export.export", "torch_version": torch.__version__}
+
+
+# ---------------------------------------------------------------------------------- parity
+
+def parity_rows(folder: Path, manifest: dict[str, Any]) -> list[np.ndarray]:
+    """Rows to compare on: held-out rows if the training file is still there and unchanged,
+    else seeded synthetic rows at the data's scale; plus 1 row and a large batch."""
+    n = manifest["model"]["n_features"]
+    dtype = np.dtype(manifest["model"]["dtype"])
+    rng = np.random.default_rng(0)
+    norm = manifest.get("normalization") or {}
+    mean = np.asarray(norm.get("mean", np.zeros(n)))
+    scale = np.asarray(norm.get("scale", np.full(n, 5.0)))
+    rows = [held_out_rows(manifest)]
+    if rows[0] is None:
+        rows[0] = mean + scale * rng.standard_normal((256, n))
+    rows.append(rows[0][:1])
+    rows.append(mean + scale * rng.standard_normal((LARGE_BATCH, n)))
+    return [np.ascontiguousarray(r, dtype=dtype) for r in rows]
+
+
+def held_out_rows(manifest: dict[str, Any]) -> np.ndarray | None:
+    data = manifest.get("data", {})
+    idx = data.get("validation_indices")
+    path = data.get("path")
+    if not idx or not path or not Path(path).is_file() or sha256_file(path) != data.get("sha256"):
+        return None
+    table = read_table(path)
+    return to_matrix(table, manifest["features"], source=path)[np.asarray(idx)]
+
+
+def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
+                  manifest: dict[str, Any]) -> dict[str, Any]:
+    predict = _loader(fmt, path)
+    worst_abs, worst_rel = 0.0, 0.0
+    for X in rows:
+        with torch.no_grad():
+            ref = model(torch.from_numpy(X)).numpy().astype(np.float64)
+        got = np.asarray(predict(X), dtype=np.float64)
+        if got.shape != ref.shape:
+            raise ExportError(f"{fmt}: predicted shape {got.shape} for {len(X)} row(s), "
+                              f"expected {ref.shape}")
+        err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
+        rel = err / max(1.0, float(np.max(np.abs(ref))))
+        worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, rel)
+    tol = TOLERANCE[manifest["model"]["dtype"]]
+    if worst_rel > tol:
+        raise ExportError(f"{fmt} export disagrees with the trained model: max relative error "
+                          f"{worst_rel:.3g} > tolerance {tol:g}")
+    return {"rows_checked": [len(r) for r in rows], "max_abs_error": worst_abs,
+            "max_rel_error": worst_rel, "tolerance": tol}
+
+
+def _loader(fmt: str, path: Path):
+    """Load an exported file the way its consumers will, returning predict(X) -> array."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda X: sess.run(["prediction"], {"features": X})[0]
+    if fmt == "torchscript":
+        with _quiet_torch():
+            loaded = torch.jit.load(str(path))
+        return lambda X: loaded(torch.from_numpy(X)).detach().numpy()
+    with _quiet_torch():
+        program = torch.export.load(path)
+    module = program.module()
+    return lambda X: module(torch.from_numpy(X)).detach().numpy()
