@@ -62,7 +62,60 @@ def _estimate_rows(path: Path) -> int:
 
 
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)
-@click.argument("args", nargs=-1)
-def serve_main(args) -> None:
-    """HTTP serving (not built yet)."""
-    raise click.ClickException("linreg-serve is not built yet (issue #4)")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind. The default is loopback only.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes.")
+@click.option("--name", default=None, help="Model name in URLs. Default: the folder's name.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=32 << 20,
+              show_default=True, help="Largest request body accepted (413 above).")
+@click.option("--max-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Most rows per request (413 above).")
+@click.option("--threads", type=click.IntRange(min=0), default=None,
+              help="onnxruntime threads per worker. Default: picked per batch size.")
+@click.option("--access-log", is_flag=True, help="Log every request.")
+def serve_main(model: Path, host: str, port: int, workers: int, name: str | None,
+               max_body_bytes: int, max_rows: int, threads: int | None,
+               access_log: bool) -> None:
+    """Serve MODEL (a model folder or a .onnx file) over HTTP until SIGTERM or Ctrl-C."""
+    import os
+    import signal
+    import socket
+
+    from serve.predictor import Predictor
+
+    try:
+        import uvicorn
+
+        from serve.server import model_name
+    except ImportError:
+        raise click.ClickException("linreg-serve needs the http extra: pip install "
+                                   "'linreg[http]'") from None
+    predictor = Predictor.load(model, threads=threads)  # fail here, clearly, not in a worker
+    name = name or model_name(model)
+    try:  # say "port in use" in one line, before uvicorn would
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    os.environ.update({"LINREG_SERVE_MODEL": str(model), "LINREG_SERVE_NAME": name,
+                       "LINREG_SERVE_MAX_BODY": str(max_body_bytes),
+                       "LINREG_SERVE_MAX_ROWS": str(max_rows)})
+    if threads is not None:
+        os.environ["LINREG_SERVE_THREADS"] = str(threads)
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"linreg-serve: warning: listening on {host}, reachable from other machines",
+                   err=True)
+    click.echo(f"linreg-serve: serving {name!r} ({predictor.n_features} features -> "
+               f"{predictor.n_targets} target(s)) on http://{host}:{port} "
+               f"(OpenAPI at /docs, metrics at /metrics)", err=True)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish), then
+    # re-raises the signal under the handlers it found: make those a clean exit, status 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(0))
+    uvicorn.run("serve.server:app_from_env", factory=True, host=host, port=port,
+                workers=workers, log_level="warning", access_log=access_log,
+                timeout_graceful_shutdown=30, server_header=False)

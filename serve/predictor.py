@@ -104,8 +104,7 @@ class Predictor:
             rows = X  # fast path: already the model's own layout
         else:
             rows = self.as_matrix(X)
-        if not np.isfinite(rows).all():
-            self._raise_not_finite(rows)
+        self.check_finite(rows)
         return self._backend.run(rows)
 
     def as_matrix(self, X: Any) -> np.ndarray:
@@ -168,7 +167,10 @@ class Predictor:
     def _name(self, c: int) -> str:
         return self.feature_names[c] if c < self.n_features else str(c)
 
-    def _raise_not_finite(self, rows: np.ndarray) -> None:
+    def check_finite(self, rows: np.ndarray) -> None:
+        """Raise a PredictionInputError naming the first NaN or infinite cell, if any."""
+        if np.isfinite(rows).all():
+            return
         r, c = np.argwhere(~np.isfinite(rows))[0]
         v = rows[r, c]
         what = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")

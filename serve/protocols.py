@@ -1,0 +1,262 @@
+"""Request and response bodies of the HTTP protocols linreg-serve speaks, as pure functions.
+
+- Open Inference Protocol (KServe v2 / Triton / MLServer), JSON and the binary tensor data
+  extension (``Inference-Header-Content-Length``), FP32 and FP64 tensors.
+- The simple v1 style: ``{"instances": [...]}`` or ``{"inputs": ...}`` -> ``{"predictions": [...]}``.
+- MLflow's scoring format: ``dataframe_split``, ``dataframe_records``, ``instances``, ``inputs``
+  and ``text/csv`` bodies.
+
+Every parser returns the rows as a float matrix in the model's feature order or raises
+:class:`RequestError` with the HTTP status and a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from serve.errors import DataError
+from serve.predictor import Predictor
+from serve.tables import to_matrix
+
+V2_DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
+V2_NAMES = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64"}
+INPUT_NAME, OUTPUT_NAME = "features", "prediction"
+
+
+class RequestError(Exception):
+    """A client's mistake: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def parse_json(body: bytes) -> Any:
+    if not body.strip():
+        raise RequestError("empty request body; send JSON")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RequestError(f"request body is not valid JSON ({getattr(e, 'msg', e)})") from None
+
+
+def as_rows(predictor: Predictor, X: Any, *, max_rows: int, where: str = "") -> np.ndarray:
+    """Rows from JSON-ish values via the Predictor's own checks, bounded in count."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(X, (list, tuple)) and len(X) == 0:
+        raise RequestError(f"{prefix}no rows to predict")
+    try:
+        rows = predictor.as_matrix(X)
+    except DataError as e:
+        raise RequestError(f"{prefix}{e}") from None
+    _check_rows(predictor, rows, max_rows, prefix)
+    return rows
+
+
+def _check_rows(predictor: Predictor, rows: np.ndarray, max_rows: int, prefix: str = "") -> None:
+    if len(rows) == 0:
+        raise RequestError(f"{prefix}no rows to predict")
+    if len(rows) > max_rows:
+        raise RequestError(f"{prefix}{len(rows):,} rows is more than the limit of {max_rows:,} "
+                           "per request (--max-rows)", status=413)
+    try:
+        predictor.check_finite(rows)
+    except DataError as e:
+        raise RequestError(f"{prefix}{e}") from None
+
+
+# ------------------------------------------------------------------------ Open Inference v2
+
+def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
+    dt = V2_NAMES[predictor.dtype]
+    return {
+        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
+        "inputs": [{"name": INPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_features]}],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_targets]}],
+        "parameters": {"feature_names": predictor.feature_names,
+                       "target_names": predictor.target_names},
+    }
+
+
+def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
+             max_rows: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The request's JSON header and its ``features`` tensor as rows."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise RequestError(f"Inference-Header-Content-Length {header_length!r} is not a "
+                               "number") from None
+        if not 0 < n <= len(body):
+            raise RequestError(f"Inference-Header-Content-Length {n} does not fit a body of "
+                               f"{len(body)} bytes")
+        header, binary = parse_json(body[:n]), memoryview(body)[n:]
+    else:
+        header, binary = parse_json(body), memoryview(b"")
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise RequestError("expected an object with an 'inputs' list")
+    inputs = header["inputs"]
+    if len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(f"expected exactly one input tensor named {INPUT_NAME!r}, got "
+                           f"{len(inputs)}")
+    tensor = inputs[0]
+    if tensor.get("name") != INPUT_NAME:
+        raise RequestError(f"unknown input {tensor.get('name')!r}; the model's input is "
+                           f"{INPUT_NAME!r}")
+    datatype = tensor.get("datatype")
+    if datatype not in V2_DATATYPES:
+        raise RequestError(f"input datatype {datatype!r} is not supported; send FP32 "
+                           "(or FP64)")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) \
+            or len(shape) not in (1, 2):
+        raise RequestError(f"input shape {shape!r}: expected [rows, {predictor.n_features}]")
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    if shape[1] != predictor.n_features:
+        raise RequestError(f"input shape {shape}: the model takes {predictor.n_features} "
+                           f"features per row ({', '.join(predictor.feature_names)})")
+    if shape[0] > max_rows:
+        raise RequestError(f"{shape[0]:,} rows is more than the limit of {max_rows:,} per "
+                           "request (--max-rows)", status=413)
+    count = shape[0] * shape[1]
+    params = tensor.get("parameters") or {}
+    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if size is not None:
+        want = count * V2_DATATYPES[datatype].itemsize
+        if size != want or len(binary) != size:
+            raise RequestError(f"binary_data_size {size} for shape {shape} {datatype} must be "
+                               f"{want} and match the {len(binary)} bytes after the JSON header")
+        flat = np.frombuffer(binary, dtype=V2_DATATYPES[datatype])
+    else:
+        if len(binary):
+            raise RequestError("binary data sent but no input declares binary_data_size")
+        data = tensor.get("data")
+        if data is None:
+            raise RequestError("input has neither 'data' nor binary_data_size")
+        flat = _flat_numbers(data, datatype)
+        if flat.size != count:
+            raise RequestError(f"input has {flat.size} values but shape {shape} needs {count}")
+    rows = np.ascontiguousarray(flat.reshape(shape), dtype=predictor.dtype)
+    _check_rows(predictor, rows, max_rows)
+    return header, rows
+
+
+def _flat_numbers(data: Any, datatype: str) -> np.ndarray:
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise RequestError("input data is ragged; send a flat list or rows of equal "
+                           "length") from None
+    if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
+        raise RequestError(f"input data must be numbers for datatype {datatype}")
+    return arr.reshape(-1).astype(V2_DATATYPES[datatype])
+
+
+def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when the output goes as binary data."""
+    outputs = header.get("outputs")
+    params = header.get("parameters") or {}
+    binary = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+    if outputs is not None:
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise RequestError("'outputs' must be a list of objects")
+        for o in outputs:
+            if o.get("name") != OUTPUT_NAME:
+                raise RequestError(f"unknown output {o.get('name')!r}; the model's output is "
+                                   f"{OUTPUT_NAME!r}")
+            p = o.get("parameters") or {}
+            if isinstance(p, dict) and "binary_data" in p:
+                binary = bool(p["binary_data"])
+    out: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": V2_NAMES[pred.dtype],
+                           "shape": list(pred.shape)}
+    result: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [out]}
+    if "id" in header:
+        result["id"] = header["id"]
+    if binary:
+        raw = np.ascontiguousarray(pred, dtype=pred.dtype.newbyteorder("<")).tobytes()
+        out["parameters"] = {"binary_data_size": len(raw)}
+        head = json.dumps(result).encode()
+        return head + raw, len(head)
+    out["data"] = pred.reshape(-1).tolist()
+    return json.dumps(result).encode(), None
+
+
+# ------------------------------------------------------------------------ v1 and MLflow
+
+def predictions(pred: np.ndarray) -> list:
+    """One number per row for a one-target model, else one list per row."""
+    return pred[:, 0].tolist() if pred.shape[1] == 1 else pred.tolist()
+
+
+def v1_parse(predictor: Predictor, body: bytes, *, max_rows: int) -> np.ndarray:
+    """``{"instances": rows or records}`` or ``{"inputs": rows or {feature: column}}``."""
+    payload = parse_json(body)
+    if not isinstance(payload, dict) or not ({"instances", "inputs"} & payload.keys()):
+        raise RequestError('expected {"instances": [[...], ...]} or {"inputs": ...}')
+    key = "instances" if "instances" in payload else "inputs"
+    return as_rows(predictor, payload[key], max_rows=max_rows, where=key)
+
+
+def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
+                 max_rows: int) -> np.ndarray:
+    """MLflow's /invocations formats."""
+    kind = content_type.split(";")[0].strip().lower()
+    if kind == "text/csv":
+        return _csv_rows(predictor, body, max_rows)
+    if kind not in ("application/json", ""):
+        raise RequestError(f"Content-Type {kind!r} is not supported; use application/json or "
+                           "text/csv", status=415)
+    payload = parse_json(body)
+    keys = {"dataframe_split", "dataframe_records", "instances", "inputs"}
+    if not isinstance(payload, dict) or len(keys & payload.keys()) != 1:
+        raise RequestError("expected exactly one of dataframe_split, dataframe_records, "
+                           "instances or inputs")
+    (key,) = keys & payload.keys()
+    value = payload[key]
+    if key == "dataframe_split":
+        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+            raise RequestError('dataframe_split: expected {"columns": [...], "data": [[...]]}')
+        data, columns = value["data"], value.get("columns")
+        if columns is not None:
+            if not isinstance(columns, list) or any(
+                    not isinstance(r, list) or len(r) != len(columns) for r in data):
+                raise RequestError("dataframe_split: every row of 'data' needs one value per "
+                                   "column")
+            data = [dict(zip(map(str, columns), r)) for r in data]
+        return as_rows(predictor, data, max_rows=max_rows, where=key)
+    if key == "dataframe_records" and (not isinstance(value, list) or
+                                       not all(isinstance(r, Mapping) for r in value)):
+        raise RequestError("dataframe_records: expected a list of objects")
+    return as_rows(predictor, value, max_rows=max_rows, where=key)
+
+
+def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray:
+    if not body.strip():
+        raise RequestError("empty CSV body")
+    try:
+        table = pacsv.read_csv(pa.py_buffer(body), convert_options=pacsv.ConvertOptions(
+            null_values=[""], strings_can_be_null=True))
+    except pa.ArrowInvalid as e:
+        raise RequestError(f"CSV body: {str(e).splitlines()[0]}") from None
+    missing = [f for f in predictor.feature_names if f not in table.column_names]
+    if missing:
+        raise RequestError(f"CSV body: missing feature column(s) {', '.join(missing)}; the "
+                           f"model needs {', '.join(predictor.feature_names)}")
+    if table.num_rows > max_rows:
+        raise RequestError(f"{table.num_rows:,} rows is more than the limit of {max_rows:,} per "
+                           "request (--max-rows)", status=413)
+    try:
+        rows = to_matrix(table, predictor.feature_names, source="CSV body",
+                         dtype=predictor.dtype)
+    except DataError as e:
+        raise RequestError(str(e)) from None
+    _check_rows(predictor, rows, max_rows)
+    return rows
