@@ -11,7 +11,7 @@ TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup setup-runtime demo test test-runtime lint bench clean
+.PHONY: setup setup-runtime setup-embed browser demo test lint bench clean
 
 setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
@@ -34,14 +34,25 @@ demo: setup
 	$(BIN)/linreg-predict models/example data/example.csv -o data/example-predictions.csv --force
 	@head -4 data/example-predictions.csv
 
-test: setup setup-runtime
+# The embedding examples: onnxruntime-node and onnxruntime-web from the npm registry (versions
+# pinned by the lock files) and Debian's chromium for the browser test.
+setup-embed: examples/node/node_modules/.done examples/web/node_modules/.done browser
+examples/%/node_modules/.done: examples/%/package-lock.json
+	cd examples/$* && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: setup setup-runtime setup-embed
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	LINREG_REQUIRE_EMBED=1 $(BIN)/python -m pytest -q
 	$(RUNTIME)/bin/python -m pytest -q tests/serve -p no:cacheprovider
 
 bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/serve.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME) build *.egg-info
+	rm -rf $(VENV) $(RUNTIME) build *.egg-info examples/*/node_modules

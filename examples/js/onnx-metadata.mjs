@@ -1,0 +1,105 @@
+// Read an ONNX model's metadata_props (the key/value strings linreg-export writes: feature_names,
+// target_names, dtype, ...) straight from the protobuf bytes. onnxruntime's JavaScript API does
+// not expose custom metadata, and this needs no protobuf library: ModelProto field 14 holds
+// repeated StringStringEntryProto { string key = 1; string value = 2; }.
+
+function readVarint(bytes, pos) {
+  let value = 0;
+  let shift = 0;
+  for (;;) {
+    if (pos >= bytes.length) throw new Error('truncated ONNX file');
+    const b = bytes[pos++];
+    value += (b & 0x7f) * 2 ** shift;
+    if (b < 0x80) return [value, pos];
+    shift += 7;
+  }
+}
+
+// Yields [fieldNumber, wireType, payload] for each field of one protobuf message.
+function* fields(bytes) {
+  let pos = 0;
+  while (pos < bytes.length) {
+    let tag;
+    [tag, pos] = readVarint(bytes, pos);
+    const field = Math.floor(tag / 8);
+    const wire = tag % 8;
+    if (wire === 0) {
+      let v;
+      [v, pos] = readVarint(bytes, pos);
+      yield [field, wire, v];
+    } else if (wire === 1) {
+      pos += 8;
+    } else if (wire === 2) {
+      let len;
+      [len, pos] = readVarint(bytes, pos);
+      yield [field, wire, bytes.subarray(pos, pos + len)];
+      pos += len;
+    } else if (wire === 5) {
+      pos += 4;
+    } else {
+      throw new Error(`unsupported protobuf wire type ${wire}: is this an ONNX file?`);
+    }
+  }
+}
+
+/** The model's metadata_props as a plain object of strings. */
+export function readMetadata(modelBytes) {
+  const bytes = modelBytes instanceof Uint8Array ? modelBytes : new Uint8Array(modelBytes);
+  const decoder = new TextDecoder();
+  const meta = {};
+  for (const [field, wire, payload] of fields(bytes)) {
+    if (field !== 14 || wire !== 2) continue;
+    let key = '';
+    let value = '';
+    for (const [f, w, p] of fields(payload)) {
+      if (w !== 2) continue;
+      if (f === 1) key = decoder.decode(p);
+      if (f === 2) value = decoder.decode(p);
+    }
+    meta[key] = value;
+  }
+  return meta;
+}
+
+/** The model contract linreg-export writes: names in order, and the input dtype. */
+export function readContract(modelBytes) {
+  const meta = readMetadata(modelBytes);
+  if (!meta.feature_names || !meta.target_names) {
+    throw new Error('no feature_names/target_names in the model metadata: was it written by linreg-export?');
+  }
+  return {
+    features: JSON.parse(meta.feature_names),
+    targets: JSON.parse(meta.target_names),
+    dtype: meta.dtype === 'float64' ? 'float64' : 'float32',
+    metadata: meta,
+  };
+}
+
+/** Rows (arrays in feature order, or objects keyed by feature name) as one flat typed array. */
+export function toTensorData(rows, contract) {
+  if (!Array.isArray(rows) || rows.length === 0) throw new Error('expected a non-empty array of rows');
+  const n = contract.features.length;
+  const data = contract.dtype === 'float64' ? new Float64Array(rows.length * n) : new Float32Array(rows.length * n);
+  rows.forEach((row, r) => {
+    const values = Array.isArray(row) ? row : contract.features.map((f) => {
+      if (row === null || typeof row !== 'object' || !(f in row)) throw new Error(`row ${r + 1}: missing feature ${f}`);
+      return row[f];
+    });
+    if (values.length !== n) throw new Error(`row ${r + 1}: ${values.length} values, the model needs ${n} (${contract.features.join(', ')})`);
+    values.forEach((v, c) => {
+      if (typeof v !== 'number' || !Number.isFinite(v)) {
+        throw new Error(`row ${r + 1}, column '${contract.features[c]}': ${JSON.stringify(v)} is not a finite number`);
+      }
+      data[r * n + c] = v;
+    });
+  });
+  return data;
+}
+
+/** The output tensor as one array of target values per row. */
+export function toRows(tensor) {
+  const [rows, cols] = tensor.dims;
+  const out = [];
+  for (let r = 0; r < rows; r++) out.push(Array.from(tensor.data.subarray(r * cols, (r + 1) * cols)));
+  return out;
+}

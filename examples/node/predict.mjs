@@ -1,0 +1,41 @@
+#!/usr/bin/env node
+// Predict with a linreg model.onnx from Node.js, with onnxruntime-node and nothing else.
+//
+//   node predict.mjs MODEL.onnx '[[1.0, 2.0, 3.0]]'
+//   echo '[{"x0": 1, "x1": 2, "x2": 3}]' | node predict.mjs MODEL.onnx
+//
+// Rows are arrays in feature order or objects keyed by feature name; the feature names, target
+// names and dtype come from the model's own metadata. Prints
+// {"features": [...], "targets": [...], "predictions": [[...], ...]} on stdout.
+import { readFile } from 'node:fs/promises';
+import * as ort from 'onnxruntime-node';
+import { readContract, toRows, toTensorData } from '../js/onnx-metadata.mjs';
+
+async function readStdin() {
+  const chunks = [];
+  for await (const chunk of process.stdin) chunks.push(chunk);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+async function main() {
+  const [modelPath, rowsArg] = process.argv.slice(2);
+  if (!modelPath) throw new Error('usage: node predict.mjs MODEL.onnx [ROWS_JSON]  (rows on stdin if omitted)');
+  const bytes = await readFile(modelPath);
+  const contract = readContract(bytes);
+  let rows;
+  try {
+    rows = JSON.parse(rowsArg ?? (await readStdin()));
+  } catch (e) {
+    throw new Error(`rows are not valid JSON (${e.message})`);
+  }
+  const data = toTensorData(rows, contract);
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
+  const features = new ort.Tensor(contract.dtype, data, [rows.length, contract.features.length]);
+  const { prediction } = await session.run({ features });
+  console.log(JSON.stringify({ features: contract.features, targets: contract.targets, predictions: toRows(prediction) }));
+}
+
+main().catch((e) => {
+  console.error(`linreg-node-predict: error: ${e.message}`);
+  process.exit(1);
+});

@@ -1,0 +1,65 @@
+// Predict with a linreg model.onnx in the browser: onnxruntime-web (WebAssembly, one thread, so
+// no cross-origin isolation is needed) and the model's own metadata for the form's fields.
+import * as ort from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
+import { readContract, toRows, toTensorData } from '../js/onnx-metadata.mjs';
+
+ort.env.wasm.numThreads = 1;
+ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
+
+const params = new URLSearchParams(location.search);
+const status = document.getElementById('status');
+const form = document.getElementById('form');
+const fieldset = document.getElementById('features');
+const result = document.getElementById('result');
+
+function fail(message) {
+  document.body.dataset.state = 'error';
+  result.className = 'error';
+  result.textContent = message;
+}
+
+async function main() {
+  const modelUrl = params.get('model') ?? 'model.onnx';
+  const response = await fetch(modelUrl);
+  if (!response.ok) throw new Error(`cannot fetch ${modelUrl}: HTTP ${response.status}`);
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  const contract = readContract(bytes);
+  const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
+
+  // One number field per feature, in the model's order.
+  const inputs = contract.features.map((name) => {
+    const label = document.createElement('label');
+    label.textContent = name;
+    const input = Object.assign(document.createElement('input'), { type: 'number', step: 'any', name, required: true, value: '0' });
+    label.append(input);
+    fieldset.append(label);
+    return input;
+  });
+  status.textContent = `${modelUrl}: ${contract.features.length} feature(s) → ${contract.targets.join(', ')} (${contract.dtype})`;
+  form.hidden = false;
+
+  async function predict() {
+    const row = inputs.map((input) => Number(input.value));
+    const data = toTensorData([row], contract);
+    const features = new ort.Tensor(contract.dtype, data, [1, contract.features.length]);
+    const { prediction } = await session.run({ features });
+    const [values] = toRows(prediction);
+    result.className = '';
+    const digits = contract.dtype === 'float32' ? 7 : 15; // what the dtype can hold
+    result.textContent = contract.targets.map((t, i) => `${t} = ${Number(values[i].toPrecision(digits))}`).join('\n');
+    result.dataset.predictions = JSON.stringify(values);
+    document.body.dataset.state = 'done';
+  }
+
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    predict().catch((e) => fail(e.message));
+  });
+  document.body.dataset.state = 'ready';
+  if (params.has('row')) {
+    params.get('row').split(',').forEach((v, i) => { if (inputs[i]) inputs[i].value = v; });
+    await predict();
+  }
+}
+
+main().catch((e) => fail(e.message));

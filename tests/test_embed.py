@@ -1,0 +1,135 @@
+"""The exported model embedded in other apps: Node.js (onnxruntime-node) and the browser
+(onnxruntime-web in headless Chromium) give the Python runtime's predictions.
+
+`make test` installs both (npm packages, Debian's chromium) and sets LINREG_REQUIRE_EMBED=1, so
+in CI a missing piece fails instead of skipping.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve import Predictor
+from tests.serve.conftest import MODELS
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+REQUIRED = os.environ.get("LINREG_REQUIRE_EMBED") == "1"
+
+
+def need(ok: bool, what: str) -> None:
+    if not ok:
+        if REQUIRED:
+            pytest.fail(f"{what} is missing (make setup-embed installs it)")
+        pytest.skip(f"{what} is not installed (make setup-embed)")
+
+
+ROWS = {
+    "one": [[1.0], [-2.5], [10.0]],
+    "multi": [[1, 2, 3, 4], {"x0": 0.5, "x1": -1, "x2": 0, "x3": 7}],
+    "nobias": [[1, 2, 3], [0, 0, 0]],
+    "f64": [[1.25, -3.5, 2.0]],
+}
+
+
+def _python(name: str, rows: list) -> np.ndarray:
+    p = Predictor.load(MODELS / name)
+    return p.predict([r if isinstance(r, list) else [r[f] for f in p.feature_names] for r in rows])
+
+
+@pytest.mark.parametrize("name", list(ROWS))
+def test_node_matches_the_python_runtime(name):
+    need(shutil.which("node") is not None, "node")
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / name / "model.onnx")],
+                         input=json.dumps(ROWS[name]).encode(), capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    out = json.loads(res.stdout)
+    p = Predictor.load(MODELS / name)
+    assert (out["features"], out["targets"]) == (p.feature_names, p.target_names)
+    np.testing.assert_array_equal(np.asarray(out["predictions"], dtype=p.dtype),
+                                  _python(name, ROWS[name]))
+
+
+def test_node_bad_rows_are_one_line():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "multi" / "model.onnx"), '[[1, 2, "x", 4]]'],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.decode() == ("linreg-node-predict: error: row 1, column 'x2': \"x\" is not "
+                                   "a finite number\n")
+
+
+class _Static(http.server.SimpleHTTPRequestHandler):
+    """examples/ as a static site, and the fixture models under /models/."""
+
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                      ".mjs": "text/javascript", ".wasm": "application/wasm"}
+
+    def translate_path(self, path: str) -> str:
+        path = path.split("?")[0]
+        if path.startswith("/models/"):
+            return str(MODELS / path.removeprefix("/models/"))
+        return super().translate_path(path)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    handler = functools.partial(_Static, directory=str(EXAMPLES))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _dom(url: str) -> str:
+    with tempfile.TemporaryDirectory() as profile:
+        res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-quic", "--no-first-run", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync",
+                              f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                              "--dump-dom", url], capture_output=True, timeout=120)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    return res.stdout.decode()
+
+
+@pytest.mark.parametrize("name", ["multi", "f64"])
+def test_browser_page_predicts_like_python(site, name):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    row = ROWS[name][0]
+    dom = _dom(f"{site}/web/index.html?model=/models/{name}/model.onnx"
+               f"&row={','.join(map(str, row))}")
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
+    p = Predictor.load(MODELS / name)
+    np.testing.assert_array_equal(np.asarray(got, dtype=p.dtype), _python(name, [row])[0])
+    for target in p.target_names:
+        assert f"{target} = " in dom
+
+
+def test_browser_page_reports_a_missing_model(site):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    dom = _dom(f"{site}/web/index.html?model=/models/none/model.onnx")
+    assert '<body data-state="error">' in dom
+    assert "cannot fetch /models/none/model.onnx: HTTP 404" in dom
