@@ -56,6 +56,14 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 
 
 def _estimate_rows(path: Path) -> int:
+    """Rows in the file, for the progress bar: exact for Parquet and NPY, estimated for text."""
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+        return pq.ParquetFile(path).metadata.num_rows
+    if suffix == ".npy":
+        import numpy as np
+        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
     with open(path, "rb") as f:
         sample = f.read(1 << 16)
     return max(1, path.stat().st_size * max(1, sample.count(b"\n")) // max(1, len(sample)))

@@ -154,7 +154,8 @@ class Predictor:
                 raise PredictionInputError(f"row {r}: expected an object of feature values")
             missing = [n for n in self.feature_names if n not in rec]
             if missing:
-                raise PredictionInputError(f"row {r}: missing feature(s) {', '.join(missing)}")
+                raise PredictionInputError(f"row {r}: missing feature(s) {', '.join(missing)}"
+                                           + self._unknown(list(rec)))
             out.append([rec[n] for n in self.feature_names])
         return out
 
@@ -162,7 +163,13 @@ class Predictor:
         missing = [n for n in self.feature_names if n not in given]
         if missing:
             raise PredictionInputError(f"missing feature column(s) {', '.join(missing)}; the "
-                                       f"model needs {', '.join(self.feature_names)}")
+                                       f"model needs {', '.join(self.feature_names)}"
+                                       + self._unknown(given))
+
+    def _unknown(self, given: list[str]) -> str:
+        """Names given that the model does not know (other columns are fine, but a typo shows)."""
+        unknown = [str(n) for n in given if n not in self.feature_names]
+        return f" (unknown: {', '.join(unknown[:5])})" if unknown else ""
 
     def _name(self, c: int) -> str:
         return self.feature_names[c] if c < self.n_features else str(c)

@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import torch
 
 from serve.atomic import atomic_dir
+from serve.errors import OutputExistsError
 from serve.manifest import SCHEMA_VERSION, record_artifact, sha256_file, write_manifest
 from trainer.data import TrainingData, load_training_data, split_rows
 from trainer.fit import FitResult, TrainConfig, fit
@@ -35,7 +36,6 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
     if out.exists() and not force:  # fail before the (possibly long) fit, not after it
-        from serve.errors import OutputExistsError
         raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
     data = load_training_data(data_path, targets=targets, features=features)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)

@@ -68,6 +68,8 @@ def test_pandas_columns_are_picked_by_name(multi, rng):
     ([[1, 2, 3, 4], [1, float("nan"), 3, 4]], "row 2, column 'x1': NaN is not allowed"),
     (np.array([[1, 2, 3, -np.inf]]), "row 1, column 'x3': -inf is not allowed"),
     ({"x0": [1], "x1": [2]}, "missing feature column(s) x2, x3; the model needs x0, x1, x2, x3"),
+    ({"x0": [1], "x1": [2], "x2": [3], "X3": [4]},
+     "missing feature column(s) x3; the model needs x0, x1, x2, x3 (unknown: X3)"),
     ([{"x0": 1, "x1": 2, "x2": 3}], "row 1: missing feature(s) x3"),
     (np.zeros((2, 2, 4)), "expected rows of 4 features, got an array of shape (2, 2, 4)"),
 ])

@@ -219,7 +219,7 @@ BAD = [
     ("/predict", {"instances": [{"x0": 1, "x1": 2, "x2": 3}]}, 400,
      "instances: row 1: missing feature(s) x3"),
     ("/predict", {"inputs": {"x0": [1], "x1": [1], "x2": [1], "x9": [1]}}, 400,
-     "inputs: missing feature column(s) x3; the model needs x0, x1, x2, x3"),
+     "inputs: missing feature column(s) x3; the model needs x0, x1, x2, x3 (unknown: x9)"),
     ("/predict", {"instances": [[1, 2, "three", 4]]}, 400,
      "instances: row 1, column 'x2': 'three' is not a number"),
     ("/predict", '{"instances": [[1, 2, NaN, 4]]}', 400,
