@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from serve.atomic import atomic_file
 from serve.errors import DataError, OutputExistsError
 from serve.predictor import Predictor
-from serve.tables import SUFFIXES, csv_header, file_format, to_matrix
+from serve.tables import csv_header, file_format, to_matrix
 
 INPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
 OUTPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
@@ -344,4 +344,4 @@ _WRITERS = {"csv": lambda s, p, k: _ArrowWriter(s, p, k, "csv"),
             "parquet": lambda s, p, k: _ArrowWriter(s, p, k, "parquet"),
             "npy": _NpyWriter, "jsonl": _JsonlWriter}
 
-__all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS", "SUFFIXES"]
+__all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS"]

@@ -82,12 +82,16 @@ def train_main(data: Path, targets, features, val_fraction, epochs, lr, momentum
         _summary(folder, manifest)
 
 
+STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
+           "exact": "exact least squares"}
+
+
 def _summary(folder: Path, manifest: dict) -> None:
     t = manifest["training"]
     m = manifest["metrics"]
     click.echo(f"Trained {manifest['model']['n_features']} feature(s) -> "
                f"{manifest['model']['n_targets']} target(s) on {t['device']}: "
-               f"{t['epochs_run']} epochs ({t['stopped']}), {t['seconds']:.2f}s")
+               f"{STOPPED[t['stopped']].format(n=t['epochs_run'])}, {t['seconds']:.2f}s")
     for i, target in enumerate(manifest["targets"]):
         terms = [(w, f"·{f}") for f, w in zip(manifest["features"], manifest["model"]["coef_"][i])]
         if manifest["model"]["bias"]:

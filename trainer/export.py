@@ -87,14 +87,15 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
         if (folder / FORMATS[fmt]).exists() and not force:
             raise ExportError(f"{folder / FORMATS[fmt]}: already exists; pass --force to overwrite it")
     rows = parity_rows(folder, manifest)
+    writers = {"onnx": _write_onnx, "torchscript": _write_torchscript, "pt2": _write_pt2}
+    results = {}
     with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
-        results = {}
         for fmt in formats:
-            writer = {"onnx": _write_onnx, "torchscript": _write_torchscript, "pt2": _write_pt2}[fmt]
-            info = writer(model, manifest, tmp[FORMATS[fmt]], opset)
+            info = writers[fmt](model, manifest, tmp[FORMATS[fmt]], opset)
             info["parity"] = _check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
             results[fmt] = info
-        tmp.commit()  # every file passed: rename them all into place
+        for name, path in tmp.items():  # every file passed: rename them all into place
+            os.replace(path, folder / name)
     for fmt, info in results.items():
         record_artifact(manifest, folder, FORMATS[fmt])
         manifest.setdefault("exports", {})[fmt] = {"file": FORMATS[fmt], **info}
@@ -102,19 +103,10 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     return manifest
 
 
-class _Temps(dict):
-    committed = False
-
-    def commit(self) -> None:
-        for final, tmp in self.finals.items():
-            os.replace(tmp, final)
-        self.committed = True
-
-
 @contextlib.contextmanager
-def _temporaries(folder: Path, names: list[str]) -> Iterator[_Temps]:
-    temps = _Temps({n: folder / f".{n}.{os.getpid()}.tmp" for n in names})
-    temps.finals = {folder / n: p for n, p in temps.items()}
+def _temporaries(folder: Path, names: list[str]) -> Iterator[dict[str, Path]]:
+    """Temporary paths beside the final ones; whatever is left of them is removed at the end."""
+    temps = {n: folder / f".{n}.{os.getpid()}.tmp" for n in names}
     try:
         yield temps
     except OSError as e:
