@@ -24,10 +24,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer.fit import TrainConfig, fit  # noqa: E402
 
 
+class TutorialModel(torch.nn.Module):
+    """The tutorial's nn.Module: one nn.Linear, forward returns it applied."""
+
+    def __init__(self, n_features: int, n_targets: int) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(n_features, n_targets)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
 def bare_loop(X: np.ndarray, Y: np.ndarray, epochs: int) -> None:
     """The tutorial's loop, nothing else."""
     torch.manual_seed(1)
-    model = torch.nn.Linear(X.shape[1], Y.shape[1])
+    model = TutorialModel(X.shape[1], Y.shape[1])
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x = torch.as_tensor(X, dtype=torch.float32)
     y = torch.as_tensor(Y, dtype=torch.float32)

@@ -169,7 +169,8 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
     tracked = [W, b] if keep_params and b is not None else [W] if keep_params else []
     history = _History(epochs, tracked, device, dtype)
-    check_every = 1 if config.tol is not None else 10 if device.type == "cpu" else 100
+    # Divergence is found at its exact epoch whatever the interval; --tol checks every epoch.
+    check_every = 1 if config.tol is not None else 50 if device.type == "cpu" else 100
     log_every = config.log_every if log is not None else 0
     last_checked, stopped, epoch = -1, "epochs", -1
 
@@ -280,6 +281,8 @@ def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size) -> torch.Tensor
 
 
 def _check_finite(costs: np.ndarray, first_epoch: int, lr: float) -> None:
+    if np.isfinite(costs).all():
+        return
     bad = np.flatnonzero(~np.isfinite(costs))
     if bad.size:
         epoch = first_epoch + int(bad[0])
