@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -71,7 +72,7 @@ def train_main(data: Path, targets, features, val_fraction, epochs, lr, momentum
     if not quiet and sys.stderr.isatty() and solver == "sgd" and epochs >= 1000:
         bar = click.progressbar(length=epochs, label="training", file=sys.stderr)
     try:
-        progress = None if bar is None else (lambda done: bar.update(done - bar.pos))
+        progress = None if bar is None else _progress(bar)
         folder, manifest = train(data, out=out, config=config, targets=_names(targets),
                                  features=_names(features), val_fraction=val_fraction,
                                  force=force, plot=plot, log=log, progress=progress)
@@ -84,6 +85,16 @@ def train_main(data: Path, targets, features, val_fraction, epochs, lr, momentum
 
 STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
            "exact": "exact least squares"}
+
+
+def _progress(bar):
+    """Advance ``bar`` to ``done`` epochs; its clock starts at the first epoch, not at the
+    one-time imports before it, so the ETA is right from the start."""
+    def update(done: int) -> None:
+        if bar.pos == 0:
+            bar.start = time.time()
+        bar.update(done - bar.pos)
+    return update
 
 
 def _summary(folder: Path, manifest: dict) -> None:
