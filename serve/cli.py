@@ -9,9 +9,11 @@ import click
 
 from serve._cli import CONTEXT, OneLineErrors
 from serve.batch import INPUT_FORMATS, OUTPUT_FORMATS
+from serve.version import __version__
 
 
 @click.command("linreg-predict", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("input", type=str)
 @click.option("-o", "--output", default="-", show_default=True,
@@ -70,6 +72,7 @@ def _estimate_rows(path: Path) -> int:
 
 
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind. The default is loopback only.")

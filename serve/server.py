@@ -36,8 +36,8 @@ from serve import protocols as proto
 from serve.metrics import Metrics
 from serve.predictor import Predictor
 from serve.protocols import RequestError
+from serve.version import __version__
 
-LINREG_VERSION = "0.1.0"
 THREADPOOL_ROWS = 1024  # bigger batches run off the event loop
 log = logging.getLogger("linreg.serve")
 
@@ -51,7 +51,7 @@ def model_name(path: str | os.PathLike) -> str:
 def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 20,
                max_rows: int = 100_000) -> FastAPI:
     """The ASGI app serving ``predictor`` as ``name``."""
-    app = FastAPI(title=f"linreg-serve: {name}", version=LINREG_VERSION,
+    app = FastAPI(title=f"linreg-serve: {name}", version=__version__,
                   description="Linear regression predictions over the Open Inference Protocol "
                               "(v2), a simple v1 style and MLflow's scoring format.")
     metrics = Metrics()
@@ -126,7 +126,7 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
     @app.get("/v2", tags=["v2"], summary="Server metadata")
     @endpoint("v2_metadata")
     async def v2_server() -> tuple[Response, int]:
-        return json_response({"name": "linreg", "version": LINREG_VERSION,
+        return json_response({"name": "linreg", "version": __version__,
                               "extensions": ["binary_tensor_data"]}), 0
 
     @app.get("/v2/health/live", tags=["v2"], summary="Liveness")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from serve._cli import CONTEXT, OneLineErrors
+from serve.version import __version__
 from trainer.fit import TrainConfig
 
 
@@ -23,6 +24,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
 
 
 @click.command("linreg-train", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--target", "targets", multiple=True, help="Target column (repeatable). "
               "Default: the last column.")
@@ -116,6 +118,7 @@ def _summary(folder: Path, manifest: dict) -> None:
 
 
 @click.command("linreg-synth", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
 @click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--features", type=click.IntRange(min=1), default=1, show_default=True)
@@ -140,6 +143,7 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 
 
 @click.command("linreg-export", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "formats", multiple=True,
               type=click.Choice(["onnx", "torchscript", "pt2"]),

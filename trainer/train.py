@@ -22,10 +22,9 @@ import torch
 from serve.atomic import atomic_dir
 from serve.errors import OutputExistsError
 from serve.manifest import SCHEMA_VERSION, record_artifact, sha256_file, write_manifest
+from serve.version import __version__
 from trainer.data import TrainingData, load_training_data, split_rows
 from trainer.fit import FitResult, TrainConfig, fit
-
-LINREG_VERSION = "0.1.0"
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
@@ -92,7 +91,7 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         "schema_version": SCHEMA_VERSION,
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "linreg_version": LINREG_VERSION,
+        "linreg_version": __version__,
         "model": {"type": "linear", "n_features": len(data.feature_names),
                   "n_targets": len(data.target_names), "bias": config.bias,
                   "dtype": config.dtype, "coef_": result.coef_.tolist(),
