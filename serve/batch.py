@@ -60,8 +60,13 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
         return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress)
-    with atomic_file(output) as tmp, open(tmp, "wb") as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, progress)
+    if not Path(output).parent.is_dir():
+        raise DataError(f"{output}: the folder {Path(output).parent} does not exist")
+    try:
+        with atomic_file(output) as tmp, open(tmp, "wb") as sink:
+            return _run(predictor, chunks, sink, out_fmt, keep, progress)
+    except PermissionError as e:
+        raise DataError(f"{output}: cannot write ({e.strerror})") from None
 
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
@@ -77,6 +82,8 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
         done += len(rows)
         if progress is not None:
             progress(done)
+    if done == 0:
+        raise DataError("the input has no data rows to predict")
     writer.close()
     return done
 

@@ -114,14 +114,19 @@ def test_a_bad_row_is_named_and_nothing_is_written(tmp_path, multi, lines, messa
     (["{tmp}/in.xlsx"], "{tmp}/in.xlsx: unknown file type '.xlsx'; use one of .csv, .jsonl, "
      ".ndjson, .npy, .parquet, .pq"),
     (["{src}", "-o", "{src}"], "{src}: already exists; pass --force to overwrite it"),
+    (["{src}", "-o", "{tmp}/no/such/out.csv"], "{tmp}/no/such/out.csv: the folder {tmp}/no/such "
+     "does not exist"),
+    (["{header}", "-o", "{tmp}/o.csv"], "the input has no data rows to predict"),
 ])
 def test_usage_errors(tmp_path, multi, args, message):
     src = _csv(tmp_path / "in.csv", ["x0", "x1", "x2", "x3"], [[1, 2, 3, 4]])
     part = _csv(tmp_path / "part.csv", ["x0", "x1", "x3"], [[1, 2, 3]])
-    names = {"src": src, "part": part, "tmp": tmp_path}
+    header = _csv(tmp_path / "header.csv", ["x0", "x1", "x2", "x3"], [])
+    names = {"src": src, "part": part, "tmp": tmp_path, "header": header}
     res = _invoke(multi, *[a.format(**names) for a in args])
     assert res.exit_code == 1
     assert res.stderr == f"linreg-predict: error: {message.format(**names)}\n"
+    assert not (tmp_path / "o.csv").exists()
 
 
 def test_jsonl_errors_name_the_line(tmp_path, multi):
