@@ -126,7 +126,8 @@ class Predictor:
         if arr.shape[1] != self.n_features:
             raise PredictionInputError(f"expected {self.n_features} features per row "
                                        f"({', '.join(self.feature_names)}), got {arr.shape[1]}")
-        return np.ascontiguousarray(arr, dtype=self.dtype)
+        with np.errstate(over="ignore"):  # overflow shows up as inf, named by check_finite
+            return np.ascontiguousarray(arr, dtype=self.dtype)
 
     def _to_array(self, X: Any) -> np.ndarray:
         try:
@@ -181,7 +182,10 @@ class Predictor:
         r, c = np.argwhere(~np.isfinite(rows))[0]
         v = rows[r, c]
         what = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
-        raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what} is not allowed")
+        hint = " (or a value beyond float32's ±3.4e38)" if what != "NaN" and \
+            self.dtype == np.float32 else ""
+        raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what} is not "
+                                   f"allowed{hint}")
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "

@@ -368,3 +368,36 @@ def test_workers_serve_in_parallel():
             close(out["predictions"])
     finally:
         assert s.stop() == 0
+
+
+def _random_json(rng: np.random.Generator, depth: int = 0):
+    """Seeded junk shaped like requests: nested lists/objects of numbers, strings, nulls."""
+    kind = rng.integers(0, 7 if depth < 3 else 4)
+    if kind == 0:
+        return float(rng.normal() * 10.0 ** int(rng.integers(-3, 40)))
+    if kind == 1:
+        return int(rng.integers(-5, 5))
+    if kind == 2:
+        return ["x", "", "NaN", "features", "FP32", None, True][rng.integers(0, 7)]
+    if kind == 3:
+        return None
+    if kind in (4, 5):
+        return [_random_json(rng, depth + 1) for _ in range(rng.integers(0, 5))]
+    keys = ["instances", "inputs", "name", "shape", "datatype", "data", "outputs", "parameters",
+            "dataframe_split", "dataframe_records", "columns", "x0", "binary_data_size"]
+    return {keys[rng.integers(0, len(keys))]: _random_json(rng, depth + 1)
+            for _ in range(rng.integers(0, 4))}
+
+
+def test_junk_requests_never_get_a_500(server):
+    rng = np.random.default_rng(7)
+    paths = ["/predict", "/v1/models/multi:predict", V2, "/invocations"]
+    for i in range(400):
+        body = _random_json(rng)
+        if i % 4 == 0:  # wrap in a plausible top level, so parsing gets deeper
+            body = {"inputs": [body]} if i % 8 == 0 else {"instances": body}
+        status, _, data = server.request("POST", paths[i % len(paths)], json.dumps(body),
+                                         {"Content-Type": "application/json"})
+        assert status < 500, (body, data)
+        if status >= 400:
+            assert "error" in json.loads(data)
