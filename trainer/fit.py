@@ -117,6 +117,11 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
     if n_rows < n_params:
         raise TrainingError(f"{n_rows} training rows but the model has {n_params} parameters "
                             f"per target; need at least {n_params} rows (or fewer features)")
+    if config.dtype == "float32":
+        limit = float(np.finfo(np.float32).max)
+        if np.abs(X).max() > limit or np.abs(Y).max() > limit:
+            raise TrainingError("the data holds values beyond float32's ±3.4e38; train with "
+                                "--dtype float64")
     start = time.perf_counter()
     mean, scale = _standardization(X, config)
     if config.solver == "lstsq":

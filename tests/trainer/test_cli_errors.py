@@ -42,6 +42,8 @@ def _make(tmp: Path, case: str) -> Path:
         p = tmp / "o.npy"
         np.save(p, np.array([[1, "a"]], dtype=object), allow_pickle=True)
         return p
+    if case == "huge":
+        return write_csv(tmp / "huge.csv", ["x", "y"], [[1, 2], [2, 4e39], [3, 6]])
     if case == "corrupt-parquet":
         p = tmp / "c.parquet"
         p.write_bytes(b"PAR1 not really")
@@ -67,6 +69,7 @@ CASES = [
     ("ok", ["--lr", "10", "--epochs", "500"], "training diverged at epoch 10: the cost became "
      "inf with --lr 10; try a smaller --lr (e.g. 1) or --standardize"),
     ("npy-object", [], "{p}: holds Python objects; only numeric arrays are accepted"),
+    ("huge", [], "the data holds values beyond float32's ±3.4e38; train with --dtype float64"),
     ("ok", ["--val-fraction", "0.9"], "--val-fraction 0.9 leaves 3 of 3 rows for validation; "
      "need at least one row on each side"),
 ]
