@@ -70,7 +70,7 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
 
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
-         keep: list[str], progress) -> int:
+         keep: list[str], progress: Callable[[int], None] | None) -> int:
     writer = _WRITERS[out_fmt](sink, predictor, keep)
     done = 0
     for rows, kept, first in chunks:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,9 +59,11 @@ def _names(values: tuple[str, ...]) -> list[str]:
 @click.option("--log-every", type=int, default=100, show_default=True,
               help="Print a log line every N epochs (0: never).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def train_main(data: Path, targets, features, val_fraction, epochs, lr, momentum, weight_decay,
-               batch_size, init, no_bias, seed, standardize, solver, tol, device, dtype, out,
-               force, plot, log_every, quiet) -> None:
+def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
+               val_fraction: float, epochs: int, lr: float, momentum: float, weight_decay: float,
+               batch_size: int, init: str, no_bias: bool, seed: int, standardize: bool,
+               solver: str, tol: float | None, device: str, dtype: str, out: Path | None,
+               force: bool, plot: bool, log_every: int, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from trainer.train import train
 
@@ -89,7 +93,7 @@ STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
            "exact": "exact least squares"}
 
 
-def _progress(bar):
+def _progress(bar: Any) -> Callable[[int], None]:
     """Advance ``bar`` to ``done`` epochs; its clock starts at the first epoch, not at the
     one-time imports before it, so the ETA is right from the start."""
     def update(done: int) -> None:
