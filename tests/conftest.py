@@ -11,8 +11,6 @@ import numpy as np
 import pytest
 
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def run_script(name: str, *args: str, cwd: Path | None = None, input: bytes | None = None,
