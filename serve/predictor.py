@@ -11,6 +11,7 @@ purpose, at this edge: onnxruntime refuses any other input dtype.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 from collections.abc import Mapping
@@ -273,8 +274,8 @@ class _TorchScriptBackend(_Backend):
     """TorchScript via torch, imported only here, so the ONNX path never loads torch."""
 
     def __init__(self, path: Path) -> None:
-        try:
-            import torch
+        try:  # imported by name, here only: the runtime stays torch-free until asked
+            torch = importlib.import_module("torch")
         except ImportError:
             raise ModelError(f"{path}: TorchScript needs torch, which is not installed; load "
                              "the model's .onnx instead, or pip install 'linreg[train]'") from None
