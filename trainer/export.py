@@ -60,8 +60,10 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
     except Exception as e:  # torch raises many types for a corrupt or foreign file
         raise ModelError(f"{pt}: not a readable state_dict ({str(e).splitlines()[0][:120]})") \
             from None
-    if not isinstance(state, dict) or "linear.weight" not in state:
-        raise ModelError(f"{pt}: not a linreg state_dict (expected key 'linear.weight')")
+    if not isinstance(state, dict) or not isinstance(state.get("linear.weight"), torch.Tensor) \
+            or set(state) - {"linear.weight", "linear.bias"}:
+        raise ModelError(f"{pt}: not a linreg state_dict (expected the tensors 'linear.weight' "
+                         "and optionally 'linear.bias')")
     m = manifest.get("model", {})
     weight = state["linear.weight"]
     expected = (m.get("n_targets"), m.get("n_features"))
@@ -73,7 +75,10 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
                          f"{weight.dtype}, bias {'linear.bias' in state}; manifest says "
                          f"{expected[0]} target(s) x {expected[1]} feature(s), {m.get('dtype')}, "
                          f"bias {m.get('bias')})")
-    return model_from_state_dict(state).eval(), manifest
+    try:
+        return model_from_state_dict(state).eval(), manifest
+    except RuntimeError as e:  # e.g. a bias of the wrong shape
+        raise ModelError(f"{pt}: not a linreg state_dict ({str(e).splitlines()[0]})") from None
 
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),

@@ -153,6 +153,8 @@ def _break(folder, how):
         m = json.loads((folder / "model.json").read_text())
         m["model"]["n_features"] = 7
         (folder / "model.json").write_text(json.dumps(m))
+    elif how == "foreign":
+        torch.save({"weight": torch.zeros(1, 1)}, folder / "model.pt")
     elif how == "no-manifest":
         (folder / "model.json").unlink()
     elif how == "unwritable":
@@ -165,6 +167,8 @@ def _break(folder, how):
     ("corrupt", "{f}/model.pt: not a readable state_dict ("),
     ("mismatch", "{f}/model.pt: does not match model.json (weight (1, 1) torch.float32, bias "
                  "True; manifest says 1 target(s) x 7 feature(s), float32, bias True)"),
+    ("foreign", "{f}/model.pt: not a linreg state_dict (expected the tensors 'linear.weight' "
+                "and optionally 'linear.bias')"),
     ("no-manifest", "{f}/model.json: no manifest; is {f} a model folder made by linreg-train?"),
     ("unwritable", "{f}: cannot write the export ("),
 ])
