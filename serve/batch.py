@@ -184,11 +184,9 @@ def _npy_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
     if data.dtype.kind not in "fiub":
         raise DataError(f"{source}: array dtype {data.dtype} is not numeric")
     for first in range(0, data.shape[0], batch_rows):
-        rows = np.ascontiguousarray(data[first:first + batch_rows], dtype=predictor.dtype)
-        if not np.isfinite(rows).all():
-            r, c = np.argwhere(~np.isfinite(rows))[0]
-            raise DataError(f"{source}: row {first + r + 1}, column {c}: {rows[r, c]} is not "
-                            "allowed")
+        with np.errstate(over="ignore"):  # an overflow is named as inf just below
+            rows = np.ascontiguousarray(data[first:first + batch_rows], dtype=predictor.dtype)
+        predictor.check_finite(rows, row_offset=first, source=str(source))
         yield rows, {}, first
 
 
@@ -240,11 +238,9 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
 
 
 def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
-    arr = np.asarray(rows, dtype=predictor.dtype)
-    if not np.isfinite(arr).all():
-        r, c = np.argwhere(~np.isfinite(arr))[0]
-        raise DataError(f"{name}: row {first + r + 1}, column {predictor.feature_names[c]!r}: "
-                        "not a finite number")
+    with np.errstate(over="ignore"):  # an overflow is named as inf just below
+        arr = np.asarray(rows, dtype=predictor.dtype)
+    predictor.check_finite(arr, row_offset=first, source=name)
     return arr, {k: pa.array(v) for k, v in kept.items()}, first
 
 

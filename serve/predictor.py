@@ -22,6 +22,7 @@ import numpy as np
 
 from serve.errors import DataError, ModelError
 from serve.manifest import MANIFEST, read_manifest
+from serve.tables import first_non_finite
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
 
@@ -176,17 +177,21 @@ class Predictor:
     def _name(self, c: int) -> str:
         return self.feature_names[c] if c < self.n_features else str(c)
 
-    def check_finite(self, rows: np.ndarray) -> None:
-        """Raise a PredictionInputError naming the first NaN or infinite cell, if any."""
-        if np.isfinite(rows).all():
+    def check_finite(self, rows: np.ndarray, *, row_offset: int = 0,
+                     source: str | None = None) -> None:
+        """Raise a PredictionInputError naming the first NaN or infinite cell, if any.
+
+        ``row_offset`` counts the rows before ``rows`` (files read in chunks); ``source``
+        prefixes the message (a file name)."""
+        bad = first_non_finite(rows)
+        if bad is None:
             return
-        r, c = np.argwhere(~np.isfinite(rows))[0]
-        v = rows[r, c]
-        what = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+        r, c, what = bad
         hint = " (or a value beyond float32's ±3.4e38)" if what != "NaN" and \
             self.dtype == np.float32 else ""
-        raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what} is not "
-                                   f"allowed{hint}")
+        where = f"{source}: " if source else ""
+        raise PredictionInputError(f"{where}row {row_offset + r + 1}, column {self._name(c)!r}: "
+                                   f"{what} is not allowed{hint}")
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "

@@ -189,13 +189,21 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         out[:, j] = _column_values(col, name, source, row_offset)
-    if not np.isfinite(out).all():
-        r, j = np.argwhere(~np.isfinite(out))[0]
-        v = out[r, j]
-        what = "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
+    if bad := first_non_finite(out):
+        r, j, what = bad
         raise DataError(f"{source}: row {row_offset + r + 1}, column {columns[j]!r}: {what} is not "
                         "allowed (clean or drop the row)")
     return out
+
+
+def first_non_finite(values: np.ndarray) -> tuple[int, int, str] | None:
+    """``(row, column, "NaN" | "inf" | "-inf")`` of the first cell of a 2-D array that is not a
+    finite number, or None when all are (the common case costs one ``isfinite`` pass)."""
+    if np.isfinite(values).all():
+        return None
+    r, c = np.argwhere(~np.isfinite(values))[0]
+    v = values[r, c]
+    return int(r), int(c), "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
 def _column_values(col: pa.Array, name: str, source: str | Path, row_offset: int) -> np.ndarray:
