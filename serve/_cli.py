@@ -1,8 +1,16 @@
-"""What every linreg console script shares: user errors end in one line, never a traceback."""
+"""What every linreg console script shares: user errors end in one line, never a traceback.
+
+Also the signals: SIGTERM and SIGHUP unwind like Ctrl-C (SIGINT), so every ``finally`` runs and
+no temporary file or folder is left behind; the exit status is 128 + the signal's number.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -10,6 +18,18 @@ import click
 from serve.errors import LinregError
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM/SIGHUP handler so the interrupted work unwinds and cleans up."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
 
 
 class OneLineErrors(click.Command):
@@ -22,6 +42,17 @@ class OneLineErrors(click.Command):
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> Any:
         extra.pop("standalone_mode", None)
         prog = prog_name or self.name or "linreg"
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, _raise_terminated)
+                        for sig in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            return self._main(prog, args, prog_name, **extra)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _main(self, prog: str, args: Any, prog_name: str | None, **extra: Any) -> Any:
         try:
             return super().main(args, prog_name, standalone_mode=False, **extra)
         except click.exceptions.Exit as e:  # --help, --version
@@ -32,13 +63,67 @@ class OneLineErrors(click.Command):
             _fail(prog, str(e), e.exit_code)
         except click.Abort:
             _fail(prog, "aborted", 1)
+        except Terminated as e:
+            _fail(prog, f"stopped by {signal.Signals(e.signum).name}", 128 + e.signum)
         except KeyboardInterrupt:
             _fail(prog, "interrupted", 130)
-        except BrokenPipeError:  # `linreg-predict ... - | head`
+        except BrokenPipeError:  # `linreg-predict ... - | head`: the reader has all it wants
+            _quiet_stdout()
             sys.exit(0)
+        except MemoryError:
+            _fail(prog, "out of memory; use a smaller input, --batch-rows, or fewer rows", 1)
+        except OSError as e:  # the last net: a file the checks above could not foresee
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(prog, f"{where}{e.strerror or e}", 1)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at nothing, so the interpreter's final flush finds no closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _fail(prog: str, message: str, code: int) -> None:
     message = " ".join(message.split())  # one line, whatever the message
-    click.echo(f"{prog}: error: {message}", err=True)
+    try:
+        click.echo(f"{prog}: error: {message}", err=True)
+    except OSError:
+        pass
     sys.exit(code)
+
+
+class FiniteFloat(click.ParamType):
+    """A float within ``[min, max]`` (either end open or absent); NaN and infinities refused.
+
+    click's FloatRange lets ``nan`` through (every comparison with NaN is false); settings such
+    as ``--lr`` or ``--val-fraction`` must be real numbers."""
+
+    name = "number"
+
+    def __init__(self, min: float | None = None, max: float | None = None, *,
+                 min_open: bool = False, max_open: bool = False) -> None:
+        self.min, self.max, self.min_open, self.max_open = min, max, min_open, max_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float) and math.isfinite(value):
+            v = value
+        else:
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+            if not math.isfinite(v):
+                self.fail(f"{value!r} is not a finite number", param, ctx)
+        low_bad = self.min is not None and (v <= self.min if self.min_open else v < self.min)
+        high_bad = self.max is not None and (v >= self.max if self.max_open else v > self.max)
+        if low_bad or high_bad:
+            self.fail(f"{value} is not in {self._range()}", param, ctx)
+        return v
+
+    def _range(self) -> str:
+        lo = "(-inf" if self.min is None else ("(" if self.min_open else "[") + f"{self.min:g}"
+        hi = "inf)" if self.max is None else f"{self.max:g}" + (")" if self.max_open else "]")
+        return f"the range {lo}, {hi}"

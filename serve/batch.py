@@ -10,7 +10,6 @@ the output path only when every row has been predicted (a bad row leaves nothing
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import sys
@@ -23,10 +22,22 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.atomic import atomic_file
-from serve.errors import DataError, OutputExistsError
+from serve.atomic import output_file
+from serve.errors import DataError, OutputError
+from serve.jsontext import JSONTextError
+from serve.jsontext import loads as json_loads
 from serve.predictor import Predictor
-from serve.tables import csv_header, file_format, to_matrix
+from serve.tables import (
+    CSV_MAX_BLOCK,
+    STDIN,
+    check_readable,
+    check_unique,
+    csv_batches,
+    file_format,
+    load_npy,
+    npy_header,
+    to_matrix,
+)
 
 INPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
 OUTPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
@@ -50,23 +61,22 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     if out_fmt == "npy" and keep:
         raise DataError("--keep needs a CSV, Parquet or JSON-lines output; .npy holds numbers only")
     if str(source) != "-":
-        if not Path(source).is_file():
-            raise DataError(f"{source}: no such file")
-        if Path(source).stat().st_size == 0:
-            raise DataError(f"{source}: file is empty")
-    if str(output) != "-" and Path(output).exists() and not force:
-        raise OutputExistsError(f"{output}: already exists; pass --force to overwrite it")
+        check_readable(source)
+        if str(output) != "-" and _same_file(source, output):
+            raise OutputError(f"{output}: is the input file; write the predictions elsewhere")
 
     chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
         return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress)
-    if not Path(output).parent.is_dir():
-        raise DataError(f"{output}: the folder {Path(output).parent} does not exist")
+    with output_file(output, force=force) as sink:
+        return _run(predictor, chunks, sink, out_fmt, keep, progress)
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
     try:
-        with atomic_file(output) as tmp, open(tmp, "wb") as sink:
-            return _run(predictor, chunks, sink, out_fmt, keep, progress)
-    except PermissionError as e:
-        raise DataError(f"{output}: cannot write ({e.strerror})") from None
+        return Path(b).exists() and Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
@@ -91,38 +101,12 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
 # ---------------------------------------------------------------------------------- readers
 
 def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) -> Iterator[Chunk]:
-    features = predictor.feature_names
-    name = "<stdin>" if str(source) == "-" else str(source)
-    if str(source) != "-":
-        header = csv_header(Path(source))
-        _check_header(name, header, features, keep)
-        block = _csv_block_size(Path(source), batch_rows)
-    else:
-        header, block = None, CSV_MAX_BLOCK
-    types = {f: pa.float64() for f in features}
-    columns = list(dict.fromkeys(features + keep))  # a kept feature is read once
-    convert = pacsv.ConvertOptions(column_types=types, include_columns=columns,
-                                   null_values=[""], strings_can_be_null=True)
-    stream = sys.stdin.buffer if str(source) == "-" else source
-    first, reader = 0, None
-    while True:
-        try:  # pyarrow reports a bad cell without its row: find it ourselves (error path only)
-            if reader is None:
-                reader = pacsv.open_csv(stream, read_options=pacsv.ReadOptions(block_size=block),
-                                        convert_options=convert)
-            batch = reader.read_next_batch()
-        except StopIteration:
-            return
-        except pa.ArrowInvalid as e:
-            if header is not None:
-                _locate_csv_error(Path(source), header, features, first)
-            raise DataError(f"{name}: after row {first}: {_arrow_message(e)}") from None
-        rows = to_matrix(batch, features, source=name, dtype=predictor.dtype, row_offset=first)
+    name = STDIN if str(source) == "-" else str(source)
+    block = CSV_MAX_BLOCK if str(source) == "-" else _csv_block_size(Path(source), batch_rows)
+    for batch, first in csv_batches(source, predictor.feature_names, keep=keep, block_size=block):
+        rows = to_matrix(batch, predictor.feature_names, source=name, dtype=predictor.dtype,
+                         row_offset=first)
         yield rows, {k: batch.column(k) for k in keep}, first
-        first += batch.num_rows
-
-
-CSV_MAX_BLOCK = 1 << 20
 
 
 def _csv_block_size(path: Path, batch_rows: int) -> int:
@@ -135,35 +119,24 @@ def _csv_block_size(path: Path, batch_rows: int) -> int:
     return int(min(max(batch_rows * per_row, 1 << 12), CSV_MAX_BLOCK))
 
 
-def _locate_csv_error(path: Path, header: list[str], features: list[str], first: int) -> None:
-    """Find and raise the first bad feature cell at or after data row ``first`` (error path)."""
-    cols = [header.index(f) for f in features]
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        next(reader)
-        for r, row in enumerate(reader, start=1):
-            if r <= first:
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}: row {r} has {len(row)} fields but the header has "
-                                f"{len(header)}")
-            for c, name in zip(cols, features):
-                try:
-                    float(row[c])
-                except ValueError:
-                    what = "missing value" if not row[c].strip() else f"'{row[c]}' is not a number"
-                    raise DataError(f"{path}: row {r}, column {name!r}: {what}") from None
-
-
 def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
     try:
         pf = pq.ParquetFile(source)
-    except (pa.ArrowInvalid, OSError) as e:
+    except (pa.ArrowException, OSError) as e:
         raise DataError(f"{source}: not a readable Parquet file ({_arrow_message(e)})") from None
+    check_unique(pf.schema_arrow.names, source)
     _check_header(str(source), pf.schema_arrow.names, predictor.feature_names, keep)
     first = 0
     columns = list(dict.fromkeys(predictor.feature_names + keep))
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+    batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{source}: after row {first}: not a readable Parquet file "
+                            f"({_arrow_message(e)})") from None
         rows = to_matrix(batch, predictor.feature_names, source=source, dtype=predictor.dtype,
                          row_offset=first)
         yield rows, {k: batch.column(k) for k in keep}, first
@@ -173,41 +146,44 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
 def _npy_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
     if keep:
         raise DataError(f"{source}: --keep needs named columns; .npy input has none")
-    data = np.load(source if str(source) != "-" else io.BytesIO(sys.stdin.buffer.read()),
-                   mmap_mode="r" if str(source) != "-" else None, allow_pickle=False)
+    if str(source) == "-":
+        name, blob = STDIN, io.BytesIO(sys.stdin.buffer.read())
+        npy_header(blob, len(blob.getbuffer()), name)
+        blob.seek(0)
+        data = np.load(blob, allow_pickle=False)
+    else:
+        name, data = str(source), load_npy(source, mmap=True)
     if data.ndim == 1 and predictor.n_features == 1:
         data = data.reshape(-1, 1)
     if data.ndim != 2 or data.shape[1] != predictor.n_features:
-        raise DataError(f"{source}: array of shape {data.shape}; the model needs "
+        raise DataError(f"{name}: array of shape {data.shape}; the model needs "
                         f"(rows, {predictor.n_features}) in feature order "
                         f"{', '.join(predictor.feature_names)}")
-    if data.dtype.kind not in "fiub":
-        raise DataError(f"{source}: array dtype {data.dtype} is not numeric")
     for first in range(0, data.shape[0], batch_rows):
         with np.errstate(over="ignore"):  # an overflow is named as inf just below
             rows = np.ascontiguousarray(data[first:first + batch_rows], dtype=predictor.dtype)
-        predictor.check_finite(rows, row_offset=first, source=str(source))
+        predictor.check_finite(rows, row_offset=first, source=name)
         yield rows, {}, first
 
 
 def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
     """One JSON object per line (keys are feature names) or one array of features per line."""
-    name = "<stdin>" if str(source) == "-" else str(source)
+    name = STDIN if str(source) == "-" else str(source)
     features = predictor.feature_names
-    stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")
+    stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115
     try:
         rows, kept, first, line_no = [], {k: [] for k in keep}, 0, 0
         for line_no, line in enumerate(stream, start=1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{name}: line {line_no}: not valid JSON ({e.msg})") from None
+                rec = json_loads(line)
+            except JSONTextError as e:
+                raise DataError(f"{name}: line {line_no}: {e}") from None
             if isinstance(rec, dict):
                 missing = [f for f in features + keep if f not in rec]
                 if missing:
-                    raise DataError(f"{name}: line {line_no}: missing {', '.join(missing)}")
+                    raise DataError(f"{name}: line {line_no}: missing {', '.join(missing[:10])}")
                 values = [rec[f] for f in features]
                 for k in keep:
                     kept[k].append(rec[k])
@@ -218,11 +194,11 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
                                 "name" + ("" if keep else " or an array of features"))
             if len(values) != len(features) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                bad = next((f"{v!r}" for v in values if not isinstance(v, (int, float))
+                bad = next((v for v in values if not isinstance(v, (int, float))
                             or isinstance(v, bool)), None)
                 raise DataError(f"{name}: line {line_no}: " + (
-                    f"{bad} is not a number" if bad else
-                    f"{len(values)} values, the model needs {len(features)}"))
+                    f"{_shown(bad)} is not a number" if bad is not None or len(values) == len(
+                        features) else f"{len(values)} values, the model needs {len(features)}"))
             rows.append(values)
             if len(rows) == batch_rows:
                 yield _jsonl_chunk(rows, kept, first, predictor, name)
@@ -237,19 +213,32 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
             stream.close()
 
 
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
 def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
     with np.errstate(over="ignore"):  # an overflow is named as inf just below
         arr = np.asarray(rows, dtype=predictor.dtype)
     predictor.check_finite(arr, row_offset=first, source=name)
-    return arr, {k: pa.array(v) for k, v in kept.items()}, first
+    columns = {}
+    for k, v in kept.items():
+        try:
+            columns[k] = pa.array(v)
+        except (pa.ArrowException, OverflowError):
+            raise DataError(f"{name}: --keep {k}: the values after row {first} mix types or are "
+                            "not scalars") from None
+    return arr, columns, first
 
 
 def _check_header(name: str, columns: Sequence[str], features: list[str], keep: list[str]) -> None:
-    missing = [f for f in features if f not in columns]
+    present = set(columns)
+    missing = [f for f in features if f not in present]
     if missing:
         raise DataError(f"{name}: missing feature column(s) {', '.join(missing)}; the model "
                         f"needs {', '.join(features)}")
-    if unknown := [k for k in keep if k not in columns]:
+    if unknown := [k for k in keep if k not in present]:
         raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
                         f"{', '.join(columns)}")
 

@@ -20,5 +20,9 @@ class ModelError(LinregError):
     """A model folder or file is missing, corrupt, or does not match its manifest."""
 
 
-class OutputExistsError(LinregError):
+class OutputError(LinregError):
+    """An output path cannot be written, or is something linreg must not replace."""
+
+
+class OutputExistsError(OutputError):
     """Refusing to overwrite an existing output without --force."""

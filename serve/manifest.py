@@ -1,20 +1,31 @@
 """The manifest, ``model.json``: what a model folder holds and how it was made.
 
-Written by the trainer and the exporter, read by the runtime. Values are plain JSON.
+Written by the trainer and the exporter, read by the runtime. Values are plain JSON. A manifest
+is checked when it is read (a hand-edited or hostile one ends in one line naming the field), and
+so is every artifact against the sha256 it records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 from serve.atomic import atomic_file
-from serve.errors import ModelError
+from serve.errors import ModelError, OutputExistsError
+from serve.jsontext import JSONTextError, loads
 
 SCHEMA_VERSION = 1
 MANIFEST = "model.json"
+MAX_MANIFEST_BYTES = 64 << 20
+# Every file linreg-train and linreg-export write into a model folder.
+ARTIFACT_NAMES = frozenset({MANIFEST, "model.pt", "history.csv", "theta.png", "loss.png",
+                            "fit.png", "model.onnx", "model.torchscript.pt", "model.pt2"})
+_OWN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # what an interrupted linreg run may leave
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -27,19 +38,113 @@ def sha256_file(path: str | Path) -> str:
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a model folder, or a ModelError saying what is wrong with it."""
+    """The checked manifest of a model folder, or a ModelError saying what is wrong with it."""
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise ModelError(f"{path}: no manifest; is {folder} a model folder made by linreg-train?")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{path}: {path.stat().st_size:,} bytes is too large for a manifest")
     try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ModelError(f"{path}: unsupported manifest (schema_version "
-                         f"{manifest.get('schema_version') if isinstance(manifest, dict) else None}"
-                         f", expected {SCHEMA_VERSION})")
+        manifest = loads(path.read_bytes())
+    except JSONTextError as e:
+        raise ModelError(f"{path}: {e}") from None
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+    check_manifest(manifest, path)
     return manifest
+
+
+def check_manifest(m: Any, path: str | Path) -> None:
+    """Raise a ModelError naming the first field of ``m`` that is missing or of the wrong kind.
+
+    Only what linreg reads is checked; unknown extra fields are left alone (newer writers)."""
+    def fail(field: str, what: str) -> None:
+        raise ModelError(f"{path}: field {field!r} {what}; the file is not a manifest this "
+                         "linreg can use (retrain, or restore it)")
+
+    if not isinstance(m, dict):
+        fail("(top level)", "must be an object")
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise ModelError(f"{path}: unsupported manifest (schema_version "
+                         f"{m.get('schema_version')!r}, expected {SCHEMA_VERSION})")
+    for key in ("features", "targets"):
+        names = m.get(key)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            fail(key, "must be a non-empty list of names")
+        if len(set(names)) != len(names):
+            fail(key, "repeats a name")
+    if set(m["features"]) & set(m["targets"]):
+        fail("targets", "names a feature")
+    model = m.get("model")
+    if not isinstance(model, dict):
+        fail("model", "must be an object")
+    if model.get("n_features") != len(m["features"]) or model.get("n_targets") != len(m["targets"]):
+        fail("model.n_features", "and model.n_targets must count the feature and target names")
+    if not isinstance(model.get("bias"), bool):
+        fail("model.bias", "must be true or false")
+    if model.get("dtype") not in ("float32", "float64"):
+        fail("model.dtype", "must be float32 or float64")
+    for key in ("name", "created", "linreg_version"):
+        if key in m and not isinstance(m[key], str):
+            fail(key, "must be a string")
+    for key in ("training", "metrics", "exports", "artifacts", "data"):
+        if m.get(key) is not None and not isinstance(m[key], dict):
+            fail(key, "must be an object")
+    for name, info in (m.get("artifacts") or {}).items():
+        if name not in ARTIFACT_NAMES or not isinstance(info, dict) \
+                or not isinstance(info.get("sha256"), str) or not _SHA256.match(info["sha256"]):
+            fail(f"artifacts.{name}", "must be a linreg file name with its sha256")
+    norm = m.get("normalization")
+    if norm is not None:
+        n = len(m["features"])
+        if not isinstance(norm, dict) or not all(_numbers(norm.get(k), n) for k in ("mean",
+                                                                                    "scale")):
+            fail("normalization", f"must hold 'mean' and 'scale', {n} finite numbers each")
+    data = m.get("data") or {}
+    idx = data.get("validation_indices")
+    if idx is not None:
+        rows = data.get("rows")
+        if not isinstance(rows, int) or isinstance(rows, bool) or not isinstance(idx, list) or \
+                not all(type(i) is int and 0 <= i < rows for i in idx):
+            fail("data.validation_indices", "must be row numbers below data.rows")
+    for key in ("path", "sha256"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            fail(f"data.{key}", "must be a string")
+
+
+def _numbers(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for v in values)
+
+
+def verify_artifact(manifest: dict[str, Any], folder: str | Path, name: str,
+                    data: bytes | None = None) -> None:
+    """Raise a ModelError when ``name`` differs from the sha256 the manifest recorded for it
+    (files the manifest does not list are not checked). ``data``: the bytes already read."""
+    info = (manifest.get("artifacts") or {}).get(name)
+    if info is None:
+        return
+    path = Path(folder) / name
+    digest = hashlib.sha256(data).hexdigest() if data is not None else sha256_file(path)
+    if digest != info["sha256"]:
+        raise ModelError(f"{path}: its sha256 differs from the one in model.json; the file was "
+                         "changed or damaged after linreg wrote it (export or train again)")
+
+
+def check_replaceable(folder: Path) -> None:
+    """Raise unless ``--force`` may replace ``folder``: it is empty, or a model folder holding
+    only files linreg writes. Anything else (notes, data, sub-folders) is never deleted."""
+    entries = sorted(p.name for p in folder.iterdir())
+    foreign = [e for e in entries if e not in ARTIFACT_NAMES and not _OWN_TEMPORARY.match(e)]
+    if entries and MANIFEST not in entries:
+        foreign = foreign or entries
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
+                                          else "")
+        raise OutputExistsError(f"{folder}: not a linreg model folder (it holds {shown}); "
+                                "--force replaces only folders made by linreg-train: choose "
+                                "another --out")
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:

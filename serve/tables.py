@@ -1,20 +1,36 @@
 """Reading numeric tables from CSV, Parquet, NPY and NPZ files, with errors that say where.
 
-Both sides use this: the trainer to load training data, the runtime to read rows to predict.
-A table is read into a ``pyarrow.Table`` (so id columns may be text), then the columns a model
-needs are turned into one float matrix by :func:`to_matrix`, which names the row and column of
-the first cell that is not a finite number.
+Both sides use this, so training and prediction read every cell the same way:
+
+- A cell is a number when Arrow's float parser takes it, surrounding spaces trimmed: ``12``,
+  ``-1.5e3``, ``.5``. Not ``1_000``, ``0x1F``, ``true`` or ``1,5`` (those are errors everywhere),
+  and ``nan``/``inf`` parse but are refused as NaN/infinite. An empty cell is a missing value.
+- Column names must be unique; text must be UTF-8; ``.npy``/``.npz`` headers are checked against
+  the file's size before anything is allocated, and nothing is ever unpickled.
+- Every error is one :class:`DataError` line naming the file, the 1-based data row and the
+  column where there is one.
+
+CSV is read by one streaming reader, :func:`csv_batches` (files and stdin alike, memory bounded
+by the block size); training reads the same batches and concatenates them.
 """
 
 from __future__ import annotations
 
 import csv
-import re
-from collections.abc import Sequence
+import io
+import math
+import os
+import stat
+import sys
+import zipfile
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -22,6 +38,9 @@ from serve.errors import DataError
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".npz": "npz",
             ".jsonl": "jsonl", ".ndjson": "jsonl"}
+CSV_MAX_BLOCK = 1 << 20
+NPY_MAX_HEADER = 1 << 16
+STDIN = "<stdin>"
 
 
 def file_format(path: str | Path, *, allowed: Sequence[str] | None = None) -> str:
@@ -34,144 +53,63 @@ def file_format(path: str | Path, *, allowed: Sequence[str] | None = None) -> st
     return fmt
 
 
-def read_table(path: str | Path) -> pa.Table:
-    """Read a whole data file into a pyarrow Table (CSV with a header, Parquet, NPY, NPZ)."""
-    path = Path(path)
-    fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
+def check_readable(path: str | Path) -> None:
+    """Raise a DataError unless ``path`` is a non-empty regular file this process can read."""
+    try:
+        st = os.stat(path)
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a data file") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{path}: not a regular file; to stream from a pipe, give - and use "
+                        "standard input")
+    if st.st_size == 0:
         raise DataError(f"{path}: file is empty")
-    table = {"csv": _read_csv, "parquet": _read_parquet, "npy": _read_npy, "npz": _read_npz}[fmt](path)
-    if table.num_columns == 0:
-        raise DataError(f"{path}: no columns")
-    if table.num_rows == 0:
-        raise DataError(f"{path}: has a header but no data rows")
-    return table
 
 
-def csv_header(path: Path) -> list[str]:
-    """The column names on the first line of a CSV file."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        try:
-            header = next(csv.reader(f))
-        except StopIteration:
-            raise DataError(f"{path}: file is empty") from None
-    if not header or all(not h.strip() for h in header):
-        raise DataError(f"{path}: the first line must be a header of column names")
-    return header
+def check_unique(names: Sequence[str], source: str | Path, what: str = "column") -> None:
+    """Column names must be unique: a repeated name would make 'the column x' ambiguous."""
+    if len(set(names)) != len(names):
+        dup = next(n for n, c in Counter(names).items() if c > 1)
+        raise DataError(f"{source}: {what} {dup!r} appears twice; column names must be unique")
 
 
-def csv_options(header: Sequence[str], *, as_text: bool = False) -> pacsv.ConvertOptions:
-    """Conversion options: only empty cells are nulls (reported as missing); "nan" parses as NaN
-    and "NA" as text, so each gets its own message."""
-    types = {name: pa.string() for name in header} if as_text else None
-    return pacsv.ConvertOptions(column_types=types, null_values=[""],
-                                strings_can_be_null=not as_text,
-                                quoted_strings_can_be_null=not as_text)
+# ---------------------------------------------------------------------------------- numbers
 
-
-def _read_csv(path: Path) -> pa.Table:
-    header = csv_header(path)
-    if len(set(header)) != len(header):
-        dup = next(h for h in header if header.count(h) > 1)
-        raise DataError(f"{path}: column {dup!r} appears twice in the header")
+def parse_numbers(col: pa.Array) -> np.ndarray:
+    """Text cells as float64 by the one number rule (module docstring); raises ``_BadCell``."""
+    trimmed = pc.utf8_trim_whitespace(col)
+    if trimmed.null_count or pc.any(pc.equal(trimmed, "")).as_py():
+        missing = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, ""))
+        raise _BadCell(int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]), None)
     try:
-        return pacsv.read_csv(path, convert_options=csv_options(header))
-    except pa.ArrowInvalid as e:
-        # pyarrow guessed a column's type from the first block and a later cell broke it, or a
-        # line has the wrong number of fields: say where in our own words.
-        raise _csv_error(path, header, e) from None
+        return pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        lo, hi = 0, len(trimmed)  # the first cell that does not parse, by bisection
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            try:
+                pc.cast(trimmed.slice(lo, mid - lo), pa.float64())
+                lo = mid
+            except pa.ArrowInvalid:
+                hi = mid
+        raise _BadCell(lo, col[lo].as_py()) from None
 
 
-_ROW_WIDTH = re.compile(r"Expected (\d+) columns, got (\d+)")
+class _BadCell(Exception):
+    def __init__(self, row: int, value: Any) -> None:
+        self.row, self.value = row, value
 
-
-def _csv_error(path: Path, header: list[str], err: Exception) -> DataError:
-    msg = str(err)
-    if _ROW_WIDTH.search(msg):
-        return _locate_ragged_line(path, len(header)) or DataError(f"{path}: {msg.splitlines()[0]}")
-    table = pacsv.read_csv(path, convert_options=csv_options(header, as_text=True))
-    try:
-        to_matrix(table, [c for c in header if c], source=path)
-    except DataError as located:
-        return located
-    return DataError(f"{path}: {msg.splitlines()[0]}")
-
-
-def _locate_ragged_line(path: Path, width: int) -> DataError | None:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if row and len(row) != width:
-                return DataError(f"{path}: line {line_no} has {len(row)} fields but the header "
-                                 f"has {width}")
-    return None
-
-
-def _read_parquet(path: Path) -> pa.Table:
-    try:
-        return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-
-
-def _load_numpy(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)  # never unpickle anything from a data file
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise DataError(f"{path}: holds Python objects; only numeric arrays are accepted") from None
-        raise DataError(f"{path}: not a readable NumPy file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable NumPy file ({e})") from None
-
-
-def _read_npy(path: Path) -> pa.Table:
-    return matrix_table(_load_numpy(path), None, path)
-
-
-def _read_npz(path: Path) -> pa.Table:
-    """An .npz holds either ``X`` and ``y``/``Y`` (optionally ``feature_names``/``target_names``)
-    or a single 2-D array read like an .npy file."""
-    with _load_numpy(path) as z:
-        keys = set(z.files)
-        if "X" in keys and ({"y", "Y"} & keys):
-            X = np.asarray(z["X"])
-            Y = np.asarray(z["y"] if "y" in keys else z["Y"])
-            X = X.reshape(-1, 1) if X.ndim == 1 else X
-            Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
-            if X.shape[0] != Y.shape[0]:
-                raise DataError(f"{path}: X has {X.shape[0]} rows but y has {Y.shape[0]}")
-            fnames = _names(z, "feature_names", X.shape[1], "x", path)
-            tnames = _names(z, "target_names", Y.shape[1], "y", path)
-            return matrix_table(np.hstack([X, Y]) if X.size or Y.size else X, fnames + tnames, path)
-        arrays = [k for k in z.files if k not in ("feature_names", "target_names")]
-        if len(arrays) != 1:
-            raise DataError(f"{path}: expected arrays 'X' and 'y', or a single 2-D array; "
-                            f"found {sorted(keys)}")
-        return matrix_table(z[arrays[0]], None, path)
-
-
-def _names(z, key: str, n: int, prefix: str, path: Path) -> list[str]:
-    if key not in z.files:
-        return [f"{prefix}{i}" for i in range(n)] if n > 1 else [prefix]
-    names = [str(s) for s in np.asarray(z[key]).ravel()]
-    if len(names) != n:
-        raise DataError(f"{path}: {key} has {len(names)} names for {n} columns")
-    return names
-
-
-def matrix_table(arr: np.ndarray, names: Sequence[str] | None, path: str | Path) -> pa.Table:
-    """A 2-D numeric array as a Table; columns are named ``c0, c1, ...`` unless given names."""
-    arr = np.asarray(arr)
-    if arr.ndim == 1:
-        arr = arr.reshape(-1, 1)
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise DataError(f"{path}: array dtype {arr.dtype} is not numeric")
-    names = list(names) if names is not None else [f"c{i}" for i in range(arr.shape[1])]
-    return pa.table({n: arr[:, i] for i, n in enumerate(names)})
+    def describe(self) -> str:
+        if self.value is None or not str(self.value).strip():
+            return "missing value"
+        text = str(self.value)
+        return f"{text[:40] + '...' if len(text) > 40 else text!r} is not a number"
 
 
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
@@ -188,7 +126,13 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
         col = table.column(name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        out[:, j] = _column_values(col, name, source, row_offset)
+        try:
+            values = _column_values(col, name, source)
+        except _BadCell as bad:
+            raise DataError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
+                            f"{bad.describe()}") from None
+        with np.errstate(over="ignore"):  # beyond the dtype's range becomes inf, named below
+            out[:, j] = values
     if bad := first_non_finite(out):
         r, j, what = bad
         raise DataError(f"{source}: row {row_offset + r + 1}, column {columns[j]!r}: {what} is not "
@@ -206,24 +150,333 @@ def first_non_finite(values: np.ndarray) -> tuple[int, int, str] | None:
     return int(r), int(c), "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
 
 
-def _column_values(col: pa.Array, name: str, source: str | Path, row_offset: int) -> np.ndarray:
+def _column_values(col: pa.Array, name: str, source: str | Path) -> np.ndarray:
     t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
             or pa.types.is_decimal(t) or pa.types.is_null(t):
         if col.null_count:
-            r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{source}: row {row_offset + r + 1}, column {name!r}: missing value")
-        if pa.types.is_decimal(t) or pa.types.is_boolean(t):
-            col = col.cast(pa.float64())
+            raise _BadCell(int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]),
+                           None)
+        if pa.types.is_decimal(t) or pa.types.is_boolean(t) or pa.types.is_integer(t):
+            col = col.cast(pa.float64(), safe=False)
         return col.to_numpy(zero_copy_only=False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        values = col.to_pylist()
-        for r, v in enumerate(values):
-            try:
-                float(v)  # type: ignore[arg-type]
-            except (TypeError, ValueError):
-                shown = "missing value" if v is None or not v.strip() else f"{v!r} is not a number"
-                raise DataError(f"{source}: row {row_offset + r + 1}, column {name!r}: {shown}") \
-                    from None
-        return np.array(values, dtype=np.float64)
+        return parse_numbers(col)
     raise DataError(f"{source}: column {name!r} has type {t}, not numbers")
+
+
+# ---------------------------------------------------------------------------------- tables
+
+def column_names(path: str | Path) -> list[str]:
+    """The columns of a data file, read from its header alone."""
+    path = Path(path)
+    fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
+    check_readable(path)
+    if fmt == "csv":
+        with open(path, "rb") as f:
+            return csv_header(f, path)[0]
+    if fmt == "parquet":
+        names = _parquet_file(path).schema_arrow.names
+        check_unique(names, path)
+        return names
+    return read_table(path).column_names  # NPY/NPZ: the header decides the names
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a data file into a Table: all columns, or just ``columns`` (CSV reads those as
+    numbers by the one rule; other formats keep their stored types for :func:`to_matrix`)."""
+    path = Path(path)
+    fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
+    check_readable(path)
+    if fmt == "csv":
+        if columns is None:
+            columns = column_names(path)
+        batches = [b for b, _ in csv_batches(path, list(columns))]
+        if not batches:
+            raise DataError(f"{path}: has a header but no data rows")
+        table = pa.Table.from_batches(batches)
+    elif fmt == "parquet":
+        pf = _parquet_file(path)
+        check_unique(pf.schema_arrow.names, path)
+        try:
+            table = pf.read(columns=list(columns) if columns is not None else None)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+    else:
+        table = _read_npy(path) if fmt == "npy" else _read_npz(path)
+        if columns is not None:
+            table = table.select(list(columns))
+    if table is None or table.num_columns == 0:
+        raise DataError(f"{path}: no columns")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: has a header but no data rows")
+    return table
+
+
+def _parquet_file(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
+# ---------------------------------------------------------------------------------- CSV
+
+def csv_header(stream: BinaryIO, source: str | Path) -> tuple[list[str], bytes]:
+    """The column names on the first line of a CSV stream, and that line's bytes."""
+    line = stream.readline()
+    if not line:
+        raise DataError(f"{source}: file is empty")
+    if line.startswith(b"\x1f\x8b"):
+        raise DataError(f"{source}: is gzip-compressed; decompress it first (gunzip)")
+    if line.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{source}: is UTF-16 text; save it as UTF-8")
+    try:
+        text = line.decode("utf-8-sig")
+        header = next(csv.reader([text.rstrip("\r\n")]), [])
+    except UnicodeDecodeError as e:
+        raise DataError(f"{source}: line 1 is not UTF-8 text (byte 0x{e.object[e.start]:02x}); "
+                        "save the file as UTF-8") from None
+    except csv.Error as e:
+        raise DataError(f"{source}: line 1: {e}") from None
+    if not header or all(not h.strip() for h in header):
+        raise DataError(f"{source}: the first line must be a header of column names")
+    check_unique(header, source)
+    return header, line
+
+
+class _Tape:
+    """A byte stream read through for pyarrow that remembers the lines it has not yet seen
+    delivered as rows, so a bad cell is found by its row even on a pipe (error path only)."""
+
+    def __init__(self, raw: BinaryIO, header_line: bytes) -> None:
+        self.raw = raw
+        self.chunks: deque[tuple[bytes, int]] = deque([(header_line, 1)])
+        self.lines_before = 0  # newlines before chunks[0]
+        self.pending = header_line  # pyarrow reads the header line first, from here
+        self.closed = False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.pending:
+            data, self.pending = self.pending, b""
+            return data
+        data = self.raw.read(n)
+        if data:
+            self.chunks.append((data, data.count(b"\n")))
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def forget_before(self, line: int) -> None:
+        """Drop what lies wholly before 0-based ``line``."""
+        while len(self.chunks) > 1 and self.lines_before + self.chunks[0][1] < line:
+            self.lines_before += self.chunks.popleft()[1]
+
+    def since(self, line: int) -> bytes:
+        """The bytes from the start of 0-based ``line`` to what has been read so far."""
+        blob = b"".join(c for c, _ in self.chunks)
+        pos = 0
+        for _ in range(line - self.lines_before):
+            pos = blob.find(b"\n", pos) + 1
+            if pos == 0:
+                return b""
+        return blob[pos:]
+
+
+def csv_batches(source: str | Path, columns: Sequence[str], *, keep: Sequence[str] = (),
+                block_size: int = CSV_MAX_BLOCK) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Stream a CSV file (or ``-``, stdin) as record batches of ``columns`` (as float64, by the
+    one number rule) and ``keep`` (types inferred), each with its first 0-based data row."""
+    name = STDIN if str(source) == "-" else str(source)
+    raw = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115
+    try:
+        header, line = csv_header(raw, name)
+        missing = [c for c in columns if c not in set(header)]
+        if missing:
+            raise DataError(f"{name}: missing feature column(s) {', '.join(missing[:10])}; the "
+                            f"model needs {', '.join(columns[:20])}"
+                            + (" ..." if len(columns) > 20 else ""))
+        if unknown := [k for k in keep if k not in set(header)]:
+            raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
+                            f"{', '.join(header[:20])}")
+        block = max(block_size, min(4 * len(line), 64 << 20))  # a wide header: wide rows
+        tape = _Tape(raw, line)
+        wanted = list(dict.fromkeys([*columns, *keep]))
+        convert = pacsv.ConvertOptions(column_types={c: pa.float64() for c in columns},
+                                       include_columns=wanted, null_values=[""],
+                                       strings_can_be_null=True)
+        first, reader = 0, None
+        while True:
+            try:
+                if reader is None:
+                    reader = pacsv.open_csv(tape, read_options=pacsv.ReadOptions(
+                        block_size=block), convert_options=convert)
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as e:
+                raise _csv_error(name, header, columns, tape, first, block, e) from None
+            yield batch, first
+            first += batch.num_rows
+            tape.forget_before(first + 1)
+    finally:
+        if raw is not sys.stdin.buffer:
+            raw.close()
+
+
+def _csv_error(name: str, header: list[str], columns: Sequence[str], tape: _Tape, first: int,
+               block: int, err: Exception) -> DataError:
+    """The first bad cell or line at or after data row ``first + 1``, in our words."""
+    msg = _first_line(err)
+    if "straddl" in msg:
+        return DataError(f"{name}: a line after row {first} is longer than {block:,} bytes; "
+                         "lines that long are not supported")
+    blob = tape.since(first + 1)
+    text_types = {c: pa.string() for c in columns}
+    try:
+        lines = blob.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line_no = first + 2 + blob[:e.start].count(b"\n")
+        return DataError(f"{name}: line {line_no} is not UTF-8 text (byte "
+                         f"0x{blob[e.start]:02x}); save the file as UTF-8")
+    for i, row in enumerate(csv.reader(lines)):
+        if row and len(row) != len(header):
+            return DataError(f"{name}: row {first + i + 1} has {len(row)} fields but the header "
+                             f"has {len(header)}")
+    try:
+        table = pacsv.read_csv(io.BytesIO(",".join(_quoted(h) for h in header).encode() + b"\n"
+                                          + blob),
+                               read_options=pacsv.ReadOptions(block_size=max(block, len(blob) + 1)),
+                               convert_options=pacsv.ConvertOptions(
+                                   column_types=text_types, include_columns=list(columns),
+                                   null_values=[""], strings_can_be_null=True))
+        to_matrix(table, list(columns), source=name, row_offset=first)
+    except DataError as located:
+        return located
+    except pa.ArrowException:
+        pass
+    return DataError(f"{name}: after row {first}: {msg}")
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------------------------- NumPy
+
+def npy_header(f: BinaryIO, size: int, source: str | Path, *,
+               text_ok: bool = False) -> tuple[tuple[int, ...], np.dtype, bool]:
+    """Shape, dtype and Fortran order of an ``.npy`` stream of ``size`` bytes, checked before
+    anything is allocated: numeric dtype (or text, with ``text_ok``), and exactly as many bytes
+    as the header claims."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = reader(f, max_header_size=NPY_MAX_HEADER)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+        raise DataError(f"{source}: not a readable .npy array ({_first_line(e)})") from None
+    if dtype.hasobject:
+        raise DataError(f"{source}: holds Python objects; only numeric arrays are accepted")
+    if dtype.kind == "c":
+        raise DataError(f"{source}: holds complex numbers; only real numbers are accepted")
+    if dtype.kind not in "fiub" and not (text_ok and dtype.kind in "US"):
+        raise DataError(f"{source}: array dtype {dtype} is not numeric")
+    need = math.prod(shape) * dtype.itemsize
+    have = size - f.tell()
+    if need != have:
+        raise DataError(f"{source}: the header says shape {shape} ({need:,} bytes of data) but "
+                        f"the file holds {max(have, 0):,}; the file is truncated or damaged")
+    return shape, dtype, fortran
+
+
+def load_npy(path: str | Path, *, mmap: bool = False) -> np.ndarray:
+    """An ``.npy`` file's array, its header checked first (see :func:`npy_header`)."""
+    with open(path, "rb") as f:
+        npy_header(f, os.fstat(f.fileno()).st_size, path)
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def _read_npy(path: Path) -> pa.Table:
+    return matrix_table(load_npy(path), None, path)
+
+
+def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (a zip of ``.npy`` members), each header checked first."""
+    arrays = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                key = info.filename.removesuffix(".npy")
+                with z.open(info) as f:  # names may be text; data is checked as numbers later
+                    npy_header(f, info.file_size, f"{path}[{key}]", text_ok=True)
+                with z.open(info) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({_first_line(e)})") from None
+    return arrays
+
+
+def _read_npz(path: Path) -> pa.Table:
+    """An .npz holds either ``X`` and ``y``/``Y`` (optionally ``feature_names``/``target_names``)
+    or a single 2-D array read like an .npy file."""
+    z = _npz_arrays(path)
+    keys = set(z)
+    if "X" in keys and ({"y", "Y"} & keys):
+        X, Y = (_as_2d(z[k], path, k) for k in ("X", "y" if "y" in keys else "Y"))
+        if X.shape[0] != Y.shape[0]:
+            raise DataError(f"{path}: X has {X.shape[0]} rows but y has {Y.shape[0]}")
+        fnames = _names(z, "feature_names", X.shape[1], "x", path)
+        tnames = _names(z, "target_names", Y.shape[1], "y", path)
+        check_unique(fnames + tnames, path, "name (in feature_names and target_names)")
+        return matrix_table(np.hstack([X, Y]), fnames + tnames, path)
+    arrays = [k for k in z if k not in ("feature_names", "target_names")]
+    if len(arrays) != 1:
+        raise DataError(f"{path}: expected arrays 'X' and 'y', or a single 2-D array; "
+                        f"found {sorted(keys)}")
+    return matrix_table(z[arrays[0]], None, path)
+
+
+def _as_2d(arr: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if arr.ndim == 1:
+        return arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: {key} has shape {arr.shape}; expected 2-D (rows x columns)")
+    return arr
+
+
+def _names(z: dict[str, np.ndarray], key: str, n: int, prefix: str, path: Path) -> list[str]:
+    if key not in z:
+        return [f"{prefix}{i}" for i in range(n)] if n > 1 else [prefix]
+    arr = np.asarray(z[key])
+    if arr.dtype.kind not in "US":
+        raise DataError(f"{path}: {key} must be text, not {arr.dtype}")
+    names = [str(s) for s in arr.ravel()]
+    if len(names) != n:
+        raise DataError(f"{path}: {key} has {len(names)} names for {n} columns")
+    return names
+
+
+def matrix_table(arr: np.ndarray, names: Sequence[str] | None, path: str | Path) -> pa.Table:
+    """A 2-D numeric array as a Table; columns are named ``c0, c1, ...`` unless given names."""
+    arr = np.asarray(arr)
+    if arr.ndim == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: expected a 2-D array (rows x columns), got shape {arr.shape}")
+    if arr.dtype.kind == "c":
+        raise DataError(f"{path}: holds complex numbers; only real numbers are accepted")
+    if arr.dtype.kind not in "fiub":
+        raise DataError(f"{path}: array dtype {arr.dtype} is not numeric")
+    names = list(names) if names is not None else [f"c{i}" for i in range(arr.shape[1])]
+    return pa.table({n: arr[:, i] for i, n in enumerate(names)})

@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from serve._cli import CONTEXT, OneLineErrors
+from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
 from serve.version import __version__
 from trainer.fit import TrainConfig
 
@@ -32,13 +32,14 @@ def _names(values: tuple[str, ...]) -> list[str]:
               "Default: the last column.")
 @click.option("--features", "features", multiple=True, help="Feature columns, comma-separated. "
               "Default: every other column.")
-@click.option("--val-fraction", type=float, default=0.0, show_default=True,
-              help="Hold out this fraction of rows (seeded) for validation metrics.")
-@click.option("--epochs", type=int, default=1000, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Learning rate.")
-@click.option("--momentum", type=float, default=0.0, show_default=True)
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--batch-size", type=int, default=0, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.0,
+              show_default=True, help="Hold out this fraction of rows (seeded) for validation metrics.")
+@click.option("--epochs", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--lr", type=FiniteFloat(0, min_open=True), default=0.01, show_default=True,
+              help="Learning rate.")
+@click.option("--momentum", type=FiniteFloat(0), default=0.0, show_default=True)
+@click.option("--weight-decay", type=FiniteFloat(0), default=0.0, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="0: full batch (the tutorials); N: shuffled mini-batches of N rows.")
 @click.option("--init", type=click.Choice(["default", "zeros"]), default="default",
               show_default=True, help="nn.Linear's own init under --seed, or zeros.")
@@ -47,7 +48,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
 @click.option("--standardize", is_flag=True,
               help="Train on standardised features; saved W and b stay in raw units.")
 @click.option("--solver", type=click.Choice(["sgd", "lstsq"]), default="sgd", show_default=True)
-@click.option("--tol", type=float, default=None, help="Stop when the cost improves less than this.")
+@click.option("--tol", type=FiniteFloat(0), default=None, help="Stop when the cost improves less than this.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
@@ -56,7 +57,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
               help="Artifact folder. Default: models/<data file stem>.")
 @click.option("--force", is_flag=True, help="Overwrite an existing artifact folder.")
 @click.option("--plot", is_flag=True, help="Also write theta.png, loss.png and fit.png.")
-@click.option("--log-every", type=int, default=100, show_default=True,
+@click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
               help="Print a log line every N epochs (0: never).")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
@@ -67,8 +68,6 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from trainer.train import train
 
-    if log_every < 0:
-        raise click.BadParameter(f"{log_every} must be >= 0", param_hint="'--log-every'")
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
                          standardize=standardize, solver=solver, tol=tol, device=device,
@@ -128,20 +127,21 @@ def _summary(folder: Path, manifest: dict) -> None:
 @click.option("--features", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--targets", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--noise", type=float, default=10.0, show_default=True,
+@click.option("--noise", type=FiniteFloat(0), default=10.0, show_default=True,
               help="Standard deviation of the noise added to y.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
 def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, noise: float,
                force: bool) -> None:
     """Write the tutorial's synthetic data set (x ~ N(0, 5²), y = 23.4·x + N(3, 10²), generalised)
     to OUT (.csv, .parquet, .npy or .npz), and the true coefficients to OUT.truth.json."""
+    from serve.atomic import resolve_output
     from serve.errors import OutputExistsError
     from trainer.synth import make_dataset, write_dataset
 
-    if out.exists() and not force:
+    if resolve_output(out)[1] is not None and resolve_output(out)[0].is_file() and not force:
         raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
     data = make_dataset(samples, features, targets, seed=seed, noise=noise)
-    write_dataset(data, out)
+    write_dataset(data, out, force=force)
     click.echo(f"Wrote {samples} rows x {features} feature(s) + {targets} target(s) to {out} "
                f"(true coefficients in {out}.truth.json)")
 

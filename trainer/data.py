@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import DataError
-from serve.tables import read_table, to_matrix
+from serve.tables import column_names, read_table, to_matrix
 
 
 @dataclass
@@ -30,24 +30,26 @@ class TrainingData:
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                        features: Sequence[str] = ()) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the rest."""
-    table = read_table(path)
-    columns = table.column_names
+    columns = column_names(path)
     targets = list(targets) or [columns[-1]]
     _check_names(path, "target", targets, columns)
-    features = list(features) or [c for c in columns if c not in targets]
+    target_set = set(targets)
+    features = list(features) or [c for c in columns if c not in target_set]
     _check_names(path, "feature", features, columns)
     if both := sorted(set(features) & set(targets)):
         raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
     if not features:
         raise DataError(f"{path}: no feature columns left besides the target(s) {targets}")
+    table = read_table(path, features + targets)
     X = to_matrix(table, features, source=path)
     Y = to_matrix(table, targets, source=path)
     return TrainingData(X, Y, features, targets, str(path))
 
 
 def _check_names(path: str | Path, kind: str, names: Sequence[str], columns: list[str]) -> None:
+    present = set(columns)
     for name in names:
-        if name not in columns:
+        if name not in present:
             raise DataError(f"{path}: unknown {kind} column {name!r}; the columns are "
                             f"{', '.join(columns)}")
     if len(set(names)) != len(names):

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from serve.errors import LinregError, ModelError
-from serve.manifest import read_manifest, record_artifact, sha256_file, write_manifest
+from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
 from serve.tables import read_table, to_matrix
 from trainer.model import LinearRegression, model_from_state_dict
 
@@ -55,6 +55,7 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
     pt = folder / "model.pt"
     if not pt.is_file():
         raise ModelError(f"{pt}: no such file; train the model first (linreg-train)")
+    verify_artifact(manifest, folder, "model.pt")
     try:
         state = torch.load(pt, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for a corrupt or foreign file
@@ -75,6 +76,9 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
                          f"{weight.dtype}, bias {'linear.bias' in state}; manifest says "
                          f"{expected[0]} target(s) x {expected[1]} feature(s), {m.get('dtype')}, "
                          f"bias {m.get('bias')})")
+    if not all(bool(torch.isfinite(t).all()) for t in state.values()):
+        raise ModelError(f"{pt}: holds NaN or infinite weights; this model cannot predict "
+                         "(train it again, e.g. with a smaller --lr or --standardize)")
     try:
         return model_from_state_dict(state).eval(), manifest
     except RuntimeError as e:  # e.g. a bias of the wrong shape
@@ -164,6 +168,10 @@ def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
             raise ExportError(f"ONNX export failed with torch {torch.__version__} at opset "
                               f"{opset}: {str(e).splitlines()[0][:200]}") from None
     proto = program.model_proto
+    written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if written != opset:
+        raise ExportError(f"--opset {opset}: torch {torch.__version__} wrote opset {written} "
+                          "instead; choose an opset it supports (e.g. 18, the default)")
     for key, value in onnx_metadata(manifest).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -248,13 +256,16 @@ def held_out_rows(manifest: dict[str, Any]) -> np.ndarray | None:
     path = data.get("path")
     if not idx or not path or not Path(path).is_file() or sha256_file(path) != data.get("sha256"):
         return None
-    table = read_table(path)
+    table = read_table(path, manifest["features"])
     return to_matrix(table, manifest["features"], source=path)[np.asarray(idx)]
 
 
 def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
                   manifest: dict[str, Any]) -> dict[str, Any]:
-    predict = _loader(fmt, path)
+    try:
+        predict = _loader(fmt, path)
+    except Exception as e:  # e.g. an opset newer than this onnxruntime knows
+        raise ExportError(f"{fmt}: the exported file does not load ({_first_line(e)})") from None
     worst_abs, worst_rel = 0.0, 0.0
     for X in rows:
         with torch.no_grad():
@@ -263,15 +274,22 @@ def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
         if got.shape != ref.shape:
             raise ExportError(f"{fmt}: predicted shape {got.shape} for {len(X)} row(s), "
                               f"expected {ref.shape}")
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            raise ExportError(f"{fmt}: predictions are NaN or infinite for {len(X)} finite "
+                              "row(s); the export cannot be trusted")
         err = float(np.max(np.abs(got - ref))) if ref.size else 0.0
         rel = err / max(1.0, float(np.max(np.abs(ref))))
         worst_abs, worst_rel = max(worst_abs, err), max(worst_rel, rel)
     tol = TOLERANCE[manifest["model"]["dtype"]]
-    if worst_rel > tol:
+    if not worst_rel <= tol:  # written so that a NaN fails too
         raise ExportError(f"{fmt} export disagrees with the trained model: max relative error "
                           f"{worst_rel:.3g} > tolerance {tol:g}")
     return {"rows_checked": [len(r) for r in rows], "max_abs_error": worst_abs,
             "max_rel_error": worst_rel, "tolerance": tol}
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 def _loader(fmt: str, path: Path):

@@ -9,6 +9,7 @@ reused; the true coefficients go to ``<file>.truth.json`` beside it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.atomic import atomic_file
+from serve.atomic import output_file
 from serve.errors import DataError
 from serve.tables import file_format
 
@@ -39,6 +40,7 @@ def make_dataset(n_samples: int, n_features: int = 1, n_targets: int = 1, *, see
     """The tutorial's generator; the first coefficient is 23.4, the others are seeded draws."""
     if n_samples < 1 or n_features < 1 or n_targets < 1:
         raise DataError("--samples, --features and --targets must be at least 1")
+    _check_memory(n_samples, n_features + n_targets)
     rng = np.random.default_rng(seed)
     coef = np.round(rng.uniform(-30, 30, size=(n_targets, n_features)), 1)
     coef[0, 0] = 23.4
@@ -50,29 +52,36 @@ def make_dataset(n_samples: int, n_features: int = 1, n_targets: int = 1, *, see
     return SyntheticData(X, Y, coef, intercepts, fnames, tnames)
 
 
-def write_dataset(data: SyntheticData, path: str | Path) -> Path:
-    """Write the rows as CSV, Parquet, NPY (features then targets) or NPZ (X, y, names)."""
+def _check_memory(rows: int, columns: int) -> None:
+    """Refuse, before allocating, a data set that cannot fit in this machine's memory."""
+    need = rows * columns * 8 * 3  # X and Y, their stacked copy, and the table being written
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if need > total:
+        raise DataError(f"--samples {rows:,} x {columns} columns needs about {need / 2**30:,.1f} "
+                        f"GiB of memory; this machine has {total / 2**30:,.1f} GiB")
+
+
+def write_dataset(data: SyntheticData, path: str | Path, *, force: bool = False) -> Path:
+    """Write the rows as CSV, Parquet, NPY (features then targets) or NPZ (X, y, names), and
+    the truth beside them; existing files are replaced only with ``force``."""
     path = Path(path)
     fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = data.feature_names + data.target_names
     both = np.hstack([data.X, data.Y])
-    with atomic_file(path) as tmp:
+    truth_path = path.with_name(path.name + ".truth.json")
+    with output_file(path, force=force) as f:
         if fmt == "csv":
-            pacsv.write_csv(pa.table({n: both[:, i] for i, n in enumerate(names)}), tmp)
+            pacsv.write_csv(pa.table({n: both[:, i] for i, n in enumerate(names)}), f)
         elif fmt == "parquet":
-            pq.write_table(pa.table({n: both[:, i] for i, n in enumerate(names)}), tmp)
+            pq.write_table(pa.table({n: both[:, i] for i, n in enumerate(names)}), f)
         elif fmt == "npy":
-            with open(tmp, "wb") as f:
-                np.save(f, both)
+            np.save(f, both)
         else:
-            with open(tmp, "wb") as f:
-                np.savez(f, X=data.X, y=data.Y, feature_names=np.array(data.feature_names),
-                         target_names=np.array(data.target_names))
+            np.savez(f, X=data.X, y=data.Y, feature_names=np.array(data.feature_names),
+                     target_names=np.array(data.target_names))
     truth = {"coef": data.coef.tolist(), "intercept": data.intercept.tolist(),
              "feature_names": data.feature_names, "target_names": data.target_names,
              "rows": int(data.X.shape[0])}
-    truth_path = path.with_name(path.name + ".truth.json")
-    with atomic_file(truth_path) as tmp:
-        tmp.write_text(json.dumps(truth, indent=2) + "\n")
+    with output_file(truth_path, force=True) as f:  # it belongs to the data file just written
+        f.write((json.dumps(truth, indent=2) + "\n").encode())
     return path

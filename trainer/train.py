@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 
-from serve.atomic import atomic_dir
-from serve.errors import OutputExistsError
-from serve.manifest import SCHEMA_VERSION, record_artifact, sha256_file, write_manifest
+from serve.atomic import atomic_dir, resolve_output
+from serve.errors import OutputError, OutputExistsError
+from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
 from trainer.data import TrainingData, load_training_data, split_rows
 from trainer.fit import FitResult, TrainConfig, fit
@@ -34,14 +34,13 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
-    if out.exists() and not force:  # fail before the (possibly long) fit, not after it
-        raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
+    _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
     data = load_training_data(data_path, targets=targets, features=features)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
     X, Y = data.X[train_idx], data.Y[train_idx]
     result = fit(X, Y, config, log=log, progress=progress)
 
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
         manifest = _manifest(data, result, config, train_idx, val_idx, out.name)
@@ -55,6 +54,25 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
     return out, manifest
+
+
+def _check_out(out: Path, data_path: Path, force: bool) -> None:
+    """Refuse an artifact folder that would replace the working folder, the data, or anything
+    linreg did not write."""
+    final, st = resolve_output(out)
+    if st is None:
+        return
+    cwd = Path.cwd().resolve()
+    if final == cwd or final in cwd.parents:
+        raise OutputError(f"--out {out}: is the current folder (or holds it); name a new folder "
+                          "for the model, e.g. --out models/NAME")
+    if final in Path(data_path).resolve().parents:
+        raise OutputError(f"--out {out}: holds the training data {data_path}; choose another "
+                          "--out")
+    if not force:
+        raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
+    if final.is_dir():
+        check_replaceable(final)
 
 
 def regression_metrics(X: np.ndarray, Y: np.ndarray, coef: np.ndarray,

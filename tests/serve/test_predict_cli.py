@@ -113,7 +113,10 @@ def test_a_bad_row_is_named_and_nothing_is_written(tmp_path, multi, lines, messa
     (["{tmp}/none.csv"], "{tmp}/none.csv: no such file"),
     (["{tmp}/in.xlsx"], "{tmp}/in.xlsx: unknown file type '.xlsx'; use one of .csv, .jsonl, "
      ".ndjson, .npy, .parquet, .pq"),
-    (["{src}", "-o", "{src}"], "{src}: already exists; pass --force to overwrite it"),
+    (["{src}", "-o", "{tmp}/part.csv"], "{tmp}/part.csv: already exists; pass --force to "
+     "overwrite it"),
+    (["{src}", "-o", "{src}", "--force"], "{src}: is the input file; write the predictions "
+     "elsewhere"),
     (["{src}", "-o", "{tmp}/no/such/out.csv"], "{tmp}/no/such/out.csv: the folder {tmp}/no/such "
      "does not exist"),
     (["{header}", "-o", "{tmp}/o.csv"], "the input has no data rows to predict"),

@@ -33,7 +33,7 @@ def test_read_table_errors(tmp_path):
     with pytest.raises(DataError, match="x.json: unknown file type '.json'"):
         read_table(tmp_path / "x.json")
     (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
-    with pytest.raises(DataError, match="column 'a' appears twice in the header"):
+    with pytest.raises(DataError, match="column 'a' appears twice; column names must be unique"):
         read_table(tmp_path / "dup.csv")
     np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
     with pytest.raises(DataError, match=r"expected a 2-D array \(rows x columns\), got shape"):

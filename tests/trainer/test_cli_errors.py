@@ -112,9 +112,18 @@ def test_existing_output_needs_force(tmp_path):
     assert result.exit_code == 1
     assert result.stderr == f"linreg-train: error: {out}: already exists; pass --force to overwrite it\n"
     assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces only what linreg wrote: a folder of notes is never deleted.
     result = CliRunner().invoke(train_main, [str(path), "--out", str(out), "-q", "--force"])
-    assert result.exit_code == 0, result.stderr
-    assert not (out / "keep.txt").exists() and (out / "model.pt").exists()
+    assert result.exit_code == 1
+    assert result.stderr == (f"linreg-train: error: {out}: not a linreg model folder (it holds "
+                             "keep.txt); --force replaces only folders made by linreg-train: "
+                             "choose another --out\n")
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()  # an empty folder may be replaced, and then its model folder
+    for _ in range(2):
+        result = CliRunner().invoke(train_main, [str(path), "--out", str(out), "-q", "--force"])
+        assert result.exit_code == 0, result.stderr
+        assert (out / "model.pt").exists()
 
 
 @pytest.mark.parametrize("case", ["non-numeric", "missing"])
