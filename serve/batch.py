@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.atomic import output_file
-from serve.errors import DataError, OutputError
+from serve.errors import DataError, OutputError, first_line
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.predictor import Predictor
@@ -123,7 +123,7 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
     try:
         pf = pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{source}: not a readable Parquet file ({_arrow_message(e)})") from None
+        raise DataError(f"{source}: not a readable Parquet file ({first_line(e)})") from None
     check_unique(pf.schema_arrow.names, source)
     _check_header(str(source), pf.schema_arrow.names, predictor.feature_names, keep)
     first = 0
@@ -136,7 +136,7 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
             return
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{source}: after row {first}: not a readable Parquet file "
-                            f"({_arrow_message(e)})") from None
+                            f"({first_line(e)})") from None
         rows = to_matrix(batch, predictor.feature_names, source=source, dtype=predictor.dtype,
                          row_offset=first)
         yield rows, {k: batch.column(k) for k in keep}, first
@@ -242,9 +242,6 @@ def _check_header(name: str, columns: Sequence[str], features: list[str], keep: 
         raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
                         f"{', '.join(columns)}")
 
-
-def _arrow_message(e: Exception) -> str:
-    return str(e).splitlines()[0]
 
 
 _READERS = {"csv": _csv_chunks, "parquet": _parquet_chunks, "npy": _npy_chunks,

@@ -26,3 +26,8 @@ class OutputError(LinregError):
 
 class OutputExistsError(OutputError):
     """Refusing to overwrite an existing output without --force."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (or its type's name), for a one-line error."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from serve.errors import DataError, ModelError
+from serve.errors import DataError, ModelError, first_line
 from serve.manifest import MANIFEST, read_manifest
 from serve.tables import first_non_finite
 
@@ -241,7 +241,7 @@ class _OnnxBackend(_Backend):
         try:
             self._small = self._session(1 if threads is None else threads)
         except Exception as e:  # onnxruntime raises its own types for a corrupt file
-            raise ModelError(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") \
+            raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(e)})") \
                 from None
         self._large = self._small if threads is not None else None
         inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
@@ -292,7 +292,7 @@ class _TorchScriptBackend(_Backend):
                 self._module = torch.jit.load(str(path), map_location="cpu")
             except Exception as e:
                 raise ModelError(f"{path}: torch.jit.load cannot load it "
-                                 f"({str(e).splitlines()[0]})") from None
+                                 f"({first_line(e)})") from None
         self._torch = torch
         weight = dict(self._module.named_parameters()).get("linear.weight")
         if weight is None:

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from serve.errors import DataError
+from serve.errors import DataError, first_line
 from serve.predictor import Predictor
 from serve.tables import to_matrix
 
@@ -245,7 +245,7 @@ def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray:
         table = pacsv.read_csv(pa.py_buffer(body), convert_options=pacsv.ConvertOptions(
             null_values=[""], strings_can_be_null=True))
     except pa.ArrowInvalid as e:
-        raise RequestError(f"CSV body: {str(e).splitlines()[0]}") from None
+        raise RequestError(f"CSV body: {first_line(e)}") from None
     missing = [f for f in predictor.feature_names if f not in table.column_names]
     if missing:
         raise RequestError(f"CSV body: missing feature column(s) {', '.join(missing)}; the "

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.errors import DataError
+from serve.errors import DataError, first_line
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".npz": "npz",
             ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -203,7 +203,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
         try:
             table = pf.read(columns=list(columns) if columns is not None else None)
         except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+            raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
     else:
         table = _read_npy(path) if fmt == "npy" else _read_npz(path)
         if columns is not None:
@@ -219,11 +219,8 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: not a readable Parquet file ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 # ---------------------------------------------------------------------------------- CSV
@@ -337,7 +334,7 @@ def csv_batches(source: str | Path, columns: Sequence[str], *, keep: Sequence[st
 def _csv_error(name: str, header: list[str], columns: Sequence[str], tape: _Tape, first: int,
                block: int, err: Exception) -> DataError:
     """The first bad cell or line at or after data row ``first + 1``, in our words."""
-    msg = _first_line(err)
+    msg = first_line(err)
     if "straddl" in msg:
         return DataError(f"{name}: a line after row {first} is longer than {block:,} bytes; "
                          "lines that long are not supported")
@@ -385,7 +382,7 @@ def npy_header(f: BinaryIO, size: int, source: str | Path, *,
         reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = reader(f, max_header_size=NPY_MAX_HEADER)
     except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
-        raise DataError(f"{source}: not a readable .npy array ({_first_line(e)})") from None
+        raise DataError(f"{source}: not a readable .npy array ({first_line(e)})") from None
     if dtype.hasobject:
         raise DataError(f"{source}: holds Python objects; only numeric arrays are accepted")
     if dtype.kind == "c":
@@ -423,7 +420,7 @@ def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
                 with z.open(info) as f:
                     arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable .npz file ({first_line(e)})") from None
     return arrays
 
 

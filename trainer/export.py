@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve.errors import LinregError, ModelError
+from serve.errors import LinregError, ModelError, first_line
 from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
 from serve.tables import read_table, to_matrix
 from trainer.model import LinearRegression, model_from_state_dict
@@ -59,7 +59,7 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
     try:
         state = torch.load(pt, weights_only=True, map_location="cpu")
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise ModelError(f"{pt}: not a readable state_dict ({str(e).splitlines()[0][:120]})") \
+        raise ModelError(f"{pt}: not a readable state_dict ({first_line(e, 120)})") \
             from None
     if not isinstance(state, dict) or not isinstance(state.get("linear.weight"), torch.Tensor) \
             or set(state) - {"linear.weight", "linear.bias"}:
@@ -82,7 +82,7 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
     try:
         return model_from_state_dict(state).eval(), manifest
     except RuntimeError as e:  # e.g. a bias of the wrong shape
-        raise ModelError(f"{pt}: not a linreg state_dict ({str(e).splitlines()[0]})") from None
+        raise ModelError(f"{pt}: not a linreg state_dict ({first_line(e)})") from None
 
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
@@ -166,7 +166,7 @@ def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
                                         external_data=False)
         except Exception as e:
             raise ExportError(f"ONNX export failed with torch {torch.__version__} at opset "
-                              f"{opset}: {str(e).splitlines()[0][:200]}") from None
+                              f"{opset}: {first_line(e, 200)}") from None
     proto = program.model_proto
     written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     if written != opset:
@@ -215,7 +215,7 @@ def _write_torchscript(model, manifest, path: Path, opset: int) -> dict[str, Any
             scripted.save(str(path))
         except Exception as e:  # a torch that has dropped or refuses TorchScript
             raise ExportError(f"torch {torch.__version__} refuses to produce TorchScript "
-                              f"({str(e).splitlines()[0][:160]}); use --format pt2 (torch.export) "
+                              f"({first_line(e, 160)}); use --format pt2 (torch.export) "
                               "or --format onnx instead") from None
     return {"exporter": "torch.jit.script", "torch_version": torch.__version__}
 
@@ -227,7 +227,7 @@ def _write_pt2(model, manifest, path: Path, opset: int) -> dict[str, Any]:
                                           dynamic_shapes=_dynamic_batch())
             torch.export.save(program, path)
         except Exception as e:
-            raise ExportError(f"torch.export failed: {str(e).splitlines()[0][:200]}") from None
+            raise ExportError(f"torch.export failed: {first_line(e, 200)}") from None
     return {"exporter": "torch.export.export", "torch_version": torch.__version__}
 
 
@@ -265,7 +265,7 @@ def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
     try:
         predict = _loader(fmt, path)
     except Exception as e:  # e.g. an opset newer than this onnxruntime knows
-        raise ExportError(f"{fmt}: the exported file does not load ({_first_line(e)})") from None
+        raise ExportError(f"{fmt}: the exported file does not load ({first_line(e)})") from None
     worst_abs, worst_rel = 0.0, 0.0
     for X in rows:
         with torch.no_grad():
@@ -287,9 +287,6 @@ def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
     return {"rows_checked": [len(r) for r in rows], "max_abs_error": worst_abs,
             "max_rel_error": worst_rel, "tolerance": tol}
 
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).splitlines() or [type(e).__name__])[0][:200]
 
 
 def _loader(fmt: str, path: Path):

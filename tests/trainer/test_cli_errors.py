@@ -64,8 +64,6 @@ CASES = [
     ("ok", ["--features", "x,w"], "{p}: unknown feature column 'w'; the columns are x, y"),
     ("few-rows", [], "2 training rows but the model has 3 parameters per target; need at least "
                      "3 rows (or fewer features)"),
-    ("ok", ["--lr", "0"], "--lr 0: the learning rate must be a positive number, e.g. 0.01"),
-    ("ok", ["--epochs", "0"], "--epochs 0: must be at least 1"),
     ("ok", ["--lr", "10", "--epochs", "500"], "training diverged at epoch 10: the cost became "
      "inf with --lr 10; try a smaller --lr (e.g. 1) or --standardize"),
     ("npy-object", [], "{p}: holds Python objects; only numeric arrays are accepted"),
@@ -73,6 +71,27 @@ CASES = [
     ("ok", ["--val-fraction", "0.9"], "--val-fraction 0.9 leaves 3 of 3 rows for validation; "
      "need at least one row on each side"),
 ]
+
+
+FLAG_CASES = [
+    (["--lr", "0"], "Invalid value for '--lr': 0 is not in the range (0, inf)"),
+    (["--lr", "nan"], "Invalid value for '--lr': 'nan' is not a finite number"),
+    (["--epochs", "0"], "Invalid value for '--epochs': 0 is not in the range x>=1."),
+    (["--val-fraction", "nan"], "Invalid value for '--val-fraction': 'nan' is not a finite number"),
+    (["--val-fraction", "1"], "Invalid value for '--val-fraction': 1 is not in the range [0, 1)"),
+    (["--momentum", "-1"], "Invalid value for '--momentum': -1 is not in the range [0, inf)"),
+    (["--tol", "inf"], "Invalid value for '--tol': 'inf' is not a finite number"),
+    (["--batch-size", "-3"], "Invalid value for '--batch-size': -3 is not in the range x>=0."),
+]
+
+
+@pytest.mark.parametrize(("flags", "message"), FLAG_CASES)
+def test_bad_flags_are_one_line_usage_errors(tmp_path, flags, message):
+    path = _make(tmp_path, "ok")
+    result = CliRunner().invoke(train_main, [str(path), "--out", str(tmp_path / "out"), *flags])
+    assert result.exit_code == 2
+    assert result.stderr == f"linreg-train: error: {message}\n"
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("case", "flags", "message"), CASES,
@@ -100,7 +119,7 @@ def test_bad_flag_value_is_one_line_with_exit_2(tmp_path):
     result = CliRunner().invoke(train_main, [str(path), "--lr", "abc"])
     assert result.exit_code == 2
     assert result.stderr == ("linreg-train: error: Invalid value for '--lr': 'abc' is not a "
-                             "valid float.\n")
+                             "number\n")
 
 
 def test_existing_output_needs_force(tmp_path):

@@ -144,17 +144,46 @@ def test_export_cli_and_refusal_to_overwrite(tmp_path):
     assert CliRunner().invoke(export_main, [str(folder), "--force", "-q"]).exit_code == 0
 
 
+def _edit_manifest(folder, edit):
+    m = json.loads((folder / "model.json").read_text())
+    edit(m)
+    (folder / "model.json").write_text(json.dumps(m))
+
+
+def _unrecord(m):  # as a manifest written before artifacts were hashed
+    m["artifacts"].pop("model.pt")
+
+
 def _break(folder, how):
     if how == "missing":
         (folder / "model.pt").unlink()
+    elif how == "tampered":
+        (folder / "model.pt").write_bytes(b"garbage")
     elif how == "corrupt":
         (folder / "model.pt").write_bytes(b"garbage")
+        _edit_manifest(folder, _unrecord)
+    elif how == "empty":
+        (folder / "model.pt").write_bytes(b"")
+        _edit_manifest(folder, _unrecord)
+    elif how == "nan-weights":
+        torch.save({"linear.weight": torch.full((1, 1), float("nan")),
+                    "linear.bias": torch.zeros(1)}, folder / "model.pt")
+        _edit_manifest(folder, _unrecord)
     elif how == "mismatch":
-        m = json.loads((folder / "model.json").read_text())
-        m["model"]["n_features"] = 7
-        (folder / "model.json").write_text(json.dumps(m))
+        def seven(m):
+            m["model"]["n_features"] = 7
+            m["features"] = [f"f{i}" for i in range(7)]
+            m["normalization"] = None
+        _edit_manifest(folder, seven)
+    elif how == "lying-manifest":
+        _edit_manifest(folder, lambda m: m.update(features="x"))
+    elif how == "bad-indices":
+        _edit_manifest(folder, lambda m: m["data"].update(validation_indices=[10**9]))
+    elif how == "deep-manifest":
+        (folder / "model.json").write_text("[" * 100_000 + "]" * 100_000)
     elif how == "foreign":
         torch.save({"weight": torch.zeros(1, 1)}, folder / "model.pt")
+        _edit_manifest(folder, _unrecord)
     elif how == "no-manifest":
         (folder / "model.json").unlink()
     elif how == "unwritable":
@@ -164,7 +193,15 @@ def _break(folder, how):
 
 @pytest.mark.parametrize(("how", "message"), [
     ("missing", "{f}/model.pt: no such file; train the model first (linreg-train)"),
+    ("tampered", "{f}/model.pt: its sha256 differs from the one in model.json; the file was "
+                 "changed or damaged after linreg wrote it (export or train again)"),
     ("corrupt", "{f}/model.pt: not a readable state_dict ("),
+    ("empty", "{f}/model.pt: not a readable state_dict ("),
+    ("nan-weights", "{f}/model.pt: holds NaN or infinite weights; this model cannot predict"),
+    ("lying-manifest", "{f}/model.json: field 'features' must be a non-empty list of names"),
+    ("bad-indices", "{f}/model.json: field 'data.validation_indices' must be row numbers below "
+                    "data.rows"),
+    ("deep-manifest", "{f}/model.json: JSON nested too deeply"),
     ("mismatch", "{f}/model.pt: does not match model.json (weight (1, 1) torch.float32, bias "
                  "True; manifest says 1 target(s) x 7 feature(s), float32, bias True)"),
     ("foreign", "{f}/model.pt: not a linreg state_dict (expected the tensors 'linear.weight' "
