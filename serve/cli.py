@@ -9,6 +9,7 @@ import click
 
 from serve._cli import CONTEXT, OneLineErrors
 from serve.batch import INPUT_FORMATS, OUTPUT_FORMATS
+from serve.predictor import MAX_THREADS
 from serve.version import __version__
 
 
@@ -26,19 +27,22 @@ from serve.version import __version__
               help="Rows per chunk: memory use is bounded by this, not by the file.")
 @click.option("--keep", multiple=True, help="Pass this input column through (repeatable), "
               "e.g. an id.")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads (0: one per core). Default: picked per batch size.")
+@click.option("--allow-foreign-graph", is_flag=True, help="Run an ONNX graph linreg did not "
+              "make (other operators, control flow). Only for files you trust.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
-                 threads: int | None, force: bool, quiet: bool) -> None:
+                 threads: int | None, allow_foreign_graph: bool, force: bool,
+                 quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
     (a model folder or a .onnx file)."""
     from serve.batch import predict_file
     from serve.predictor import Predictor
 
-    predictor = Predictor.load(model, threads=threads)
+    predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
     bar = None
     if not quiet and sys.stderr.isatty() and input != "-" and Path(input).is_file() \

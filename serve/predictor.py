@@ -21,10 +21,13 @@ from typing import Any
 import numpy as np
 
 from serve.errors import DataError, ModelError, first_line
-from serve.manifest import MANIFEST, read_manifest
-from serve.tables import first_non_finite
+from serve.graph import check_graph
+from serve.manifest import MANIFEST, read_manifest, verify_artifact
+from serve.tables import cell_number, first_non_finite
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # onnxruntime threads; more only adds contention
+MAX_MODEL_BYTES = 1 << 30  # a linear model is tiny; refuse to read a huge "model" into memory
 
 
 class PredictionInputError(DataError, ValueError):
@@ -46,30 +49,39 @@ class Predictor:
         self.n_targets = len(self.target_names)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, threads: int | None = None) -> Predictor:
+    def load(cls, path: str | os.PathLike, *, threads: int | None = None,
+             allow_foreign_graph: bool = False) -> Predictor:
         """Load a model folder (its ``model.onnx``), a ``.onnx`` file or a ``.torchscript.pt``.
 
         ``threads=None`` keeps two onnxruntime sessions: one thread, sequential, for small
         batches (lowest one-row latency) and one per physical core for large batches; an int
-        pins a single session to that many threads.
+        (0 to ``MAX_THREADS``; 0 is one per core) pins a single session to that many threads.
+
+        The file is read once: every session is built from those bytes, so changes on disk
+        never change a loaded model. Its sha256 is checked against the folder's manifest, and
+        the graph is checked (:mod:`serve.graph`) unless ``allow_foreign_graph``.
         """
+        if threads is not None and not 0 <= threads <= MAX_THREADS:
+            raise ModelError(f"--threads {threads}: use 0 (one per core) to {MAX_THREADS}")
         path = Path(path)
         if path.is_dir():
             onnx_path = path / "model.onnx"
             if not onnx_path.is_file():
                 raise ModelError(f"{path}: no model.onnx; export it first (linreg-export {path})")
-            return cls._load_onnx(onnx_path, threads)
+            return cls._load_onnx(onnx_path, threads, allow_foreign_graph)
         if not path.exists():
             raise ModelError(f"{path}: no such model file or folder")
         if path.name.endswith(".torchscript.pt"):
             return cls._load_torchscript(path)
         if path.suffix == ".onnx":
-            return cls._load_onnx(path, threads)
+            return cls._load_onnx(path, threads, allow_foreign_graph)
         raise ModelError(f"{path}: expected a model folder, a .onnx or a .torchscript.pt file")
 
     @classmethod
-    def _load_onnx(cls, path: Path, threads: int | None) -> Predictor:
-        backend = _OnnxBackend(path, threads)
+    def _load_onnx(cls, path: Path, threads: int | None, allow_foreign: bool) -> Predictor:
+        data = _read_model_bytes(path)
+        check_graph(data, str(path), allow_foreign=allow_foreign)
+        backend = _OnnxBackend(data, path, threads)
         meta = backend.metadata
         n_in, n_out = backend.width_in, backend.width_out
         features = _json_list(meta.get("feature_names")) or [f"f{i}" for i in range(n_in)]
@@ -82,12 +94,16 @@ class Predictor:
 
     @classmethod
     def _load_torchscript(cls, path: Path) -> Predictor:
-        backend = _TorchScriptBackend(path)
-        manifest_path = path.parent / MANIFEST
+        data = _read_model_bytes(path)
+        backend = _TorchScriptBackend(data, path)
         meta: dict[str, Any] = {}
-        if manifest_path.is_file():
+        if (path.parent / MANIFEST).is_file():
             manifest = read_manifest(path.parent)
             features, targets = manifest["features"], manifest["targets"]
+            if backend.width_in != len(features) or backend.width_out != len(targets):
+                raise ModelError(f"{path}: model.json names {len(features)} features and "
+                                 f"{len(targets)} targets but the model has {backend.width_in} "
+                                 f"and {backend.width_out}")
             meta = {"manifest": manifest}
         else:
             features = [f"f{i}" for i in range(backend.width_in)]
@@ -95,11 +111,12 @@ class Predictor:
         return cls(backend, feature_names=features, target_names=targets, metadata=meta,
                    dtype=backend.dtype, source=str(path))
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any, *, cancel: Cancel | None = None) -> np.ndarray:
         """Predictions ``(n_rows, n_targets)`` in the model's dtype for rows ``X``.
 
         ``X``: a 2-D array, a 1-D array (one row), a list of rows, a dict of columns by feature
         name, a list of dicts (records), or a pandas DataFrame (columns picked by name).
+        ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
         """
         if type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
                 and X.shape[1] == self.n_features and X.flags.c_contiguous:
@@ -107,7 +124,12 @@ class Predictor:
         else:
             rows = self.as_matrix(X)
         self.check_finite(rows)
-        return self._backend.run(rows)
+        pred = self._backend.run(rows, cancel)
+        if pred.shape != (len(rows), self.n_targets) or pred.dtype != self.dtype:
+            raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
+                             f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
+                             f"{self.dtype}")
+        return pred
 
     def as_matrix(self, X: Any) -> np.ndarray:
         """``X`` as a C-ordered ``(n_rows, n_features)`` array of the model's dtype."""
@@ -142,13 +164,15 @@ class Predictor:
         if arr.dtype.kind == "c":
             raise PredictionInputError("complex numbers are not accepted")
         flat = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+        out = np.empty(flat.shape, dtype=np.float64)
         for (r, c), v in np.ndenumerate(flat):
             try:
-                float(v)
-            except (TypeError, ValueError):
-                raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: '{v}' is "
-                                           "not a number") from None
-        return flat.astype(np.float64)
+                out[r, c] = cell_number(v)
+            except ValueError:
+                what = "missing value" if v is None else f"{_shown(v)} is not a number"
+                raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what}") \
+                    from None
+        return out
 
     def _records(self, records: Any) -> list[list[Any]]:
         out = []
@@ -198,6 +222,11 @@ class Predictor:
                 f"targets={self.target_names}, dtype={self.dtype})")
 
 
+def _shown(value: Any) -> str:
+    text = repr(str(value)) if isinstance(value, str) else f"'{value}'"
+    return text if len(text) <= 42 else text[:40] + "...'"
+
+
 def _columns_to_rows(columns: list[Any]) -> np.ndarray:
     cols = [np.atleast_1d(np.asarray(c)) for c in columns]
     lengths = {len(c) for c in cols}
@@ -219,12 +248,46 @@ def _json_list(value: str | None) -> list[str] | None:
     return [str(n) for n in names] if isinstance(names, list) else None
 
 
+def _read_model_bytes(path: Path) -> bytes:
+    """The whole model file, read once; the manifest beside it, if any, must agree (sha256)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: {size:,} bytes is too large for a linreg model")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+    if (path.parent / MANIFEST).is_file():
+        verify_artifact(read_manifest(path.parent), path.parent, path.name, data)
+    return data
+
+
+class Cancel:
+    """Stops a :meth:`Predictor.predict` in flight from another thread (a request past its
+    deadline, a server shutting down): onnxruntime checks the flag between operators."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._run_options: Any = None
+
+    def run_options(self, ort: Any) -> Any:
+        if self._run_options is None:
+            self._run_options = ort.RunOptions()
+            self._run_options.terminate = self.cancelled
+        return self._run_options
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._run_options is not None:
+            self._run_options.terminate = True
+
+
 class _Backend:
     dtype: np.dtype
     width_in: int
     width_out: int
 
-    def run(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -232,23 +295,25 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
 
 class _OnnxBackend(_Backend):
-    """onnxruntime on the CPU; one or two sessions as :meth:`Predictor.load` explains."""
+    """onnxruntime on the CPU; one or two sessions as :meth:`Predictor.load` explains, both
+    built from the same bytes."""
 
-    def __init__(self, path: Path, threads: int | None) -> None:
+    def __init__(self, data: bytes, path: Path, threads: int | None) -> None:
         import onnxruntime as ort
 
-        self._ort, self._path, self._threads = ort, path, threads
+        self._ort, self._data, self._threads = ort, data, threads
+        self._path = path
         try:
             self._small = self._session(1 if threads is None else threads)
         except Exception as e:  # onnxruntime raises its own types for a corrupt file
-            raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(e)})") \
-                from None
+            raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self._large = self._small if threads is not None else None
         inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 2 \
-                or inputs[0].type not in _ORT_TYPES:
+                or inputs[0].type not in _ORT_TYPES or len(outputs[0].shape) != 2 \
+                or not all(isinstance(d, int) for d in (inputs[0].shape[1], outputs[0].shape[1])):
             raise ModelError(f"{path}: not a linreg model (expected one 2-D float input and one "
-                             "output)")
+                             "2-D output, each of a fixed width)")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.dtype = np.dtype(_ORT_TYPES[inputs[0].type])
         self.width_in = int(inputs[0].shape[1])
@@ -264,42 +329,56 @@ class _OnnxBackend(_Backend):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
-        return ort.InferenceSession(str(self._path), sess_options=opts,
+        return ort.InferenceSession(self._data, sess_options=opts,
                                     providers=["CPUExecutionProvider"])
 
-    def run(self, rows: np.ndarray) -> np.ndarray:
-        if len(rows) < SMALL_BATCH or self._threads is not None:
-            return self._run_small(self._outputs, {self.input_name: rows})[0]
-        if self._large is None:
-            self._large = self._session(0)  # 0: one thread per physical core
-        return self._large.run(self._outputs, {self.input_name: rows})[0]
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
+        session_run = self._run_small
+        if len(rows) >= SMALL_BATCH and self._threads is None:
+            if self._large is None:
+                self._large = self._session(0)  # 0: one thread per physical core
+            session_run = self._large.run
+        if cancel is None:
+            return session_run(self._outputs, {self.input_name: rows})[0]
+        try:
+            return session_run(self._outputs, {self.input_name: rows},
+                               cancel.run_options(self._ort))[0]
+        except Exception as e:
+            if cancel.cancelled:
+                raise PredictionCancelled("prediction cancelled") from None
+            raise ModelError(f"{self._path}: onnxruntime failed ({first_line(e)})") from None
+
+
+class PredictionCancelled(ModelError):
+    """A prediction stopped by its :class:`Cancel` (deadline passed, server shutting down)."""
 
 
 class _TorchScriptBackend(_Backend):
     """TorchScript via torch, imported only here, so the ONNX path never loads torch."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, data: bytes, path: Path) -> None:
         try:  # imported by name, here only: the runtime stays torch-free until asked
             torch = importlib.import_module("torch")
         except ImportError:
             raise ModelError(f"{path}: TorchScript needs torch, which is not installed; load "
                              "the model's .onnx instead, or pip install 'linreg[train]'") from None
+        import io
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                self._module = torch.jit.load(str(path), map_location="cpu")
+                self._module = torch.jit.load(io.BytesIO(data), map_location="cpu")
             except Exception as e:
                 raise ModelError(f"{path}: torch.jit.load cannot load it "
                                  f"({first_line(e)})") from None
         self._torch = torch
         weight = dict(self._module.named_parameters()).get("linear.weight")
-        if weight is None:
+        if weight is None or weight.ndim != 2:
             raise ModelError(f"{path}: not a linreg TorchScript model (no linear.weight)")
         self.width_out, self.width_in = weight.shape
         self.dtype = np.dtype(str(weight.dtype).removeprefix("torch."))
 
-    def run(self, rows: np.ndarray) -> np.ndarray:
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
         with self._torch.no_grad():
             return self._module(self._torch.from_numpy(rows)).numpy()

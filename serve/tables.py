@@ -101,6 +101,23 @@ def parse_numbers(col: pa.Array) -> np.ndarray:
         raise _BadCell(lo, col[lo].as_py()) from None
 
 
+def cell_number(value: Any) -> float:
+    """One value from JSON or Python as a float by the same rule as a file's cells: numbers as
+    they are (an integer beyond float range becomes inf, refused later as such), text parsed
+    by :func:`parse_numbers`; anything else raises ValueError."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, complex):
+        try:
+            return float(value)
+        except OverflowError:
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str):
+        try:
+            return float(parse_numbers(pa.array([value]))[0])
+        except _BadCell:
+            raise ValueError(value) from None
+    raise ValueError(value)
+
+
 class _BadCell(Exception):
     def __init__(self, row: int, value: Any) -> None:
         self.row, self.value = row, value
