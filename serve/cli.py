@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from serve._cli import CONTEXT, OneLineErrors
+from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
 from serve.batch import INPUT_FORMATS, OUTPUT_FORMATS
 from serve.predictor import MAX_THREADS
 from serve.version import __version__
@@ -88,11 +88,19 @@ def _estimate_rows(path: Path) -> int:
               show_default=True, help="Largest request body accepted (413 above).")
 @click.option("--max-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Most rows per request (413 above).")
-@click.option("--threads", type=click.IntRange(min=0), default=None,
+@click.option("--max-header-bytes", type=click.IntRange(1024, 1 << 20), default=64 << 10,
+              show_default=True, help="Largest request line + headers accepted (431 above).")
+@click.option("--request-timeout", type=FiniteFloat(0, 3600, min_open=True), default=30.0,
+              show_default=True, help="Seconds a client has to send its headers, and a request "
+              "to be read and predicted (408/503 after).")
+@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads per worker. Default: picked per batch size.")
+@click.option("--allow-foreign-graph", is_flag=True, help="Serve an ONNX graph linreg did not "
+              "make (other operators, control flow). Only for files you trust.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
 def serve_main(model: Path, host: str, port: int, workers: int, name: str | None,
-               max_body_bytes: int, max_rows: int, threads: int | None,
+               max_body_bytes: int, max_rows: int, max_header_bytes: int,
+               request_timeout: float, threads: int | None, allow_foreign_graph: bool,
                access_log: bool) -> None:
     """Serve MODEL (a model folder or a .onnx file) over HTTP until SIGTERM or Ctrl-C."""
     import os
@@ -108,7 +116,8 @@ def serve_main(model: Path, host: str, port: int, workers: int, name: str | None
     except ImportError:
         raise click.ClickException("linreg-serve needs the http extra: pip install "
                                    "'linreg[http]'") from None
-    predictor = Predictor.load(model, threads=threads)  # fail here, clearly, not in a worker
+    # Fail here, clearly, not in a worker.
+    predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     name = name or model_name(model)
     try:  # say "port in use" in one line, before uvicorn would
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -118,7 +127,10 @@ def serve_main(model: Path, host: str, port: int, workers: int, name: str | None
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
     os.environ.update({"LINREG_SERVE_MODEL": str(model), "LINREG_SERVE_NAME": name,
                        "LINREG_SERVE_MAX_BODY": str(max_body_bytes),
-                       "LINREG_SERVE_MAX_ROWS": str(max_rows)})
+                       "LINREG_SERVE_MAX_ROWS": str(max_rows),
+                       "LINREG_SERVE_MAX_HEADER": str(max_header_bytes),
+                       "LINREG_SERVE_TIMEOUT": str(request_timeout),
+                       "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0"})
     if threads is not None:
         os.environ["LINREG_SERVE_THREADS"] = str(threads)
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -127,10 +139,23 @@ def serve_main(model: Path, host: str, port: int, workers: int, name: str | None
     click.echo(f"linreg-serve: serving {name!r} ({predictor.n_features} features -> "
                f"{predictor.n_targets} target(s)) on http://{host}:{port} "
                f"(OpenAPI at /docs, metrics at /metrics)", err=True)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish), then
-    # re-raises the signal under the handlers it found: make those a clean exit, status 0.
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish, each within
+    # --request-timeout), then re-raises the signal under the handlers it found: make those a
+    # clean exit, status 0, that waits for no worker thread (a cancelled run may still be
+    # unwinding inside onnxruntime).
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(0))
+        signal.signal(sig, lambda *_: _exit_now(0))
     uvicorn.run("serve.server:app_from_env", factory=True, host=host, port=port,
                 workers=workers, log_level="warning", access_log=access_log,
-                timeout_graceful_shutdown=30, server_header=False)
+                http="serve.http_limits:BoundedHttpToolsProtocol",
+                timeout_graceful_shutdown=max(1, int(request_timeout) + 1), server_header=False)
+    _exit_now(0)
+
+
+def _exit_now(code: int) -> None:
+    """Flush and leave at once, without joining worker threads."""
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -129,6 +129,10 @@ class Predictor:
             raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
                              f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
                              f"{self.dtype}")
+        if bad := first_non_finite(pred):  # finite rows, finite weights: only overflow is left
+            raise PredictionInputError(f"row {bad[0] + 1}: the prediction for "
+                                       f"{self.target_names[bad[1]]!r} overflows {self.dtype} "
+                                       f"({bad[2]}); the inputs are too large for this model")
         return pred
 
     def as_matrix(self, X: Any) -> np.ndarray:

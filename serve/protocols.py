@@ -12,17 +12,18 @@ Every parser returns the rows as a float matrix in the model's feature order or 
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
-from serve.errors import DataError, first_line
+from serve.errors import DataError
+from serve.jsontext import JSONTextError
+from serve.jsontext import loads as json_loads
 from serve.predictor import Predictor
-from serve.tables import to_matrix
+from serve.tables import check_unique, csv_batches, to_matrix
 
 V2_DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 V2_NAMES = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64"}
@@ -39,12 +40,14 @@ class RequestError(Exception):
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON (:mod:`serve.jsontext`: bounded depth, huge integers as floats)."""
     if not body.strip():
         raise RequestError("empty request body; send JSON")
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RequestError(f"request body is not valid JSON ({getattr(e, 'msg', e)})") from None
+        return json_loads(body)
+    except JSONTextError as e:
+        raise RequestError(f"request body is {e}" if str(e).startswith("not") else
+                           f"request body: {e}") from None
 
 
 def as_rows(predictor: Predictor, X: Any, *, max_rows: int, where: str = "") -> np.ndarray:
@@ -111,13 +114,14 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
         raise RequestError(f"unknown input {tensor.get('name')!r}; the model's input is "
                            f"{INPUT_NAME!r}")
     datatype = tensor.get("datatype")
-    if datatype not in V2_DATATYPES:
-        raise RequestError(f"input datatype {datatype!r} is not supported; send FP32 "
+    if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
+        raise RequestError(f"input datatype {_shown(datatype)} is not supported; send FP32 "
                            "(or FP64)")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape) \
-            or len(shape) not in (1, 2):
-        raise RequestError(f"input shape {shape!r}: expected [rows, {predictor.n_features}]")
+    if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(
+            type(d) is int and d >= 0 for d in shape):
+        raise RequestError(f"input shape {_shown(shape)}: expected [rows, "
+                           f"{predictor.n_features}]")
     if len(shape) == 1:
         shape = [1, shape[0]]
     if shape[1] != predictor.n_features:
@@ -128,7 +132,11 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
                            "request (--max-rows)", status=413)
     count = shape[0] * shape[1]
     params = tensor.get("parameters") or {}
-    size = params.get("binary_data_size") if isinstance(params, dict) else None
+    if not isinstance(params, dict):
+        raise RequestError("input 'parameters' must be an object")
+    size = params.get("binary_data_size")
+    if size is not None and type(size) is not int:
+        raise RequestError(f"binary_data_size {_shown(size)} must be a whole number of bytes")
     if size is not None:
         want = count * V2_DATATYPES[datatype].itemsize
         if size != want or len(binary) != size:
@@ -157,14 +165,17 @@ def _flat_numbers(data: Any, datatype: str) -> np.ndarray:
                            "length") from None
     if arr.dtype.kind not in "fiu" or arr.dtype == np.bool_:
         raise RequestError(f"input data must be numbers for datatype {datatype}")
-    return arr.reshape(-1).astype(V2_DATATYPES[datatype])
+    with np.errstate(over="ignore"):  # beyond the datatype's range becomes inf, refused later
+        return arr.reshape(-1).astype(V2_DATATYPES[datatype])
 
 
 def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when the output goes as binary data."""
     outputs = header.get("outputs")
     params = header.get("parameters") or {}
-    binary = bool(params.get("binary_data_output")) if isinstance(params, dict) else False
+    if not isinstance(params, dict):
+        raise RequestError("request 'parameters' must be an object")
+    binary = params.get("binary_data_output") is True
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
             raise RequestError("'outputs' must be a list of objects")
@@ -173,12 +184,16 @@ def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[by
                 raise RequestError(f"unknown output {o.get('name')!r}; the model's output is "
                                    f"{OUTPUT_NAME!r}")
             p = o.get("parameters") or {}
-            if isinstance(p, dict) and "binary_data" in p:
-                binary = bool(p["binary_data"])
+            if not isinstance(p, dict):
+                raise RequestError("output 'parameters' must be an object")
+            if "binary_data" in p:
+                binary = p["binary_data"] is True
     out: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": V2_NAMES[pred.dtype],
                            "shape": list(pred.shape)}
     result: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [out]}
     if "id" in header:
+        if not isinstance(header["id"], str) or len(header["id"]) > 1024:
+            raise RequestError("request 'id' must be a string of at most 1,024 characters")
         result["id"] = header["id"]
     if binary:
         raw = np.ascontiguousarray(pred, dtype=pred.dtype.newbyteorder("<")).tobytes()
@@ -226,11 +241,16 @@ def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
             raise RequestError('dataframe_split: expected {"columns": [...], "data": [[...]]}')
         data, columns = value["data"], value.get("columns")
         if columns is not None:
-            if not isinstance(columns, list) or any(
-                    not isinstance(r, list) or len(r) != len(columns) for r in data):
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise RequestError("dataframe_split: 'columns' must be a list of names")
+            try:
+                check_unique(columns, "dataframe_split")
+            except DataError as e:
+                raise RequestError(str(e)) from None
+            if any(not isinstance(r, list) or len(r) != len(columns) for r in data):
                 raise RequestError("dataframe_split: every row of 'data' needs one value per "
                                    "column")
-            data = [dict(zip(map(str, columns), r)) for r in data]
+            data = [dict(zip(columns, r)) for r in data]
         return as_rows(predictor, data, max_rows=max_rows, where=key)
     if key == "dataframe_records" and (not isinstance(value, list) or
                                        not all(isinstance(r, Mapping) for r in value)):
@@ -239,24 +259,31 @@ def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
 
 
 def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray:
+    """A ``text/csv`` body, read by the same reader and number rule as CSV files."""
     if not body.strip():
         raise RequestError("empty CSV body")
+    parts, rows = [], 0
     try:
-        table = pacsv.read_csv(pa.py_buffer(body), convert_options=pacsv.ConvertOptions(
-            null_values=[""], strings_can_be_null=True))
-    except pa.ArrowInvalid as e:
-        raise RequestError(f"CSV body: {first_line(e)}") from None
-    missing = [f for f in predictor.feature_names if f not in table.column_names]
-    if missing:
-        raise RequestError(f"CSV body: missing feature column(s) {', '.join(missing)}; the "
-                           f"model needs {', '.join(predictor.feature_names)}")
-    if table.num_rows > max_rows:
-        raise RequestError(f"{table.num_rows:,} rows is more than the limit of {max_rows:,} per "
-                           "request (--max-rows)", status=413)
-    try:
-        rows = to_matrix(table, predictor.feature_names, source="CSV body",
-                         dtype=predictor.dtype)
+        for batch, _ in csv_batches(io.BytesIO(body), predictor.feature_names, name="CSV body"):
+            rows += batch.num_rows
+            if rows > max_rows:
+                raise RequestError(f"more than {max_rows:,} rows is more than the limit per "
+                                   "request (--max-rows)", status=413)
+            parts.append(to_matrix(batch, predictor.feature_names, source="CSV body",
+                                   dtype=predictor.dtype, row_offset=rows - batch.num_rows))
     except DataError as e:
         raise RequestError(str(e)) from None
-    _check_rows(predictor, rows, max_rows)
-    return rows
+    if not parts:
+        raise RequestError("CSV body: no rows to predict")
+    matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    _check_rows(predictor, matrix, max_rows)
+    return matrix
+
+
+def _shown(value: Any) -> str:
+    """A client's value in a message, short and JSON-safe."""
+    try:
+        text = repr(value) if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = type(value).__name__
+    return text if len(text) <= 60 else text[:57] + "..."

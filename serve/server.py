@@ -16,6 +16,7 @@ request are bounded. Needs the ``http`` extra (FastAPI, uvicorn).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -23,22 +24,22 @@ import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import protocols as proto
+from serve.errors import DataError, ModelError
 from serve.metrics import Metrics
-from serve.predictor import Predictor
+from serve.predictor import Cancel, Predictor
 from serve.protocols import RequestError
 from serve.version import __version__
 
-THREADPOOL_ROWS = 1024  # bigger batches run off the event loop
 log = logging.getLogger("linreg.serve")
 
 
@@ -49,13 +50,19 @@ def model_name(path: str | os.PathLike) -> str:
 
 
 def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 20,
-               max_rows: int = 100_000) -> FastAPI:
-    """The ASGI app serving ``predictor`` as ``name``."""
+               max_rows: int = 100_000, request_timeout: float = 30.0) -> FastAPI:
+    """The ASGI app serving ``predictor`` as ``name``.
+
+    Every prediction runs on a worker thread, never on the event loop, so ``/health`` answers
+    whatever a request is doing; a request that takes longer than ``request_timeout`` seconds
+    (reading its body and predicting) is answered 503 and its run is cancelled."""
     app = FastAPI(title=f"linreg-serve: {name}", version=__version__,
                   description="Linear regression predictions over the Open Inference Protocol "
                               "(v2), a simple v1 style and MLflow's scoring format.")
     metrics = Metrics()
     app.state.metrics = metrics
+    pool = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)),
+                              thread_name_prefix="linreg-predict")
 
     # 1. Shared plumbing: bounded bodies, predictions off the loop for big batches, metrics.
     async def read_body(request: Request) -> bytes:
@@ -65,13 +72,20 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
                 raise RequestError(f"Content-Length {length!r} is not a number")
             if int(length) > max_body_bytes:
                 raise _too_large(int(length), max_body_bytes)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                raise _too_large(size, max_body_bytes)
-            chunks.append(chunk)
-        body = b"".join(chunks)
+        async def read() -> bytes:
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_body_bytes:
+                    raise _too_large(size, max_body_bytes)
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        try:
+            body = await asyncio.wait_for(read(), request_timeout)
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body did not arrive within {request_timeout:g} s "
+                               "(--request-timeout)", status=408) from None
         encoding = (request.headers.get("content-encoding") or "identity").lower()
         if encoding in ("gzip", "deflate"):
             body = _decompress(body, encoding, max_body_bytes)
@@ -81,9 +95,20 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
         return body
 
     async def predict(rows: np.ndarray) -> np.ndarray:
-        if len(rows) > THREADPOOL_ROWS:
-            return await run_in_threadpool(predictor.predict, rows)
-        return predictor.predict(rows)
+        cancel = Cancel()
+        future = asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(predictor.predict, rows, cancel=cancel))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), request_timeout)
+        except asyncio.TimeoutError:
+            cancel.cancel()
+            raise RequestError(f"the prediction took longer than {request_timeout:g} s "
+                               "(--request-timeout)", status=503) from None
+        except asyncio.CancelledError:  # the server is shutting down, or the client left
+            cancel.cancel()
+            raise
+        except DataError as e:  # e.g. a prediction that overflows the model's dtype
+            raise RequestError(str(e), status=422) from None
 
     def check_name(requested: str, version: str | None = None) -> None:
         if requested != name:
@@ -102,7 +127,13 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
                 try:
                     response, rows = await handler(*args, **kwargs)
                 except RequestError as e:
-                    response = JSONResponse({"error": e.message}, status_code=e.status)
+                    log.warning("%s %s: %s", e.status, label, e.message)
+                    response = JSONResponse({"error": e.message}, status_code=e.status,
+                                            headers={"Connection": "close"}
+                                            if e.status in (408, 413) else None)
+                except ModelError as e:  # the model's fault (a foreign graph), not the client's
+                    log.error("500 %s: %s", label, e)
+                    response = JSONResponse({"error": str(e)}, status_code=500)
                 except Exception:  # a bug of ours, not the client's
                     log.exception("internal error on %s", label)
                     response = JSONResponse({"error": "internal server error"}, status_code=500)
@@ -232,10 +263,12 @@ def app_from_env() -> FastAPI:
     """Factory for uvicorn (``--workers N`` imports the app in each worker process)."""
     path = os.environ["LINREG_SERVE_MODEL"]
     threads = os.environ.get("LINREG_SERVE_THREADS")
-    predictor = Predictor.load(path, threads=int(threads) if threads else None)
+    predictor = Predictor.load(path, threads=int(threads) if threads else None,
+                               allow_foreign_graph=os.environ.get("LINREG_SERVE_FOREIGN") == "1")
     return create_app(predictor, os.environ.get("LINREG_SERVE_NAME") or model_name(path),
                       max_body_bytes=int(os.environ.get("LINREG_SERVE_MAX_BODY", 32 << 20)),
-                      max_rows=int(os.environ.get("LINREG_SERVE_MAX_ROWS", 100_000)))
+                      max_rows=int(os.environ.get("LINREG_SERVE_MAX_ROWS", 100_000)),
+                      request_timeout=float(os.environ.get("LINREG_SERVE_TIMEOUT", 30)))
 
 
 def _too_large(size: int, limit: int) -> RequestError:

@@ -307,12 +307,19 @@ class _Tape:
         return blob[pos:]
 
 
-def csv_batches(source: str | Path, columns: Sequence[str], *, keep: Sequence[str] = (),
-                block_size: int = CSV_MAX_BLOCK) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Stream a CSV file (or ``-``, stdin) as record batches of ``columns`` (as float64, by the
-    one number rule) and ``keep`` (types inferred), each with its first 0-based data row."""
-    name = STDIN if str(source) == "-" else str(source)
-    raw = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115
+def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
+                keep: Sequence[str] = (), block_size: int = CSV_MAX_BLOCK,
+                name: str | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
+    """Stream CSV as record batches of ``columns`` (as float64, by the one number rule) and
+    ``keep`` (types inferred), each with its first 0-based data row. ``source``: a path, ``-``
+    for stdin, or a binary stream (an HTTP body) shown in errors as ``name``."""
+    if hasattr(source, "read"):
+        raw, name = source, name or "<stream>"
+    elif str(source) == "-":
+        raw, name = sys.stdin.buffer, STDIN
+    else:
+        raw, name = open(source, "rb"), str(source)  # noqa: SIM115
+    owned = not hasattr(source, "read") and str(source) != "-"
     try:
         header, line = csv_header(raw, name)
         missing = [c for c in columns if c not in set(header)]
@@ -344,7 +351,7 @@ def csv_batches(source: str | Path, columns: Sequence[str], *, keep: Sequence[st
             first += batch.num_rows
             tape.forget_before(first + 1)
     finally:
-        if raw is not sys.stdin.buffer:
+        if owned:
             raw.close()
 
 
