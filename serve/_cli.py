@@ -6,6 +6,7 @@ no temporary file or folder is left behind; the exit status is 128 + the signal'
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import signal
@@ -32,6 +33,18 @@ def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
 
 
+class _PipeClosed(Exception):
+    """The reader of our stdout went away (``| head``): not an error."""
+
+
+class _Stopped(LinregError):
+    """A signal ended the command; its work has unwound (temporaries removed) by now."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class OneLineErrors(click.Command):
     """A click command whose user errors print as one ``PROG: error: ...`` line on stderr.
 
@@ -52,6 +65,21 @@ class OneLineErrors(click.Command):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def invoke(self, ctx: click.Context) -> Any:
+        # click turns KeyboardInterrupt into Abort (and prints a blank line); ours says which
+        # signal it was and exits 128 + its number.
+        try:
+            return super().invoke(ctx)
+        except Terminated as e:
+            raise _Stopped(f"stopped by {signal.Signals(e.signum).name}", 128 + e.signum) \
+                from None
+        except KeyboardInterrupt:
+            raise _Stopped("interrupted", 130) from None
+        except OSError as e:  # click would exit 1 on a closed pipe; the reader simply had enough
+            if e.errno == errno.EPIPE:
+                raise _PipeClosed() from None
+            raise
+
     def _main(self, prog: str, args: Any, prog_name: str | None, **extra: Any) -> Any:
         try:
             return super().main(args, prog_name, standalone_mode=False, **extra)
@@ -63,11 +91,9 @@ class OneLineErrors(click.Command):
             _fail(prog, str(e), e.exit_code)
         except click.Abort:
             _fail(prog, "aborted", 1)
-        except Terminated as e:
-            _fail(prog, f"stopped by {signal.Signals(e.signum).name}", 128 + e.signum)
         except KeyboardInterrupt:
             _fail(prog, "interrupted", 130)
-        except BrokenPipeError:  # `linreg-predict ... - | head`: the reader has all it wants
+        except (BrokenPipeError, _PipeClosed):  # `linreg-predict ... | head`: it has enough
             _quiet_stdout()
             sys.exit(0)
         except MemoryError:

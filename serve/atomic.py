@@ -74,7 +74,7 @@ def resolve_output(path: str | Path) -> tuple[Path, os.stat_result | None]:
     except FileNotFoundError:
         return final, None
     except OSError as e:
-        raise _os_error(path, e, "cannot use it as output") from None
+        raise _os_error(path, e) from None
 
 
 @contextmanager

@@ -10,6 +10,7 @@ place only when everything is written.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,9 @@ def _check_out(out: Path, data_path: Path, force: bool) -> None:
     linreg did not write."""
     final, st = resolve_output(out)
     if st is None:
+        existing = next(p for p in final.parents if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{out}: cannot write (Permission denied in {existing})")
         return
     cwd = Path.cwd().resolve()
     if final == cwd or final in cwd.parents:
