@@ -14,6 +14,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -26,7 +27,7 @@ from serve.atomic import output_file
 from serve.errors import DataError, OutputError, first_line
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
-from serve.predictor import Predictor
+from serve.predictor import Cancel, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
     STDIN,
@@ -83,15 +84,25 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
          keep: list[str], progress: Callable[[int], None] | None) -> int:
     writer = _WRITERS[out_fmt](sink, predictor, keep)
     done = 0
-    for rows, kept, first in chunks:
-        try:  # readers have checked the values; this catches what only the model knows
-            pred = predictor.predict(rows)
-        except DataError as e:
-            raise DataError(f"rows {first + 1}-{first + len(rows)}: {e}") from None
-        writer.write(pred, kept)
-        done += len(rows)
-        if progress is not None:
-            progress(done)
+    # The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM) is
+    # handled at once even inside a long run, which is then cancelled.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-predict")
+    try:
+        for rows, kept, first in chunks:
+            cancel = Cancel()
+            try:  # readers have checked the values; this catches what only the model knows
+                pred = pool.submit(predictor.predict, rows, cancel=cancel).result()
+            except DataError as e:
+                raise DataError(f"rows {first + 1}-{first + len(rows)}: {e}") from None
+            except BaseException:
+                cancel.cancel()
+                raise
+            writer.write(pred, kept)
+            done += len(rows)
+            if progress is not None:
+                progress(done)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     if done == 0:
         raise DataError("the input has no data rows to predict")
     writer.close()

@@ -277,6 +277,7 @@ class Cancel:
     def run_options(self, ort: Any) -> Any:
         if self._run_options is None:
             self._run_options = ort.RunOptions()
+            self._run_options.log_severity_level = 4  # the caller reports a cancel its own way
             self._run_options.terminate = self.cancelled
         return self._run_options
 
@@ -314,10 +315,14 @@ class _OnnxBackend(_Backend):
         self._large = self._small if threads is not None else None
         inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 2 \
-                or inputs[0].type not in _ORT_TYPES or len(outputs[0].shape) != 2 \
-                or not all(isinstance(d, int) for d in (inputs[0].shape[1], outputs[0].shape[1])):
+                or inputs[0].type not in _ORT_TYPES or len(outputs[0].shape) != 2:
             raise ModelError(f"{path}: not a linreg model (expected one 2-D float input and one "
-                             "2-D output, each of a fixed width)")
+                             "2-D output)")
+        if not all(isinstance(d, int) for d in (inputs[0].shape[1], outputs[0].shape[1])):
+            # onnxruntime found the declared widths at odds with what the graph computes
+            raise ModelError(f"{path}: the graph's declared shapes do not match what it "
+                             f"computes (onnxruntime infers {inputs[0].shape} -> "
+                             f"{outputs[0].shape})")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.dtype = np.dtype(_ORT_TYPES[inputs[0].type])
         self.width_in = int(inputs[0].shape[1])

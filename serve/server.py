@@ -259,8 +259,19 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
     return app
 
 
+def _log_to_stderr() -> None:
+    """One line per event: ``linreg-serve: 400 predict: <what was wrong>``."""
+    if not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("linreg-serve: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def app_from_env() -> FastAPI:
     """Factory for uvicorn (``--workers N`` imports the app in each worker process)."""
+    _log_to_stderr()
     path = os.environ["LINREG_SERVE_MODEL"]
     threads = os.environ.get("LINREG_SERVE_THREADS")
     predictor = Predictor.load(path, threads=int(threads) if threads else None,

@@ -10,6 +10,7 @@ import signal
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,13 +39,15 @@ class Server:
 
     def __init__(self, model: Path, *args: str) -> None:
         self.port = free_port()
+        # stderr goes to a file: a pipe nobody reads would block the server once it fills.
+        self.log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen([str(BIN / "linreg-serve"), str(model), "--port",
-                                      str(self.port), *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                      str(self.port), *args], stdout=subprocess.DEVNULL,
+                                     stderr=self.log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode())
+                raise RuntimeError(self.stderr())
             try:
                 if self.request("GET", "/v2/health/ready")[0] == 200:
                     return
@@ -66,6 +69,11 @@ class Server:
     def json(self, method: str, path: str, body=None, headers=None) -> tuple[int, dict]:
         status, _, data = self.request(method, path, body, headers)
         return status, json.loads(data)
+
+    def stderr(self) -> str:
+        """What the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read().decode()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
