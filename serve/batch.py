@@ -66,11 +66,12 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
         if str(output) != "-" and _same_file(source, output):
             raise OutputError(f"{output}: is the input file; write the predictions elsewhere")
 
+    name = STDIN if str(source) == "-" else str(source)
     chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
-        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress)
+        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress, name)
     with output_file(output, force=force) as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, progress)
+        return _run(predictor, chunks, sink, out_fmt, keep, progress, name)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -81,7 +82,7 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
-         keep: list[str], progress: Callable[[int], None] | None) -> int:
+         keep: list[str], progress: Callable[[int], None] | None, name: str) -> int:
     writer = _WRITERS[out_fmt](sink, predictor, keep)
     done = 0
     # The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM) is
@@ -104,7 +105,7 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     if done == 0:
-        raise DataError("the input has no data rows to predict")
+        raise DataError(f"{name}: has a header but no data rows")
     writer.close()
     return done
 

@@ -322,14 +322,17 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
     owned = not hasattr(source, "read") and str(source) != "-"
     try:
         header, line = csv_header(raw, name)
-        missing = [c for c in columns if c not in set(header)]
+        present = set(header)
+        missing = [c for c in columns if c not in present]
         if missing:
             raise DataError(f"{name}: missing feature column(s) {', '.join(missing[:10])}; the "
                             f"model needs {', '.join(columns[:20])}"
                             + (" ..." if len(columns) > 20 else ""))
-        if unknown := [k for k in keep if k not in set(header)]:
+        if unknown := [k for k in keep if k not in present]:
             raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
                             f"{', '.join(header[:20])}")
+        if not line.endswith(b"\n"):  # a header with no final newline: the whole file
+            line += b"\n"
         block = max(block_size, min(4 * len(line), 64 << 20))  # a wide header: wide rows
         tape = _Tape(raw, line)
         wanted = list(dict.fromkeys([*columns, *keep]))

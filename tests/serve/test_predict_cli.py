@@ -119,7 +119,7 @@ def test_a_bad_row_is_named_and_nothing_is_written(tmp_path, multi, lines, messa
      "elsewhere"),
     (["{src}", "-o", "{tmp}/no/such/out.csv"], "{tmp}/no/such/out.csv: the folder {tmp}/no/such "
      "does not exist"),
-    (["{header}", "-o", "{tmp}/o.csv"], "the input has no data rows to predict"),
+    (["{header}", "-o", "{tmp}/o.csv"], "{header}: has a header but no data rows"),
 ])
 def test_usage_errors(tmp_path, multi, args, message):
     src = _csv(tmp_path / "in.csv", ["x0", "x1", "x2", "x3"], [[1, 2, 3, 4]])

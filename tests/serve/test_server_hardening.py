@@ -201,14 +201,18 @@ def test_a_tampered_model_file_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ hostile models
 
-onnx = pytest.importorskip("onnx", reason="building hostile graphs needs the onnx package")
+@pytest.fixture
+def hostile():
+    """Builders of hostile graphs; they need the onnx package (not in the runtime install)."""
+    pytest.importorskip("onnx", reason="building hostile graphs needs the onnx package")
+    from tests.fixtures import hostile
+
+    return hostile
 
 
 @pytest.mark.parametrize("script", ["linreg-serve", "linreg-predict"])
-def test_a_foreign_graph_is_refused_in_one_line(tmp_path, script):
-    from tests.fixtures.hostile import loop_model
-
-    model = loop_model(tmp_path / "spin.onnx")
+def test_a_foreign_graph_is_refused_in_one_line(hostile, tmp_path, script):
+    model = hostile.loop_model(tmp_path / "spin.onnx")
     args = [str(BIN / script), str(model)] + (["-"] if script == "linreg-predict" else [])
     res = subprocess.run(args, capture_output=True, timeout=60, input=b"f0,f1,f2,f3\n1,2,3,4\n")
     assert res.returncode == 1
@@ -220,29 +224,23 @@ def test_a_foreign_graph_is_refused_in_one_line(tmp_path, script):
     (["batch", "width"], "output 'prediction' is declared as [batch, width]"),
     (["batch", 2, 1], "output 'prediction' is declared as [batch, 2, 1]"),
 ])
-def test_graphs_with_undeclared_output_widths_are_refused(tmp_path, dims, message):
+def test_graphs_with_undeclared_output_widths_are_refused(hostile, tmp_path, dims, message):
     from serve import ModelError, Predictor
-    from tests.fixtures.hostile import plain_model
-
-    path = plain_model(tmp_path / "m.onnx", out_dims=dims)
+    path = hostile.plain_model(tmp_path / "m.onnx", out_dims=dims)
     with pytest.raises(ModelError, match=message.replace("[", r"\[").replace("]", r"\]")):
         Predictor.load(path)
 
 
-def test_a_graph_that_lies_about_its_output_width_is_refused(tmp_path):
+def test_a_graph_that_lies_about_its_output_width_is_refused(hostile, tmp_path):
     from serve import ModelError, Predictor
-    from tests.fixtures.hostile import plain_model
-
-    path = plain_model(tmp_path / "m.onnx", out_dims=["batch", 3])  # computes 2 columns
+    path = hostile.plain_model(tmp_path / "m.onnx", out_dims=["batch", 3])  # computes 2 columns
     with pytest.raises(ModelError, match="the graph's declared shapes do not match what it "
                                          "computes"):
         Predictor.load(path)
 
 
-def test_a_foreign_graph_served_on_request_never_blocks_the_server(tmp_path):
-    from tests.fixtures.hostile import loop_model
-
-    model = loop_model(tmp_path / "spin.onnx")
+def test_a_foreign_graph_served_on_request_never_blocks_the_server(hostile, tmp_path):
+    model = hostile.loop_model(tmp_path / "spin.onnx")
     s = Server(model, "--allow-foreign-graph", "--request-timeout", "1")
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -269,10 +267,8 @@ def test_a_foreign_graph_served_on_request_never_blocks_the_server(tmp_path):
             s.proc.kill()
 
 
-def test_predict_cli_with_a_foreign_graph_stops_on_sigterm(tmp_path):
-    from tests.fixtures.hostile import loop_model
-
-    model = loop_model(tmp_path / "spin.onnx")
+def test_predict_cli_with_a_foreign_graph_stops_on_sigterm(hostile, tmp_path):
+    model = hostile.loop_model(tmp_path / "spin.onnx")
     src = tmp_path / "in.csv"
     src.write_text("f0,f1,f2,f3\n1,2,3,4\n")
     out = tmp_path / "out.csv"
