@@ -408,7 +408,7 @@ def npy_header(f: BinaryIO, size: int, source: str | Path, *,
         version = fmt.read_magic(f)
         reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
         shape, fortran, dtype = reader(f, max_header_size=NPY_MAX_HEADER)
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError) as e:
+    except Exception as e:  # numpy parses the header text itself and may raise anything
         raise DataError(f"{source}: not a readable .npy array ({first_line(e)})") from None
     if dtype.hasobject:
         raise DataError(f"{source}: holds Python objects; only numeric arrays are accepted")

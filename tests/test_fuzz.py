@@ -1,0 +1,262 @@
+"""Seeded property-based fuzzing (hypothesis) of everything that parses input.
+
+Valid files and request bodies are mutated (bytes flipped, inserted, deleted, truncated, lines
+repeated, hostile tokens such as ``1e400``, ``0x1F``, ``\\xff``, deep brackets spliced in), then:
+- ``linreg-predict`` and ``linreg-train`` either succeed, or exit 1 or 2 with exactly one line on
+  stderr, no traceback, and nothing at the output path (no temporary either);
+- every HTTP route answers 2xx, or 4xx with a JSON ``{"error": ...}``, never a 5xx, and the
+  server still answers ``/health`` after every case.
+
+Runs are derandomized (the same cases every run) and bounded: ``LINREG_FUZZ_EXAMPLES`` sets the
+examples per property (default 150). The case count is printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from serve.cli import predict_main
+from tests.serve.conftest import MODELS
+
+MULTI = MODELS / "multi"  # x0..x3 -> y0, y1
+EXAMPLES = int(os.environ.get("LINREG_FUZZ_EXAMPLES", "150"))
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                derandomize=not os.environ.get("LINREG_FUZZ_RANDOM"),
+                suppress_health_check=list(HealthCheck))
+CASES: dict[str, int] = {}
+
+TOKENS = [b",", b"\n", b"\r\n", b'"', b"nan", b"inf", b"-inf", b"1e400", b"0x1F", b"1_000",
+          b"true", b"\xff", b"\xef\xbb\xbf", b"\x00", b"[" * 300, b"{" * 300, b"]", b"}",
+          b"1" * 400, b" ", b"x0", b"y0", b"-", b"e", b".", b"\x1f\x8b", b"NUMPY", b"PAR1",
+          b"\\u0000", b"null", b":", b"9" * 30]
+
+
+@st.composite
+def mutated(draw, seed: bytes) -> bytes:
+    """``seed`` with up to six mutations: flips, inserts, deletes, truncation, repeats."""
+    data = bytearray(seed)
+    for _ in range(draw(st.integers(1, 6))):
+        kind = draw(st.sampled_from(["flip", "insert", "delete", "truncate", "repeat", "token"]))
+        at = draw(st.integers(0, max(0, len(data))))
+        if kind == "flip" and data:
+            i = min(at, len(data) - 1)
+            data[i] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "insert":
+            data[at:at] = draw(st.binary(min_size=1, max_size=8))
+        elif kind == "delete":
+            del data[at:at + draw(st.integers(1, 16))]
+        elif kind == "truncate":
+            del data[at:]
+        elif kind == "repeat":
+            data[at:at] = bytes(data[at:at + draw(st.integers(1, 64))]) * draw(st.integers(2, 50))
+        else:
+            data[at:at] = draw(st.sampled_from(TOKENS))
+    return bytes(data)
+
+
+def _count(name: str) -> None:
+    CASES[name] = CASES.get(name, 0) + 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report():
+    yield
+    total = sum(CASES.values())
+    print(f"\nfuzz cases run: {total} ({', '.join(f'{k} {v}' for k, v in sorted(CASES.items()))})")
+
+
+# ------------------------------------------------------------------ seeds: valid inputs
+
+def _rows(n: int = 8) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=(n, 4)).round(3)
+
+
+def _seed_file(fmt: str, with_targets: bool = False) -> bytes:
+    rows = _rows()
+    names = ["x0", "x1", "x2", "x3"]
+    if with_targets:
+        rows = np.hstack([rows, rows[:, :1] * 2 + 1])
+        names = names + ["y"]
+    if fmt == "csv":
+        return (",".join(names) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
+                ).encode()
+    if fmt == "jsonl":
+        return "".join(json.dumps(dict(zip(names, r))) + "\n" for r in rows.tolist()).encode()
+    buf = io.BytesIO()
+    if fmt == "npy":
+        np.save(buf, rows)
+    elif fmt == "npz":
+        np.savez(buf, X=rows[:, :4], y=rows[:, -1], feature_names=np.array(names[:4]))
+    else:
+        pq.write_table(pa.table({n: rows[:, i] for i, n in enumerate(names)}), buf)
+    return buf.getvalue()
+
+
+def _check_cli(result, out: Path) -> None:
+    """Success, or one clean line of error and nothing written."""
+    if result.exit_code == 0:
+        return
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code in (1, 2), result.exit_code
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(("linreg-predict: error: ", "linreg-train: error: "))
+    assert not out.exists()
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+# ------------------------------------------------------------------ files into the CLIs
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "npy", "parquet"])
+def test_fuzz_files_into_linreg_predict(tmp_path, fmt):
+    seed = _seed_file(fmt)
+
+    @FUZZ
+    @given(data=mutated(seed))
+    def run(data: bytes) -> None:
+        _count(f"predict-{fmt}")
+        src = tmp_path / f"in.{fmt}"
+        src.write_bytes(data)
+        out = tmp_path / "out.csv"
+        if out.exists():
+            out.unlink()
+        res = CliRunner().invoke(predict_main, [str(MULTI), str(src), "-o", str(out), "-q",
+                                                "--batch-rows", "3"])
+        _check_cli(res, out)
+
+    run()
+
+
+def test_fuzz_stdin_into_linreg_predict(tmp_path):
+    seed = _seed_file("csv")
+
+    @FUZZ
+    @given(data=mutated(seed))
+    def run(data: bytes) -> None:
+        _count("predict-stdin")
+        out = tmp_path / "out.csv"
+        if out.exists():
+            out.unlink()
+        res = CliRunner().invoke(predict_main, [str(MULTI), "-", "-o", str(out), "-q"],
+                                 input=data)
+        _check_cli(res, out)
+
+    run()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "npy", "npz", "parquet"])
+def test_fuzz_files_into_linreg_train(tmp_path, fmt):
+    pytest.importorskip("torch")
+    from trainer.cli import train_main
+
+    seed = _seed_file(fmt, with_targets=True)
+
+    @settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
+    @given(data=mutated(seed))
+    def run(data: bytes) -> None:
+        _count(f"train-{fmt}")
+        src = tmp_path / f"in.{fmt}"
+        src.write_bytes(data)
+        out = tmp_path / "m"
+        res = CliRunner().invoke(train_main, [str(src), "--out", str(out), "-q", "--epochs",
+                                              "3", "--force"])
+        _check_cli(res, out)
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+
+    run()
+
+
+# ------------------------------------------------------------------ bodies into every route
+
+@pytest.fixture(scope="module")
+def server():
+    pytest.importorskip("fastapi")
+    from tests.serve.test_server import Server
+
+    s = Server(MULTI, "--max-rows", "1000", "--request-timeout", "5")
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
+
+
+JSON_SEEDS = {
+    "/predict": {"instances": _rows(3).tolist()},
+    "/v1/models/multi:predict": {"inputs": {f"x{i}": _rows(2)[:, i].tolist() for i in range(4)}},
+    "/v2/models/multi/infer": {"id": "a", "inputs": [{"name": "features", "datatype": "FP32",
+                                                      "shape": [2, 4],
+                                                      "data": _rows(2).ravel().tolist()}],
+                               "outputs": [{"name": "prediction"}]},
+    "/invocations": {"dataframe_split": {"columns": ["x0", "x1", "x2", "x3"],
+                                         "data": _rows(2).tolist()}},
+}
+
+
+def _check_http(server, status: int, data: bytes) -> None:
+    assert status < 500, (status, data[:300])
+    if status >= 400:
+        assert isinstance(json.loads(data).get("error"), str)
+    assert server.request("GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("route", list(JSON_SEEDS))
+def test_fuzz_json_bodies_into_every_route(server, route):
+    seed = json.dumps(JSON_SEEDS[route]).encode()
+
+    @FUZZ
+    @given(body=mutated(seed))
+    def run(body: bytes) -> None:
+        _count(f"http-json{route}")
+        status, _, data = server.request("POST", route, body,
+                                         {"Content-Type": "application/json"})
+        _check_http(server, status, data)
+
+    run()
+
+
+def test_fuzz_csv_bodies(server):
+    seed = _seed_file("csv")
+
+    @FUZZ
+    @given(body=mutated(seed))
+    def run(body: bytes) -> None:
+        _count("http-csv")
+        status, _, data = server.request("POST", "/invocations", body,
+                                         {"Content-Type": "text/csv"})
+        _check_http(server, status, data)
+
+    run()
+
+
+def test_fuzz_binary_tensor_bodies(server):
+    head = json.dumps({"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4],
+                                   "parameters": {"binary_data_size": 32}}],
+                       "outputs": [{"name": "prediction",
+                                    "parameters": {"binary_data": True}}]}).encode()
+    raw = struct.pack("<8f", *_rows(2).ravel())
+
+    @FUZZ
+    @given(head=mutated(head), raw=mutated(raw), skew=st.integers(-40, 40))
+    def run(head: bytes, raw: bytes, skew: int) -> None:
+        _count("http-binary")
+        status, _, data = server.request(
+            "POST", "/v2/models/multi/infer", head + raw,
+            {"Content-Type": "application/octet-stream",
+             "Inference-Header-Content-Length": str(len(head) + skew)})
+        if status == 200:
+            return
+        _check_http(server, status, data)
+
+    run()
