@@ -6,12 +6,14 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
 import signal
 import socket
 import struct
 import subprocess
 import tempfile
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,10 +42,12 @@ class Server:
     def __init__(self, model: Path, *args: str) -> None:
         self.port = free_port()
         # stderr goes to a file: a pipe nobody reads would block the server once it fills.
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([str(BIN / "linreg-serve"), str(model), "--port",
-                                      str(self.port), *args], stdout=subprocess.DEVNULL,
-                                     stderr=self.log)
+        fd, self.log = tempfile.mkstemp(prefix="linreg-serve-", suffix=".log")
+        weakref.finalize(self, os.unlink, self.log)
+        with os.fdopen(fd, "wb") as log:
+            self.proc = subprocess.Popen([str(BIN / "linreg-serve"), str(model), "--port",
+                                          str(self.port), *args], stdout=subprocess.DEVNULL,
+                                         stderr=log)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -72,8 +76,7 @@ class Server:
 
     def stderr(self) -> str:
         """What the server has logged so far."""
-        self.log.seek(0)
-        return self.log.read().decode()
+        return Path(self.log).read_text()
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
