@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,16 +124,19 @@ class Predictor:
             rows = X  # fast path: already the model's own layout
         else:
             rows = self.as_matrix(X)
-        self.check_finite(rows)
         pred = self._backend.run(rows, cancel)
-        if pred.shape != (len(rows), self.n_targets) or pred.dtype != self.dtype:
+        if pred.shape != (len(rows), self.n_targets):  # (its dtype was checked at load)
             raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
                              f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
                              f"{self.dtype}")
-        if bad := first_non_finite(pred):  # finite rows, finite weights: only overflow is left
-            raise PredictionInputError(f"row {bad[0] + 1}: the prediction for "
-                                       f"{self.target_names[bad[1]]!r} overflows {self.dtype} "
-                                       f"({bad[2]}); the inputs are too large for this model")
+        # One finiteness pass, on the (narrower) output: a NaN or inf input always shows there
+        # in a linear model, and is then named by its input cell; else the output overflowed.
+        if not _all_finite(pred):
+            self.check_finite(rows)
+            r, c, what = first_non_finite(pred)
+            raise PredictionInputError(f"row {r + 1}: the prediction for "
+                                       f"{self.target_names[c]!r} overflows {self.dtype} "
+                                       f"({what}); the inputs are too large for this model")
         return pred
 
     def as_matrix(self, X: Any) -> np.ndarray:
@@ -224,6 +228,13 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "
                 f"targets={self.target_names}, dtype={self.dtype})")
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """``np.isfinite(a).all()``, with a path ~5x faster for the few values of a small batch."""
+    if a.size <= 64:
+        return all(map(math.isfinite, a.ravel().tolist()))
+    return bool(np.isfinite(a).all())
 
 
 def _shown(value: Any) -> str:

@@ -319,7 +319,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
         raw, name = sys.stdin.buffer, STDIN
     else:
         raw, name = open(source, "rb"), str(source)  # noqa: SIM115
-    owned = not hasattr(source, "read") and str(source) != "-"
+    is_file = not hasattr(source, "read") and str(source) != "-"
     try:
         header, line = csv_header(raw, name)
         present = set(header)
@@ -331,10 +331,12 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
         if unknown := [k for k in keep if k not in present]:
             raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
                             f"{', '.join(header[:20])}")
-        if not line.endswith(b"\n"):  # a header with no final newline: the whole file
-            line += b"\n"
+        if not line.endswith(b"\n"):  # a header with no final newline is the whole file
+            return
         block = max(block_size, min(4 * len(line), 64 << 20))  # a wide header: wide rows
-        tape = _Tape(raw, line)
+        # A file is read by pyarrow natively (its own read-ahead thread) and re-read only to
+        # name a bad cell; a pipe or body goes through a tape that keeps the unread lines.
+        tape = None if is_file else _Tape(raw, line)
         wanted = list(dict.fromkeys([*columns, *keep]))
         convert = pacsv.ConvertOptions(column_types={c: pa.float64() for c in columns},
                                        include_columns=wanted, null_values=[""],
@@ -343,29 +345,49 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
         while True:
             try:
                 if reader is None:
-                    reader = pacsv.open_csv(tape, read_options=pacsv.ReadOptions(
-                        block_size=block), convert_options=convert)
+                    reader = pacsv.open_csv(str(source) if is_file else tape,
+                                            read_options=pacsv.ReadOptions(block_size=block),
+                                            convert_options=convert)
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
             except pa.ArrowInvalid as e:
-                raise _csv_error(name, header, columns, tape, first, block, e) from None
+                since = tape.since(first + 1) if tape is not None else \
+                    _file_lines_from(Path(source), first + 1, 8 * block)
+                raise _csv_error(name, header, columns, since, first, block, e) from None
             yield batch, first
             first += batch.num_rows
-            tape.forget_before(first + 1)
+            if tape is not None:
+                tape.forget_before(first + 1)
     finally:
-        if owned:
+        if is_file:
             raw.close()
 
 
-def _csv_error(name: str, header: list[str], columns: Sequence[str], tape: _Tape, first: int,
+def _file_lines_from(path: Path, line: int, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path`` from the start of 0-based ``line`` (error path)."""
+    with open(path, "rb") as f:
+        seen = 0
+        while True:
+            block = f.read(1 << 20)
+            if not block:
+                return b""
+            count = block.count(b"\n")
+            if seen + count >= line:
+                pos = 0
+                for _ in range(line - seen):
+                    pos = block.find(b"\n", pos) + 1
+                return (block[pos:] + f.read(limit))[:limit]
+            seen += count
+
+
+def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
                block: int, err: Exception) -> DataError:
-    """The first bad cell or line at or after data row ``first + 1``, in our words."""
+    """The first bad cell or line in ``blob``, the text from data row ``first + 1`` on."""
     msg = first_line(err)
     if "straddl" in msg:
         return DataError(f"{name}: a line after row {first} is longer than {block:,} bytes; "
                          "lines that long are not supported")
-    blob = tape.since(first + 1)
     text_types = {c: pa.string() for c in columns}
     try:
         lines = blob.decode("utf-8").splitlines()
