@@ -340,6 +340,7 @@ def test_64_clients_with_hostile_requests_mixed_in(tmp_path):
         assert s.request("GET", "/health")[0] == 200
     finally:
         assert s.stop() == 0
+    print(f"\n64 clients, 4 s: {counts}, server RSS {rss_before // 1024} -> {rss_after // 1024} MiB")
     assert counts["5xx"] == 0 and counts["wrong"] == 0, counts
     assert counts["good"] > 100 and counts["bad"] > 30, counts
     assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)  # flat: < 64 MiB growth
