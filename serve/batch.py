@@ -31,6 +31,7 @@ from serve.predictor import Cancel, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
     STDIN,
+    check_columns,
     check_readable,
     check_unique,
     csv_batches,
@@ -137,7 +138,7 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{source}: not a readable Parquet file ({first_line(e)})") from None
     check_unique(pf.schema_arrow.names, source)
-    _check_header(str(source), pf.schema_arrow.names, predictor.feature_names, keep)
+    check_columns(str(source), pf.schema_arrow.names, predictor.feature_names, keep)
     first = 0
     columns = list(dict.fromkeys(predictor.feature_names + keep))
     batches = pf.iter_batches(batch_size=batch_rows, columns=columns)
@@ -242,18 +243,6 @@ def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
             raise DataError(f"{name}: --keep {k}: the values after row {first} mix types or are "
                             "not scalars") from None
     return arr, columns, first
-
-
-def _check_header(name: str, columns: Sequence[str], features: list[str], keep: list[str]) -> None:
-    present = set(columns)
-    missing = [f for f in features if f not in present]
-    if missing:
-        raise DataError(f"{name}: missing feature column(s) {', '.join(missing)}; the model "
-                        f"needs {', '.join(features)}")
-    if unknown := [k for k in keep if k not in present]:
-        raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
-                        f"{', '.join(columns)}")
-
 
 
 _READERS = {"csv": _csv_chunks, "parquet": _parquet_chunks, "npy": _npy_chunks,

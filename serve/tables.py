@@ -79,6 +79,23 @@ def check_unique(names: Sequence[str], source: str | Path, what: str = "column")
         raise DataError(f"{source}: {what} {dup!r} appears twice; column names must be unique")
 
 
+def check_columns(source: str | Path, present: Sequence[str], features: Sequence[str],
+                  keep: Sequence[str] = ()) -> None:
+    """The model's feature columns and the ``--keep`` columns must all be in ``present``."""
+    have = set(present)
+    if missing := [f for f in features if f not in have]:
+        raise DataError(f"{source}: missing feature column(s) {_listed(missing)}; the model "
+                        f"needs {_listed(features)}")
+    if unknown := [k for k in keep if k not in have]:
+        raise DataError(f"{source}: --keep {unknown[0]}: no such column; the columns are "
+                        f"{_listed(present)}")
+
+
+def _listed(names: Sequence[str], most: int = 20) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most
+                                      else "")
+
+
 # ---------------------------------------------------------------------------------- numbers
 
 def parse_numbers(col: pa.Array) -> np.ndarray:
@@ -322,15 +339,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
     is_file = not hasattr(source, "read") and str(source) != "-"
     try:
         header, line = csv_header(raw, name)
-        present = set(header)
-        missing = [c for c in columns if c not in present]
-        if missing:
-            raise DataError(f"{name}: missing feature column(s) {', '.join(missing[:10])}; the "
-                            f"model needs {', '.join(columns[:20])}"
-                            + (" ..." if len(columns) > 20 else ""))
-        if unknown := [k for k in keep if k not in present]:
-            raise DataError(f"{name}: --keep {unknown[0]}: no such column; the columns are "
-                            f"{', '.join(header[:20])}")
+        check_columns(name, header, columns, keep)
         if not line.endswith(b"\n"):  # a header with no final newline is the whole file
             return
         block = max(block_size, min(4 * len(line), 64 << 20))  # a wide header: wide rows

@@ -138,7 +138,8 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
     from serve.errors import OutputExistsError
     from trainer.synth import make_dataset, write_dataset
 
-    if resolve_output(out)[1] is not None and resolve_output(out)[0].is_file() and not force:
+    final, st = resolve_output(out)
+    if st is not None and final.is_file() and not force:  # before generating, not after
         raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
     data = make_dataset(samples, features, targets, seed=seed, noise=noise)
     write_dataset(data, out, force=force)
