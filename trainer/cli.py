@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ import click
 
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
 from serve.version import __version__
-from trainer.fit import TrainConfig
+from trainer.config import CHOICES, SETTINGS, InitType, TrainConfig
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -25,53 +26,64 @@ def _names(values: tuple[str, ...]) -> list[str]:
     return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
+def _range(name: str) -> click.ParamType:
+    return SETTINGS[name].click_type()
+
+
 @click.command("linreg-train", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
 @click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--target", "targets", multiple=True, help="Target column (repeatable). "
+@click.option("--target", "targets", multiple=True, help="Target column (repeatable, or a,b). "
               "Default: the last column.")
-@click.option("--features", "features", multiple=True, help="Feature columns, comma-separated. "
-              "Default: every other column.")
-@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.0,
-              show_default=True, help="Hold out this fraction of rows (seeded) for validation metrics.")
-@click.option("--epochs", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--lr", type=FiniteFloat(0, min_open=True), default=0.01, show_default=True,
-              help="Learning rate.")
-@click.option("--momentum", type=FiniteFloat(0), default=0.0, show_default=True)
-@click.option("--weight-decay", type=FiniteFloat(0), default=0.0, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--features", "features", multiple=True, help="Feature columns (repeatable, or "
+              "a,b). Default: every column but the targets and --exclude.")
+@click.option("--exclude", "exclude", multiple=True, help="Columns left out of the default "
+              "features, e.g. ids or text (repeatable, or a,b).")
+@click.option("--val-fraction", type=_range("val_fraction"), default=None,
+              help="Hold out this fraction of rows, in (0, 1), seeded, for validation metrics.")
+@click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
+@click.option("--lr", type=_range("lr"), default=0.01, show_default=True, help="Learning rate.")
+@click.option("--momentum", type=_range("momentum"), default=0.0, show_default=True)
+@click.option("--weight-decay", type=_range("weight_decay"), default=0.0, show_default=True)
+@click.option("--batch-size", type=_range("batch_size"), default=0, show_default=True,
               help="0: full batch (the tutorials); N: shuffled mini-batches of N rows.")
-@click.option("--init", type=click.Choice(["default", "zeros"]), default="default",
-              show_default=True, help="nn.Linear's own init under --seed, or zeros.")
+@click.option("--init", type=InitType(), default="default", show_default=True,
+              help="nn.Linear's own init under --seed, zeros, or a number for every parameter.")
 @click.option("--no-bias", is_flag=True, help="Fit H(x) = Wx with no intercept.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--seed", type=_range("seed"), default=1, show_default=True)
 @click.option("--standardize", is_flag=True,
               help="Train on standardised features; saved W and b stay in raw units.")
-@click.option("--solver", type=click.Choice(["sgd", "lstsq"]), default="sgd", show_default=True)
-@click.option("--tol", type=FiniteFloat(0), default=None, help="Stop when the cost improves less than this.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+@click.option("--solver", type=click.Choice(CHOICES["solver"]), default="sgd", show_default=True,
+              help="SGD (the tutorials' loop) or exact least squares.")
+@click.option("--tol", type=_range("tol"), default=None,
+              help="Stop when an epoch improves the cost by less than this.")
+@click.option("--device", type=click.Choice(CHOICES["device"]), default="auto",
               show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+@click.option("--dtype", type=click.Choice(CHOICES["dtype"]), default="float32",
               show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Artifact folder. Default: models/<data file stem>.")
-@click.option("--force", is_flag=True, help="Overwrite an existing artifact folder.")
-@click.option("--plot", is_flag=True, help="Also write theta.png, loss.png and fit.png.")
-@click.option("--log-every", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Print a log line every N epochs (0: never).")
+@click.option("--force", is_flag=True, help="Replace an existing model folder (only one "
+              "linreg wrote).")
+@click.option("--plot", is_flag=True, help="Also write the plots (theta, loss, fit, ...).")
+@click.option("--log-every", type=_range("log_every"), default=100, show_default=True,
+              help="Print a log line every N epochs, and one for the saved model (0: never).")
+@click.option("--log-before-step", is_flag=True, help="Log the parameters each epoch's cost "
+              "was computed with (before its step), as the bias-free tutorial does.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
-               val_fraction: float, epochs: int, lr: float, momentum: float, weight_decay: float,
-               batch_size: int, init: str, no_bias: bool, seed: int, standardize: bool,
-               solver: str, tol: float | None, device: str, dtype: str, out: Path | None,
-               force: bool, plot: bool, log_every: int, quiet: bool) -> None:
+               exclude: tuple[str, ...], val_fraction: float | None, epochs: int, lr: float,
+               momentum: float, weight_decay: float, batch_size: int, init: str | float,
+               no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
+               device: str, dtype: str, out: Path | None, force: bool, plot: bool,
+               log_every: int, log_before_step: bool, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from trainer.train import train
 
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
                          standardize=standardize, solver=solver, tol=tol, device=device,
-                         dtype=dtype, log_every=log_every)
+                         dtype=dtype, log_every=log_every, log_before_step=log_before_step)
     log = None if quiet or log_every == 0 else click.echo
     bar = None
     if not quiet and sys.stderr.isatty() and solver == "sgd" and epochs >= 1000:
@@ -79,8 +91,9 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
     try:
         progress = None if bar is None else _progress(bar)
         folder, manifest = train(data, out=out, config=config, targets=_names(targets),
-                                 features=_names(features), val_fraction=val_fraction,
-                                 force=force, plot=plot, log=log, progress=progress)
+                                 features=_names(features), exclude=_names(exclude),
+                                 val_fraction=val_fraction, force=force, plot=plot, log=log,
+                                 progress=progress)
     finally:
         if bar is not None:
             bar.render_finish()
@@ -171,3 +184,20 @@ def export_main(model_dir: Path, formats: tuple[str, ...], opset: int, force: bo
             click.echo(f"{model_dir / info['file']}: {fmt}, max abs error {p['max_abs_error']:.3g} "
                        f"over {sum(p['rows_checked']):,} rows (tolerance {p['tolerance']:g} "
                        "relative)")
+
+
+def _needs_train_extra(command: click.Command, modules: tuple[str, ...]) -> Callable[[], None]:
+    """The console-script entry: in a runtime-only install (``pip install .``), say in one line
+    what is missing, even for ``--help``, instead of a traceback on first use."""
+    def entry() -> None:
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            click.echo(f"{command.name}: error: needs the train extra ({', '.join(missing)} "
+                       "not installed): pip install 'linreg[train]'", err=True)
+            sys.exit(1)
+        command()
+    return entry
+
+
+train_entry = _needs_train_extra(train_main, ("torch",))
+export_entry = _needs_train_extra(export_main, ("torch", "onnx", "onnxscript"))

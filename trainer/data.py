@@ -28,13 +28,15 @@ class TrainingData:
 
 
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
-                       features: Sequence[str] = ()) -> TrainingData:
-    """Read ``path`` and select columns: targets default to the last column, features to the rest."""
+                       features: Sequence[str] = (), exclude: Sequence[str] = ()) -> TrainingData:
+    """Read ``path`` and select columns: targets default to the last column, features to the
+    rest but ``exclude`` (ids, text)."""
     columns = column_names(path)
     targets = list(targets) or [columns[-1]]
     _check_names(path, "target", targets, columns)
-    target_set = set(targets)
-    features = list(features) or [c for c in columns if c not in target_set]
+    _check_names(path, "excluded", exclude, columns)
+    left_out = set(targets) | set(exclude)
+    features = list(features) or [c for c in columns if c not in left_out]
     _check_names(path, "feature", features, columns)
     if both := sorted(set(features) & set(targets)):
         raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
@@ -56,9 +58,10 @@ def _check_names(path: str | Path, kind: str, names: Sequence[str], columns: lis
         raise DataError(f"{path}: {kind} columns repeat: {', '.join(names)}")
 
 
-def split_rows(n_rows: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(n_rows: int, val_fraction: float | None,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded random train/validation row indices (numpy's RNG, so torch's stream is untouched)."""
-    if val_fraction <= 0:
+    if not val_fraction:
         return np.arange(n_rows), np.arange(0)
     n_val = int(round(n_rows * val_fraction))
     if n_val < 1 or n_val >= n_rows:

@@ -11,7 +11,6 @@ history tensor on the device, and the host only looks at it (a GPU sync) at chec
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,60 +19,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from serve.errors import LinregError
+from trainer.config import TrainConfig, TrainingError
 from trainer.model import build_model
+
+__all__ = ["DivergenceError", "FitResult", "TrainConfig", "TrainingError", "fit",
+           "resolve_device"]
 
 MAX_HISTORY_PARAMS = 256  # above this, history.csv keeps the cost alone
 
 
-class TrainingError(LinregError):
-    """The fit cannot run or cannot finish (bad settings, no CUDA, divergence)."""
-
-
 class DivergenceError(TrainingError):
     """The cost became NaN or infinite."""
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of one fit, plain values only (saved as-is in the manifest)."""
-
-    epochs: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int = 0  # 0: full batch, as the tutorials
-    init: str = "default"  # "default" (nn.Linear's, under the seed) or "zeros"
-    bias: bool = True
-    seed: int = 1
-    standardize: bool = False
-    solver: str = "sgd"  # or "lstsq"
-    tol: float | None = None
-    device: str = "auto"
-    dtype: str = "float32"
-    log_every: int = 100
-
-    def validate(self) -> None:
-        """Reject settings that cannot train, naming the flag and the fix."""
-        if self.solver not in ("sgd", "lstsq"):
-            raise TrainingError(f"--solver {self.solver!r}: use sgd or lstsq")
-        if self.init not in ("default", "zeros"):
-            raise TrainingError(f"--init {self.init!r}: use default or zeros")
-        if self.dtype not in ("float32", "float64"):
-            raise TrainingError(f"--dtype {self.dtype!r}: use float32 or float64")
-        if self.solver == "sgd":
-            if self.epochs < 1:
-                raise TrainingError(f"--epochs {self.epochs}: must be at least 1")
-            if not (self.lr > 0 and math.isfinite(self.lr)):
-                raise TrainingError(f"--lr {self.lr:g}: the learning rate must be a positive "
-                                    "number, e.g. 0.01")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise TrainingError("--momentum and --weight-decay must be >= 0")
-        if self.batch_size < 0:
-            raise TrainingError(f"--batch-size {self.batch_size}: use 0 for full batch or a "
-                                "positive number of rows")
-        if self.tol is not None and self.tol < 0:
-            raise TrainingError(f"--tol {self.tol:g}: must be >= 0")
 
 
 @dataclass
@@ -178,6 +134,13 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     check_every = 1 if config.tol is not None else 50 if device.type == "cpu" else 100
     log_every = config.log_every if log is not None else 0
     last_checked, stopped, epoch = -1, "epochs", -1
+    initial = _params_row(tracked)  # what epoch 0's forward pass used
+
+    def log_epoch(e: int) -> None:
+        row = history.row(e)
+        if config.log_before_step:  # the parameters the cost was computed with
+            row = np.concatenate([row[:1], history.row(e - 1)[1:] if e else initial])
+        log(_log_line(e, epochs, row, n_features, n_targets, config.bias, mean, scale))
 
     for epoch in range(epochs):
         if full_batch:
@@ -200,16 +163,22 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
                     history.costs(epoch - 1, epoch)[0] - costs[-1] < config.tol:
                 stopped = "tol"
             if logging_now:
-                log(_log_line(epoch, epochs, history.row(epoch), n_features, n_targets,
-                              config.bias, mean, scale))
+                log_epoch(epoch)
             if progress is not None:
                 progress(epoch + 1)
             last_checked = epoch
             if stopped == "tol":
                 break
 
-    # 6. Raw-unit results: fold the standardisation back into W and b.
+    # 6. As the tutorials' range(epochs + 1) does, one last line: the saved model and its cost.
     epochs_run = epoch + 1
+    if log_every:
+        with torch.no_grad():
+            final = F.mse_loss(model(x_all), y_all).detach().double().cpu().numpy().reshape(1)
+        log(_log_line(epochs_run, epochs, np.concatenate([final, _params_row(tracked)]),
+                      n_features, n_targets, config.bias, mean, scale))
+
+    # 7. Raw-unit results: fold the standardisation back into W and b.
     hist = history.rows(epochs_run)
     W_s = W.detach().double().cpu().numpy()
     b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(n_targets)
@@ -221,6 +190,13 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     return FitResult(coef, intercept, state, hist,
                      _history_columns(n_features, n_targets, config.bias, keep_params),
                      epochs_run, stopped, str(device), mean, scale)
+
+
+def _params_row(tracked: list[torch.Tensor]) -> np.ndarray:
+    """The tracked parameters as one row, in history's layout (W row-major, then b)."""
+    if not tracked:
+        return np.empty(0)
+    return torch.cat([t.detach().reshape(-1) for t in tracked]).double().cpu().numpy()
 
 
 class _History:
@@ -354,11 +330,11 @@ def _log_line(epoch, epochs, row, n_features, n_targets, bias, mean, scale) -> s
     b = params[n_w:] if bias else np.zeros(n_targets)
     W, b = _fold(W, b, mean, scale)
     if n_features == 1 and n_targets == 1:
-        b_text = f", b: {b[0]:.3f}" if bias else ""
-        return f"Epoch {epoch:4d}/{epochs} W: {W[0, 0]:.3f}{b_text} Cost: {cost:.6f}"
+        b_text = f", b: {b[0]:.3f} " if bias else ", "  # the bias-free tutorial's "W: 1.400, Cost"
+        return f"Epoch {epoch:4d}/{epochs} W: {W[0, 0]:.3f}{b_text}Cost: {cost:.6f}"
     w_text = _vec(W[0]) if n_targets == 1 else "[" + ", ".join(_vec(r) for r in W) + "]"
-    b_text = (f", b: {b[0]:.3f}" if n_targets == 1 else f", b: {_vec(b)}") if bias else ""
-    return f"Epoch {epoch:4d}/{epochs} W: {w_text}{b_text} Cost: {cost:.6f}"
+    b_text = (f", b: {b[0]:.3f} " if n_targets == 1 else f", b: {_vec(b)} ") if bias else ", "
+    return f"Epoch {epoch:4d}/{epochs} W: {w_text}{b_text}Cost: {cost:.6f}"
 
 
 def _vec(v: np.ndarray, limit: int = 6) -> str:

@@ -22,14 +22,16 @@ class LinearRegression(nn.Module):
         return self.linear(x)
 
 
-def build_model(n_features: int, n_targets: int, *, bias: bool, init: str,
+def build_model(n_features: int, n_targets: int, *, bias: bool, init: str | float,
                 dtype: torch.dtype) -> LinearRegression:
-    """The model with ``nn.Linear``'s own init (from torch's global RNG) or zeros (the tutorials')."""
+    """The model with ``nn.Linear``'s own init (from torch's global RNG), zeros (the tutorials'),
+    or every parameter at one constant (``init`` a number)."""
     model = LinearRegression(n_features, n_targets, bias=bias, dtype=dtype)
-    if init == "zeros":
+    if init != "default":
+        value = 0.0 if init == "zeros" else float(init)
         with torch.no_grad():
             for p in model.parameters():
-                p.zero_()
+                p.fill_(value)
     return model
 
 

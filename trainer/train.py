@@ -24,19 +24,23 @@ from serve.atomic import atomic_dir, resolve_output
 from serve.errors import OutputError, OutputExistsError
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
+from trainer.config import TrainConfig, check_setting
 from trainer.data import TrainingData, load_training_data, split_rows
-from trainer.fit import FitResult, TrainConfig, fit
+from trainer.fit import FitResult, fit
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
-          targets: Sequence[str] = (), features: Sequence[str] = (), val_fraction: float = 0.0,
+          targets: Sequence[str] = (), features: Sequence[str] = (),
+          exclude: Sequence[str] = (), val_fraction: float | None = None,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
           progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
+    if val_fraction:  # None or 0: no validation split
+        check_setting("val_fraction", val_fraction)
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
-    data = load_training_data(data_path, targets=targets, features=features)
+    data = load_training_data(data_path, targets=targets, features=features, exclude=exclude)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
     X, Y = data.X[train_idx], data.Y[train_idx]
     result = fit(X, Y, config, log=log, progress=progress)

@@ -25,8 +25,43 @@ def test_tutorial_run_prints_the_tutorial_lines(tutorial_csv, tmp_path):
     for line in TUTORIAL_LINES:
         assert line in out
     epoch_lines = [ln for ln in out if ln.startswith("Epoch")]
-    assert len(epoch_lines) == 20  # epochs 0, 100, ..., 1900
+    assert len(epoch_lines) == 21  # epochs 0, 100, ..., 1900, and 2000: the saved model
+    assert epoch_lines[-1] == "Epoch 2000/2000 W: 1.997, b: 0.006 Cost: 0.000005"
     assert res.stderr == b""
+
+
+def test_the_last_line_is_the_saved_model_as_the_tutorial_prints_it(tutorial_csv, tmp_path):
+    res = run_script("linreg-train", tutorial_csv, "--epochs", "3000", "--lr", "0.01",
+                     "--init", "zeros", "--log-every", "200", "--out", tmp_path / "m", "--force")
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("Epoch")]
+    assert lines[-1] == "Epoch 3000/3000 W: 2.000, b: 0.001 Cost: 0.000000"
+    assert lines[-2].startswith("Epoch 2800/3000 ")
+
+
+def test_the_bias_free_tutorial_logs_before_the_step(tmp_path):
+    data = write_csv(tmp_path / "d.csv", ["x", "y"], [[1, 1], [2, 2], [3, 3]])
+    res = run_script("linreg-train", data, "--epochs", "10", "--no-bias", "--init", "zeros",
+                     "--lr", "0.15", "--log-every", "1", "--log-before-step",
+                     "--out", tmp_path / "m")
+    assert res.returncode == 0, res.stderr
+    lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("Epoch")]
+    assert lines[:3] == ["Epoch    0/10 W: 0.000, Cost: 4.666667",
+                         "Epoch    1/10 W: 1.400, Cost: 0.746667",
+                         "Epoch    2/10 W: 0.840, Cost: 0.119467"]
+    assert len(lines) == 11 and lines[-1].startswith("Epoch   10/10 W: ")
+
+
+def test_init_takes_a_number(tmp_path):
+    res = fit(np.array([[1.0], [2.0], [3.0]]), np.array([[2.0], [4.0], [6.0]]),
+              TrainConfig(epochs=1, lr=0.0001, init=0.01, device="cpu"))
+    # After one tiny step from W = b = 0.01, both are still close to 0.01.
+    assert res.coef_[0, 0] == pytest.approx(0.01, abs=0.01)
+    assert res.intercept_[0] == pytest.approx(0.01, abs=0.01)
+    hist0 = fit(np.array([[1.0], [2.0], [3.0]]), np.array([[2.0], [4.0], [6.0]]),
+                TrainConfig(epochs=1, lr=1e-9, init=0.01, device="cpu")).history[0]
+    assert hist0[0] == pytest.approx(np.mean((0.01 * np.array([1, 2, 3]) + 0.01 -
+                                             np.array([2, 4, 6])) ** 2), rel=1e-6)
 
 
 def _plain_torch_loop(x, y, *, epochs, lr, bias=True, seed=None, zeros=True, momentum=0.0):
@@ -71,7 +106,7 @@ def test_bias_free_log_line_has_no_b(tmp_path):
                      "--log-every", "5", "--out", tmp_path / "m")
     assert res.returncode == 0, res.stderr
     lines = [ln for ln in res.stdout.decode().splitlines() if ln.startswith("Epoch")]
-    assert lines[0] == "Epoch    0/10 W: 0.093 Cost: 4.666667"
+    assert lines[0] == "Epoch    0/10 W: 0.093, Cost: 4.666667"
     assert ", b:" not in lines[1]
 
 

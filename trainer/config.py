@@ -1,0 +1,140 @@
+"""The settings of one fit, and each setting's valid range, declared once.
+
+``TrainConfig`` holds plain values (saved as-is in the manifest). ``SETTINGS`` declares every
+numeric setting's range and choice list; the CLI builds its click parameter types from it and
+``TrainConfig.validate`` checks library callers against the same declarations, so a flag and
+the library can never disagree. No torch here: ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from serve._cli import FiniteFloat
+from serve.errors import LinregError
+
+
+class TrainingError(LinregError):
+    """The fit cannot run or cannot finish (bad settings, no CUDA, divergence)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number's valid range: ``kind`` int or float, ends inclusive unless open, None = none."""
+
+    kind: type
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+
+    def click_type(self) -> click.ParamType:
+        if self.kind is int:
+            return click.IntRange(self.min, self.max, min_open=self.min_open,
+                                  max_open=self.max_open)
+        return FiniteFloat(self.min, self.max, min_open=self.min_open, max_open=self.max_open)
+
+    def contains(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not isinstance(value, int):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.min is not None and (value <= self.min if self.min_open else value < self.min):
+            return False
+        return not (self.max is not None and
+                    (value >= self.max if self.max_open else value > self.max))
+
+    def describe(self) -> str:
+        lo = "-inf" if self.min is None else f"{self.min:g}"
+        hi = "inf" if self.max is None else f"{self.max:g}"
+        return (f"{'(' if self.min_open or self.min is None else '['}{lo}, {hi}"
+                f"{')' if self.max_open or self.max is None else ']'}")
+
+
+# Every numeric setting of TrainConfig (and the data split), with its range: the one place.
+SETTINGS: dict[str, Range] = {
+    "epochs": Range(int, 1),
+    "lr": Range(float, 0, min_open=True),
+    "momentum": Range(float, 0),
+    "weight_decay": Range(float, 0),
+    "batch_size": Range(int, 0),
+    "seed": Range(int, 0, 2**63 - 1),
+    "tol": Range(float, 0),
+    "log_every": Range(int, 0),
+    "val_fraction": Range(float, 0, 1, min_open=True, max_open=True),
+    "init_value": Range(float, -1e6, 1e6),
+}
+CHOICES: dict[str, tuple[str, ...]] = {
+    "solver": ("sgd", "lstsq"),
+    "device": ("auto", "cpu", "cuda"),
+    "dtype": ("float32", "float64"),
+}
+INIT_NAMES = ("default", "zeros")
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_setting(name: str, value: Any) -> None:
+    """Raise a TrainingError naming the flag, the bad value and the range."""
+    if value is None and name in ("tol", "val_fraction"):
+        return
+    if not SETTINGS[name].contains(value):
+        raise TrainingError(f"{flag(name)} {value}: must be a number in "
+                            f"{SETTINGS[name].describe()}")
+
+
+class InitType(click.ParamType):
+    """``--init``: ``default`` (nn.Linear's own, under the seed), ``zeros``, or a number every
+    parameter starts at (one tutorial starts at 0.01)."""
+
+    name = "default|zeros|NUMBER"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str | float:
+        if isinstance(value, float) or value in INIT_NAMES:
+            return value
+        number = SETTINGS["init_value"].click_type().convert(value, param, ctx)
+        return float(number)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of one fit, plain values only (saved as-is in the manifest)."""
+
+    epochs: int = 1000
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int = 0  # 0: full batch, as the tutorials
+    init: str | float = "default"  # "default" (nn.Linear's, under the seed), "zeros" or a number
+    bias: bool = True
+    seed: int = 1
+    standardize: bool = False
+    solver: str = "sgd"  # or "lstsq"
+    tol: float | None = None
+    device: str = "auto"
+    dtype: str = "float32"
+    log_every: int = 100
+    log_before_step: bool = False  # log the parameters the cost was computed with
+
+    def validate(self) -> None:
+        """Reject settings that cannot train, naming the flag and the fix."""
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise TrainingError(f"{flag(name)} {getattr(self, name)!r}: use one of "
+                                    f"{', '.join(choices)}")
+        if self.init not in INIT_NAMES:
+            check_setting("init_value", self.init)
+        for name in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "tol",
+                     "log_every"):
+            check_setting(name, getattr(self, name))
+        if self.solver == "lstsq" and self.device == "cuda":
+            raise TrainingError("--solver lstsq runs on the CPU (numpy, float64); drop "
+                                "--device cuda, or use --solver sgd on the GPU")
