@@ -127,10 +127,26 @@ def _summary(folder: Path, manifest: dict) -> None:
             terms.append((manifest["model"]["intercept_"][i], ""))
         text = " ".join(f"{'-' if w < 0 else '+'} {abs(w):.6g}{name}" for w, name in terms)
         click.echo(f"  {target} = {text.removeprefix('+ ')}")
-    val = m.get("validation")
-    click.echo(f"  train MSE {m['train']['mse_mean']:.6g}" +
-               (f", validation MSE {val['mse_mean']:.6g}" if val else ""))
+    for split in ("train", "validation"):
+        if split in m:
+            click.echo(f"  {split:<10} {_fit_figures(m[split], manifest['targets'])}")
     click.echo(f"Artifacts: {folder}/ ({', '.join(manifest['artifacts'])}, model.json)")
+    if m.get("underfit"):
+        opt = m["exact_least_squares"]
+        click.echo(f"linreg-train: warning: SGD stopped short of the best fit: train "
+                   f"{_fit_figures(m['train'], manifest['targets'])}, where exact least squares "
+                   f"gets {_fit_figures(opt, manifest['targets'])}; try --standardize with a "
+                   "larger --lr (e.g. 0.1), more --epochs, or --solver lstsq", err=True)
+
+
+def _fit_figures(metrics: dict, targets: list[str]) -> str:
+    """``MSE 2.86e+03, R² 0.518`` (per target, named, when there are several)."""
+    def one(mse: float, r2: float | None) -> str:
+        return f"MSE {mse:.4g}, R² " + ("n/a" if r2 is None else f"{r2:.3f}")
+    if len(targets) == 1:
+        return one(metrics["mse"][0], metrics["r2"][0])
+    return "; ".join(f"{t}: {one(mse, r2)}" for t, mse, r2 in zip(targets, metrics["mse"],
+                                                                 metrics["r2"]))
 
 
 @click.command("linreg-synth", cls=OneLineErrors, context_settings=CONTEXT)

@@ -23,7 +23,7 @@ from trainer.config import TrainConfig, TrainingError
 from trainer.model import build_model
 
 __all__ = ["DivergenceError", "FitResult", "TrainConfig", "TrainingError", "fit",
-           "resolve_device"]
+           "least_squares", "resolve_device"]
 
 MAX_HISTORY_PARAMS = 256  # above this, history.csv keeps the cost alone
 
@@ -272,13 +272,19 @@ def _check_finite(costs: np.ndarray, first_epoch: int, lr: float) -> None:
             f"{lr:g}; try a smaller --lr (e.g. {lr / 10:g}) or --standardize")
 
 
-def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> FitResult:
-    """The exact least-squares answer (numpy, float64), for checking SGD or using directly."""
-    A = np.hstack([X, np.ones((X.shape[0], 1))]) if config.bias else X
+def least_squares(X: np.ndarray, Y: np.ndarray, *, bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The exact least-squares ``coef_`` (targets, features) and ``intercept_`` (numpy, float64)."""
+    A = np.hstack([X, np.ones((X.shape[0], 1))]) if bias else X
     sol, *_ = np.linalg.lstsq(A, Y, rcond=None)
     coef = sol[: X.shape[1]].T.copy()
-    intercept = sol[X.shape[1]].copy() if config.bias else np.zeros(Y.shape[1])
-    cost = float(np.mean((A @ sol - Y) ** 2))
+    intercept = sol[X.shape[1]].copy() if bias else np.zeros(Y.shape[1])
+    return coef, intercept
+
+
+def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> FitResult:
+    """The exact least-squares answer (numpy, float64), for checking SGD or using directly."""
+    coef, intercept = least_squares(X, Y, bias=config.bias)
+    cost = float(np.mean((X @ coef.T + intercept - Y) ** 2))
     state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
     coef, intercept = _saved_values(state, Y.shape[1])
     return FitResult(coef, intercept, state, np.array([[cost]]), ["cost"], 0, "exact", "cpu")

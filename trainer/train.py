@@ -26,7 +26,7 @@ from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, s
 from serve.version import __version__
 from trainer.config import TrainConfig, check_setting
 from trainer.data import TrainingData, load_training_data, split_rows
-from trainer.fit import FitResult, fit
+from trainer.fit import FitResult, fit, least_squares
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
@@ -95,6 +95,21 @@ def regression_metrics(X: np.ndarray, Y: np.ndarray, coef: np.ndarray,
             "mse_mean": float(mse.mean())}
 
 
+UNDERFIT_R2 = 0.01  # SGD's train R² this far below the optimum's is "clearly short"
+UNDERFIT_MSE = 1.05  # ... or, for a constant target (no R²), its MSE this many times the optimum
+
+
+def underfit(sgd: dict[str, Any], optimum: dict[str, Any]) -> bool:
+    """Whether SGD's train metrics are clearly short of the exact least-squares optimum."""
+    for r2, r2_opt, mse, mse_opt in zip(sgd["r2"], optimum["r2"], sgd["mse"], optimum["mse"]):
+        if r2 is not None and r2_opt is not None:
+            if r2_opt - r2 > UNDERFIT_R2:
+                return True
+        elif mse > UNDERFIT_MSE * mse_opt + 1e-12:
+            return True
+    return False
+
+
 def _write_history(path: Path, result: FitResult) -> None:
     cols = {"epoch": pa.array(np.arange(len(result.history)), pa.int64())}
     for j, name in enumerate(result.history_columns):
@@ -104,11 +119,15 @@ def _write_history(path: Path, result: FitResult) -> None:
 
 def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
               train_idx: np.ndarray, val_idx: np.ndarray, name: str) -> dict[str, Any]:
-    metrics = {"train": regression_metrics(data.X[train_idx], data.Y[train_idx], result.coef_,
-                                           result.intercept_)}
+    X, Y = data.X[train_idx], data.Y[train_idx]
+    metrics = {"train": regression_metrics(X, Y, result.coef_, result.intercept_)}
     if len(val_idx):
         metrics["validation"] = regression_metrics(data.X[val_idx], data.Y[val_idx],
                                                    result.coef_, result.intercept_)
+    if config.solver == "sgd":  # how far SGD got, against the exact optimum on the same rows
+        metrics["exact_least_squares"] = optimum = regression_metrics(
+            X, Y, *least_squares(X, Y, bias=config.bias))
+        metrics["underfit"] = underfit(metrics["train"], optimum)
     std = None
     if result.scale_ is not None:
         std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
