@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from serve.atomic import output_file
 from serve.errors import DataError, OutputError, first_line
+from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.predictor import Cancel, Predictor
@@ -35,14 +36,11 @@ from serve.tables import (
     check_readable,
     check_unique,
     csv_batches,
-    file_format,
     load_npy,
     npy_header,
     to_matrix,
 )
 
-INPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
-OUTPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
 Chunk = tuple[np.ndarray, dict[str, pa.Array], int]
 
 

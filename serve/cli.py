@@ -8,8 +8,8 @@ from pathlib import Path
 import click
 
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
-from serve.batch import INPUT_FORMATS, OUTPUT_FORMATS
-from serve.predictor import MAX_THREADS
+from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS
+from serve.progress import Progress
 from serve.version import __version__
 
 
@@ -41,38 +41,18 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
     (a model folder or a .onnx file)."""
     from serve.batch import predict_file
     from serve.predictor import Predictor
+    from serve.tables import estimate_rows
 
     predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
-    bar = None
-    if not quiet and sys.stderr.isatty() and input != "-" and Path(input).is_file() \
-            and Path(input).stat().st_size > 50_000_000:
-        bar = click.progressbar(length=_estimate_rows(Path(input)), label="predicting",
-                                file=sys.stderr)
-    try:
-        progress = None if bar is None else (lambda done: bar.update(done - bar.pos))
+    total = estimate_rows(Path(input)) if input != "-" and Path(input).is_file() else None
+    with Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
-                         force=force, progress=progress)
-    finally:
-        if bar is not None:
-            bar.render_finish()
+                         force=force, progress=bar.to)
+        bar.close(done=n)
     if not quiet and output != "-":
         click.echo(f"Predicted {n:,} rows -> {output}", err=True)
-
-
-def _estimate_rows(path: Path) -> int:
-    """Rows in the file, for the progress bar: exact for Parquet and NPY, estimated for text."""
-    suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    if suffix == ".npy":
-        import numpy as np
-        return int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
-    with open(path, "rb") as f:
-        sample = f.read(1 << 16)
-    return max(1, path.stat().st_size * max(1, sample.count(b"\n")) // max(1, len(sample)))
 
 
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)

@@ -24,7 +24,7 @@ import stat
 import sys
 import zipfile
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -35,22 +35,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.errors import DataError, first_line
+from serve.formats import file_format
 
-SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npy": "npy", ".npz": "npz",
-            ".jsonl": "jsonl", ".ndjson": "jsonl"}
 CSV_MAX_BLOCK = 1 << 20
 NPY_MAX_HEADER = 1 << 16
 STDIN = "<stdin>"
-
-
-def file_format(path: str | Path, *, allowed: Sequence[str] | None = None) -> str:
-    """The format of ``path`` by extension, or a DataError naming the ones that are accepted."""
-    fmt = SUFFIXES.get(Path(path).suffix.lower())
-    ok = sorted({s for s, f in SUFFIXES.items() if allowed is None or f in allowed})
-    if fmt is None or (allowed is not None and fmt not in allowed):
-        raise DataError(f"{path}: unknown file type {Path(path).suffix or '(none)'!r}; "
-                        f"use one of {', '.join(ok)}")
-    return fmt
 
 
 def check_readable(path: str | Path) -> None:
@@ -203,6 +192,23 @@ def _column_values(col: pa.Array, name: str, source: str | Path) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- tables
 
+def estimate_rows(path: Path) -> int:
+    """Rows in the file, for a progress bar: exact for Parquet and NPY, estimated for text from
+    its first 64 KiB; 0 when it cannot tell (the reader will then say what is wrong)."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            return pq.ParquetFile(path).metadata.num_rows
+        with open(path, "rb") as f:
+            if suffix == ".npy":
+                shape = npy_header(f, os.fstat(f.fileno()).st_size, path)[0]
+                return int(shape[0]) if shape else 1
+            sample = f.read(1 << 16)
+        return max(1, path.stat().st_size * max(1, sample.count(b"\n")) // max(1, len(sample)))
+    except (DataError, pa.ArrowException, OSError):
+        return 0
+
+
 def column_names(path: str | Path) -> list[str]:
     """The columns of a data file, read from its header alone."""
     path = Path(path)
@@ -218,16 +224,22 @@ def column_names(path: str | Path) -> list[str]:
     return read_table(path).column_names  # NPY/NPZ: the header decides the names
 
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
+               progress: Callable[[int], None] | None = None) -> pa.Table:
     """Read a data file into a Table: all columns, or just ``columns`` (CSV reads those as
-    numbers by the one rule; other formats keep their stored types for :func:`to_matrix`)."""
+    numbers by the one rule; other formats keep their stored types for :func:`to_matrix`).
+    ``progress(rows read so far)`` is called as a CSV file streams in."""
     path = Path(path)
     fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
     check_readable(path)
     if fmt == "csv":
         if columns is None:
             columns = column_names(path)
-        batches = [b for b, _ in csv_batches(path, list(columns))]
+        batches = []
+        for batch, first in csv_batches(path, list(columns)):
+            batches.append(batch)
+            if progress is not None:
+                progress(first + batch.num_rows)
         if not batches:
             raise DataError(f"{path}: has a header but no data rows")
         table = pa.Table.from_batches(batches)

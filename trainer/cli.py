@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
+from serve.progress import Progress
 from serve.version import __version__
 from trainer.config import CHOICES, SETTINGS, InitType, TrainConfig
 
@@ -78,41 +77,37 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                device: str, dtype: str, out: Path | None, force: bool, plot: bool,
                log_every: int, log_before_step: bool, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
+    from serve.tables import estimate_rows
     from trainer.train import train
 
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
                          standardize=standardize, solver=solver, tol=tol, device=device,
                          dtype=dtype, log_every=log_every, log_before_step=log_before_step)
-    log = None if quiet or log_every == 0 else click.echo
-    bar = None
-    if not quiet and sys.stderr.isatty() and solver == "sgd" and epochs >= 1000:
-        bar = click.progressbar(length=epochs, label="training", file=sys.stderr)
-    try:
-        progress = None if bar is None else _progress(bar)
+    size = data.stat().st_size if data.is_file() else 0
+    if not quiet and size > 64 << 20:
+        click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
+    reading = Progress(estimate_rows(data) if size else None, desc=f"reading {data.name}",
+                       unit="rows", quiet=quiet)
+    bar = Progress(epochs if solver == "sgd" else None, desc="training", unit="epoch",
+                   quiet=quiet)
+
+    def fitting(done: float) -> None:
+        reading.close()  # the data is in: its bar ends where the fit's begins
+        bar.to(done)
+
+    with reading, bar:
+        log = None if quiet or log_every == 0 else bar.echo
         folder, manifest = train(data, out=out, config=config, targets=_names(targets),
                                  features=_names(features), exclude=_names(exclude),
                                  val_fraction=val_fraction, force=force, plot=plot, log=log,
-                                 progress=progress)
-    finally:
-        if bar is not None:
-            bar.render_finish()
+                                 progress=fitting, read_progress=reading.to)
     if not quiet:
         _summary(folder, manifest)
 
 
 STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
            "exact": "exact least squares"}
-
-
-def _progress(bar: Any) -> Callable[[int], None]:
-    """Advance ``bar`` to ``done`` epochs; its clock starts at the first epoch, not at the
-    one-time imports before it, so the ETA is right from the start."""
-    def update(done: int) -> None:
-        if bar.pos == 0:
-            bar.start = time.time()
-        bar.update(done - bar.pos)
-    return update
 
 
 def _summary(folder: Path, manifest: dict) -> None:
@@ -131,8 +126,8 @@ def _summary(folder: Path, manifest: dict) -> None:
         if split in m:
             click.echo(f"  {split:<10} {_fit_figures(m[split], manifest['targets'])}")
     click.echo(f"Artifacts: {folder}/ ({', '.join(manifest['artifacts'])}, model.json)")
-    if m.get("underfit"):
-        opt = m["exact_least_squares"]
+    opt = m.get("exact_least_squares")
+    if opt and opt["sgd_short_of_it"]:
         click.echo(f"linreg-train: warning: SGD stopped short of the best fit: train "
                    f"{_fit_figures(m['train'], manifest['targets'])}, where exact least squares "
                    f"gets {_fit_figures(opt, manifest['targets'])}; try --standardize with a "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,8 @@ class TrainingData:
 
 
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
-                       features: Sequence[str] = (), exclude: Sequence[str] = ()) -> TrainingData:
+                       features: Sequence[str] = (), exclude: Sequence[str] = (),
+                       progress: Callable[[int], None] | None = None) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the
     rest but ``exclude`` (ids, text)."""
     columns = column_names(path)
@@ -42,7 +43,7 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
         raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
     if not features:
         raise DataError(f"{path}: no feature columns left besides the target(s) {targets}")
-    table = read_table(path, features + targets)
+    table = read_table(path, features + targets, progress=progress)
     X = to_matrix(table, features, source=path)
     Y = to_matrix(table, targets, source=path)
     return TrainingData(X, Y, features, targets, str(path))

@@ -65,7 +65,7 @@ def resolve_device(name: str) -> torch.device:
 
 def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
         log: Callable[[str], None] | None = None,
-        progress: Callable[[int], None] | None = None) -> FitResult:
+        progress: Callable[[float], None] | None = None) -> FitResult:
     """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says."""
     config.validate()
     n_rows, n_features = X.shape
@@ -150,7 +150,9 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
             cost.backward()
             optimizer.step()
         else:
-            cost = _minibatch_epoch(model, optimizer, x_all, y_all, batch_size)
+            cost = _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
+                                    None if progress is None else
+                                    lambda f, e=epoch: progress(e + f))
         # 4. Record this epoch's cost and the parameters after its step (no GPU sync).
         history.record(epoch, cost)
 
@@ -243,15 +245,20 @@ class _History:
         return r.astype(np.float64) if self.on_cpu else r.double().cpu().numpy()
 
 
-def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size) -> torch.Tensor:
+def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
+                     on_batch: Callable[[float], None] | None = None) -> torch.Tensor:
     """One epoch over shuffled mini-batches (torch's global RNG, so the seed decides the order).
 
     Returns the epoch's cost: the row-weighted mean of its batches' costs, kept on the device.
+    ``on_batch(fraction of the epoch done)`` is called about a hundred times an epoch.
     """
     n_rows = x_all.shape[0]
     order = torch.randperm(n_rows).to(x_all.device)
     total = torch.zeros((), dtype=x_all.dtype, device=x_all.device)
+    every = max(1, n_rows // batch_size // 100) * batch_size
     for start in range(0, n_rows, batch_size):
+        if on_batch is not None and start and start % every == 0:
+            on_batch(start / n_rows)
         idx = order[start:start + batch_size]
         cost = F.mse_loss(model(x_all[idx]), y_all[idx])
         optimizer.zero_grad()

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from serve.atomic import output_file
 from serve.errors import DataError
-from serve.tables import file_format
+from serve.formats import file_format
 
 
 @dataclass

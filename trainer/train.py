@@ -33,14 +33,16 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
           targets: Sequence[str] = (), features: Sequence[str] = (),
           exclude: Sequence[str] = (), val_fraction: float | None = None,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
-          progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
+          progress: Callable[[float], None] | None = None,
+          read_progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
     if val_fraction:  # None or 0: no validation split
         check_setting("val_fraction", val_fraction)
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
-    data = load_training_data(data_path, targets=targets, features=features, exclude=exclude)
+    data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
+                              progress=read_progress)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
     X, Y = data.X[train_idx], data.Y[train_idx]
     result = fit(X, Y, config, log=log, progress=progress)
@@ -125,9 +127,9 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         metrics["validation"] = regression_metrics(data.X[val_idx], data.Y[val_idx],
                                                    result.coef_, result.intercept_)
     if config.solver == "sgd":  # how far SGD got, against the exact optimum on the same rows
-        metrics["exact_least_squares"] = optimum = regression_metrics(
-            X, Y, *least_squares(X, Y, bias=config.bias))
-        metrics["underfit"] = underfit(metrics["train"], optimum)
+        optimum = regression_metrics(X, Y, *least_squares(X, Y, bias=config.bias))
+        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        metrics["exact_least_squares"] = optimum
     std = None
     if result.scale_ is not None:
         std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),

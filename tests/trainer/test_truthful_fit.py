@@ -48,7 +48,7 @@ def test_a_short_sgd_run_says_so_with_the_next_step(diabetes, tmp_path):
         "where exact least squares gets MSE 2860, R² 0.518; try --standardize with a larger --lr "
         "(e.g. 0.1), more --epochs, or --solver lstsq\n")
     m = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert m["metrics"]["underfit"] is True
+    assert m["metrics"]["exact_least_squares"]["sgd_short_of_it"] is True
     assert m["metrics"]["exact_least_squares"]["r2"][0] == pytest.approx(0.5177, abs=1e-4)
 
 
@@ -61,7 +61,7 @@ def test_the_suggested_fix_reaches_the_optimum_and_stays_quiet(diabetes, tmp_pat
     out = res.stdout.decode()
     assert "  train      MSE " in out and "  validation MSE " in out and "R² 0.5" in out
     m = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert m["metrics"]["underfit"] is False
+    assert m["metrics"]["exact_least_squares"]["sgd_short_of_it"] is False
 
 
 def test_several_targets_show_r2_per_target(tmp_path):
