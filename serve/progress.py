@@ -25,8 +25,11 @@ class Progress:
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
+            counted = "{n_fmt}" if unit == "rows" else "{n:.0f}"  # epochs move in fractions
             self._bar = tqdm(total=total, desc=desc, unit=unit, delay=delay, file=sys.stderr,
-                             dynamic_ncols=True, leave=True, unit_scale=unit == "rows")
+                             dynamic_ncols=True, leave=True, unit_scale=unit == "rows",
+                             bar_format="{l_bar}{bar}| " + counted + "/{total_fmt} "
+                                        "[{elapsed}<{remaining}, {rate_fmt}]")
 
     def to(self, done: float) -> None:
         """Move the bar to ``done`` (an absolute count)."""
