@@ -23,7 +23,8 @@ MANIFEST = "model.json"
 MAX_MANIFEST_BYTES = 64 << 20
 # Every file linreg-train and linreg-export write into a model folder.
 ARTIFACT_NAMES = frozenset({MANIFEST, "model.pt", "history.csv", "theta.png", "loss.png",
-                            "fit.png", "model.onnx", "model.torchscript.pt", "model.pt2"})
+                            "fit.png", "pred_vs_actual.png", "residuals.png", "model.onnx",
+                            "model.torchscript.pt", "model.pt2"})
 _OWN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # what an interrupted linreg run may leave
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

@@ -54,10 +54,11 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
         if plot:
-            from trainer.plots import write_plots
-            for name in write_plots(tmp, result.history, result.history_columns, X, Y,
-                                    result.coef_, result.intercept_, data.feature_names,
-                                    data.target_names):
+            from trainer.plots import PlotData, write_plots
+            pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
+                                data.Y[val_idx], result.coef_, result.intercept_, config.bias,
+                                data.feature_names, data.target_names)
+            for name in write_plots(tmp, pictures):
                 record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
     return out, manifest
