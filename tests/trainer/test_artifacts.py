@@ -66,7 +66,8 @@ def test_manifest_records_what_a_user_needs(synth_csv, tmp_path):
     for split in ("train", "validation"):
         assert len(m["metrics"][split]["mse"]) == 2
         assert all(0.9 < r <= 1 for r in m["metrics"][split]["r2"])
-    for name in ("model.pt", "history.csv", "theta.png", "loss.png", "fit.png"):
+    for name in ("model.pt", "history.csv", "theta.png", "loss.png", "pred_vs_actual.png",
+                 "residuals.png"):
         assert m["artifacts"][name]["sha256"] == sha256_file(out / name)
         assert (out / name).read_bytes()[:4] in (b"\x89PNG", b"PK\x03\x04", b'"epo')
 
