@@ -28,7 +28,7 @@ from serve.errors import DataError, OutputError, first_line
 from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
-from serve.predictor import Cancel, Predictor
+from serve.predictor import Cancel, PredictionInputError, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
     STDIN,
@@ -36,6 +36,7 @@ from serve.tables import (
     check_readable,
     check_unique,
     csv_batches,
+    csv_write_options,
     load_npy,
     npy_header,
     to_matrix,
@@ -47,8 +48,13 @@ Chunk = tuple[np.ndarray, dict[str, pa.Array], int]
 def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
                  input_format: str | None = None, output_format: str | None = None,
                  batch_rows: int = 65536, keep: Sequence[str] = (), force: bool = False,
+                 pred_suffix: str | None = None,
                  progress: Callable[[int], None] | None = None) -> int:
-    """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count."""
+    """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count.
+
+    Prediction columns are named after the targets, plus ``pred_suffix`` when given; without
+    it, ``_pred`` is added only when a kept column has a target's name (actual beside
+    predicted: ``--keep y`` gives ``y`` and ``y_pred``)."""
     if batch_rows < 1:
         raise DataError(f"--batch-rows {batch_rows}: must be at least 1")
     in_fmt = input_format or ("csv" if str(source) == "-" else
@@ -56,8 +62,12 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     out_fmt = output_format or ("csv" if str(output) == "-" else
                                 file_format(output, allowed=OUTPUT_FORMATS))
     keep = list(keep)
-    if clash := sorted(set(keep) & set(predictor.target_names)):
-        raise DataError(f"--keep {clash[0]}: the output already has a target column of that name")
+    suffix = pred_suffix if pred_suffix is not None else \
+        ("_pred" if set(keep) & set(predictor.target_names) else "")
+    names = [t + suffix for t in predictor.target_names]
+    if clash := sorted(set(keep) & set(names)):
+        raise DataError(f"--keep {clash[0]}: the predictions have a column of that name; pick "
+                        "another --pred-suffix")
     if out_fmt == "npy" and keep:
         raise DataError("--keep needs a CSV, Parquet or JSON-lines output; .npy holds numbers only")
     if str(source) != "-":
@@ -68,9 +78,9 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     name = STDIN if str(source) == "-" else str(source)
     chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
-        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, progress, name)
+        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, names, progress, name)
     with output_file(output, force=force) as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, progress, name)
+        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -81,8 +91,9 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
-         keep: list[str], progress: Callable[[int], None] | None, name: str) -> int:
-    writer = _WRITERS[out_fmt](sink, predictor, keep)
+         keep: list[str], names: list[str], progress: Callable[[int], None] | None,
+         name: str) -> int:
+    writer = _WRITERS[out_fmt](sink, predictor, keep, names)
     done = 0
     # The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM) is
     # handled at once even inside a long run, which is then cancelled.
@@ -92,8 +103,11 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
             cancel = Cancel()
             try:  # readers have checked the values; this catches what only the model knows
                 pred = pool.submit(predictor.predict, rows, cancel=cancel).result()
-            except DataError as e:
-                raise DataError(f"rows {first + 1}-{first + len(rows)}: {e}") from None
+            except PredictionInputError as e:
+                # The one finiteness check is the model's, on its output: name the input cell
+                # in file terms, or the row whose prediction overflowed.
+                predictor.check_finite(rows, row_offset=first, source=name)
+                raise DataError(f"{name}: rows {first + 1}-{first + len(rows)}: {e}") from None
             except BaseException:
                 cancel.cancel()
                 raise
@@ -116,7 +130,7 @@ def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) 
     block = CSV_MAX_BLOCK if str(source) == "-" else _csv_block_size(Path(source), batch_rows)
     for batch, first in csv_batches(source, predictor.feature_names, keep=keep, block_size=block):
         rows = to_matrix(batch, predictor.feature_names, source=name, dtype=predictor.dtype,
-                         row_offset=first)
+                         row_offset=first, finite=False)
         yield rows, {k: batch.column(k) for k in keep}, first
 
 
@@ -149,7 +163,7 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
             raise DataError(f"{source}: after row {first}: not a readable Parquet file "
                             f"({first_line(e)})") from None
         rows = to_matrix(batch, predictor.feature_names, source=source, dtype=predictor.dtype,
-                         row_offset=first)
+                         row_offset=first, finite=False)
         yield rows, {k: batch.column(k) for k in keep}, first
         first += batch.num_rows
 
@@ -173,7 +187,6 @@ def _npy_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
     for first in range(0, data.shape[0], batch_rows):
         with np.errstate(over="ignore"):  # an overflow is named as inf just below
             rows = np.ascontiguousarray(data[first:first + batch_rows], dtype=predictor.dtype)
-        predictor.check_finite(rows, row_offset=first, source=name)
         yield rows, {}, first
 
 
@@ -232,7 +245,6 @@ def _shown(value: Any) -> str:
 def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
     with np.errstate(over="ignore"):  # an overflow is named as inf just below
         arr = np.asarray(rows, dtype=predictor.dtype)
-    predictor.check_finite(arr, row_offset=first, source=name)
     columns = {}
     for k, v in kept.items():
         try:
@@ -252,8 +264,9 @@ _READERS = {"csv": _csv_chunks, "parquet": _parquet_chunks, "npy": _npy_chunks,
 class _ArrowWriter:
     """CSV or Parquet, one record batch per chunk: kept columns first, then the targets."""
 
-    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str], fmt: str) -> None:
-        self.sink, self.targets, self.keep, self.fmt = sink, predictor.target_names, keep, fmt
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str], names: list[str],
+                 fmt: str) -> None:
+        self.sink, self.targets, self.keep, self.fmt = sink, names, keep, fmt
         self.writer = None
 
     def write(self, pred: np.ndarray, kept: dict[str, pa.Array]) -> None:
@@ -261,8 +274,9 @@ class _ArrowWriter:
                                                range(pred.shape[1])]
         batch = pa.RecordBatch.from_arrays(cols, names=self.keep + self.targets)
         if self.writer is None:
-            self.writer = (pacsv.CSVWriter(self.sink, batch.schema) if self.fmt == "csv"
-                           else pq.ParquetWriter(self.sink, batch.schema))
+            self.writer = (pacsv.CSVWriter(self.sink, batch.schema,
+                                           write_options=csv_write_options(batch.schema.names))
+                           if self.fmt == "csv" else pq.ParquetWriter(self.sink, batch.schema))
         self.writer.write_batch(batch)
 
     def close(self) -> None:
@@ -275,7 +289,8 @@ class _NpyWriter:
 
     HEADER = 128
 
-    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str]) -> None:
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str],
+                 names: list[str]) -> None:
         self.sink, self.n_targets, self.dtype, self.rows = sink, predictor.n_targets, \
             predictor.dtype, 0
         self.seekable = sink.seekable()
@@ -309,8 +324,9 @@ class _NpyWriter:
 
 
 class _JsonlWriter:
-    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str]) -> None:
-        self.sink, self.targets, self.keep = sink, predictor.target_names, keep
+    def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str],
+                 names: list[str]) -> None:
+        self.sink, self.targets, self.keep = sink, names, keep
 
     def write(self, pred: np.ndarray, kept: dict[str, pa.Array]) -> None:
         # float32 predictions print as their shortest float32 repr, not float64 noise.
@@ -328,8 +344,8 @@ class _JsonlWriter:
         pass
 
 
-_WRITERS = {"csv": lambda s, p, k: _ArrowWriter(s, p, k, "csv"),
-            "parquet": lambda s, p, k: _ArrowWriter(s, p, k, "parquet"),
+_WRITERS = {"csv": lambda s, p, k, n: _ArrowWriter(s, p, k, n, "csv"),
+            "parquet": lambda s, p, k, n: _ArrowWriter(s, p, k, n, "parquet"),
             "npy": _NpyWriter, "jsonl": _JsonlWriter}
 
 __all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS"]

@@ -25,8 +25,10 @@ from serve.version import __version__
               help="Default: by extension (csv for stdout).")
 @click.option("--batch-rows", type=click.IntRange(min=1), default=65536, show_default=True,
               help="Rows per chunk: memory use is bounded by this, not by the file.")
-@click.option("--keep", multiple=True, help="Pass this input column through (repeatable), "
-              "e.g. an id.")
+@click.option("--keep", multiple=True, help="Pass this input column through (repeatable, or "
+              "a,b), e.g. an id, or the actual target beside its prediction.")
+@click.option("--pred-suffix", default=None, help="Suffix of the prediction columns. Default: "
+              "none, or _pred when --keep names a target.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads (0: one per core). Default: picked per batch size.")
 @click.option("--allow-foreign-graph", is_flag=True, help="Run an ONNX graph linreg did not "
@@ -35,6 +37,7 @@ from serve.version import __version__
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
+                 pred_suffix: str | None,
                  threads: int | None, allow_foreign_graph: bool, force: bool,
                  quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
@@ -49,7 +52,7 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
     with Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
-                         force=force, progress=bar.to)
+                         force=force, pred_suffix=pred_suffix, progress=bar.to)
         bar.close(done=n)
     if not quiet and output != "-":
         click.echo(f"Predicted {n:,} rows -> {output}", err=True)

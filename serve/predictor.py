@@ -25,7 +25,7 @@ from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
 from serve.graph import check_graph
 from serve.manifest import MANIFEST, read_manifest, verify_artifact
-from serve.tables import cell_number, first_non_finite
+from serve.tables import cell_number, first_non_finite, non_finite_message
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
 MAX_MODEL_BYTES = 1 << 30  # a linear model is tiny; refuse to read a huge "model" into memory
@@ -215,15 +215,10 @@ class Predictor:
 
         ``row_offset`` counts the rows before ``rows`` (files read in chunks); ``source``
         prefixes the message (a file name)."""
-        bad = first_non_finite(rows)
-        if bad is None:
-            return
-        r, c, what = bad
-        hint = " (or a value beyond float32's ±3.4e38)" if what != "NaN" and \
-            self.dtype == np.float32 else ""
-        where = f"{source}: " if source else ""
-        raise PredictionInputError(f"{where}row {row_offset + r + 1}, column {self._name(c)!r}: "
-                                   f"{what} is not allowed{hint}")
+        message = non_finite_message(rows, self.feature_names, source=source,
+                                     row_offset=row_offset)
+        if message:
+            raise PredictionInputError(message)
 
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "

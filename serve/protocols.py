@@ -111,7 +111,7 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
                            f"{len(inputs)}")
     tensor = inputs[0]
     if tensor.get("name") != INPUT_NAME:
-        raise RequestError(f"unknown input {tensor.get('name')!r}; the model's input is "
+        raise RequestError(f"unknown input {_shown(tensor.get('name'))}; the model's input is "
                            f"{INPUT_NAME!r}")
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
@@ -181,8 +181,8 @@ def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[by
             raise RequestError("'outputs' must be a list of objects")
         for o in outputs:
             if o.get("name") != OUTPUT_NAME:
-                raise RequestError(f"unknown output {o.get('name')!r}; the model's output is "
-                                   f"{OUTPUT_NAME!r}")
+                raise RequestError(f"unknown output {_shown(o.get('name'))}; the model's output "
+                                   f"is {OUTPUT_NAME!r}")
             p = o.get("parameters") or {}
             if not isinstance(p, dict):
                 raise RequestError("output 'parameters' must be an object")

@@ -153,6 +153,21 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
         return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
                             status_code=exc.status_code)
 
+    @app.get("/", tags=["ops"], summary="Index of the endpoints")
+    @endpoint("index")
+    async def index() -> tuple[Response, int]:
+        return json_response({
+            "server": "linreg-serve", "version": __version__, "model": name,
+            "features": predictor.feature_names, "targets": predictor.target_names,
+            "endpoints": {
+                "predict": ["POST /predict", f"POST /v1/models/{name}:predict",
+                            f"POST /v2/models/{name}/infer", "POST /invocations"],
+                "metadata": ["GET /metadata", f"GET /v2/models/{name}", "GET /v2"],
+                "health": ["GET /health", "GET /v2/health/live", "GET /v2/health/ready",
+                           f"GET /v2/models/{name}/ready", "GET /ping"],
+                "ops": ["GET /metrics", "GET /openapi.json", "GET /docs"]},
+            "example": {"POST /predict": {"instances": [[0.0] * predictor.n_features]}}}), 0
+
     # 2. Open Inference Protocol v2.
     @app.get("/v2", tags=["v2"], summary="Server metadata")
     @endpoint("v2_metadata")

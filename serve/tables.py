@@ -136,12 +136,14 @@ class _BadCell(Exception):
 
 
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
-              dtype: np.dtype | type = np.float64, row_offset: int = 0) -> np.ndarray:
+              dtype: np.dtype | type = np.float64, row_offset: int = 0,
+              finite: bool = True) -> np.ndarray:
     """The named columns as one C-ordered ``(rows, len(columns))`` matrix of ``dtype``.
 
     Raises a DataError naming the source, the 1-based data row and the column of the first cell
-    that is missing, not a number, NaN or infinite. ``row_offset`` is the number of data rows
-    before this table, for files read in chunks.
+    that is missing or not a number, and (with ``finite``) NaN or infinite. ``row_offset`` is
+    the number of data rows before this table, for files read in chunks. Prediction passes
+    ``finite=False``: the model's output check finds NaN and inf in one pass, then names them.
     """
     n = table.num_rows
     out = np.empty((n, len(columns)), dtype=dtype)
@@ -156,11 +158,25 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
                             f"{bad.describe()}") from None
         with np.errstate(over="ignore"):  # beyond the dtype's range becomes inf, named below
             out[:, j] = values
-    if bad := first_non_finite(out):
-        r, j, what = bad
-        raise DataError(f"{source}: row {row_offset + r + 1}, column {columns[j]!r}: {what} is not "
-                        "allowed (clean or drop the row)")
+    if finite and (message := non_finite_message(out, columns, source=source,
+                                                 row_offset=row_offset)):
+        raise DataError(message)
     return out
+
+
+def non_finite_message(values: np.ndarray, columns: Sequence[str], *,
+                       source: str | Path | None = None, row_offset: int = 0) -> str | None:
+    """The one wording for the first NaN or infinite cell of a 2-D array, or None if none."""
+    bad = first_non_finite(values)
+    if bad is None:
+        return None
+    r, c, what = bad
+    name = columns[c] if c < len(columns) else str(c)
+    beyond = "or a value beyond float32's ±3.4e38; " if what != "NaN" and \
+        values.dtype == np.float32 else ""
+    where = f"{source}: " if source else ""
+    return (f"{where}row {row_offset + r + 1}, column {name!r}: {what} is not allowed "
+            f"({beyond}clean or drop the row)")
 
 
 def first_non_finite(values: np.ndarray) -> tuple[int, int, str] | None:
@@ -290,8 +306,23 @@ def csv_header(stream: BinaryIO, source: str | Path) -> tuple[list[str], bytes]:
         raise DataError(f"{source}: line 1: {e}") from None
     if not header or all(not h.strip() for h in header):
         raise DataError(f"{source}: the first line must be a header of column names")
+    if text.lstrip().startswith(("{", "[")):
+        raise DataError(f"{source}: the first line looks like JSON, not a CSV header; for one "
+                        "JSON object per line use --input-format jsonl (or a .jsonl file)")
+    if all(_is_number(h) for h in header):
+        raise DataError(f"{source}: the first line holds numbers, not column names; add a "
+                        "header row naming the columns (e.g. " + ",".join(
+                            f"x{i}" for i in range(min(len(header), 3))) + "...)")
     check_unique(header, source)
     return header, line
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Tape:
@@ -433,6 +464,12 @@ def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes
     except pa.ArrowException:
         pass
     return DataError(f"{name}: after row {first}: {msg}")
+
+
+def csv_write_options(names: list[str]) -> pacsv.WriteOptions:
+    """Plain header names (``y0,y1``, not ``"y0","y1"``) unless a name needs quotes."""
+    plain = all(not set(n) & set(',"\r\n') for n in names)
+    return pacsv.WriteOptions(quoting_header="none" if plain else "needed")
 
 
 def _quoted(name: str) -> str:

@@ -143,7 +143,7 @@ def test_predict_streams_into_a_fifo_and_keeps_it(tmp_path, force):
     reader.join(10)
     assert res.returncode == 0, res.stderr
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, not a regular file
-    assert got[0].splitlines()[0] == b'"y0","y1"' and len(got[0].splitlines()) == 21
+    assert got[0].splitlines()[0] == b'y0,y1' and len(got[0].splitlines()) == 21
     assert _leftovers(tmp_path) == []
 
 
@@ -181,7 +181,7 @@ def test_predict_through_a_symlink_writes_its_target(tmp_path):
     res = run_script("linreg-predict", MULTI, src, "-o", link, "-q")
     assert "already exists; pass --force" in _one_line_error(res)
     assert run_script("linreg-predict", MULTI, src, "-o", link, "-q", "--force").returncode == 0
-    assert link.is_symlink() and target.read_text().startswith('"y0","y1"')
+    assert link.is_symlink() and target.read_text().startswith('y0,y1')
 
 
 @pytest.mark.parametrize("make", ["folder", "socket"])

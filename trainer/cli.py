@@ -192,9 +192,10 @@ def export_main(model_dir: Path, formats: tuple[str, ...], opset: int, force: bo
         for fmt in formats:
             info = manifest["exports"][fmt]
             p = info["parity"]
-            click.echo(f"{model_dir / info['file']}: {fmt}, max abs error {p['max_abs_error']:.3g} "
-                       f"over {sum(p['rows_checked']):,} rows (tolerance {p['tolerance']:g} "
-                       "relative)")
+            click.echo(f"{model_dir / info['file']}: {fmt} agrees with the trained model: "
+                       f"relative error {p['max_rel_error']:.2g} <= tolerance "
+                       f"{p['tolerance']:g} over {sum(p['rows_checked']):,} rows (largest "
+                       f"absolute difference {p['max_abs_error']:.2g})")
 
 
 def _needs_train_extra(command: click.Command, modules: tuple[str, ...]) -> Callable[[], None]:

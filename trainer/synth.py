@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from serve.atomic import output_file
 from serve.errors import DataError
 from serve.formats import file_format
+from serve.tables import csv_write_options
 
 
 @dataclass
@@ -71,7 +72,8 @@ def write_dataset(data: SyntheticData, path: str | Path, *, force: bool = False)
     truth_path = path.with_name(path.name + ".truth.json")
     with output_file(path, force=force) as f:
         if fmt == "csv":
-            pacsv.write_csv(pa.table({n: both[:, i] for i, n in enumerate(names)}), f)
+            pacsv.write_csv(pa.table({n: both[:, i] for i, n in enumerate(names)}), f,
+                            write_options=csv_write_options(names))
         elif fmt == "parquet":
             pq.write_table(pa.table({n: both[:, i] for i, n in enumerate(names)}), f)
         elif fmt == "npy":

@@ -153,9 +153,10 @@ def test_non_finite_values_in_npy_and_jsonl_are_named(tmp_path, multi):
     np.save(tmp_path / "a.npy", a)
     res = _invoke(multi, tmp_path / "a.npy", "-o", tmp_path / "o.npy", "--batch-rows", "3")
     assert res.stderr == f"linreg-predict: error: {tmp_path}/a.npy: row 8, column 'x2': NaN is " \
-                         "not allowed\n"
+                         "not allowed (clean or drop the row)\n"
     (tmp_path / "a.jsonl").write_text("[1, 2, 3, 4]\n[1, 2, 1e39, 4]\n")
     res = _invoke(multi, tmp_path / "a.jsonl", "-o", tmp_path / "o.csv")
     assert res.stderr == f"linreg-predict: error: {tmp_path}/a.jsonl: row 2, column 'x2': inf " \
-                         "is not allowed (or a value beyond float32's ±3.4e38)\n"
+                         "is not allowed (or a value beyond float32's ±3.4e38; clean or drop " \
+                         "the row)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.npy"]

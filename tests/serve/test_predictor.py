@@ -65,11 +65,12 @@ def test_pandas_columns_are_picked_by_name(multi, rng):
     ([[1, 2, 3]], "expected 4 features per row (x0, x1, x2, x3), got 3"),
     ([[1, 2, 3, 4], [1, 2]], "rows have different lengths; each row needs 4 features"),
     ([[1, 2, "abc", 4]], "row 1, column 'x2': 'abc' is not a number"),
-    ([[1, 2, 3, 4], [1, float("nan"), 3, 4]], "row 2, column 'x1': NaN is not allowed"),
+    ([[1, 2, 3, 4], [1, float("nan"), 3, 4]], "row 2, column 'x1': NaN is not allowed (clean or "
+     "drop the row)"),
     (np.array([[1, 2, 3, -np.inf]]), "row 1, column 'x3': -inf is not allowed (or a value "
-     "beyond float32's ±3.4e38)"),
+     "beyond float32's ±3.4e38; clean or drop the row)"),
     ([[1, 2, 3, 1e39]], "row 1, column 'x3': inf is not allowed (or a value beyond float32's "
-     "±3.4e38)"),
+     "±3.4e38; clean or drop the row)"),
     ({"x0": [1], "x1": [2]}, "missing feature column(s) x2, x3; the model needs x0, x1, x2, x3"),
     ({"x0": [1], "x1": [2], "x2": [3], "X3": [4]},
      "missing feature column(s) x3; the model needs x0, x1, x2, x3 (unknown: X3)"),

@@ -132,7 +132,7 @@ def test_export_cli_and_refusal_to_overwrite(tmp_path):
     folder = _trained(tmp_path, "1x1", val_fraction=0)
     res = CliRunner().invoke(export_main, [str(folder)])
     assert res.exit_code == 0, res.stderr
-    assert "model.onnx: onnx, max abs error" in res.output
+    assert "model.onnx: onnx agrees with the trained model: relative error" in res.output
     assert (folder / "model.onnx").exists() and (folder / "model.torchscript.pt").exists()
     assert not (folder / "model.pt2").exists()
     assert json.loads((folder / "model.json").read_text())["exports"]["onnx"]["parity"][
