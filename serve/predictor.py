@@ -25,7 +25,7 @@ from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
 from serve.graph import check_graph
 from serve.manifest import MANIFEST, read_manifest, verify_artifact
-from serve.tables import cell_number, first_non_finite, non_finite_message
+from serve.numbers import cell_number, first_non_finite, non_finite_message
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
 MAX_MODEL_BYTES = 1 << 30  # a linear model is tiny; refuse to read a huge "model" into memory

@@ -26,16 +26,16 @@ import zipfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.errors import DataError, first_line
 from serve.formats import file_format
+from serve.numbers import BadCell, non_finite_message, parse_numbers
 
 CSV_MAX_BLOCK = 1 << 20
 NPY_MAX_HEADER = 1 << 16
@@ -87,54 +87,6 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 # ---------------------------------------------------------------------------------- numbers
 
-def parse_numbers(col: pa.Array) -> np.ndarray:
-    """Text cells as float64 by the one number rule (module docstring); raises ``_BadCell``."""
-    trimmed = pc.utf8_trim_whitespace(col)
-    if trimmed.null_count or pc.any(pc.equal(trimmed, "")).as_py():
-        missing = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, ""))
-        raise _BadCell(int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]), None)
-    try:
-        return pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        lo, hi = 0, len(trimmed)  # the first cell that does not parse, by bisection
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            try:
-                pc.cast(trimmed.slice(lo, mid - lo), pa.float64())
-                lo = mid
-            except pa.ArrowInvalid:
-                hi = mid
-        raise _BadCell(lo, col[lo].as_py()) from None
-
-
-def cell_number(value: Any) -> float:
-    """One value from JSON or Python as a float by the same rule as a file's cells: numbers as
-    they are (an integer beyond float range becomes inf, refused later as such), text parsed
-    by :func:`parse_numbers`; anything else raises ValueError."""
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, complex):
-        try:
-            return float(value)
-        except OverflowError:
-            return math.inf if value > 0 else -math.inf
-    if isinstance(value, str):
-        try:
-            return float(parse_numbers(pa.array([value]))[0])
-        except _BadCell:
-            raise ValueError(value) from None
-    raise ValueError(value)
-
-
-class _BadCell(Exception):
-    def __init__(self, row: int, value: Any) -> None:
-        self.row, self.value = row, value
-
-    def describe(self) -> str:
-        if self.value is None or not str(self.value).strip():
-            return "missing value"
-        text = str(self.value)
-        return f"{text[:40] + '...' if len(text) > 40 else text!r} is not a number"
-
-
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
               dtype: np.dtype | type = np.float64, row_offset: int = 0,
               finite: bool = True) -> np.ndarray:
@@ -153,7 +105,7 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         try:
             values = _column_values(col, name, source)
-        except _BadCell as bad:
+        except BadCell as bad:
             raise DataError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
                             f"{bad.describe()}") from None
         with np.errstate(over="ignore"):  # beyond the dtype's range becomes inf, named below
@@ -164,31 +116,6 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
     return out
 
 
-def non_finite_message(values: np.ndarray, columns: Sequence[str], *,
-                       source: str | Path | None = None, row_offset: int = 0) -> str | None:
-    """The one wording for the first NaN or infinite cell of a 2-D array, or None if none."""
-    bad = first_non_finite(values)
-    if bad is None:
-        return None
-    r, c, what = bad
-    name = columns[c] if c < len(columns) else str(c)
-    beyond = "or a value beyond float32's ±3.4e38; " if what != "NaN" and \
-        values.dtype == np.float32 else ""
-    where = f"{source}: " if source else ""
-    return (f"{where}row {row_offset + r + 1}, column {name!r}: {what} is not allowed "
-            f"({beyond}clean or drop the row)")
-
-
-def first_non_finite(values: np.ndarray) -> tuple[int, int, str] | None:
-    """``(row, column, "NaN" | "inf" | "-inf")`` of the first cell of a 2-D array that is not a
-    finite number, or None when all are (the common case costs one ``isfinite`` pass)."""
-    if np.isfinite(values).all():
-        return None
-    r, c = np.argwhere(~np.isfinite(values))[0]
-    v = values[r, c]
-    return int(r), int(c), "NaN" if np.isnan(v) else ("inf" if v > 0 else "-inf")
-
-
 def _column_values(col: pa.Array, name: str, source: str | Path) -> np.ndarray:
     t = col.type
     if pa.types.is_dictionary(t):
@@ -196,7 +123,7 @@ def _column_values(col: pa.Array, name: str, source: str | Path) -> np.ndarray:
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
             or pa.types.is_decimal(t) or pa.types.is_null(t):
         if col.null_count:
-            raise _BadCell(int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]),
+            raise BadCell(int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]),
                            None)
         if pa.types.is_decimal(t) or pa.types.is_boolean(t) or pa.types.is_integer(t):
             col = col.cast(pa.float64(), safe=False)
