@@ -81,10 +81,12 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 @click.option("--allow-foreign-graph", is_flag=True, help="Serve an ONNX graph linreg did not "
               "make (other operators, control flow). Only for files you trust.")
 @click.option("--access-log", is_flag=True, help="Log every request.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no start line, no "
+              "log line per bad request).")
 def serve_main(model: Path, host: str, port: int, workers: int, name: str | None,
                max_body_bytes: int, max_rows: int, max_header_bytes: int,
                request_timeout: float, threads: int | None, allow_foreign_graph: bool,
-               access_log: bool) -> None:
+               access_log: bool, quiet: bool) -> None:
     """Serve MODEL (a model folder or a .onnx file) over HTTP until SIGTERM or Ctrl-C."""
     import os
     import signal
@@ -113,15 +115,17 @@ def serve_main(model: Path, host: str, port: int, workers: int, name: str | None
                        "LINREG_SERVE_MAX_ROWS": str(max_rows),
                        "LINREG_SERVE_MAX_HEADER": str(max_header_bytes),
                        "LINREG_SERVE_TIMEOUT": str(request_timeout),
-                       "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0"})
+                       "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0",
+                       "LINREG_SERVE_QUIET": "1" if quiet else "0"})
     if threads is not None:
         os.environ["LINREG_SERVE_THREADS"] = str(threads)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"linreg-serve: warning: listening on {host}, reachable from other machines",
                    err=True)
-    click.echo(f"linreg-serve: serving {name!r} ({predictor.n_features} features -> "
-               f"{predictor.n_targets} target(s)) on http://{host}:{port} "
-               f"(OpenAPI at /docs, metrics at /metrics)", err=True)
+    if not quiet:
+        click.echo(f"linreg-serve: serving {name!r} ({predictor.n_features} features -> "
+                   f"{predictor.n_targets} target(s)) on http://{host}:{port} "
+                   f"(OpenAPI at /docs, metrics at /metrics)", err=True)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish, each within
     # --request-timeout), then re-raises the signal under the handlers it found: make those a
     # clean exit, status 0, that waits for no worker thread (a cancelled run may still be

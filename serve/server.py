@@ -280,7 +280,8 @@ def _log_to_stderr() -> None:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("linreg-serve: %(message)s"))
         log.addHandler(handler)
-        log.setLevel(logging.INFO)
+        quiet = os.environ.get("LINREG_SERVE_QUIET") == "1"
+        log.setLevel(logging.ERROR if quiet else logging.INFO)
         log.propagate = False
 
 

@@ -154,8 +154,9 @@ def _fit_figures(metrics: dict, targets: list[str]) -> str:
 @click.option("--noise", type=FiniteFloat(0), default=10.0, show_default=True,
               help="Standard deviation of the noise added to y.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, noise: float,
-               force: bool) -> None:
+               force: bool, quiet: bool) -> None:
     """Write the tutorial's synthetic data set (x ~ N(0, 5²), y = 23.4·x + N(3, 10²), generalised)
     to OUT (.csv, .parquet, .npy or .npz), and the true coefficients to OUT.truth.json."""
     from serve.atomic import resolve_output
@@ -167,8 +168,9 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
         raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
     data = make_dataset(samples, features, targets, seed=seed, noise=noise)
     write_dataset(data, out, force=force)
-    click.echo(f"Wrote {samples} rows x {features} feature(s) + {targets} target(s) to {out} "
-               f"(true coefficients in {out}.truth.json)")
+    if not quiet:
+        click.echo(f"Wrote {samples} rows x {features} feature(s) + {targets} target(s) to "
+                   f"{out} (true coefficients in {out}.truth.json)")
 
 
 @click.command("linreg-export", cls=OneLineErrors, context_settings=CONTEXT)
