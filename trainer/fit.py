@@ -128,6 +128,7 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
 
     # 2. History lives where the model does; the host reads it only at check points.
     keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
+    layout = _Layout(n_features, n_targets, config.bias, keep_params)
     tracked = [W, b] if keep_params and b is not None else [W] if keep_params else []
     history = _History(epochs, tracked, device, dtype)
     # Divergence is found at its exact epoch whatever the interval; --tol checks every epoch.
@@ -140,7 +141,7 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
         row = history.row(e)
         if config.log_before_step:  # the parameters the cost was computed with
             row = np.concatenate([row[:1], history.row(e - 1)[1:] if e else initial])
-        log(_log_line(e, epochs, row, n_features, n_targets, config.bias, mean, scale))
+        log(layout.log_line(e, epochs, row, mean, scale))
 
     for epoch in range(epochs):
         if full_batch:
@@ -177,20 +178,17 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     if log_every:
         with torch.no_grad():
             final = F.mse_loss(model(x_all), y_all).detach().double().cpu().numpy().reshape(1)
-        log(_log_line(epochs_run, epochs, np.concatenate([final, _params_row(tracked)]),
-                      n_features, n_targets, config.bias, mean, scale))
+        log(layout.log_line(epochs_run, epochs, np.concatenate([final, _params_row(tracked)]),
+                            mean, scale))
 
     # 7. Raw-unit results: fold the standardisation back into W and b.
     hist = history.rows(epochs_run)
     W_s = W.detach().double().cpu().numpy()
     b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(n_targets)
     coef, intercept = _fold(W_s, b_s, mean, scale)
-    if keep_params:
-        hist = _fold_history(hist, n_features, n_targets, config.bias, mean, scale)
     state = _state_dict(coef, intercept if config.bias else None, dtype)
     coef, intercept = _saved_values(state, n_targets)
-    return FitResult(coef, intercept, state, hist,
-                     _history_columns(n_features, n_targets, config.bias, keep_params),
+    return FitResult(coef, intercept, state, layout.folded(hist, mean, scale), layout.columns(),
                      epochs_run, stopped, str(device), mean, scale)
 
 
@@ -311,43 +309,61 @@ def _state_dict(coef: np.ndarray, intercept: np.ndarray | None, dtype: torch.dty
     return state
 
 
-def _fold_history(hist, n_features, n_targets, bias, mean, scale) -> np.ndarray:
-    if scale is None:
-        return hist
-    n_w = n_features * n_targets
-    W = hist[:, 1:1 + n_w].reshape(-1, n_targets, n_features)
-    b = hist[:, 1 + n_w:] if bias else np.zeros((len(hist), n_targets))
-    W_raw = W / scale
-    b_raw = b - W_raw @ mean if bias else b
-    parts = [hist[:, :1], W_raw.reshape(len(hist), -1)] + ([b_raw] if bias else [])
-    return np.hstack(parts)
+@dataclass(frozen=True)
+class _Layout:
+    """One history row: the cost, then W row-major (targets x features), then b (with a bias);
+    the cost alone when the parameters are not tracked. The one place that knows it."""
 
+    n_features: int
+    n_targets: int
+    bias: bool
+    params: bool  # parameters tracked (at most MAX_HISTORY_PARAMS)
 
-def _history_columns(n_features, n_targets, bias, keep_params) -> list[str]:
-    if not keep_params:
-        return ["cost"]
-    if n_features == 1 and n_targets == 1:
-        return ["cost", "W"] + (["b"] if bias else [])
-    cols = [f"W[{t},{f}]" for t in range(n_targets) for f in range(n_features)]
-    return ["cost", *cols, *([f"b[{t}]" for t in range(n_targets)] if bias else [])]
+    def columns(self) -> list[str]:
+        if not self.params:
+            return ["cost"]
+        if self.n_features == 1 and self.n_targets == 1:
+            return ["cost", "W"] + (["b"] if self.bias else [])
+        cols = [f"W[{t},{f}]" for t in range(self.n_targets) for f in range(self.n_features)]
+        return ["cost", *cols, *([f"b[{t}]" for t in range(self.n_targets)] if self.bias else [])]
 
+    def split(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``rows`` (..., width) as cost (...), W (..., targets, features), b (..., targets)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        n_w = self.n_features * self.n_targets
+        W = rows[..., 1:1 + n_w].reshape(*rows.shape[:-1], self.n_targets, self.n_features)
+        b = rows[..., 1 + n_w:] if self.bias else np.zeros((*rows.shape[:-1], self.n_targets))
+        return rows[..., 0], W, b
 
-def _log_line(epoch, epochs, row, n_features, n_targets, bias, mean, scale) -> str:
-    """The tutorial's line for one feature and target; the same shape with vectors otherwise."""
-    cost = float(row[0])
-    params = row[1:].astype(np.float64)
-    if params.size == 0:
-        return f"Epoch {epoch:4d}/{epochs} Cost: {cost:.6f}"
-    n_w = n_features * n_targets
-    W = params[:n_w].reshape(n_targets, n_features)
-    b = params[n_w:] if bias else np.zeros(n_targets)
-    W, b = _fold(W, b, mean, scale)
-    if n_features == 1 and n_targets == 1:
-        b_text = f", b: {b[0]:.3f} " if bias else ", "  # the bias-free tutorial's "W: 1.400, Cost"
-        return f"Epoch {epoch:4d}/{epochs} W: {W[0, 0]:.3f}{b_text}Cost: {cost:.6f}"
-    w_text = _vec(W[0]) if n_targets == 1 else "[" + ", ".join(_vec(r) for r in W) + "]"
-    b_text = (f", b: {b[0]:.3f} " if n_targets == 1 else f", b: {_vec(b)} ") if bias else ", "
-    return f"Epoch {epoch:4d}/{epochs} W: {w_text}{b_text}Cost: {cost:.6f}"
+    def join(self, cost: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+        parts = [np.asarray(cost)[..., None], W.reshape(*W.shape[:-2], -1)]
+        return np.concatenate(parts + ([b] if self.bias else []), axis=-1)
+
+    def folded(self, rows: np.ndarray, mean: np.ndarray | None,
+               scale: np.ndarray | None) -> np.ndarray:
+        """Rows with W and b re-expressed for raw features (see :func:`_fold`)."""
+        if scale is None or not self.params:
+            return rows
+        cost, W, b = self.split(rows)
+        return self.join(cost, *_fold(W, b, mean, scale))
+
+    def log_line(self, epoch: int, epochs: int, row: np.ndarray, mean: np.ndarray | None,
+                 scale: np.ndarray | None) -> str:
+        """The tutorial's line for one feature and target; the same shape with vectors
+        otherwise. ``row`` is in training units; the line shows raw-unit W and b."""
+        cost = float(row[0])
+        if not self.params:
+            return f"Epoch {epoch:4d}/{epochs} Cost: {cost:.6f}"
+        _, W, b = self.split(self.folded(np.asarray(row)[None], mean, scale))
+        W, b = W[0], b[0]
+        bias = self.bias
+        if self.n_features == 1 and self.n_targets == 1:
+            b_text = f", b: {b[0]:.3f} " if bias else ", "  # bias-free: "W: 1.400, Cost"
+            return f"Epoch {epoch:4d}/{epochs} W: {W[0, 0]:.3f}{b_text}Cost: {cost:.6f}"
+        w_text = _vec(W[0]) if self.n_targets == 1 else "[" + ", ".join(_vec(r) for r in W) + "]"
+        b_text = (f", b: {b[0]:.3f} " if self.n_targets == 1 else f", b: {_vec(b)} ") \
+            if bias else ", "
+        return f"Epoch {epoch:4d}/{epochs} W: {w_text}{b_text}Cost: {cost:.6f}"
 
 
 def _vec(v: np.ndarray, limit: int = 6) -> str:
