@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import DataError
-from serve.tables import column_names, read_table, to_matrix
+from serve.tables import to_matrix
+from trainer.files import column_names, read_table
 
 
 @dataclass

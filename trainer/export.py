@@ -31,7 +31,8 @@ import torch
 
 from serve.errors import LinregError, ModelError, first_line
 from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
-from serve.tables import read_table, to_matrix
+from serve.tables import to_matrix
+from trainer.files import read_table
 from trainer.model import LinearRegression, model_from_state_dict
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}

@@ -7,7 +7,8 @@ import pyarrow as pa
 import pytest
 
 from serve.errors import DataError
-from serve.tables import file_format, read_table, to_matrix
+from serve.formats import file_format
+from serve.tables import to_matrix
 
 
 def test_to_matrix_orders_columns_by_name_and_converts():
@@ -29,13 +30,7 @@ def test_to_matrix_names_the_row_with_offset(column, message):
     assert str(e.value).startswith(message)
 
 
-def test_read_table_errors(tmp_path):
-    with pytest.raises(DataError, match="x.json: unknown file type '.json'"):
-        read_table(tmp_path / "x.json")
-    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
-    with pytest.raises(DataError, match="column 'a' appears twice; column names must be unique"):
-        read_table(tmp_path / "dup.csv")
-    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
-    with pytest.raises(DataError, match=r"expected a 2-D array \(rows x columns\), got shape"):
-        read_table(tmp_path / "cube.npy")
+def test_file_format_by_extension():
     assert file_format("A.PARQUET") == "parquet"
+    with pytest.raises(DataError, match="x.json: unknown file type '.json'"):
+        file_format("x.json", allowed=("csv",))

@@ -9,6 +9,7 @@ import pytest
 
 from serve.errors import DataError
 from trainer.data import load_training_data, split_rows
+from trainer.files import read_table
 
 
 @pytest.fixture
@@ -54,3 +55,14 @@ def test_split_is_seeded_and_disjoint():
     assert len(va) == 20 and len(tr) == 80 and not set(tr) & set(va)
     np.testing.assert_array_equal(va, split_rows(100, 0.2, seed=3)[1])
     assert not np.array_equal(va, split_rows(100, 0.2, seed=4)[1])
+
+
+def test_read_table_errors(tmp_path):
+    with pytest.raises(DataError, match="x.json: unknown file type '.json'"):
+        read_table(tmp_path / "x.json")
+    (tmp_path / "dup.csv").write_text("a,a\n1,2\n")
+    with pytest.raises(DataError, match="column 'a' appears twice; column names must be unique"):
+        read_table(tmp_path / "dup.csv")
+    np.save(tmp_path / "cube.npy", np.zeros((2, 2, 2)))
+    with pytest.raises(DataError, match=r"expected a 2-D array \(rows x columns\), got shape"):
+        read_table(tmp_path / "cube.npy")
