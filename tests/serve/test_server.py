@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import BIN
+from tests.serve.bad_requests import BAD, V2, wire_sample
 from tests.serve.conftest import MODELS, expected
 
 pytest.importorskip("fastapi")
@@ -217,55 +218,11 @@ def test_mlflow_invocations(server):
 
 # ------------------------------------------------------------------ bad requests
 
-V2 = "/v2/models/multi/infer"
+WIRE_BAD = wire_sample(BAD, 6)
 
 
-def _v2(shape, data, datatype="FP32", name="features"):
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
-
-
-BAD = [
-    ("/predict", {"instances": [[1, 2, 3]]}, 400,
-     "instances: expected 4 features per row (x0, x1, x2, x3), got 3"),
-    ("/predict", {"instances": [{"x0": 1, "x1": 2, "x2": 3}]}, 400,
-     "instances: row 1: missing feature(s) x3"),
-    ("/predict", {"inputs": {"x0": [1], "x1": [1], "x2": [1], "x9": [1]}}, 400,
-     "inputs: missing feature column(s) x3; the model needs x0, x1, x2, x3 (unknown: x9)"),
-    ("/predict", {"instances": [[1, 2, "three", 4]]}, 400,
-     "instances: row 1, column 'x2': 'three' is not a number"),
-    ("/predict", '{"instances": [[1, 2, NaN, 4]]}', 400,
-     "instances: row 1, column 'x2': NaN is not allowed"),
-    ("/predict", {"instances": []}, 400, "instances: no rows to predict"),
-    ("/predict", "", 400, "empty request body; send JSON"),
-    ("/predict", "{not json", 400, "request body is not valid JSON"),
-    ("/predict", {"rows": []}, 400, 'expected {"instances": [[...], ...]} or {"inputs": ...}'),
-    ("/predict", {"instances": [[0, 0, 0, 0]] * 1001}, 413,
-     "1,001 rows is more than the limit of 1,000 per request (--max-rows)"),
-    ("/predict", {"instances": [[0.123456789] * 4] * 5000}, 413,
-     "is more than the limit of 200,000 (--max-body-bytes)"),
-    (V2, _v2([1, 4], [1, 2, 3, 4], "INT64"), 400,
-     "input datatype 'INT64' is not supported; send FP32 (or FP64)"),
-    (V2, _v2([1, 4], ["a", "b", "c", "d"], "BYTES"), 400, "input datatype 'BYTES' is not supported"),
-    (V2, _v2([1, 4], [1, 2, 3]), 400, "input has 3 values but shape [1, 4] needs 4"),
-    (V2, _v2([1, 3], [1, 2, 3]), 400, "input shape [1, 3]: the model takes 4 features per row"),
-    (V2, _v2([1, 4], [1, 2, 3, 4], name="x"), 400, "unknown input 'x'; the model's input is "
-     "'features'"),
-    (V2, _v2([1, 4], [1, "a", 3, 4]), 400, "input data must be numbers for datatype FP32"),
-    (V2, _v2([1, 4], [1, float("inf"), 3, 4]), 400, "row 1, column 'x1': inf is not allowed"),
-    (V2, _v2([2000, 4], [0] * 8000), 413, "2,000 rows is more than the limit of 1,000"),
-    ("/v2/models/other/infer", _v2([1, 4], [1, 2, 3, 4]), 404,
-     "unknown model 'other'; this server serves 'multi'"),
-    ("/v2/models/multi/versions/7/infer", _v2([1, 4], [1, 2, 3, 4]), 404,
-     "unknown version '7' of model 'multi'; it has '1'"),
-    ("/invocations", {"dataframe_split": {"columns": ["x0"], "data": [[1, 2]]}}, 400,
-     "dataframe_split: every row of 'data' needs one value per column"),
-    ("/invocations", {"instances": [[1, 2, 3, 4]], "inputs": [[1, 2, 3, 4]]}, 400,
-     "expected exactly one of dataframe_split, dataframe_records, instances or inputs"),
-]
-
-
-@pytest.mark.parametrize(("path", "body", "status", "message"), BAD,
-                         ids=[f"{i}-{m[:30]}" for i, (_, _, _, m) in enumerate(BAD)])
+@pytest.mark.parametrize(("path", "body", "status", "message"), WIRE_BAD,
+                         ids=[f"{i}-{m[:30]}" for i, (_, _, _, m) in enumerate(WIRE_BAD)])
 def test_bad_requests_get_4xx_with_a_json_error(server, path, body, status, message):
     got, out = server.json("POST", path, body, {"Content-Type": "application/json"})
     assert got == status
