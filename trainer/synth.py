@@ -19,7 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.atomic import output_file
-from serve.errors import DataError
+from serve.errors import DataError, OutputError
 from serve.formats import file_format
 from serve.tables import csv_write_options
 
@@ -70,6 +70,10 @@ def write_dataset(data: SyntheticData, path: str | Path, *, force: bool = False)
     names = data.feature_names + data.target_names
     both = np.hstack([data.X, data.Y])
     truth_path = path.with_name(path.name + ".truth.json")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # `make demo` writes into a new data/
+    except OSError as e:
+        raise OutputError(f"{path}: cannot write ({e.strerror})") from None
     with output_file(path, force=force) as f:
         if fmt == "csv":
             pacsv.write_csv(pa.table({n: both[:, i] for i, n in enumerate(names)}), f,
