@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from serve.cli import predict_main
 from tests.serve.conftest import MODELS
 
+pytestmark = pytest.mark.slow
 MULTI = MODELS / "multi"  # x0..x3 -> y0, y1
 EXAMPLES = int(os.environ.get("LINREG_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,

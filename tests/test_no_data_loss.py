@@ -73,14 +73,20 @@ def test_force_refuses_a_model_folder_with_something_added(tmp_path, data):
 
 
 def test_force_replaces_its_own_model_folder_and_an_empty_one(tmp_path, data):
+    from click.testing import CliRunner
+
+    from trainer.cli import export_main, train_main
+
     out = tmp_path / "m"
     out.mkdir()
     for _ in range(2):
-        res = run_script("linreg-train", data, "--out", out, "--force", "-q", "--plot")
-        assert res.returncode == 0, res.stderr
+        res = CliRunner().invoke(train_main, [str(data), "--out", str(out), "--force", "-q",
+                                              "--plot"])
+        assert res.exit_code == 0, res.stderr
     assert {p.name for p in out.iterdir()} >= {"model.pt", "model.json", "loss.png"}
-    assert run_script("linreg-export", out).returncode == 0
-    assert run_script("linreg-train", data, "--out", out, "--force", "-q").returncode == 0
+    assert CliRunner().invoke(export_main, [str(out), "-q"]).exit_code == 0
+    res = CliRunner().invoke(train_main, [str(data), "--out", str(out), "--force", "-q"])
+    assert res.exit_code == 0, res.stderr
     assert _leftovers(tmp_path) == []
 
 
@@ -282,6 +288,7 @@ def _wait_for_temporary(folder: Path, timeout: float = 60) -> None:
     raise AssertionError("the command never started writing")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "word"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
                                                    (signal.SIGINT, 130, "interrupted")])
 def test_a_signal_during_training_with_plots_leaves_nothing(tmp_path, sig, code, word):

@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import BIN, run_script
 
+pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w*)\n(.*?)```", README, re.S)

@@ -247,6 +247,7 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 def test_64_clients_with_hostile_requests_mixed_in(tmp_path):
     s = Server(MULTI, "--request-timeout", "10")
     good = json.dumps({"instances": [[1, 2, 3, 4], [0.5, 0, 0, 1]]})

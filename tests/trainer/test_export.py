@@ -96,22 +96,29 @@ def test_onnx_contract(exported):
     assert (e["opset"], e["exporter"]) == (18, "torch.onnx.export(dynamo=True)")
 
 
-def test_torchscript_runs_with_no_project_code(exported):
-    folder, manifest = exported
+@pytest.mark.slow
+def test_torchscript_and_pt2_run_with_no_project_code(tmp_path):
+    """One subprocess for every model shape (one per shape cost ~3.5 s each)."""
+    models = []
+    for name in CONFIGS:
+        folder = _trained(tmp_path, name, val_fraction=0)
+        manifest = export(folder, formats=("torchscript", "pt2"))
+        models.append((str(folder), manifest["model"]["n_features"], manifest["model"]["dtype"]))
     code = f"""
 import sys, warnings
 sys.modules['trainer'] = None; sys.modules['serve'] = None   # importing them now fails
 import torch
 warnings.simplefilter('ignore')
-m = torch.jit.load({str(folder / 'model.torchscript.pt')!r})
-p = torch.export.load({str(folder / 'model.pt2')!r}).module()
-x = torch.ones(5, {manifest['model']['n_features']}, dtype=torch.{manifest['model']['dtype']})
-print(m(x).shape[0], p(x).shape[0], float((m(x) - p(x)).abs().max()))
+for folder, n, dtype in {models!r}:
+    m = torch.jit.load(folder + '/model.torchscript.pt')
+    p = torch.export.load(folder + '/model.pt2').module()
+    x = torch.ones(5, n, dtype=getattr(torch, dtype))
+    print(m(x).shape[0], p(x).shape[0], float((m(x) - p(x)).abs().max()))
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=folder)
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.split() == ["5", "5", "0.0"]
+    assert res.stdout.splitlines() == ["5 5 0.0"] * len(CONFIGS)
 
 
 def test_the_runtime_feeds_the_model_its_own_dtype(exported, rng):
