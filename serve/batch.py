@@ -28,7 +28,7 @@ from serve.errors import DataError, OutputError, first_line
 from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
-from serve.predictor import Cancel, PredictionInputError, Predictor
+from serve.predictor import Cancel, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
     STDIN,
@@ -101,13 +101,11 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
     try:
         for rows, kept, first in chunks:
             cancel = Cancel()
-            try:  # readers have checked the values; this catches what only the model knows
-                pred = pool.submit(predictor.predict, rows, cancel=cancel).result()
-            except PredictionInputError as e:
-                # The one finiteness check is the model's, on its output: name the input cell
-                # in file terms, or the row whose prediction overflowed.
-                predictor.check_finite(rows, row_offset=first, source=name)
-                raise DataError(f"{name}: rows {first + 1}-{first + len(rows)}: {e}") from None
+            try:  # the one finiteness check is the model's (NaN/inf named in file terms)
+                pred = pool.submit(predictor.predict, rows, cancel=cancel, row_offset=first,
+                                   source=name).result()
+            except DataError:
+                raise
             except BaseException:
                 cancel.cancel()
                 raise

@@ -112,12 +112,14 @@ class Predictor:
         return cls(backend, feature_names=features, target_names=targets, metadata=meta,
                    dtype=backend.dtype, source=str(path))
 
-    def predict(self, X: Any, *, cancel: Cancel | None = None) -> np.ndarray:
+    def predict(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
+                source: str | None = None) -> np.ndarray:
         """Predictions ``(n_rows, n_targets)`` in the model's dtype for rows ``X``.
 
         ``X``: a 2-D array, a 1-D array (one row), a list of rows, a dict of columns by feature
         name, a list of dicts (records), or a pandas DataFrame (columns picked by name).
         ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
+        ``row_offset`` and ``source`` place error messages in a file read in chunks.
         """
         if type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
                 and X.shape[1] == self.n_features and X.flags.c_contiguous:
@@ -132,9 +134,10 @@ class Predictor:
         # One finiteness pass, on the (narrower) output: a NaN or inf input always shows there
         # in a linear model, and is then named by its input cell; else the output overflowed.
         if not _all_finite(pred):
-            self.check_finite(rows)
+            self.check_finite(rows, row_offset=row_offset, source=source)
             r, c, what = first_non_finite(pred)
-            raise PredictionInputError(f"row {r + 1}: the prediction for "
+            where = f"{source}: " if source else ""
+            raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
                                        f"{self.target_names[c]!r} overflows {self.dtype} "
                                        f"({what}); the inputs are too large for this model")
         return pred

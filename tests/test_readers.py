@@ -245,3 +245,12 @@ def test_export_refuses_an_opset_it_cannot_write(tmp_path):
     assert "wrote opset 18 instead; choose an opset it supports" in res.stderr
     assert not (tmp_path / "m" / "model.onnx").exists()
     assert json.loads((tmp_path / "m" / "model.json").read_text())["exports"] == {}
+
+
+def test_a_prediction_that_overflows_names_its_row_in_the_file(tmp_path):
+    src = tmp_path / "big.csv"
+    src.write_text("x0,x1,x2,x3\n1,2,3,4\n3e38,3e38,3e38,3e38\n")
+    assert _one_line(_predict(MULTI, src, "-o", tmp_path / "o.csv", "--batch-rows", "1")) == \
+        f"{src}: row 2: the prediction for 'y0' overflows float32 (inf); the inputs are too " \
+        "large for this model"
+    assert not (tmp_path / "o.csv").exists()
