@@ -146,10 +146,11 @@ class FiniteFloat(click.ParamType):
         low_bad = self.min is not None and (v <= self.min if self.min_open else v < self.min)
         high_bad = self.max is not None and (v >= self.max if self.max_open else v > self.max)
         if low_bad or high_bad:
-            self.fail(f"{value} is not in {self._range()}", param, ctx)
+            self.fail(f"{value} is not in {self.describe()}", param, ctx)
         return v
 
-    def _range(self) -> str:
+    def describe(self) -> str:
+        """``the range [0, 1)``: the interval in words, for messages."""
         lo = "(-inf" if self.min is None else ("(" if self.min_open else "[") + f"{self.min:g}"
         hi = "inf)" if self.max is None else f"{self.max:g}" + (")" if self.max_open else "]")
         return f"the range {lo}, {hi}"

@@ -28,6 +28,7 @@ from serve.errors import DataError, OutputError, first_line
 from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
+from serve.numbers import shown
 from serve.predictor import Cancel, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
@@ -104,9 +105,7 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
             try:  # the one finiteness check is the model's (NaN/inf named in file terms)
                 pred = pool.submit(predictor.predict, rows, cancel=cancel, row_offset=first,
                                    source=name).result()
-            except DataError:
-                raise
-            except BaseException:
+            except BaseException:  # an interrupt or an error: stop the run if still going
                 cancel.cancel()
                 raise
             writer.write(pred, kept)
@@ -219,7 +218,7 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
                 bad = next((v for v in values if not isinstance(v, (int, float))
                             or isinstance(v, bool)), None)
                 raise DataError(f"{name}: line {line_no}: " + (
-                    f"{_shown(bad)} is not a number" if bad is not None or len(values) == len(
+                    f"{shown(bad)} is not a number" if bad is not None or len(values) == len(
                         features) else f"{len(values)} values, the model needs {len(features)}"))
             rows.append(values)
             if len(rows) == batch_rows:
@@ -233,11 +232,6 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
     finally:
         if stream is not sys.stdin.buffer:
             stream.close()
-
-
-def _shown(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:

@@ -10,6 +10,7 @@ loading a model and predicting from arrays never imports it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,8 +68,27 @@ class BadCell(Exception):
     def describe(self) -> str:
         if self.value is None or not str(self.value).strip():
             return "missing value"
-        text = str(self.value)
-        return f"{text[:40] + '...' if len(text) > 40 else text!r} is not a number"
+        return f"{shown(self.value)} is not a number"
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A user's value inside a message: text quoted, anything else as JSON, cut short."""
+    try:
+        text = repr(str(value)) if isinstance(value, str) else json.dumps(value)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def all_numbers(texts: Sequence[str]) -> bool:
+    """Whether every text is a number by the one rule (e.g. a CSV "header" that is data)."""
+    import pyarrow as pa
+
+    try:
+        parse_numbers(pa.array(list(texts), pa.string()))
+    except BadCell:
+        return False
+    return True
 
 
 def non_finite_message(values: np.ndarray, columns: Sequence[str], *,

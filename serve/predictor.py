@@ -25,7 +25,7 @@ from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
 from serve.graph import check_graph
 from serve.manifest import MANIFEST, read_manifest, verify_artifact
-from serve.numbers import cell_number, first_non_finite, non_finite_message
+from serve.numbers import cell_number, first_non_finite, non_finite_message, shown
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
 MAX_MODEL_BYTES = 1 << 30  # a linear model is tiny; refuse to read a huge "model" into memory
@@ -180,7 +180,7 @@ class Predictor:
             try:
                 out[r, c] = cell_number(v)
             except ValueError:
-                what = "missing value" if v is None else f"{_shown(v)} is not a number"
+                what = "missing value" if v is None else f"{shown(v)} is not a number"
                 raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what}") \
                     from None
         return out
@@ -233,11 +233,6 @@ def _all_finite(a: np.ndarray) -> bool:
     if a.size <= 64:
         return all(map(math.isfinite, a.ravel().tolist()))
     return bool(np.isfinite(a).all())
-
-
-def _shown(value: Any) -> str:
-    text = repr(str(value)) if isinstance(value, str) else f"'{value}'"
-    return text if len(text) <= 42 else text[:40] + "...'"
 
 
 def _columns_to_rows(columns: list[Any]) -> np.ndarray:

@@ -22,6 +22,7 @@ import numpy as np
 from serve.errors import DataError
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
+from serve.numbers import shown
 from serve.predictor import Predictor
 from serve.tables import check_unique, csv_batches, to_matrix
 
@@ -111,16 +112,16 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
                            f"{len(inputs)}")
     tensor = inputs[0]
     if tensor.get("name") != INPUT_NAME:
-        raise RequestError(f"unknown input {_shown(tensor.get('name'))}; the model's input is "
+        raise RequestError(f"unknown input {shown(tensor.get('name'))}; the model's input is "
                            f"{INPUT_NAME!r}")
     datatype = tensor.get("datatype")
     if not isinstance(datatype, str) or datatype not in V2_DATATYPES:
-        raise RequestError(f"input datatype {_shown(datatype)} is not supported; send FP32 "
+        raise RequestError(f"input datatype {shown(datatype)} is not supported; send FP32 "
                            "(or FP64)")
     shape = tensor.get("shape")
     if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(
             type(d) is int and d >= 0 for d in shape):
-        raise RequestError(f"input shape {_shown(shape)}: expected [rows, "
+        raise RequestError(f"input shape {shown(shape)}: expected [rows, "
                            f"{predictor.n_features}]")
     if len(shape) == 1:
         shape = [1, shape[0]]
@@ -136,7 +137,7 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
         raise RequestError("input 'parameters' must be an object")
     size = params.get("binary_data_size")
     if size is not None and type(size) is not int:
-        raise RequestError(f"binary_data_size {_shown(size)} must be a whole number of bytes")
+        raise RequestError(f"binary_data_size {shown(size)} must be a whole number of bytes")
     if size is not None:
         want = count * V2_DATATYPES[datatype].itemsize
         if size != want or len(binary) != size:
@@ -181,7 +182,7 @@ def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[by
             raise RequestError("'outputs' must be a list of objects")
         for o in outputs:
             if o.get("name") != OUTPUT_NAME:
-                raise RequestError(f"unknown output {_shown(o.get('name'))}; the model's output "
+                raise RequestError(f"unknown output {shown(o.get('name'))}; the model's output "
                                    f"is {OUTPUT_NAME!r}")
             p = o.get("parameters") or {}
             if not isinstance(p, dict):
@@ -278,12 +279,3 @@ def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray:
     matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
     _check_rows(predictor, matrix, max_rows)
     return matrix
-
-
-def _shown(value: Any) -> str:
-    """A client's value in a message, short and JSON-safe."""
-    try:
-        text = repr(value) if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError, RecursionError):
-        text = type(value).__name__
-    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,12 +1,10 @@
-"""Reading numeric tables from CSV, Parquet, NPY and NPZ files, with errors that say where.
+"""Reading numeric tables from CSV, Parquet and NPY, with errors that say where.
 
 Both sides use this, so training and prediction read every cell the same way:
 
-- A cell is a number when Arrow's float parser takes it, surrounding spaces trimmed: ``12``,
-  ``-1.5e3``, ``.5``. Not ``1_000``, ``0x1F``, ``true`` or ``1,5`` (those are errors everywhere),
-  and ``nan``/``inf`` parse but are refused as NaN/infinite. An empty cell is a missing value.
-- Column names must be unique; text must be UTF-8; ``.npy``/``.npz`` headers are checked against
-  the file's size before anything is allocated, and nothing is ever unpickled.
+- Cells follow the one number rule of :mod:`serve.numbers`.
+- Column names must be unique; text must be UTF-8; ``.npy`` headers are checked against the
+  file's size before anything is allocated, and nothing is ever unpickled.
 - Every error is one :class:`DataError` line naming the file, the 1-based data row and the
   column where there is one.
 
@@ -33,7 +31,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.errors import DataError, first_line
-from serve.numbers import BadCell, non_finite_message, parse_numbers
+from serve.numbers import BadCell, all_numbers, non_finite_message, parse_numbers
 
 CSV_MAX_BLOCK = 1 << 20
 NPY_MAX_HEADER = 1 << 16
@@ -174,20 +172,12 @@ def csv_header(stream: BinaryIO, source: str | Path) -> tuple[list[str], bytes]:
     if text.lstrip().startswith(("{", "[")):
         raise DataError(f"{source}: the first line looks like JSON, not a CSV header; for one "
                         "JSON object per line use --input-format jsonl (or a .jsonl file)")
-    if all(_is_number(h) for h in header):
+    if all_numbers(header):
         raise DataError(f"{source}: the first line holds numbers, not column names; add a "
                         "header row naming the columns (e.g. " + ",".join(
                             f"x{i}" for i in range(min(len(header), 3))) + "...)")
     check_unique(header, source)
     return header, line
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _Tape:

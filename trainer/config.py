@@ -51,10 +51,8 @@ class Range:
                     (value >= self.max if self.max_open else value > self.max))
 
     def describe(self) -> str:
-        lo = "-inf" if self.min is None else f"{self.min:g}"
-        hi = "inf" if self.max is None else f"{self.max:g}"
-        return (f"{'(' if self.min_open or self.min is None else '['}{lo}, {hi}"
-                f"{')' if self.max_open or self.max is None else ']'}")
+        return FiniteFloat(self.min, self.max, min_open=self.min_open,
+                           max_open=self.max_open).describe()
 
 
 # Every numeric setting of TrainConfig (and the data split), with its range: the one place.
