@@ -101,6 +101,12 @@ def check_manifest(m: Any, path: str | Path) -> None:
         if not isinstance(norm, dict) or not all(_numbers(norm.get(k), n) for k in ("mean",
                                                                                     "scale")):
             fail("normalization", f"must hold 'mean' and 'scale', {n} finite numbers each")
+    if m.get("columns") is not None:
+        from serve.columns import specs_from_json
+
+        specs = specs_from_json(m["columns"], f"{path}: field 'columns'")
+        if [n for s in specs for n in s.encoded_names()] != m["features"]:
+            fail("columns", "must encode to the feature names, in order")
     data = m.get("data") or {}
     idx = data.get("validation_indices")
     if idx is not None:

@@ -19,15 +19,18 @@ from typing import Any
 import numpy as np
 
 
-def parse_numbers(col: Any) -> np.ndarray:
-    """Text cells as float64 by the one number rule (module docstring); raises ``BadCell``."""
+def parse_numbers(col: Any, *, blanks: bool = False) -> np.ndarray:
+    """Text cells as float64 by the one number rule (module docstring); raises ``BadCell``.
+    With ``blanks``, an empty or null cell is a missing value, NaN (a tabular model's input)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     trimmed = pc.utf8_trim_whitespace(col)
     if trimmed.null_count or pc.any(pc.equal(trimmed, "")).as_py():
         missing = pc.or_kleene(pc.is_null(trimmed), pc.equal(trimmed, ""))
-        raise BadCell(int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]), None)
+        if not blanks:
+            raise BadCell(int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0]), None)
+        trimmed = pc.if_else(missing, pa.scalar("nan", pa.string()), trimmed)
     try:
         return pc.cast(trimmed, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):

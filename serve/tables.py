@@ -223,11 +223,13 @@ class _Tape:
 
 
 def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
-                keep: Sequence[str] = (), block_size: int = CSV_MAX_BLOCK,
+                keep: Sequence[str] = (), text: Sequence[str] = (),
+                block_size: int = CSV_MAX_BLOCK,
                 name: str | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
-    """Stream CSV as record batches of ``columns`` (as float64, by the one number rule) and
-    ``keep`` (types inferred), each with its first 0-based data row. ``source``: a path, ``-``
-    for stdin, or a binary stream (an HTTP body) shown in errors as ``name``."""
+    """Stream CSV as record batches of ``columns`` (as float64, by the one number rule),
+    ``text`` (strings as written, blanks null: a tabular model's raw columns) and ``keep``
+    (types inferred), each with its first 0-based data row. ``source``: a path, ``-`` for
+    stdin, or a binary stream (an HTTP body) shown in errors as ``name``."""
     if hasattr(source, "read"):
         raw, name = source, name or "<stream>"
     elif str(source) == "-":
@@ -237,15 +239,16 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
     is_file = not hasattr(source, "read") and str(source) != "-"
     try:
         header, line = csv_header(raw, name)
-        check_columns(name, header, columns, keep)
+        check_columns(name, header, [*columns, *text], keep)
         if not line.endswith(b"\n"):  # a header with no final newline is the whole file
             return
         block = max(block_size, min(4 * len(line), 64 << 20))  # a wide header: wide rows
         # A file is read by pyarrow natively (its own read-ahead thread) and re-read only to
         # name a bad cell; a pipe or body goes through a tape that keeps the unread lines.
         tape = None if is_file else _Tape(raw, line)
-        wanted = list(dict.fromkeys([*columns, *keep]))
-        convert = pacsv.ConvertOptions(column_types={c: pa.float64() for c in columns},
+        wanted = list(dict.fromkeys([*columns, *text, *keep]))
+        types = {c: pa.float64() for c in columns} | {c: pa.string() for c in text}
+        convert = pacsv.ConvertOptions(column_types=types,
                                        include_columns=wanted, null_values=[""],
                                        strings_can_be_null=True)
         first, reader = 0, None

@@ -17,7 +17,7 @@ import click
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
 from serve.progress import Progress
 from serve.version import __version__
-from trainer.config import CHOICES, SETTINGS, InitType, TrainConfig
+from trainer.config import CHOICES, SETTINGS, ImputeType, InitType, TrainConfig
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -38,6 +38,19 @@ def _range(name: str) -> click.ParamType:
               "a,b). Default: every column but the targets and --exclude.")
 @click.option("--exclude", "exclude", multiple=True, help="Columns left out of the default "
               "features, e.g. ids or text (repeatable, or a,b).")
+@click.option("--categorical", "categorical", multiple=True, help="Columns to treat as "
+              "categorical even if their values read as numbers, e.g. zip codes (repeatable, "
+              "or a,b). Columns holding text are categorical anyway.")
+@click.option("--impute", type=ImputeType(), default=None, help="Fill blanks (and NaN) in "
+              "numeric columns with a value learned from the training rows. Default: a blank "
+              "is an error. Blanks in categorical columns are a level of their own.")
+@click.option("--missing-indicator", is_flag=True, help="With --impute: add a 0/1 column "
+              "per numeric column that had blanks in training.")
+@click.option("--max-levels", type=_range("max_levels"), default=1000, show_default=True,
+              help="Refuse a categorical column with more distinct values (an id?).")
+@click.option("--unknown", type=click.Choice(CHOICES["unknown"]), default="error",
+              show_default=True, help="A level not seen in training, at prediction time: an "
+              "error, or predicted as the reference level.")
 @click.option("--val-fraction", type=_range("val_fraction"), default=None,
               help="Hold out this fraction of rows, in (0, 1), seeded, for validation metrics.")
 @click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
@@ -71,13 +84,16 @@ def _range(name: str) -> click.ParamType:
               "was computed with (before its step), as the bias-free tutorial does.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
-               exclude: tuple[str, ...], val_fraction: float | None, epochs: int, lr: float,
+               exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
+               missing_indicator: bool, max_levels: int, unknown: str,
+               val_fraction: float | None, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
                device: str, dtype: str, out: Path | None, force: bool, plot: bool,
                log_every: int, log_before_step: bool, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from serve.tables import estimate_rows
+    from trainer.encode import EncodeConfig
     from trainer.train import train
 
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
@@ -100,6 +116,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
         log = None if quiet or log_every == 0 else bar.echo
         folder, manifest = train(data, out=out, config=config, targets=_names(targets),
                                  features=_names(features), exclude=_names(exclude),
+                                 encoding=EncodeConfig(tuple(_names(categorical)), impute,
+                                                       missing_indicator, max_levels, unknown),
                                  val_fraction=val_fraction, force=force, plot=plot, log=log,
                                  progress=fitting, read_progress=reading.to)
     if not quiet:
@@ -179,11 +197,12 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.option("--format", "formats", multiple=True,
               type=click.Choice(["onnx", "torchscript", "pt2"]),
               help="Repeatable. Default: onnx and torchscript.")
-@click.option("--opset", type=click.IntRange(min=13), default=18, show_default=True,
-              help="ONNX opset version.")
+@click.option("--opset", type=click.IntRange(min=13), default=None,
+              help="ONNX opset version. Default: 18, or 19 for a model with categorical "
+              "columns (it compares strings).")
 @click.option("--force", is_flag=True, help="Overwrite existing exported files.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def export_main(model_dir: Path, formats: tuple[str, ...], opset: int, force: bool,
+def export_main(model_dir: Path, formats: tuple[str, ...], opset: int | None, force: bool,
                 quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
     from trainer.export import export
@@ -198,6 +217,8 @@ def export_main(model_dir: Path, formats: tuple[str, ...], opset: int, force: bo
                        f"relative error {p['max_rel_error']:.2g} <= tolerance "
                        f"{p['tolerance']:g} over {sum(p['rows_checked']):,} rows (largest "
                        f"absolute difference {p['max_abs_error']:.2g})")
+            if "note" in info.get("input", {}):
+                click.echo(f"  note: {model_dir / info['file']} is {info['input']['note']}")
 
 
 def _needs_train_extra(command: click.Command, modules: tuple[str, ...]) -> Callable[[], None]:

@@ -67,11 +67,13 @@ SETTINGS: dict[str, Range] = {
     "log_every": Range(int, 0),
     "val_fraction": Range(float, 0, 1, min_open=True, max_open=True),
     "init_value": Range(float, -1e6, 1e6),
+    "max_levels": Range(int, 1),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "solver": ("sgd", "lstsq"),
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "float64"),
+    "unknown": ("error", "reference"),
 }
 INIT_NAMES = ("default", "zeros")
 
@@ -102,6 +104,37 @@ class InitType(click.ParamType):
         return float(number)
 
 
+IMPUTE = ("mean", "median", "most-frequent")  # or constant:V
+
+
+def check_impute(value: str) -> str:
+    """``--impute``: mean, median, most-frequent or constant:V (V a finite number)."""
+    if value in IMPUTE:
+        return value
+    if value.startswith("constant:"):
+        try:
+            number = float(value.removeprefix("constant:"))
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return value
+        raise TrainingError(f"--impute {value}: constant:V needs a finite number V, e.g. "
+                            "constant:0")
+    raise TrainingError(f"--impute {value!r}: use one of {', '.join(IMPUTE)} or constant:V")
+
+
+class ImputeType(click.ParamType):
+    """``--impute`` as a click type, so a bad value exits 2 before any work."""
+
+    name = "mean|median|most-frequent|constant:V"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return check_impute(str(value))
+        except TrainingError as e:
+            self.fail(str(e).removeprefix("--impute "), param, ctx)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of one fit, plain values only (saved as-is in the manifest)."""
@@ -124,7 +157,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject settings that cannot train, naming the flag and the fix."""
-        for name, choices in CHOICES.items():
+        for name in ("solver", "device", "dtype"):
+            choices = CHOICES[name]
             if getattr(self, name) not in choices:
                 raise TrainingError(f"{flag(name)} {getattr(self, name)!r}: use one of "
                                     f"{', '.join(choices)}")

@@ -3,36 +3,59 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from serve.columns import ColumnSpec, is_plain
 from serve.errors import DataError
 from serve.tables import to_matrix
+from trainer.encode import (
+    EncodeConfig,
+    RawColumns,
+    design_matrix,
+    encoded_names,
+    learn,
+    numeric_raw,
+    raw_columns,
+)
 from trainer.files import column_names, read_table
 
 
 @dataclass
 class TrainingData:
-    """Features ``X`` (rows, n_features) and targets ``Y`` (rows, n_targets), float64, with names."""
+    """Features ``X`` (rows, n_features) and targets ``Y`` (rows, n_targets), float64, with names.
 
-    X: np.ndarray
+    A table with categorical columns or blanks is read as raw columns first (``raw``);
+    :func:`encode` then learns ``columns`` (the specs) and builds ``X``, whose
+    ``feature_names`` are then the design matrix's (``city[T.Paris]``, ...)."""
+
+    X: np.ndarray | None
     Y: np.ndarray
     feature_names: list[str]
     target_names: list[str]
     path: str
+    raw: RawColumns | None = None
+    columns: list[ColumnSpec] | None = None
 
     @property
     def n_rows(self) -> int:
-        return self.X.shape[0]
+        return self.Y.shape[0]
+
+    @property
+    def input_names(self) -> list[str]:
+        """The raw columns a model of this data takes."""
+        return [c.name for c in self.columns] if self.columns else self.feature_names
 
 
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                        features: Sequence[str] = (), exclude: Sequence[str] = (),
+                       categorical: Sequence[str] = (),
                        progress: Callable[[int], None] | None = None) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the
-    rest but ``exclude`` (ids, text)."""
+    rest but ``exclude`` (ids, text). All-number features are read as a matrix at once; a
+    blank or a text cell (or ``categorical``) reads the features as raw columns instead."""
     columns = column_names(path)
     targets = list(targets) or [columns[-1]]
     _check_names(path, "target", targets, columns)
@@ -40,14 +63,38 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
     left_out = set(targets) | set(exclude)
     features = list(features) or [c for c in columns if c not in left_out]
     _check_names(path, "feature", features, columns)
+    _check_names(path, "categorical", categorical, features)
     if both := sorted(set(features) & set(targets)):
         raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
     if not features:
         raise DataError(f"{path}: no feature columns left besides the target(s) {targets}")
-    table = read_table(path, features + targets, progress=progress)
-    X = to_matrix(table, features, source=path)
+    if not categorical:
+        try:  # the fast path: every feature cell a number
+            table = read_table(path, features + targets, progress=progress)
+            X = to_matrix(table, features, source=path)
+            Y = to_matrix(table, targets, source=path)
+            return TrainingData(X, Y, features, targets, str(path))
+        except DataError:
+            pass  # a blank or a text cell: read the features as they are
+    table = read_table(path, features + targets, text=features, progress=progress)
     Y = to_matrix(table, targets, source=path)
-    return TrainingData(X, Y, features, targets, str(path))
+    raw = raw_columns(table, features, categorical=categorical, source=str(path))
+    return TrainingData(None, Y, features, targets, str(path), raw=raw)
+
+
+def encode(data: TrainingData, train_idx: np.ndarray, config: EncodeConfig, *,
+           bias: bool) -> TrainingData:
+    """Learn the column specs on the training rows and build the design matrix; a plain
+    numeric table (no blanks, no categorical column, no --impute) is returned as it is."""
+    config.validate()
+    if data.raw is None and config.plain:
+        return data
+    raw = data.raw if data.raw is not None else numeric_raw(data.X, data.feature_names)
+    specs = learn(raw, train_idx, config, bias=bias, source=data.path)
+    X = design_matrix(raw, specs, source=data.path)
+    if is_plain(specs):
+        return replace(data, X=X, raw=None)
+    return replace(data, X=X, feature_names=encoded_names(specs), raw=raw, columns=specs)
 
 
 def _check_names(path: str | Path, kind: str, names: Sequence[str], columns: list[str]) -> None:

@@ -29,11 +29,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve.columns import ColumnSpec, read_specs
 from serve.errors import LinregError, ModelError, first_line
 from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
 from serve.tables import to_matrix
+from trainer.encode import design_matrix, raw_columns
 from trainer.files import read_table
 from trainer.model import LinearRegression, model_from_state_dict
+from trainer.onnx_tabular import needs_opset, tabular_graph
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
 DEFAULT_OPSET = 18
@@ -87,22 +90,41 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
 
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
-           opset: int = DEFAULT_OPSET, force: bool = False) -> dict[str, Any]:
-    """Write the requested formats into ``folder``, check parity, update the manifest."""
+           opset: int | None = None, force: bool = False) -> dict[str, Any]:
+    """Write the requested formats into ``folder``, check parity, update the manifest.
+
+    ``opset`` None: 18, or 19 for a model with categorical columns (string ``Equal``)."""
     folder = Path(folder)
     model, manifest = load_trained(folder)
+    specs = read_specs(manifest, folder / "model.json")
+    lowest = needs_opset(specs) if specs else 13
+    if opset is None:
+        opset = max(DEFAULT_OPSET, lowest)
+    elif opset < lowest and "onnx" in formats:
+        raise ExportError(f"--opset {opset}: this model's categorical columns need opset "
+                          f"{lowest} or later (Equal on strings); drop --opset or pass {lowest}")
     for fmt in formats:
         if fmt not in FORMATS:
             raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
         if (folder / FORMATS[fmt]).exists() and not force:
             raise ExportError(f"{folder / FORMATS[fmt]}: already exists; pass --force to overwrite it")
-    rows = parity_rows(folder, manifest)
+    raw_rows = tabular_parity_rows(manifest, specs) if specs else None
+    rows = parity_rows(folder, manifest) if specs is None else \
+        [_design(raw, specs, manifest) for raw in raw_rows]
     writers = {"onnx": _write_onnx, "torchscript": _write_torchscript, "pt2": _write_pt2}
     results = {}
     with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
         for fmt in formats:
-            info = writers[fmt](model, manifest, tmp[FORMATS[fmt]], opset)
-            info["parity"] = _check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
+            if fmt == "onnx" and specs:  # raw columns in: the encoding goes into the graph
+                info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset)
+                predict = _tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
+                info["parity"] = _parity(model, fmt, predict, raw_rows, rows, manifest)
+            else:
+                info = writers[fmt](model, manifest, tmp[FORMATS[fmt]], opset)
+                info["parity"] = _check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
+                if specs:
+                    info["input"] = {"encoded_matrix": len(manifest["features"]),
+                                     "note": NUMERIC_CORE_NOTE}
             results[fmt] = info
         for name, path in tmp.items():  # every file passed: rename them all into place
             os.replace(path, folder / name)
@@ -173,6 +195,18 @@ def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
     if written != opset:
         raise ExportError(f"--opset {opset}: torch {torch.__version__} wrote opset {written} "
                           "instead; choose an opset it supports (e.g. 18, the default)")
+    _finish_onnx(proto, manifest)
+    onnx.save_model(proto, path)  # one self-contained file: no external data
+    return {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
+            "torch_version": torch.__version__, "onnx_version": onnx.__version__,
+            "input": {"name": "features", "shape": ["batch", len(manifest["features"])]},
+            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
+
+
+def _finish_onnx(proto, manifest: dict[str, Any]) -> None:
+    """Metadata, producer and the checker: the same for every ONNX file linreg writes."""
+    import onnx
+
     for key, value in onnx_metadata(manifest).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -182,23 +216,32 @@ def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {e}") from None
-    onnx.save_model(proto, path)  # one self-contained file: no external data
-    return {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
-            "torch_version": torch.__version__, "onnx_version": onnx.__version__,
-            "input": {"name": "features", "shape": ["batch", len(manifest["features"])]},
-            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
+
+
+def onnx_version() -> str:
+    import onnx
+
+    return onnx.__version__
 
 
 def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
     """The ``metadata_props`` of model.onnx: names and key facts, as strings (ONNX's type)."""
     m, t = manifest["model"], manifest.get("training", {})
+    columns = manifest.get("columns")
+    tabular = {} if not columns else {  # raw columns in: what each input is and how it is encoded
+        "linreg.inputs": "columns",
+        "linreg.columns": json.dumps(columns),
+        "encoded_names": json.dumps(manifest["features"]),
+    }
+    inputs = [c["name"] for c in columns] if columns else manifest["features"]
     return {
         "linreg.schema_version": str(manifest["schema_version"]),
-        "feature_names": json.dumps(manifest["features"]),
+        "feature_names": json.dumps(inputs),
         "target_names": json.dumps(manifest["targets"]),
+        **tabular,
         "model_name": str(manifest.get("name", "")),
         "dtype": m["dtype"],
-        "n_features": str(m["n_features"]),
+        "n_features": str(len(inputs)),
         "n_targets": str(m["n_targets"]),
         "bias": json.dumps(m["bias"]),
         "normalization": "folded into the weights" if manifest.get("normalization") else "none",
@@ -267,11 +310,18 @@ def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
         predict = _loader(fmt, path)
     except Exception as e:  # e.g. an opset newer than this onnxruntime knows
         raise ExportError(f"{fmt}: the exported file does not load ({first_line(e)})") from None
+    return _parity(model, fmt, predict, rows, rows, manifest)
+
+
+def _parity(model, fmt: str, predict, inputs: list[Any], rows: list[np.ndarray],
+            manifest: dict[str, Any]) -> dict[str, Any]:
+    """The exported file's predictions on ``inputs`` against the trained model's on ``rows``
+    (the same rows: raw columns for a tabular ONNX file, the matrix otherwise)."""
     worst_abs, worst_rel = 0.0, 0.0
-    for X in rows:
+    for given, X in zip(inputs, rows):
         with torch.no_grad():
             ref = model(torch.from_numpy(X)).numpy().astype(np.float64)
-        got = np.asarray(predict(X), dtype=np.float64)
+        got = np.asarray(predict(given), dtype=np.float64)
         if got.shape != ref.shape:
             raise ExportError(f"{fmt}: predicted shape {got.shape} for {len(X)} row(s), "
                               f"expected {ref.shape}")
@@ -288,6 +338,89 @@ def _check_parity(model, fmt: str, path: Path, rows: list[np.ndarray],
     return {"rows_checked": [len(r) for r in rows], "max_abs_error": worst_abs,
             "max_rel_error": worst_rel, "tolerance": tol}
 
+
+
+NUMERIC_CORE_NOTE = ("the numeric core only: it takes the encoded design matrix (the "
+                     "manifest's features, in order), not raw columns; model.onnx takes raw "
+                     "columns")
+
+
+def tabular_parity_rows(manifest: dict[str, Any],
+                        specs: list[ColumnSpec]) -> list[dict[str, np.ndarray]]:
+    """Raw rows to compare on (held-out rows of the training file when it is unchanged, else
+    seeded synthetic rows over the levels and around the fills, with blanks), plus 1 row and
+    a large batch."""
+    rng = np.random.default_rng(0)
+    held = held_out_raw(manifest, specs)
+    first = held if held is not None else _synthetic_raw(specs, 256, rng)
+    return [first, {k: v[:1] for k, v in first.items()}, _synthetic_raw(specs, LARGE_BATCH, rng)]
+
+
+def held_out_raw(manifest: dict[str, Any], specs: list[ColumnSpec]) -> dict[str, np.ndarray] | None:
+    data = manifest.get("data", {})
+    idx, path = data.get("validation_indices"), data.get("path")
+    if not idx or not path or not Path(path).is_file() or sha256_file(path) != data.get("sha256"):
+        return None
+    names = [s.name for s in specs]
+    table = read_table(path, names, text=names)
+    raw = raw_columns(table, names, categorical=[s.name for s in specs
+                                                 if s.kind == "categorical"], source=path)
+    return {k: v[np.asarray(idx)] for k, v in raw.items()}
+
+
+def _synthetic_raw(specs: list[ColumnSpec], n: int, rng: np.random.Generator):
+    raw = {}
+    for s in specs:
+        if s.kind == "categorical":
+            raw[s.name] = np.array(s.levels, dtype=object)[rng.integers(0, len(s.levels), n)]
+        else:
+            values = (s.fill or 0.0) + 5.0 * rng.standard_normal(n)
+            if s.fill is not None:
+                values[rng.random(n) < 0.1] = np.nan
+            raw[s.name] = values
+    return raw
+
+
+def _design(raw: dict[str, np.ndarray], specs: list[ColumnSpec], manifest) -> np.ndarray:
+    """The training-time pipeline on raw rows: the trainer's own encoding, in the model dtype."""
+    X = design_matrix(raw, specs, source="parity rows")
+    return np.ascontiguousarray(X, dtype=np.dtype(manifest["model"]["dtype"]))
+
+
+def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec], path: Path,
+                        opset: int) -> dict[str, Any]:
+    weight = model.linear.weight.detach().cpu().numpy()
+    bias = model.linear.bias.detach().cpu().numpy() if model.linear.bias is not None else None
+    if "prediction" in {s.name for s in specs}:
+        raise ExportError("a column named 'prediction' clashes with the model's output; "
+                          "rename it and train again")
+    proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset)
+    _finish_onnx(proto, manifest)
+    import onnx
+
+    onnx.save_model(proto, path)
+    return {"opset": opset, "exporter": "linreg (onnx.helper: encoding + Gemm)",
+            "onnx_version": onnx_version(),
+            "inputs": [{"name": s.name, "shape": ["batch", 1],
+                        "type": "string" if s.kind == "categorical" else
+                        manifest["model"]["dtype"]} for s in specs],
+            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
+
+
+def _tabular_loader(path: Path, specs: list[ColumnSpec], manifest: dict[str, Any]):
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ExportError(f"onnx: the exported file does not load ({first_line(e)})") from None
+    dtype = np.dtype(manifest["model"]["dtype"])
+
+    def predict(raw: dict[str, np.ndarray]) -> np.ndarray:
+        feeds = {s.name: (raw[s.name].astype(object) if s.kind == "categorical" else
+                          raw[s.name].astype(dtype)).reshape(-1, 1) for s in specs}
+        return sess.run(["prediction"], feeds)[0]
+    return predict
 
 
 def _loader(fmt: str, path: Path):

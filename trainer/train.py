@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,36 +22,42 @@ import pyarrow.csv as pacsv
 import torch
 
 from serve.atomic import atomic_dir, resolve_output
+from serve.columns import specs_json
 from serve.errors import OutputError, OutputExistsError
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
 from trainer.config import TrainConfig, check_setting
-from trainer.data import TrainingData, load_training_data, split_rows
+from trainer.data import TrainingData, encode, load_training_data, split_rows
+from trainer.encode import EncodeConfig
 from trainer.fit import FitResult, fit, least_squares
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
           targets: Sequence[str] = (), features: Sequence[str] = (),
-          exclude: Sequence[str] = (), val_fraction: float | None = None,
+          exclude: Sequence[str] = (), encoding: EncodeConfig | None = None,
+          val_fraction: float | None = None,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
           progress: Callable[[float], None] | None = None,
           read_progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
     """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
+    encoding = encoding or EncodeConfig()
+    encoding.validate()
     if val_fraction:  # None or 0: no validation split
         check_setting("val_fraction", val_fraction)
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
     data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
-                              progress=read_progress)
+                              categorical=encoding.categorical, progress=read_progress)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
+    data = encode(data, train_idx, encoding, bias=config.bias)
     X, Y = data.X[train_idx], data.Y[train_idx]
     result = fit(X, Y, config, log=log, progress=progress)
 
     with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
-        manifest = _manifest(data, result, config, train_idx, val_idx, out.name)
+        manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
         if plot:
@@ -121,7 +128,8 @@ def _write_history(path: Path, result: FitResult) -> None:
 
 
 def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
-              train_idx: np.ndarray, val_idx: np.ndarray, name: str) -> dict[str, Any]:
+              encoding: EncodeConfig, train_idx: np.ndarray, val_idx: np.ndarray,
+              name: str) -> dict[str, Any]:
     X, Y = data.X[train_idx], data.Y[train_idx]
     metrics = {"train": regression_metrics(X, Y, result.coef_, result.intercept_)}
     if len(val_idx):
@@ -146,6 +154,9 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
                   "intercept_": result.intercept_.tolist()},
         "features": data.feature_names,
         "targets": data.target_names,
+        "columns": specs_json(data.columns) if data.columns else None,
+        "encoding": {**asdict(encoding), "categorical": list(encoding.categorical)}
+        if data.columns else None,
         "normalization": std,
         "data": {"path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
                  "rows": data.n_rows,

@@ -1,0 +1,222 @@
+"""Categorical columns and blanks: what is learned at training time, and the design matrix.
+
+    linreg-train homes.csv --target price --impute mean --missing-indicator --exclude id
+
+1. Classify each feature column: numeric when every non-blank cell is a number by the one
+   number rule (``--categorical`` forces text codes such as zip codes to be categorical).
+2. Learn from the training rows only: per numeric column the fill value for blanks
+   (``--impute``), whether it gets a missing indicator; per categorical column its levels
+   (sorted: numerically when they all read as numbers, as patsy sorts them; a blank is a level
+   of its own, last), the reference level and the policy for an unseen level.
+3. Build the design matrix in float64: numeric values (blanks filled) and indicators,
+   treatment-coded levels (statsmodels' ``C(col)``: the first level is the reference when the
+   model has a bias; without a bias the first categorical column gets every level, as patsy
+   does, so the matrix keeps full rank).
+
+The learned :class:`serve.columns.ColumnSpec` list goes into the manifest and, by the
+exporter, into ``model.onnx``, which repeats step 3 on raw values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.columns import MISSING, ColumnSpec, level_text
+from serve.errors import DataError
+from serve.numbers import BadCell, parse_numbers, shown
+from trainer.config import CHOICES, TrainingError, check_impute, check_setting
+
+# A raw column: float64 with NaN for blanks (numeric) or level texts, MISSING for blanks.
+RawColumns = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    """How raw columns become the design matrix; plain values, saved in the manifest."""
+
+    categorical: tuple[str, ...] = ()
+    impute: str | None = None  # mean, median, most-frequent or constant:V; None: blanks refused
+    missing_indicator: bool = False
+    max_levels: int = 1000
+    unknown: str = "error"  # or "reference"
+
+    def validate(self) -> None:
+        if self.impute is not None:
+            check_impute(self.impute)
+        check_setting("max_levels", self.max_levels)
+        if self.unknown not in CHOICES["unknown"]:
+            raise TrainingError(f"--unknown {self.unknown!r}: use one of "
+                                f"{', '.join(CHOICES['unknown'])}")
+        if self.missing_indicator and self.impute is None:
+            raise TrainingError("--missing-indicator needs --impute: the indicator marks the "
+                                "blanks that --impute fills")
+
+    @property
+    def plain(self) -> bool:
+        """No setting that asks for the tabular contract by itself."""
+        return not self.categorical and self.impute is None
+
+
+def impute_fill(how: str, observed: np.ndarray) -> float:
+    """The fill value for ``how`` from a column's observed (non-blank) training values."""
+    check_impute(how)
+    if how.startswith("constant:"):
+        return float(how.removeprefix("constant:"))
+    if how == "mean":
+        return float(np.mean(observed))
+    if how == "median":
+        return float(np.median(observed))
+    values, counts = np.unique(observed, return_counts=True)  # ties: the smallest value
+    return float(values[np.argmax(counts)])
+
+
+# ------------------------------------------------------------------------ 1. classify
+
+def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str],
+                source: str) -> RawColumns:
+    """The feature columns of an Arrow table as raw columns (see ``RawColumns``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    out: RawColumns = {}
+    for name in names:
+        col = table.column(name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        t = col.type
+        if pa.types.is_dictionary(t):
+            col, t = col.cast(t.value_type), t.value_type
+        text = pa.types.is_string(t) or pa.types.is_large_string(t)
+        number = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
+            or pa.types.is_decimal(t) or pa.types.is_null(t)
+        if not (text or number):
+            raise DataError(f"{source}: column {name!r} has type {t}; linreg takes numbers and "
+                            "text (pass --exclude " + name + " to leave it out)")
+        if name not in categorical:
+            if number:
+                out[name] = pc.fill_null(col.cast(pa.float64(), safe=False), math.nan) \
+                    .to_numpy(zero_copy_only=False)
+                continue
+            try:
+                out[name] = parse_numbers(col, blanks=True)
+                continue
+            except BadCell:
+                pass  # a cell that is not a number: the column is categorical
+        if text:
+            texts = pc.fill_null(col, MISSING).to_numpy(zero_copy_only=False)
+        else:
+            texts = np.array([level_text(v) for v in col.to_pylist()], dtype=object)
+        out[name] = texts.astype(object)
+    return out
+
+
+def numeric_raw(X: np.ndarray, names: Sequence[str]) -> RawColumns:
+    """Raw columns of an all-numeric matrix (the fast read path)."""
+    return {n: X[:, j] for j, n in enumerate(names)}
+
+
+# ------------------------------------------------------------------------ 2. learn
+
+def learn(raw: RawColumns, train_idx: np.ndarray, config: EncodeConfig, *, bias: bool,
+          source: str) -> list[ColumnSpec]:
+    """Each column's spec, learned from the training rows ``train_idx`` only."""
+    specs, full_rank_used = [], bias
+    for name, values in raw.items():
+        seen = values[train_idx]
+        if values.dtype != object:
+            specs.append(_learn_numeric(name, values, seen, config, source))
+            continue
+        levels = _levels(name, seen, config.max_levels, source)
+        reference = None if not full_rank_used else levels[0]
+        full_rank_used = True
+        specs.append(ColumnSpec(name, "categorical", levels=tuple(levels), reference=reference,
+                                unknown=config.unknown, blanks=int(np.sum(seen == MISSING))))
+    return specs
+
+
+def _learn_numeric(name: str, values: np.ndarray, seen: np.ndarray, config: EncodeConfig,
+                   source: str) -> ColumnSpec:
+    inf = np.isinf(values)
+    if inf.any():
+        r = int(np.flatnonzero(inf)[0])
+        raise DataError(f"{source}: row {r + 1}, column {name!r}: "
+                        f"{'inf' if values[r] > 0 else '-inf'} is not allowed (clean or drop "
+                        "the row)")
+    blank = np.isnan(values)
+    if config.impute is None:
+        if blank.any():
+            r = int(np.flatnonzero(blank)[0])
+            raise DataError(f"{source}: row {r + 1}, column {name!r}: missing value; pass "
+                            "--impute mean (or median, most-frequent, constant:V) to fill "
+                            "blanks, or clean or drop the row")
+        return ColumnSpec(name, "numeric")
+    observed = seen[~np.isnan(seen)]
+    if not observed.size and not config.impute.startswith("constant:"):
+        raise DataError(f"{source}: column {name!r} has no values in the training rows to "
+                        f"learn --impute {config.impute} from; use --impute constant:V or "
+                        f"--exclude {name}")
+    blanks = int(np.isnan(seen).sum())
+    return ColumnSpec(name, "numeric", fill=impute_fill(config.impute, observed),
+                      indicator=config.missing_indicator and blanks > 0, blanks=blanks)
+
+
+def _levels(name: str, seen: np.ndarray, max_levels: int, source: str) -> list[str]:
+    distinct = set(seen.tolist())
+    has_missing = MISSING in distinct
+    distinct.discard(MISSING)
+    if len(distinct) > max_levels:
+        raise DataError(f"{source}: column {name!r} has {len(distinct):,} levels, more than "
+                        f"--max-levels {max_levels:,}; pass --exclude {name} if it is an id "
+                        "or free text, or raise --max-levels")
+    return sorted(distinct, key=_level_key) + ([MISSING] if has_missing else [])
+
+
+def _level_key(level: str) -> tuple[float, str]:
+    try:
+        number = float(level)  # numeric codes sort as numbers (patsy: 2 before 10)
+    except ValueError:
+        number = math.nan
+    return (number if math.isfinite(number) else math.inf, level)
+
+
+# ------------------------------------------------------------------------ 3. encode
+
+def design_matrix(raw: Mapping[str, np.ndarray], specs: Sequence[ColumnSpec], *,
+                  source: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """The float64 design matrix of raw values (1-D arrays by column name), in the order of
+    ``encoded_names``. A blank with no fill, or an unseen level under ``unknown: error``, is a
+    DataError naming its row (``rows`` maps positions back to data rows)."""
+    blocks = []
+    for spec in specs:
+        values = raw[spec.name]
+        if spec.kind == "numeric":
+            blank = np.isnan(values)
+            filled = values if spec.fill is None else np.where(blank, spec.fill, values)
+            blocks.append(filled.reshape(-1, 1))
+            if spec.indicator:
+                blocks.append(blank.astype(np.float64).reshape(-1, 1))
+            continue
+        index = {lv: j for j, lv in enumerate(spec.coded_levels)}
+        uniques, inverse = np.unique(values, return_inverse=True)
+        for u in uniques:
+            if u not in spec.levels and spec.unknown == "error":
+                r = int(np.flatnonzero(values == u)[0])
+                row = int(rows[r]) if rows is not None else r
+                raise DataError(f"{source}: row {row + 1} (a validation row), column "
+                                f"{spec.name!r}: level {shown(u)} is not in the training rows; "
+                                "pass --unknown reference to predict it as the reference "
+                                "level, or train without --val-fraction")
+        codes = np.array([index.get(u, -1) for u in uniques], dtype=np.int64)[inverse]
+        onehot = np.zeros((len(values), len(index)))
+        hit = codes >= 0
+        onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+        blocks.append(onehot)
+    X = np.hstack(blocks) if blocks else np.empty((0, 0))
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def encoded_names(specs: Sequence[ColumnSpec]) -> list[str]:
+    return [n for s in specs for n in s.encoded_names()]
