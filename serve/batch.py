@@ -24,6 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from serve.atomic import output_file
+from serve.columns import Frame
 from serve.errors import DataError, OutputError, first_line
 from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
 from serve.jsontext import JSONTextError
@@ -43,7 +44,7 @@ from serve.tables import (
     to_matrix,
 )
 
-Chunk = tuple[np.ndarray, dict[str, pa.Array], int]
+Chunk = tuple[np.ndarray | Frame, dict[str, pa.Array], int]
 
 
 def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
@@ -125,10 +126,18 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
 def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) -> Iterator[Chunk]:
     name = STDIN if str(source) == "-" else str(source)
     block = CSV_MAX_BLOCK if str(source) == "-" else _csv_block_size(Path(source), batch_rows)
-    for batch, first in csv_batches(source, predictor.feature_names, keep=keep, block_size=block):
-        rows = to_matrix(batch, predictor.feature_names, source=name, dtype=predictor.dtype,
-                         row_offset=first, finite=False)
-        yield rows, {k: batch.column(k) for k in keep}, first
+    tabular = predictor.columns is not None  # raw columns: read as text, parsed per kind
+    numbers, text = ([], predictor.feature_names) if tabular else (predictor.feature_names, [])
+    for batch, first in csv_batches(source, numbers, text=text, keep=keep, block_size=block):
+        yield _rows(predictor, batch, name, first), {k: batch.column(k) for k in keep}, first
+
+
+def _rows(predictor: Predictor, batch: pa.RecordBatch, name: str, first: int) -> np.ndarray | Frame:
+    """A chunk's model inputs: the feature matrix, or a tabular model's raw columns."""
+    if predictor.columns is not None:
+        return predictor.as_frame(batch, row_offset=first, source=name)
+    return to_matrix(batch, predictor.feature_names, source=name, dtype=predictor.dtype,
+                     row_offset=first, finite=False)
 
 
 def _csv_block_size(path: Path, batch_rows: int) -> int:
@@ -159,9 +168,8 @@ def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: i
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{source}: after row {first}: not a readable Parquet file "
                             f"({first_line(e)})") from None
-        rows = to_matrix(batch, predictor.feature_names, source=source, dtype=predictor.dtype,
-                         row_offset=first, finite=False)
-        yield rows, {k: batch.column(k) for k in keep}, first
+        yield _rows(predictor, batch, str(source), first), {k: batch.column(k) for k in keep}, \
+            first
         first += batch.num_rows
 
 
@@ -175,6 +183,10 @@ def _npy_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
         data = np.load(blob, allow_pickle=False)
     else:
         name, data = str(source), load_npy(source, mmap=True)
+    if predictor.columns is not None:
+        raise DataError(f"{name}: this model takes named raw columns ("
+                        f"{', '.join(predictor.feature_names)}); give it CSV, Parquet or "
+                        "JSON-lines")
     if data.ndim == 1 and predictor.n_features == 1:
         data = data.reshape(-1, 1)
     if data.ndim != 2 or data.shape[1] != predictor.n_features:
@@ -191,6 +203,7 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
     """One JSON object per line (keys are feature names) or one array of features per line."""
     name = STDIN if str(source) == "-" else str(source)
     features = predictor.feature_names
+    tabular = predictor.columns is not None
     stream = sys.stdin.buffer if str(source) == "-" else open(source, "rb")  # noqa: SIM115
     try:
         rows, kept, first, line_no = [], {k: [] for k in keep}, 0, 0
@@ -213,7 +226,11 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
             else:
                 raise DataError(f"{name}: line {line_no}: expected an object keyed by feature "
                                 "name" + ("" if keep else " or an array of features"))
-            if len(values) != len(features) or not all(
+            if tabular:  # raw values of any JSON type, checked by the model's columns
+                if len(values) != len(features):
+                    raise DataError(f"{name}: line {line_no}: {len(values)} values, the model "
+                                    f"needs {len(features)}")
+            elif len(values) != len(features) or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 bad = next((v for v in values if not isinstance(v, (int, float))
                             or isinstance(v, bool)), None)
@@ -235,8 +252,12 @@ def _jsonl_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int
 
 
 def _jsonl_chunk(rows, kept, first, predictor: Predictor, name: str) -> Chunk:
-    with np.errstate(over="ignore"):  # an overflow is named as inf just below
-        arr = np.asarray(rows, dtype=predictor.dtype)
+    if predictor.columns is not None:
+        columns = {n: [r[j] for r in rows] for j, n in enumerate(predictor.feature_names)}
+        arr = predictor.as_frame(columns, row_offset=first, source=name)
+    else:
+        with np.errstate(over="ignore"):  # an overflow is named as inf just below
+            arr = np.asarray(rows, dtype=predictor.dtype)
     columns = {}
     for k, v in kept.items():
         try:

@@ -24,6 +24,7 @@ ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "I
                          "Constant", "Where", "IsNaN", "Equal"})
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {1: "float", 11: "double"}
+_STRING = 8
 
 
 @dataclass
@@ -61,9 +62,18 @@ def check_graph(data: bytes, source: str, *, allow_foreign: bool = False) -> Gra
         what = ", ".join(foreign[:5]) or ("sub-graphs" if facts.subgraphs else "local functions")
         raise ModelError(f"{source}: not a linreg model graph (it uses {what}){hint}")
     inputs = [i for i in facts.inputs if i[0] not in facts.initializers]
-    if len(inputs) != 1 or len(facts.outputs) != 1:
+    if len(facts.outputs) != 1 or not inputs:
         raise ModelError(f"{source}: not a linreg model graph ({len(inputs)} inputs and "
-                         f"{len(facts.outputs)} outputs; expected one of each){hint}")
+                         f"{len(facts.outputs)} outputs; expected one output){hint}")
+    if len(inputs) > 1 or inputs[0][1] == _STRING:  # raw columns: one [batch, 1] each
+        for name, elem, dims in inputs:
+            if elem not in (*_FLOAT_TYPES, _STRING) or dims[1:] != [1] or len(dims) != 2:
+                raise ModelError(f"{source}: input {name!r} is not a raw column (float or "
+                                 f"string [batch, 1]){hint}")
+            if elem != _STRING and elem != facts.outputs[0][1]:
+                raise ModelError(f"{source}: input {name!r} and the output have different "
+                                 f"element types{hint}")
+        inputs = [(inputs[0][0], facts.outputs[0][1], inputs[0][2])]  # the output check below
     for kind, (name, elem, dims) in (("input", inputs[0]), ("output", facts.outputs[0])):
         if elem not in _FLOAT_TYPES or len(dims) != 2 or not isinstance(dims[1], int) \
                 or dims[1] < 1:

@@ -21,6 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from serve.columns import (
+    ColumnSpec,
+    Frame,
+    FrameError,
+    check_frame,
+    frame_from_arrow,
+    frame_from_values,
+    specs_from_json,
+)
 from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
 from serve.graph import check_graph
@@ -39,8 +48,10 @@ class Predictor:
     """A loaded model: ``feature_names``, ``target_names``, ``metadata`` and ``predict(X)``."""
 
     def __init__(self, backend: _Backend, *, feature_names: list[str], target_names: list[str],
-                 metadata: dict[str, Any], dtype: np.dtype, source: str) -> None:
+                 metadata: dict[str, Any], dtype: np.dtype, source: str,
+                 columns: list[ColumnSpec] | None = None) -> None:
         self._backend = backend
+        self.columns = columns  # raw-column specs of a tabular model; None: one features matrix
         self.feature_names = list(feature_names)
         self.target_names = list(target_names)
         self.metadata = metadata
@@ -84,6 +95,11 @@ class Predictor:
         check_graph(data, str(path), allow_foreign=allow_foreign)
         backend = _OnnxBackend(data, path, threads)
         meta = backend.metadata
+        if backend.columns is not None:
+            return cls(backend, feature_names=[c.name for c in backend.columns],
+                       target_names=_json_list(meta.get("target_names")) or
+                       [f"t{i}" for i in range(backend.width_out)], metadata=meta,
+                       dtype=backend.dtype, source=str(path), columns=backend.columns)
         n_in, n_out = backend.width_in, backend.width_out
         features = _json_list(meta.get("feature_names")) or [f"f{i}" for i in range(n_in)]
         targets = _json_list(meta.get("target_names")) or [f"t{i}" for i in range(n_out)]
@@ -121,6 +137,9 @@ class Predictor:
         ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
         ``row_offset`` and ``source`` place error messages in a file read in chunks.
         """
+        if self.columns is not None:
+            return self._predict_frame(X if isinstance(X, Frame) else self.as_frame(X),
+                                       cancel, row_offset, source)
         if type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
                 and X.shape[1] == self.n_features and X.flags.c_contiguous:
             rows = X  # fast path: already the model's own layout
@@ -141,6 +160,61 @@ class Predictor:
                                        f"{self.target_names[c]!r} overflows {self.dtype} "
                                        f"({what}); the inputs are too large for this model")
         return pred
+
+    def _predict_frame(self, frame: Frame, cancel: Cancel | None, row_offset: int,
+                       source: str | None) -> np.ndarray:
+        pred = self._backend.run(frame.arrays, cancel)
+        if pred.shape != (len(frame), self.n_targets):
+            raise ModelError(f"{self.source}: the model returned {pred.shape} for {len(frame)} "
+                             f"row(s); expected ({len(frame)}, {self.n_targets})")
+        if not _all_finite(pred):  # the graph's NaN: a blank without a fill, an unseen level
+            self.check_finite(frame, row_offset=row_offset, source=source)
+            r, c, what = first_non_finite(pred)
+            where = f"{source}: " if source else ""
+            raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
+                                       f"{self.target_names[c]!r} overflows {self.dtype} "
+                                       f"({what}); the inputs are too large for this model")
+        return pred
+
+    def as_inputs(self, X: Any) -> np.ndarray | Frame:
+        """What the model runs on: a matrix (:meth:`as_matrix`) or, for a tabular model, a
+        :class:`serve.columns.Frame` of raw columns (:meth:`as_frame`)."""
+        return self.as_frame(X) if self.columns is not None else self.as_matrix(X)
+
+    def as_frame(self, X: Any, *, row_offset: int = 0, source: str | None = None) -> Frame:
+        """Raw values (records, a dict of columns, a DataFrame, rows in column order, an Arrow
+        table) as the tabular model's inputs: strings, ``None`` and NaN welcome."""
+        assert self.columns is not None
+        if hasattr(X, "schema") and hasattr(X, "column"):  # an Arrow table or batch
+            self._check_columns(list(X.schema.names))
+            return frame_from_arrow(X, self.columns, self.dtype, row_offset=row_offset,
+                                    source=source)
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
+            self._check_columns(list(map(str, X.columns)))
+            columns = {n: X[n].tolist() for n in self.feature_names}
+        elif isinstance(X, Mapping):
+            self._check_columns(list(X))
+            columns = {n: _column_list(X[n], n) for n in self.feature_names}
+        else:
+            if isinstance(X, np.ndarray):
+                X = X.tolist()
+            if not isinstance(X, (list, tuple)) or not X:
+                raise PredictionInputError("expected rows: records (objects by column name), "
+                                           "lists in column order, or a dict of columns")
+            if isinstance(X[0], Mapping):
+                X = self._records(X)
+            elif not isinstance(X[0], (list, tuple)):
+                X = [X]  # one row
+            for r, row in enumerate(X, start=1):
+                if not isinstance(row, (list, tuple)) or len(row) != self.n_features:
+                    raise PredictionInputError(f"row {r}: expected {self.n_features} values "
+                                               f"({', '.join(self.feature_names)})")
+            columns = {n: [row[j] for row in X] for j, n in enumerate(self.feature_names)}
+        try:
+            return frame_from_values(columns, self.columns, self.dtype, row_offset=row_offset,
+                                     source=source)
+        except FrameError as e:
+            raise PredictionInputError(str(e)) from None
 
     def as_matrix(self, X: Any) -> np.ndarray:
         """``X`` as a C-ordered ``(n_rows, n_features)`` array of the model's dtype."""
@@ -212,14 +286,19 @@ class Predictor:
     def _name(self, c: int) -> str:
         return self.feature_names[c] if c < self.n_features else str(c)
 
-    def check_finite(self, rows: np.ndarray, *, row_offset: int = 0,
+    def check_finite(self, rows: np.ndarray | Frame, *, row_offset: int = 0,
                      source: str | None = None) -> None:
-        """Raise a PredictionInputError naming the first NaN or infinite cell, if any.
+        """Raise a PredictionInputError naming the first cell the model cannot take: NaN or
+        infinite (a tabular model: a blank without a fill, an unseen level), if any.
 
         ``row_offset`` counts the rows before ``rows`` (files read in chunks); ``source``
         prefixes the message (a file name)."""
-        message = non_finite_message(rows, self.feature_names, source=source,
-                                     row_offset=row_offset)
+        if isinstance(rows, Frame):
+            message = check_frame(rows, self.columns or [], row_offset=row_offset,
+                                  source=source)
+        else:
+            message = non_finite_message(rows, self.feature_names, source=source,
+                                         row_offset=row_offset)
         if message:
             raise PredictionInputError(message)
 
@@ -233,6 +312,12 @@ def _all_finite(a: np.ndarray) -> bool:
     if a.size <= 64:
         return all(map(math.isfinite, a.ravel().tolist()))
     return bool(np.isfinite(a).all())
+
+
+def _column_list(values: Any, name: str) -> list[Any]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        return [values]  # one row given as {column: value}
+    return list(values.tolist() if hasattr(values, "tolist") else values)
 
 
 def _columns_to_rows(columns: list[Any]) -> np.ndarray:
@@ -318,6 +403,11 @@ class _OnnxBackend(_Backend):
             raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
         self._large = self._small if threads is not None else None
         inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
+        self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
+        self.columns = None
+        if "linreg.columns" in self.metadata:
+            self._raw_columns(inputs, outputs)
+            return
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 2 \
                 or inputs[0].type not in _ORT_TYPES or len(outputs[0].shape) != 2:
             raise ModelError(f"{path}: not a linreg model (expected one 2-D float input and one "
@@ -331,9 +421,29 @@ class _OnnxBackend(_Backend):
         self.dtype = np.dtype(_ORT_TYPES[inputs[0].type])
         self.width_in = int(inputs[0].shape[1])
         self.width_out = int(outputs[0].shape[1])
-        self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
         self._outputs = [self.output_name]
         self._run_small = self._small.run
+        self._feeds = lambda rows: {self.input_name: rows}
+
+    def _raw_columns(self, inputs: list[Any], outputs: list[Any]) -> None:
+        """A tabular model: one input per raw column, as its specs in the metadata say."""
+        path = self._path
+        self.columns = specs_from_json(self.metadata["linreg.columns"], str(path))
+        if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].type not in _ORT_TYPES \
+                or not isinstance(outputs[0].shape[1], int):
+            raise ModelError(f"{path}: not a linreg model (expected one 2-D float output)")
+        self.dtype = np.dtype(_ORT_TYPES[outputs[0].type])
+        want = {c.name: ("tensor(string)" if c.kind == "categorical" else outputs[0].type)
+                for c in self.columns}
+        got = {i.name: i.type for i in inputs}
+        if got != want:
+            raise ModelError(f"{path}: the graph's inputs {got} do not match its column specs "
+                             f"{want}")
+        self.output_name = outputs[0].name
+        self.width_in, self.width_out = len(self.columns), int(outputs[0].shape[1])
+        self._outputs = [self.output_name]
+        self._run_small = self._small.run
+        self._feeds = lambda arrays: arrays
 
     def _session(self, threads: int):
         ort = self._ort
@@ -347,14 +457,15 @@ class _OnnxBackend(_Backend):
 
     def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
         session_run = self._run_small
-        if len(rows) >= SMALL_BATCH and self._threads is None:
+        n = len(rows) if self.columns is None else len(next(iter(rows.values())))
+        if n >= SMALL_BATCH and self._threads is None:
             if self._large is None:
                 self._large = self._session(0)  # 0: one thread per physical core
             session_run = self._large.run
         if cancel is None:
-            return session_run(self._outputs, {self.input_name: rows})[0]
+            return session_run(self._outputs, self._feeds(rows))[0]
         try:
-            return session_run(self._outputs, {self.input_name: rows},
+            return session_run(self._outputs, self._feeds(rows),
                                cancel.run_options(self._ort))[0]
         except Exception as e:
             if cancel.cancelled:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from serve.columns import Frame, specs_json
 from serve.errors import DataError
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
@@ -51,20 +52,22 @@ def parse_json(body: bytes) -> Any:
                            f"request body: {e}") from None
 
 
-def as_rows(predictor: Predictor, X: Any, *, max_rows: int, where: str = "") -> np.ndarray:
+def as_rows(predictor: Predictor, X: Any, *, max_rows: int,
+            where: str = "") -> np.ndarray | Frame:
     """Rows from JSON-ish values via the Predictor's own checks, bounded in count."""
     prefix = f"{where}: " if where else ""
     if isinstance(X, (list, tuple)) and len(X) == 0:
         raise RequestError(f"{prefix}no rows to predict")
     try:
-        rows = predictor.as_matrix(X)
+        rows = predictor.as_inputs(X)
     except DataError as e:
         raise RequestError(f"{prefix}{e}") from None
     _check_rows(predictor, rows, max_rows, prefix)
     return rows
 
 
-def _check_rows(predictor: Predictor, rows: np.ndarray, max_rows: int, prefix: str = "") -> None:
+def _check_rows(predictor: Predictor, rows: np.ndarray | Frame, max_rows: int,
+                prefix: str = "") -> None:
     if len(rows) == 0:
         raise RequestError(f"{prefix}no rows to predict")
     if len(rows) > max_rows:
@@ -80,12 +83,18 @@ def _check_rows(predictor: Predictor, rows: np.ndarray, max_rows: int, prefix: s
 
 def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
     dt = V2_NAMES[predictor.dtype]
+    params: dict[str, Any] = {"feature_names": predictor.feature_names,
+                              "target_names": predictor.target_names}
+    if predictor.columns is not None:  # one input per raw column
+        inputs = [{"name": c.name, "datatype": "BYTES" if c.kind == "categorical" else dt,
+                   "shape": [-1, 1]} for c in predictor.columns]
+        params["columns"] = specs_json(predictor.columns)
+    else:
+        inputs = [{"name": INPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_features]}]
     return {
-        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
-        "inputs": [{"name": INPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_features]}],
+        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
         "outputs": [{"name": OUTPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_targets]}],
-        "parameters": {"feature_names": predictor.feature_names,
-                       "target_names": predictor.target_names},
+        "parameters": params,
     }
 
 
@@ -106,6 +115,8 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
         header, binary = parse_json(body), memoryview(b"")
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise RequestError("expected an object with an 'inputs' list")
+    if predictor.columns is not None:
+        return header, _v2_frame(predictor, header["inputs"], binary, max_rows)
     inputs = header["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(f"expected exactly one input tensor named {INPUT_NAME!r}, got "
@@ -158,6 +169,106 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
     return header, rows
 
 
+def _v2_frame(predictor: Predictor, inputs: list[Any], binary: memoryview,
+              max_rows: int) -> Frame:
+    """A tabular model's request: one tensor per raw column, ``[rows]`` or ``[rows, 1]``;
+    ``BYTES`` for categorical columns (JSON strings, or the binary extension's 4-byte
+    little-endian length before each element), FP32/FP64 for numeric ones (``null`` or NaN
+    for a blank)."""
+    kinds = {c.name: c.kind for c in predictor.columns or []}
+    columns: dict[str, list[Any]] = {}
+    n_rows, offset = None, 0
+    for tensor in inputs:
+        if not isinstance(tensor, dict):
+            raise RequestError("each input must be an object")
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in kinds:
+            raise RequestError(f"unknown input {shown(name)}; the model's inputs are its "
+                               f"columns {', '.join(kinds)}")
+        if name in columns:
+            raise RequestError(f"input {name!r} is given twice")
+        datatype = tensor.get("datatype")
+        allowed = ("BYTES",) if kinds[name] == "categorical" else tuple(V2_DATATYPES)
+        if datatype not in allowed:
+            raise RequestError(f"input {name!r}: datatype {shown(datatype)}; send "
+                               f"{' or '.join(allowed)} for this {kinds[name]} column")
+        shape = tensor.get("shape")
+        if not isinstance(shape, list) or len(shape) not in (1, 2) or not all(
+                type(d) is int and d >= 0 for d in shape) or shape[1:] not in ([], [1]):
+            raise RequestError(f"input {name!r}: shape {shown(shape)}; expected [rows] or "
+                               "[rows, 1]")
+        if shape[0] > max_rows:
+            raise RequestError(f"{shape[0]:,} rows is more than the limit of {max_rows:,} "
+                               "per request (--max-rows)", status=413)
+        if n_rows is not None and shape[0] != n_rows:
+            raise RequestError(f"input {name!r} has {shape[0]} rows, the others {n_rows}")
+        n_rows = shape[0]
+        params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError("input 'parameters' must be an object")
+        size = params.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0 or offset + size > len(binary):
+                raise RequestError(f"input {name!r}: binary_data_size {shown(size)} does not fit "
+                                   f"the {len(binary) - offset} bytes left after the JSON header")
+            part = binary[offset:offset + size]
+            offset += size
+            values = _binary_values(part, datatype, shape[0], name)
+        else:
+            data = tensor.get("data")
+            if not isinstance(data, list):
+                raise RequestError(f"input {name!r} has neither a 'data' list nor "
+                                   "binary_data_size")
+            values = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]
+            if len(values) != shape[0]:
+                raise RequestError(f"input {name!r} has {len(values)} values but shape "
+                                   f"{shape} needs {shape[0]}")
+            if datatype == "BYTES" and not all(isinstance(v, str) or v is None for v in values):
+                raise RequestError(f"input {name!r}: BYTES data must be strings")
+            if datatype != "BYTES" and not all(v is None or (isinstance(v, (int, float)) and
+                                                             not isinstance(v, bool))
+                                               for v in values):
+                raise RequestError(f"input {name!r}: {datatype} data must be numbers (null "
+                                   "for a blank)")
+        columns[name] = values
+    if offset != len(binary):
+        raise RequestError(f"{len(binary) - offset} bytes of binary data after the JSON header "
+                           "belong to no input")
+    missing = [c for c in kinds if c not in columns]
+    if missing:
+        raise RequestError(f"missing input(s) {', '.join(missing)}; the model takes one input "
+                           f"per column: {', '.join(kinds)}")
+    frame = as_rows(predictor, columns, max_rows=max_rows)
+    return frame
+
+
+def _binary_values(part: memoryview, datatype: str, n: int, name: str) -> list[Any]:
+    if datatype != "BYTES":
+        want = n * V2_DATATYPES[datatype].itemsize
+        if len(part) != want:
+            raise RequestError(f"input {name!r}: binary_data_size {len(part)} for {n} "
+                               f"{datatype} values must be {want}")
+        return np.frombuffer(part, dtype=V2_DATATYPES[datatype]).tolist()
+    values, pos = [], 0
+    raw = bytes(part)
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise RequestError(f"input {name!r}: BYTES data ends inside a length prefix")
+        size = int.from_bytes(raw[pos:pos + 4], "little")
+        if pos + 4 + size > len(raw):
+            raise RequestError(f"input {name!r}: a BYTES element runs past its data")
+        try:
+            values.append(raw[pos + 4:pos + 4 + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise RequestError(f"input {name!r}: BYTES element {len(values) + 1} is not "
+                               "UTF-8 text") from None
+        pos += 4 + size
+    if len(values) != n:
+        raise RequestError(f"input {name!r} has {len(values)} BYTES elements but its shape "
+                           f"needs {n}")
+    return values
+
+
 def _flat_numbers(data: Any, datatype: str) -> np.ndarray:
     try:
         arr = np.asarray(data)
@@ -206,6 +317,14 @@ def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[by
 
 
 # ------------------------------------------------------------------------ v1 and MLflow
+
+def example_row(predictor: Predictor) -> list[Any] | dict[str, Any]:
+    """One row a client can send to see the model work (the index page shows it)."""
+    if predictor.columns is None:
+        return [0.0] * predictor.n_features
+    return {c.name: (c.levels[0] if c.kind == "categorical" else
+                     (c.fill if c.fill is not None else 0.0)) for c in predictor.columns}
+
 
 def predictions(pred: np.ndarray) -> list:
     """One number per row for a one-target model, else one list per row."""
@@ -259,23 +378,35 @@ def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
     return as_rows(predictor, value, max_rows=max_rows, where=key)
 
 
-def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray:
+def pa_table(batches: list[Any]) -> Any:
+    """Record batches as one table (pyarrow is imported only when CSV arrives)."""
+    import pyarrow as pa
+
+    return pa.Table.from_batches(batches)
+
+
+def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray | Frame:
     """A ``text/csv`` body, read by the same reader and number rule as CSV files."""
     if not body.strip():
         raise RequestError("empty CSV body")
     parts, rows = [], 0
+    tabular = predictor.columns is not None  # raw columns: read as text, parsed per kind
+    numbers, text = ([], predictor.feature_names) if tabular else (predictor.feature_names, [])
     try:
-        for batch, _ in csv_batches(io.BytesIO(body), predictor.feature_names, name="CSV body"):
+        for batch, _ in csv_batches(io.BytesIO(body), numbers, text=text, name="CSV body"):
             rows += batch.num_rows
             if rows > max_rows:
                 raise RequestError(f"more than {max_rows:,} rows is more than the limit per "
                                    "request (--max-rows)", status=413)
-            parts.append(to_matrix(batch, predictor.feature_names, source="CSV body",
-                                   dtype=predictor.dtype, row_offset=rows - batch.num_rows))
+            parts.append(batch)
+        if not parts:
+            raise RequestError("CSV body: no rows to predict")
+        if tabular:
+            matrix = predictor.as_frame(pa_table(parts), source="CSV body")
+        else:
+            matrix = to_matrix(pa_table(parts), predictor.feature_names, source="CSV body",
+                               dtype=predictor.dtype)
     except DataError as e:
         raise RequestError(str(e)) from None
-    if not parts:
-        raise RequestError("CSV body: no rows to predict")
-    matrix = np.concatenate(parts) if len(parts) > 1 else parts[0]
     _check_rows(predictor, matrix, max_rows)
     return matrix

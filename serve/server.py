@@ -166,7 +166,7 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
                 "health": ["GET /health", "GET /v2/health/live", "GET /v2/health/ready",
                            f"GET /v2/models/{name}/ready", "GET /ping"],
                 "ops": ["GET /metrics", "GET /openapi.json", "GET /docs"]},
-            "example": {"POST /predict": {"instances": [[0.0] * predictor.n_features]}}}), 0
+            "example": {"POST /predict": {"instances": [proto.example_row(predictor)]}}}), 0
 
     # 2. Open Inference Protocol v2.
     @app.get("/v2", tags=["v2"], summary="Server metadata")
@@ -247,7 +247,9 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
         return json_response({
             "name": name, "features": predictor.feature_names,
             "targets": predictor.target_names, "dtype": str(predictor.dtype),
-            "input": {"name": proto.INPUT_NAME, "shape": [-1, predictor.n_features]},
+            "input": {"name": proto.INPUT_NAME, "shape": [-1, predictor.n_features]}
+            if predictor.columns is None else
+            {"columns": proto.v2_model_metadata(predictor, name)["inputs"]},
             "output": {"name": proto.OUTPUT_NAME, "shape": [-1, predictor.n_targets]},
             "limits": {"max_body_bytes": max_body_bytes, "max_rows": max_rows},
             "metadata": predictor.metadata}), 0
