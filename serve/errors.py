@@ -16,6 +16,14 @@ class DataError(LinregError):
     """A data file or an in-memory input is unusable: missing, malformed, non-numeric, NaN..."""
 
 
+class CellError(DataError):
+    """One cell is missing or not a number; ``column`` names its column."""
+
+    def __init__(self, message: str, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
 class ModelError(LinregError):
     """A model folder or file is missing, corrupt, or does not match its manifest."""
 

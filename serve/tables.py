@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.errors import DataError, first_line
-from serve.numbers import BadCell, all_numbers, non_finite_message, parse_numbers
+from serve.errors import CellError, DataError, first_line
+from serve.numbers import BadCell, all_numbers, first_non_finite, non_finite_message, parse_numbers
 
 CSV_MAX_BLOCK = 1 << 20
 NPY_MAX_HEADER = 1 << 16
@@ -102,13 +102,13 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
         try:
             values = _column_values(col, name, source)
         except BadCell as bad:
-            raise DataError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
-                            f"{bad.describe()}") from None
+            raise CellError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
+                            f"{bad.describe()}", name) from None
         with np.errstate(over="ignore"):  # beyond the dtype's range becomes inf, named below
             out[:, j] = values
     if finite and (message := non_finite_message(out, columns, source=source,
                                                  row_offset=row_offset)):
-        raise DataError(message)
+        raise CellError(message, columns[first_non_finite(out)[1]])
     return out
 
 

@@ -134,6 +134,8 @@ def _summary(folder: Path, manifest: dict) -> None:
     click.echo(f"Trained {manifest['model']['n_features']} feature(s) -> "
                f"{manifest['model']['n_targets']} target(s) on {t['device']}: "
                f"{STOPPED[t['stopped']].format(n=t['epochs_run'])}, {t['seconds']:.2f}s")
+    if manifest.get("columns"):
+        click.echo("  columns: " + ", ".join(_column_text(c) for c in manifest["columns"]))
     for i, target in enumerate(manifest["targets"]):
         terms = [(w, f"·{f}") for f, w in zip(manifest["features"], manifest["model"]["coef_"][i])]
         if manifest["model"]["bias"]:
@@ -144,12 +146,25 @@ def _summary(folder: Path, manifest: dict) -> None:
         if split in m:
             click.echo(f"  {split:<10} {_fit_figures(m[split], manifest['targets'])}")
     click.echo(f"Artifacts: {folder}/ ({', '.join(manifest['artifacts'])}, model.json)")
+    for warning in manifest.get("warnings") or []:
+        click.echo(f"linreg-train: warning: {warning}", err=True)
     opt = m.get("exact_least_squares")
     if opt and opt["sgd_short_of_it"]:
         click.echo(f"linreg-train: warning: SGD stopped short of the best fit: train "
                    f"{_fit_figures(m['train'], manifest['targets'])}, where exact least squares "
                    f"gets {_fit_figures(opt, manifest['targets'])}; try --standardize with a "
                    "larger --lr (e.g. 0.1), more --epochs, or --solver lstsq", err=True)
+
+
+def _column_text(c: dict) -> str:
+    """``city (categorical, 3 levels, reference 'Lyon')``, ``x1 (12 blanks -> 10.2)``."""
+    if c["kind"] == "categorical":
+        ref = f", reference {c['reference']!r}" if c.get("reference") is not None else ""
+        return f"{c['name']} (categorical, {len(c['levels'])} levels{ref})"
+    if c.get("fill") is None:
+        return c["name"]
+    blanks = f"{c.get('blanks', 0):,} blank(s)" + (" + indicator" if c.get("indicator") else "")
+    return f"{c['name']} ({blanks}; a blank is {c['fill']:.6g})"
 
 
 def _fit_figures(metrics: dict, targets: list[str]) -> str:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from serve.columns import ColumnSpec, is_plain
-from serve.errors import DataError
+from serve.errors import CellError, DataError
 from serve.tables import to_matrix
 from trainer.encode import (
     EncodeConfig,
@@ -38,6 +38,7 @@ class TrainingData:
     path: str
     raw: RawColumns | None = None
     columns: list[ColumnSpec] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -74,12 +75,16 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
             X = to_matrix(table, features, source=path)
             Y = to_matrix(table, targets, source=path)
             return TrainingData(X, Y, features, targets, str(path))
-        except DataError:
-            pass  # a blank or a text cell: read the features as they are
+        except CellError as e:
+            if e.column not in features:
+                raise  # a target must be numbers: nothing to learn from another read
+            # a blank or a text cell in a feature: read the features as they are
     table = read_table(path, features + targets, text=features, progress=progress)
     Y = to_matrix(table, targets, source=path)
-    raw = raw_columns(table, features, categorical=categorical, source=str(path))
-    return TrainingData(None, Y, features, targets, str(path), raw=raw)
+    warnings: list[str] = []
+    raw = raw_columns(table, features, categorical=categorical, source=str(path),
+                      warnings=warnings)
+    return TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings)
 
 
 def encode(data: TrainingData, train_idx: np.ndarray, config: EncodeConfig, *,

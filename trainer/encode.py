@@ -76,9 +76,10 @@ def impute_fill(how: str, observed: np.ndarray) -> float:
 
 # ------------------------------------------------------------------------ 1. classify
 
-def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str],
-                source: str) -> RawColumns:
-    """The feature columns of an Arrow table as raw columns (see ``RawColumns``)."""
+def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str], source: str,
+                warnings: list[str] | None = None) -> RawColumns:
+    """The feature columns of an Arrow table as raw columns (see ``RawColumns``). A column
+    made categorical by a few text cells among numbers (a typo?) adds a line to ``warnings``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -107,10 +108,39 @@ def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str],
                 pass  # a cell that is not a number: the column is categorical
         if text:
             texts = pc.fill_null(col, MISSING).to_numpy(zero_copy_only=False)
+            if warnings is not None and name not in categorical:
+                warnings.extend(_mostly_numbers(name, texts, source))
         else:
             texts = np.array([level_text(v) for v in col.to_pylist()], dtype=object)
         out[name] = texts.astype(object)
     return out
+
+
+def _mostly_numbers(name: str, texts: np.ndarray, source: str) -> list[str]:
+    """A warning when most of a text column's cells are numbers: one stray cell (``1_000``,
+    ``n/a``) would otherwise turn a numeric column into levels without a word."""
+    uniques, counts = np.unique(texts[texts != MISSING], return_counts=True)
+    if len(uniques) > 10_000:
+        return []
+    number = np.array([_is_number(u) for u in uniques], dtype=bool)
+    if counts[number].sum() <= counts[~number].sum():
+        return []
+    odd = set(uniques[~number].tolist())
+    r = next(i for i, v in enumerate(texts.tolist()) if v in odd)
+    return [f"{source}: column {name!r} is categorical because of text cells, though "
+            f"{counts[number].sum():,} of its {counts.sum():,} values are numbers (row {r + 1} "
+            f"holds {shown(texts[r])}); if it is numeric, clean those cells; to keep it "
+            f"categorical, say --categorical {name}"]
+
+
+def _is_number(text: str) -> bool:
+    import pyarrow as pa
+
+    try:
+        parse_numbers(pa.array([text]))
+        return True
+    except BadCell:
+        return False
 
 
 def numeric_raw(X: np.ndarray, names: Sequence[str]) -> RawColumns:

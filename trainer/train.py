@@ -155,6 +155,7 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         "features": data.feature_names,
         "targets": data.target_names,
         "columns": specs_json(data.columns) if data.columns else None,
+        "warnings": data.warnings,
         "encoding": {**asdict(encoding), "categorical": list(encoding.categorical)}
         if data.columns else None,
         "normalization": std,

@@ -61,7 +61,8 @@ export function readMetadata(modelBytes) {
   return meta;
 }
 
-/** The model contract linreg-export writes: names in order, and the input dtype. */
+/** The model contract linreg-export writes: names in order, the dtype, and for a tabular model
+ *  (categorical columns or blanks) one spec per raw column: kind, levels, fill, policy. */
 export function readContract(modelBytes) {
   const meta = readMetadata(modelBytes);
   if (!meta.feature_names || !meta.target_names) {
@@ -71,6 +72,7 @@ export function readContract(modelBytes) {
     features: JSON.parse(meta.feature_names),
     targets: JSON.parse(meta.target_names),
     dtype: meta.dtype === 'float64' ? 'float64' : 'float32',
+    columns: meta['linreg.columns'] ? JSON.parse(meta['linreg.columns']) : null,
     metadata: meta,
   };
 }
@@ -80,12 +82,7 @@ export function toTensorData(rows, contract) {
   if (!Array.isArray(rows) || rows.length === 0) throw new Error('expected a non-empty array of rows');
   const n = contract.features.length;
   const data = contract.dtype === 'float64' ? new Float64Array(rows.length * n) : new Float32Array(rows.length * n);
-  rows.forEach((row, r) => {
-    const values = Array.isArray(row) ? row : contract.features.map((f) => {
-      if (row === null || typeof row !== 'object' || !(f in row)) throw new Error(`row ${r + 1}: missing feature ${f}`);
-      return row[f];
-    });
-    if (values.length !== n) throw new Error(`row ${r + 1}: ${values.length} values, the model needs ${n} (${contract.features.join(', ')})`);
+  rowValues(rows, contract).forEach((values, r) => {
     values.forEach((v, c) => {
       if (typeof v !== 'number' || !Number.isFinite(v)) {
         throw new Error(`row ${r + 1}, column '${contract.features[c]}': ${JSON.stringify(v)} is not a finite number`);
@@ -94,6 +91,74 @@ export function toTensorData(rows, contract) {
     });
   });
   return data;
+}
+
+function rowValues(rows, contract) {
+  const n = contract.features.length;
+  return rows.map((row, r) => {
+    const values = Array.isArray(row) ? row : contract.features.map((f) => {
+      if (row === null || typeof row !== 'object' || !(f in row)) throw new Error(`row ${r + 1}: missing feature ${f}`);
+      return row[f];
+    });
+    if (values.length !== n) throw new Error(`row ${r + 1}: ${values.length} values, the model needs ${n} (${contract.features.join(', ')})`);
+    return values;
+  });
+}
+
+// A raw value as a level, by linreg's rule: text as it is, null as the blank "", numbers in
+// their shortest form (integers in plain digits), booleans as true/false.
+function levelText(v) {
+  if (v === null || v === undefined || (typeof v === 'number' && Number.isNaN(v))) return '';
+  if (typeof v === 'string') return v;
+  if (typeof v === 'boolean') return v ? 'true' : 'false';
+  if (typeof v === 'number') return String(v);
+  throw new Error(`${JSON.stringify(v)} is not a level`);
+}
+
+/** The session's feeds for rows: one `features` tensor, or for a tabular model one [rows, 1]
+ *  tensor per raw column (strings for categorical columns, NaN for a numeric blank). Cells the
+ *  model cannot take (a blank with no fill, a level not seen in training) are errors naming
+ *  the row and column, as in linreg's Python runtime. */
+export function toFeeds(rows, contract, Tensor) {
+  if (!contract.columns) {
+    const data = toTensorData(rows, contract);
+    return { features: new Tensor(contract.dtype, data, [rows.length, contract.features.length]) };
+  }
+  if (!Array.isArray(rows) || rows.length === 0) throw new Error('expected a non-empty array of rows');
+  const all = rowValues(rows, contract);
+  const feeds = {};
+  contract.columns.forEach((col, c) => {
+    const where = (r) => `row ${r + 1}, column '${col.name}'`;
+    if (col.kind === 'categorical') {
+      const known = new Set(col.levels);
+      const data = all.map((values, r) => {
+        const level = levelText(values[c]);
+        if (!known.has(level) && col.unknown === 'error') {
+          throw new Error(level === '' ? `${where(r)}: missing value; no blanks were seen here in training`
+            : `${where(r)}: level ${JSON.stringify(level)} was not seen in training (known: ${col.levels.slice(0, 10).map((l) => JSON.stringify(l)).join(', ')})`);
+        }
+        return level;
+      });
+      feeds[col.name] = new Tensor('string', data, [rows.length, 1]);
+      return;
+    }
+    const data = contract.dtype === 'float64' ? new Float64Array(rows.length) : new Float32Array(rows.length);
+    all.forEach((values, r) => {
+      let v = values[c];
+      if (v === null || v === undefined || v === '' || (typeof v === 'number' && Number.isNaN(v))) {
+        if (col.fill === null || col.fill === undefined) throw new Error(`${where(r)}: missing value; this model was trained without --impute`);
+        v = NaN;
+      } else if (typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v))) {
+        v = Number(v);
+      }
+      if (typeof v !== 'number' || (!Number.isNaN(v) && !Number.isFinite(v))) {
+        throw new Error(`${where(r)}: ${JSON.stringify(values[c])} is not a finite number`);
+      }
+      data[r] = v;
+    });
+    feeds[col.name] = new Tensor(contract.dtype, data, [rows.length, 1]);
+  });
+  return feeds;
 }
 
 /** The output tensor as one array of target values per row. */

@@ -5,11 +5,12 @@
 //   echo '[{"x0": 1, "x1": 2, "x2": 3}]' | node predict.mjs MODEL.onnx
 //
 // Rows are arrays in feature order or objects keyed by feature name; the feature names, target
-// names and dtype come from the model's own metadata. Prints
+// names and dtype come from the model's own metadata. A tabular model (categorical columns,
+// blanks) takes raw values: strings for levels, null for a blank. Prints
 // {"features": [...], "targets": [...], "predictions": [[...], ...]} on stdout.
 import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
-import { readContract, toRows, toTensorData } from '../js/onnx-metadata.mjs';
+import { readContract, toFeeds, toRows } from '../js/onnx-metadata.mjs';
 
 async function readStdin() {
   const chunks = [];
@@ -28,10 +29,9 @@ async function main() {
   } catch (e) {
     throw new Error(`rows are not valid JSON (${e.message})`);
   }
-  const data = toTensorData(rows, contract);
+  const feeds = toFeeds(rows, contract, ort.Tensor);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
-  const features = new ort.Tensor(contract.dtype, data, [rows.length, contract.features.length]);
-  const { prediction } = await session.run({ features });
+  const { prediction } = await session.run(feeds);
   console.log(JSON.stringify({ features: contract.features, targets: contract.targets, predictions: toRows(prediction) }));
 }
 

@@ -1,7 +1,7 @@
 // Predict with a linreg model.onnx in the browser: onnxruntime-web (WebAssembly, one thread, so
 // no cross-origin isolation is needed) and the model's own metadata for the form's fields.
 import * as ort from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
-import { readContract, toRows, toTensorData } from '../js/onnx-metadata.mjs';
+import { readContract, toFeeds, toRows } from '../js/onnx-metadata.mjs';
 
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
@@ -26,11 +26,26 @@ async function main() {
   const contract = readContract(bytes);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
 
-  // One number field per feature, in the model's order.
-  const inputs = contract.features.map((name) => {
+  // One field per column, in the model's order: a number field, or for a categorical column a
+  // drop-down of the levels seen in training (from the model's metadata). A numeric column
+  // with a learned fill may be left blank.
+  const columns = contract.columns ?? contract.features.map((name) => ({ name, kind: 'numeric', fill: null }));
+  const inputs = columns.map((col) => {
     const label = document.createElement('label');
-    label.textContent = name;
-    const input = Object.assign(document.createElement('input'), { type: 'number', step: 'any', name, required: true, value: '0' });
+    label.textContent = col.name;
+    let input;
+    if (col.kind === 'categorical') {
+      input = Object.assign(document.createElement('select'), { name: col.name });
+      for (const level of col.levels) {
+        input.append(Object.assign(document.createElement('option'), { value: level, textContent: level === '' ? '(blank)' : level }));
+      }
+    } else {
+      const blankOk = col.fill !== null && col.fill !== undefined;
+      input = Object.assign(document.createElement('input'), {
+        type: 'number', step: 'any', name: col.name, required: !blankOk, value: blankOk ? '' : '0',
+        placeholder: blankOk ? `blank = ${col.fill}` : '',
+      });
+    }
     label.append(input);
     fieldset.append(label);
     return input;
@@ -39,10 +54,9 @@ async function main() {
   form.hidden = false;
 
   async function predict() {
-    const row = inputs.map((input) => Number(input.value));
-    const data = toTensorData([row], contract);
-    const features = new ort.Tensor(contract.dtype, data, [1, contract.features.length]);
-    const { prediction } = await session.run({ features });
+    const row = inputs.map((input, i) => (columns[i].kind === 'categorical' ? input.value
+      : (input.value === '' && columns[i].fill != null ? null : Number(input.value))));
+    const { prediction } = await session.run(toFeeds([row], contract, ort.Tensor));
     const [values] = toRows(prediction);
     result.className = '';
     const digits = contract.dtype === 'float32' ? 7 : 15; // what the dtype can hold

@@ -16,5 +16,11 @@ def test_fixture_predicts_like_a_fresh_export(tmp_path, name, rng):
     committed = Predictor.load(FIXTURES / name)
     assert (fresh.feature_names, fresh.target_names, fresh.dtype) == \
         (committed.feature_names, committed.target_names, committed.dtype)
-    X = rng.normal(0, 5, size=(50, fresh.n_features))
+    if fresh.columns is not None:  # raw columns: levels, numbers and blanks
+        assert fresh.columns == committed.columns
+        X = {"city": rng.choice(["Lyon", "Paris", "Rome"], 50).tolist(),
+             "x1": [None if b else v for b, v in zip(rng.random(50) < 0.2, rng.normal(10, 3, 50))],
+             "x2": rng.normal(0, 1, 50)}
+    else:
+        X = rng.normal(0, 5, size=(50, fresh.n_features))
     np.testing.assert_allclose(fresh.predict(X), committed.predict(X), rtol=1e-6)
