@@ -179,8 +179,8 @@ def _learn_numeric(name: str, values: np.ndarray, seen: np.ndarray, config: Enco
     if config.impute is None:
         if blank.any():
             r = int(np.flatnonzero(blank)[0])
-            raise DataError(f"{source}: row {r + 1}, column {name!r}: missing value; pass "
-                            "--impute mean (or median, most-frequent, constant:V) to fill "
+            raise DataError(f"{source}: row {r + 1}, column {name!r}: missing value (blank or "
+                            "NaN); pass --impute mean (or median, most-frequent, constant:V) to fill "
                             "blanks, or clean or drop the row")
         return ColumnSpec(name, "numeric")
     observed = seen[~np.isnan(seen)]

@@ -57,7 +57,8 @@ CASES = [
     ("empty", [], "{p}: file is empty"),
     ("header-only", [], "{p}: has a header but no data rows"),
     ("non-numeric", [], "{p}: row 2, column 'y': 'abc' is not a number"),
-    ("nan", [], "{p}: row 2, column 'x': NaN is not allowed (clean or drop the row)"),
+    ("nan", [], "{p}: row 2, column 'x': missing value (blank or NaN); pass --impute mean (or "
+     "median, most-frequent, constant:V) to fill blanks, or clean or drop the row"),
     ("inf", [], "{p}: row 3, column 'y': -inf is not allowed (clean or drop the row)"),
     ("empty-cell", [], "{p}: row 2, column 'y': missing value"),
     ("ok", ["--target", "z"], "{p}: unknown target column 'z'; the columns are x, y"),
