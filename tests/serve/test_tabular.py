@@ -165,10 +165,10 @@ def test_linreg_predict_csv_parquet_and_jsonl(tmp_path, want):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq
 
-    lines = ["id,city,x1,x2"] + [f"{i},{r['city']},{'' if r['x1'] is None or r['x1'] != r['x1'] else r['x1']},{r['x2']}"
+    x1 = [None if math.isnan(_number(r["x1"])) else _number(r["x1"]) for r in NEW]
+    lines = ["id,city,x1,x2"] + [f"{i},{r['city']},{'' if x1[i] is None else x1[i]},{r['x2']}"
                                  for i, r in enumerate(NEW)]
     (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
-    x1 = [None if math.isnan(_number(r["x1"])) else _number(r["x1"]) for r in NEW]
     pq.write_table(pa.table({"id": range(len(NEW)),
                              "city": pa.array([r["city"] for r in NEW]).dictionary_encode(),
                              "x1": pa.array(x1, pa.float64()),
