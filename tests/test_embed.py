@@ -72,6 +72,31 @@ def test_node_bad_rows_are_one_line():
                                    "a finite number\n")
 
 
+# A tabular model: raw values, a blank as null, every level (tests/serve/test_tabular.py).
+TABULAR_ROWS = [{"city": "Paris", "x1": None, "x2": 0.5}, ["Rome", 12.0, -1.0],
+                {"city": "Lyon", "x1": 7.5, "x2": 2.0}]
+
+
+def test_node_feeds_raw_columns_to_a_tabular_model():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    model = MODELS / "tabular" / "model.onnx"
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"), str(model)],
+                         input=json.dumps(TABULAR_ROWS).encode(), capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    out = json.loads(res.stdout)
+    assert out["features"] == ["city", "x1", "x2"]
+    p = Predictor.load(MODELS / "tabular")
+    want = p.predict([r if isinstance(r, dict) else dict(zip(p.feature_names, r))
+                      for r in TABULAR_ROWS])
+    np.testing.assert_allclose(np.asarray(out["predictions"]), want, rtol=1e-12)
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"), str(model),
+                          '[["Nice", 1, 2]]'], capture_output=True, timeout=60)
+    assert res.returncode == 1
+    assert res.stderr.decode() == ("linreg-node-predict: error: row 1, column 'city': level "
+                                   "\"Nice\" was not seen in training (known: \"Lyon\", "
+                                   "\"Paris\", \"Rome\")\n")
+
+
 class _Static(http.server.SimpleHTTPRequestHandler):
     """examples/ as a static site, and the fixture models under /models/."""
 
@@ -133,3 +158,15 @@ def test_browser_page_reports_a_missing_model(site):
     dom = _dom(f"{site}/web/index.html?model=/models/none/model.onnx")
     assert '<body data-state="error">' in dom
     assert "cannot fetch /models/none/model.onnx: HTTP 404" in dom
+
+
+def test_browser_page_offers_the_levels_and_takes_a_blank(site):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    dom = _dom(f"{site}/web/index.html?model=/models/tabular/model.onnx&row=Paris,,0.5")
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    assert '<select name="city"><option value="Lyon">Lyon</option><option value="Paris">' \
+        'Paris</option><option value="Rome">Rome</option></select>' in dom
+    got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
+    want = Predictor.load(MODELS / "tabular").predict([{"city": "Paris", "x1": None, "x2": 0.5}])
+    np.testing.assert_allclose(got, want[0], rtol=1e-12)

@@ -39,6 +39,8 @@ def workspace(tmp_path_factory) -> Path:
                  ["linreg-export", "models/example", "-q"]):
         res = run_script(*args, cwd=work)
         assert res.returncode == 0, res.stderr
+    (work / "examples" / "data").mkdir(parents=True)  # the tabular walk-through's table
+    shutil.copy(ROOT / "examples" / "data" / "homes.csv", work / "examples" / "data")
     return work
 
 

@@ -299,3 +299,17 @@ def test_http_bad_tabular_requests_are_4xx(server, path, body, message):
     status, got = server.json("POST", path, body)
     assert status == 400, got
     assert got["error"].startswith(message), got
+
+
+def test_tritonclient_sends_bytes_and_floats_with_its_defaults(server, want):
+    triton = pytest.importorskip("tritonclient.http")
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inputs = []
+    city = triton.InferInput("city", [len(NEW), 1], "BYTES")
+    city.set_data_from_numpy(np.array([[r["city"]] for r in NEW], dtype=object))
+    x1 = triton.InferInput("x1", [len(NEW), 1], "FP64")
+    x1.set_data_from_numpy(np.array([[_number(r["x1"])] for r in NEW]))
+    x2 = triton.InferInput("x2", [len(NEW), 1], "FP64")
+    x2.set_data_from_numpy(np.array([[float(r["x2"])] for r in NEW]))
+    inputs = [city, x1, x2]
+    close(client.infer("tabular", inputs).as_numpy("prediction"), want)
