@@ -261,3 +261,111 @@ def test_fuzz_binary_tensor_bodies(server):
         _check_http(server, status, data)
 
     run()
+
+
+# ------------------------------------------------------------------ tabular models (raw columns)
+
+TAB = MODELS / "tabular"  # city (categorical), x1 (filled), x2 -> y
+TAB_CSV = b"city,x1,x2\nParis,,0.5\nRome,12,-1\nLyon,7.5,2\n"
+TAB_JSONL = b'{"city":"Paris","x1":null,"x2":0.5}\n{"city":"Rome","x1":12,"x2":-1}\n'
+TAB_TRAIN = (MODELS.parent / "tabular.csv").read_bytes()[:1500]
+
+
+@pytest.mark.parametrize("fmt, seed", [("csv", TAB_CSV), ("jsonl", TAB_JSONL)])
+def test_fuzz_raw_values_into_linreg_predict(tmp_path, fmt, seed):
+    @FUZZ
+    @given(data=mutated(seed))
+    def run(data: bytes) -> None:
+        _count(f"predict-tabular-{fmt}")
+        src, out = tmp_path / f"in.{fmt}", tmp_path / "out.csv"
+        src.write_bytes(data)
+        if out.exists():
+            out.unlink()
+        res = CliRunner().invoke(predict_main, [str(TAB), str(src), "-o", str(out), "-q",
+                                                "--batch-rows", "2"])
+        _check_cli(res, out)
+
+    run()
+
+
+def test_fuzz_tabular_csv_into_linreg_train(tmp_path):
+    pytest.importorskip("torch")
+    from trainer.cli import train_main
+
+    @settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
+    @given(data=mutated(TAB_TRAIN), impute=st.sampled_from([[], ["--impute", "median"]]))
+    def run(data: bytes, impute: list[str]) -> None:
+        _count("train-tabular-csv")
+        src, out = tmp_path / "in.csv", tmp_path / "m"
+        src.write_bytes(data)
+        res = CliRunner().invoke(train_main, [str(src), "--out", str(out), "-q", "--solver",
+                                              "lstsq", "--max-levels", "20", "--force", *impute])
+        _check_cli(res, out)
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+
+    run()
+
+
+@pytest.fixture(scope="module")
+def tab_server():
+    pytest.importorskip("fastapi")
+    from tests.serve.test_server import Server
+
+    s = Server(TAB, "--max-rows", "1000", "--request-timeout", "5")
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
+
+
+TAB_SEEDS = {
+    "/predict": {"instances": [{"city": "Paris", "x1": None, "x2": 0.5},
+                               {"city": "Rome", "x1": 12, "x2": -1}]},
+    "/v2/models/tabular/infer": {"inputs": [
+        {"name": "city", "datatype": "BYTES", "shape": [2, 1], "data": ["Paris", "Rome"]},
+        {"name": "x1", "datatype": "FP64", "shape": [2], "data": [None, 12]},
+        {"name": "x2", "datatype": "FP64", "shape": [2, 1], "data": [0.5, -1]}]},
+    "/invocations": {"dataframe_split": {"columns": ["city", "x1", "x2"],
+                                         "data": [["Paris", None, 0.5], ["Lyon", "7", 2]]}},
+}
+
+
+@pytest.mark.parametrize("route", list(TAB_SEEDS))
+def test_fuzz_raw_values_into_every_route(tab_server, route):
+    seed = json.dumps(TAB_SEEDS[route]).encode()
+
+    @FUZZ
+    @given(body=mutated(seed))
+    def run(body: bytes) -> None:
+        _count(f"http-tabular{route}")
+        status, _, data = tab_server.request("POST", route, body,
+                                             {"Content-Type": "application/json"})
+        _check_http(tab_server, status, data)
+
+    run()
+
+
+def test_fuzz_binary_bytes_tensors(tab_server):
+    cities = b"".join(struct.pack("<I", len(c)) + c for c in (b"Paris", b"Rome"))
+    floats = struct.pack("<2d", 1.0, float("nan")) + struct.pack("<2d", 0.5, -1.0)
+    head = json.dumps({"inputs": [
+        {"name": "city", "datatype": "BYTES", "shape": [2, 1],
+         "parameters": {"binary_data_size": len(cities)}},
+        {"name": "x1", "datatype": "FP64", "shape": [2, 1], "parameters": {"binary_data_size": 16}},
+        {"name": "x2", "datatype": "FP64", "shape": [2, 1],
+         "parameters": {"binary_data_size": 16}}]}).encode()
+
+    @FUZZ
+    @given(head=mutated(head), raw=mutated(cities + floats), skew=st.integers(-20, 20))
+    def run(head: bytes, raw: bytes, skew: int) -> None:
+        _count("http-tabular-binary")
+        status, _, data = tab_server.request(
+            "POST", "/v2/models/tabular/infer", head + raw,
+            {"Content-Type": "application/octet-stream",
+             "Inference-Header-Content-Length": str(len(head) + skew)})
+        if status == 200:
+            return
+        _check_http(tab_server, status, data)
+
+    run()

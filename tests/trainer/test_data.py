@@ -46,8 +46,9 @@ def test_integer_and_text_columns(tmp_path):
     (tmp_path / "d.csv").write_text("id,x,y\nA,1,2\nB,2,4\nC,3,7\n")
     d = load_training_data(tmp_path / "d.csv", features=["x"])
     assert d.X.dtype == np.float64 and d.X.ravel().tolist() == [1, 2, 3]
-    with pytest.raises(DataError, match=r"row 1, column 'id': 'A' is not a number"):
-        load_training_data(tmp_path / "d.csv")
+    d = load_training_data(tmp_path / "d.csv")  # text: raw columns, encoded later
+    assert d.X is None and d.raw["id"].tolist() == ["A", "B", "C"]
+    assert d.raw["x"].tolist() == [1.0, 2.0, 3.0]
 
 
 def test_split_is_seeded_and_disjoint():
