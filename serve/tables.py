@@ -298,30 +298,48 @@ def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes
     if "straddl" in msg:
         return DataError(f"{name}: a line after row {first} is longer than {block:,} bytes; "
                          "lines that long are not supported")
-    text_types = {c: pa.string() for c in columns}
+    # The blob may end inside a line (a block read ahead): look at its complete lines first,
+    # then, if nothing is found there, at all of it (the file's last line has no newline).
+    complete = blob[:blob.rfind(b"\n") + 1]
+    for text in dict.fromkeys([complete, blob]):
+        found = _locate(name, header, columns, text, first, block)
+        if found is not None:
+            return found
+    return DataError(f"{name}: after row {first}: {msg}")
+
+
+def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
+            block: int) -> DataError | None:
+    """The earliest bad line or cell of ``blob``: not UTF-8, a wrong field count, or a cell
+    that is missing or not a number (by :func:`to_matrix`); None when all of it reads."""
     try:
         lines = blob.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         line_no = first + 2 + blob[:e.start].count(b"\n")
         return DataError(f"{name}: line {line_no} is not UTF-8 text (byte "
                          f"0x{blob[e.start]:02x}); save the file as UTF-8")
-    for i, row in enumerate(csv.reader(lines)):
-        if row and len(row) != len(header):
-            return DataError(f"{name}: row {first + i + 1} has {len(row)} fields but the header "
-                             f"has {len(header)}")
+    ragged = next((i for i, row in enumerate(csv.reader(lines))
+                   if row and len(row) != len(header)), None)
+    cells = "\n".join(lines[:ragged]).encode() + b"\n"
     try:
         table = pacsv.read_csv(io.BytesIO(",".join(_quoted(h) for h in header).encode() + b"\n"
-                                          + blob),
-                               read_options=pacsv.ReadOptions(block_size=max(block, len(blob) + 1)),
+                                          + cells),
+                               read_options=pacsv.ReadOptions(block_size=max(block,
+                                                                             len(cells) + 1)),
                                convert_options=pacsv.ConvertOptions(
-                                   column_types=text_types, include_columns=list(columns),
+                                   column_types={c: pa.string() for c in columns},
+                                   include_columns=list(columns),
                                    null_values=[""], strings_can_be_null=True))
         to_matrix(table, list(columns), source=name, row_offset=first)
     except DataError as located:
         return located
     except pa.ArrowException:
         pass
-    return DataError(f"{name}: after row {first}: {msg}")
+    if ragged is not None:
+        row = next(r for i, r in enumerate(csv.reader(lines)) if i == ragged)
+        return DataError(f"{name}: row {first + ragged + 1} has {len(row)} fields but the "
+                         f"header has {len(header)}")
+    return None
 
 
 def csv_write_options(names: list[str]) -> pacsv.WriteOptions:

@@ -260,3 +260,14 @@ def test_a_prediction_that_overflows_names_its_row_in_the_file(tmp_path):
         f"{src}: row 2: the prediction for 'y0' overflows float32 (inf); the inputs are too " \
         "large for this model"
     assert not (tmp_path / "o.csv").exists()
+
+
+def test_a_bad_cell_early_in_a_big_csv_is_named(tmp_path):
+    # The locator re-reads some megabytes after the failing block: they end inside a line,
+    # which once read as a row with too few fields and hid the bad cell.
+    path = tmp_path / "big.csv"
+    with open(path, "w") as f:
+        f.write("x0,x1,x2,x3\n1.5,2,3,4\n1.5,2,oops,4\n")
+        f.write("1.5,2,3,4\n" * 1_000_000)
+    assert _one_line(_predict(MULTI, path, "-o", tmp_path / "o.csv")) == \
+        f"{path}: row 2, column 'x2': 'oops' is not a number"
