@@ -126,9 +126,9 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
 def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) -> Iterator[Chunk]:
     name = STDIN if str(source) == "-" else str(source)
     block = CSV_MAX_BLOCK if str(source) == "-" else _csv_block_size(Path(source), batch_rows)
-    tabular = predictor.columns is not None  # raw columns: read as text, parsed per kind
-    numbers, text = ([], predictor.feature_names) if tabular else (predictor.feature_names, [])
-    for batch, first in csv_batches(source, numbers, text=text, keep=keep, block_size=block):
+    numbers, text = predictor.column_kinds()
+    for batch, first in csv_batches(source, numbers, text=text, keep=keep, block_size=block,
+                                    blanks=predictor.columns is not None):
         yield _rows(predictor, batch, name, first), {k: batch.column(k) for k in keep}, first
 
 

@@ -176,6 +176,14 @@ class Predictor:
                                        f"({what}); the inputs are too large for this model")
         return pred
 
+    def column_kinds(self) -> tuple[list[str], list[str]]:
+        """``(number columns, text columns)`` a reader should give this model: every feature
+        as numbers, or a tabular model's categorical columns as text (numbers may be blank)."""
+        if self.columns is None:
+            return self.feature_names, []
+        return ([c.name for c in self.columns if c.kind == "numeric"],
+                [c.name for c in self.columns if c.kind == "categorical"])
+
     def as_inputs(self, X: Any) -> np.ndarray | Frame:
         """What the model runs on: a matrix (:meth:`as_matrix`) or, for a tabular model, a
         :class:`serve.columns.Frame` of raw columns (:meth:`as_frame`)."""

@@ -390,10 +390,11 @@ def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray | 
     if not body.strip():
         raise RequestError("empty CSV body")
     parts, rows = [], 0
-    tabular = predictor.columns is not None  # raw columns: read as text, parsed per kind
-    numbers, text = ([], predictor.feature_names) if tabular else (predictor.feature_names, [])
+    tabular = predictor.columns is not None
+    numbers, text = predictor.column_kinds()
     try:
-        for batch, _ in csv_batches(io.BytesIO(body), numbers, text=text, name="CSV body"):
+        for batch, _ in csv_batches(io.BytesIO(body), numbers, text=text, blanks=tabular,
+                                    name="CSV body"):
             rows += batch.num_rows
             if rows > max_rows:
                 raise RequestError(f"more than {max_rows:,} rows is more than the limit per "

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -85,13 +86,14 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
               dtype: np.dtype | type = np.float64, row_offset: int = 0,
-              finite: bool = True) -> np.ndarray:
+              finite: bool = True, blanks: bool = False) -> np.ndarray:
     """The named columns as one C-ordered ``(rows, len(columns))`` matrix of ``dtype``.
 
     Raises a DataError naming the source, the 1-based data row and the column of the first cell
     that is missing or not a number, and (with ``finite``) NaN or infinite. ``row_offset`` is
     the number of data rows before this table, for files read in chunks. Prediction passes
     ``finite=False``: the model's output check finds NaN and inf in one pass, then names them.
+    ``blanks``: a missing cell is NaN, not an error (a tabular model's numeric columns).
     """
     n = table.num_rows
     out = np.empty((n, len(columns)), dtype=dtype)
@@ -100,7 +102,7 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
         try:
-            values = _column_values(col, name, source)
+            values = _column_values(col, name, source, blanks)
         except BadCell as bad:
             raise CellError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
                             f"{bad.describe()}", name) from None
@@ -112,20 +114,22 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
     return out
 
 
-def _column_values(col: pa.Array, name: str, source: str | Path) -> np.ndarray:
+def _column_values(col: pa.Array, name: str, source: str | Path, blanks: bool) -> np.ndarray:
     t = col.type
     if pa.types.is_dictionary(t):
         col, t = col.cast(t.value_type), t.value_type
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) \
             or pa.types.is_decimal(t) or pa.types.is_null(t):
-        if col.null_count:
+        if col.null_count and not blanks:
             raise BadCell(int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]),
                            None)
+        if col.null_count:
+            col = pc.fill_null(col.cast(pa.float64(), safe=False), np.nan)
         if pa.types.is_decimal(t) or pa.types.is_boolean(t) or pa.types.is_integer(t):
             col = col.cast(pa.float64(), safe=False)
         return col.to_numpy(zero_copy_only=False)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return parse_numbers(col)
+        return parse_numbers(col, blanks=blanks)
     raise DataError(f"{source}: column {name!r} has type {t}, not numbers")
 
 
@@ -223,13 +227,14 @@ class _Tape:
 
 
 def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
-                keep: Sequence[str] = (), text: Sequence[str] = (),
+                keep: Sequence[str] = (), text: Sequence[str] = (), blanks: bool = False,
                 block_size: int = CSV_MAX_BLOCK,
                 name: str | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Stream CSV as record batches of ``columns`` (as float64, by the one number rule),
     ``text`` (strings as written, blanks null: a tabular model's raw columns) and ``keep``
     (types inferred), each with its first 0-based data row. ``source``: a path, ``-`` for
-    stdin, or a binary stream (an HTTP body) shown in errors as ``name``."""
+    stdin, or a binary stream (an HTTP body) shown in errors as ``name``. ``blanks``: an
+    empty number cell is allowed (null), as a tabular model takes it."""
     if hasattr(source, "read"):
         raw, name = source, name or "<stream>"
     elif str(source) == "-":
@@ -264,7 +269,8 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
             except pa.ArrowInvalid as e:
                 since = tape.since(first + 1) if tape is not None else \
                     _file_lines_from(Path(source), first + 1, 8 * block)
-                raise _csv_error(name, header, columns, since, first, block, e) from None
+                raise _csv_error(name, header, columns, since, first, block, e,
+                                 blanks) from None
             yield batch, first
             first += batch.num_rows
             if tape is not None:
@@ -292,7 +298,7 @@ def _file_lines_from(path: Path, line: int, limit: int) -> bytes:
 
 
 def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-               block: int, err: Exception) -> DataError:
+               block: int, err: Exception, blanks: bool = False) -> DataError:
     """The first bad cell or line in ``blob``, the text from data row ``first + 1`` on."""
     msg = first_line(err)
     if "straddl" in msg:
@@ -302,14 +308,14 @@ def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes
     # then, if nothing is found there, at all of it (the file's last line has no newline).
     complete = blob[:blob.rfind(b"\n") + 1]
     for text in dict.fromkeys([complete, blob]):
-        found = _locate(name, header, columns, text, first, block)
+        found = _locate(name, header, columns, text, first, block, blanks)
         if found is not None:
             return found
     return DataError(f"{name}: after row {first}: {msg}")
 
 
 def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-            block: int) -> DataError | None:
+            block: int, blanks: bool) -> DataError | None:
     """The earliest bad line or cell of ``blob``: not UTF-8, a wrong field count, or a cell
     that is missing or not a number (by :func:`to_matrix`); None when all of it reads."""
     try:
@@ -330,7 +336,7 @@ def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, f
                                    column_types={c: pa.string() for c in columns},
                                    include_columns=list(columns),
                                    null_values=[""], strings_can_be_null=True))
-        to_matrix(table, list(columns), source=name, row_offset=first)
+        to_matrix(table, list(columns), source=name, row_offset=first, blanks=blanks)
     except DataError as located:
         return located
     except pa.ArrowException:

@@ -119,9 +119,10 @@ def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str], sour
 def _mostly_numbers(name: str, texts: np.ndarray, source: str) -> list[str]:
     """A warning when most of a text column's cells are numbers: one stray cell (``1_000``,
     ``n/a``) would otherwise turn a numeric column into levels without a word."""
-    uniques, counts = np.unique(texts[texts != MISSING], return_counts=True)
+    uniques, inverse = factorize(texts[texts != MISSING])
     if len(uniques) > 10_000:
         return []
+    counts = np.bincount(inverse, minlength=len(uniques))
     number = np.array([_is_number(u) for u in uniques], dtype=bool)
     if counts[number].sum() <= counts[~number].sum():
         return []
@@ -131,6 +132,16 @@ def _mostly_numbers(name: str, texts: np.ndarray, source: str) -> list[str]:
             f"{counts[number].sum():,} of its {counts.sum():,} values are numbers (row {r + 1} "
             f"holds {shown(texts[r])}); if it is numeric, clean those cells; to keep it "
             f"categorical, say --categorical {name}"]
+
+
+def factorize(texts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(distinct values, index of each value among them)`` of a text array, by Arrow's hash
+    table (numpy's unique sorts Python strings: ~10x slower on a million rows)."""
+    import pyarrow as pa
+
+    encoded = pa.array(texts, pa.string()).dictionary_encode()
+    return (np.asarray(encoded.dictionary.to_pylist(), dtype=object),
+            encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64))
 
 
 def _is_number(text: str) -> bool:
@@ -230,7 +241,7 @@ def design_matrix(raw: Mapping[str, np.ndarray], specs: Sequence[ColumnSpec], *,
                 blocks.append(blank.astype(np.float64).reshape(-1, 1))
             continue
         index = {lv: j for j, lv in enumerate(spec.coded_levels)}
-        uniques, inverse = np.unique(values, return_inverse=True)
+        uniques, inverse = factorize(values)
         for u in uniques:
             if u not in spec.levels and spec.unknown == "error":
                 r = int(np.flatnonzero(values == u)[0])

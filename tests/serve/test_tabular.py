@@ -195,6 +195,14 @@ def test_linreg_predict_names_an_unseen_level(tmp_path):
     assert not (tmp_path / "out.csv").exists()
 
 
+def test_linreg_predict_names_a_bad_number_after_a_blank(tmp_path):
+    (tmp_path / "in.csv").write_text("city,x1,x2\nParis,,2\nRome,abc,3\n")
+    res = _predict_cli(str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"))
+    assert res.returncode == 1
+    assert res.stderr.decode() == (f"linreg-predict: error: {tmp_path / 'in.csv'}: row 2, "
+                                   "column 'x1': 'abc' is not a number\n")
+
+
 def test_linreg_predict_refuses_npy_for_raw_columns(tmp_path):
     np.save(tmp_path / "in.npy", np.zeros((2, 3)))
     res = _predict_cli(str(tmp_path / "in.npy"), "-o", str(tmp_path / "out.csv"))
