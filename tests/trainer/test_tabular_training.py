@@ -247,3 +247,19 @@ def test_a_plain_numeric_model_keeps_the_features_tensor(tmp_path):
     p = Predictor.load(tmp_path / "i")
     assert p.columns is not None
     np.testing.assert_allclose(p.predict([[None, 2.0]]), p.predict([[2.5, 2.0]]), rtol=1e-6)
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+def test_tabular_training_on_cuda_matches_cpu(tmp_path):  # runs on a GPU machine only
+    for device in ("cpu", "cuda"):
+        train(CSV, "--impute", "mean", "--standardize", "--lr", "0.1", "--epochs", "500",
+              "--dtype", "float64", "--device", device, "--out", tmp_path / device, "-q")
+    cpu, gpu = manifest(tmp_path / "cpu"), manifest(tmp_path / "cuda")
+    assert gpu["training"]["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu["model"]["coef_"], cpu["model"]["coef_"], rtol=1e-9)
+    export(tmp_path / "cuda", "-q")
+    rows = [{"city": "Paris", "x1": None, "x2": 0.5}, {"city": "Rome", "x1": 9.0, "x2": -1.0}]
+    np.testing.assert_allclose(Predictor.load(tmp_path / "cuda").predict(rows)[:, 0],
+                               [cpu["model"]["intercept_"][0] + np.dot(cpu["model"]["coef_"][0], x)
+                                for x in ([1, 0, cpu["columns"][1]["fill"], 0.5], [0, 1, 9.0, -1])],
+                               rtol=1e-9)
