@@ -138,37 +138,23 @@ class Predictor:
         ``row_offset`` and ``source`` place error messages in a file read in chunks.
         """
         if self.columns is not None:
-            return self._predict_frame(X if isinstance(X, Frame) else self.as_frame(X),
-                                       cancel, row_offset, source)
-        if type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
+            rows: np.ndarray | Frame = X if isinstance(X, Frame) else self.as_frame(X)
+            feeds = rows.arrays
+        elif type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
                 and X.shape[1] == self.n_features and X.flags.c_contiguous:
-            rows = X  # fast path: already the model's own layout
+            rows = feeds = X  # fast path: already the model's own layout
         else:
-            rows = self.as_matrix(X)
-        pred = self._backend.run(rows, cancel)
+            rows = feeds = self.as_matrix(X)
+        pred = self._backend.run(feeds, cancel)
         if pred.shape != (len(rows), self.n_targets):  # (its dtype was checked at load)
             raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
                              f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
                              f"{self.dtype}")
         # One finiteness pass, on the (narrower) output: a NaN or inf input always shows there
-        # in a linear model, and is then named by its input cell; else the output overflowed.
+        # in a linear model (a tabular graph gives NaN for a blank it cannot fill or an unseen
+        # level), and is then named by its input cell; else the output overflowed.
         if not _all_finite(pred):
             self.check_finite(rows, row_offset=row_offset, source=source)
-            r, c, what = first_non_finite(pred)
-            where = f"{source}: " if source else ""
-            raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
-                                       f"{self.target_names[c]!r} overflows {self.dtype} "
-                                       f"({what}); the inputs are too large for this model")
-        return pred
-
-    def _predict_frame(self, frame: Frame, cancel: Cancel | None, row_offset: int,
-                       source: str | None) -> np.ndarray:
-        pred = self._backend.run(frame.arrays, cancel)
-        if pred.shape != (len(frame), self.n_targets):
-            raise ModelError(f"{self.source}: the model returned {pred.shape} for {len(frame)} "
-                             f"row(s); expected ({len(frame)}, {self.n_targets})")
-        if not _all_finite(pred):  # the graph's NaN: a blank without a fill, an unseen level
-            self.check_finite(frame, row_offset=row_offset, source=source)
             r, c, what = first_non_finite(pred)
             where = f"{source}: " if source else ""
             raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "

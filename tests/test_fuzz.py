@@ -182,15 +182,19 @@ def test_fuzz_files_into_linreg_train(tmp_path, fmt):
 
 # ------------------------------------------------------------------ bodies into every route
 
-@pytest.fixture(scope="module")
-def server():
+def _serving(model: Path):
     pytest.importorskip("fastapi")
     from tests.serve.test_server import Server
 
-    s = Server(MULTI, "--max-rows", "1000", "--request-timeout", "5")
+    s = Server(model, "--max-rows", "1000", "--request-timeout", "5")
     yield s
     assert s.stop() == 0
     assert "Traceback" not in s.stderr()
+
+
+@pytest.fixture(scope="module")
+def server():
+    yield from _serving(MULTI)
 
 
 JSON_SEEDS = {
@@ -212,19 +216,37 @@ def _check_http(server, status: int, data: bytes) -> None:
     assert server.request("GET", "/health")[0] == 200
 
 
-@pytest.mark.parametrize("route", list(JSON_SEEDS))
-def test_fuzz_json_bodies_into_every_route(server, route):
-    seed = json.dumps(JSON_SEEDS[route]).encode()
-
+def _fuzz_json(server, route: str, seed: dict, name: str) -> None:
     @FUZZ
-    @given(body=mutated(seed))
+    @given(body=mutated(json.dumps(seed).encode()))
     def run(body: bytes) -> None:
-        _count(f"http-json{route}")
+        _count(f"{name}{route}")
         status, _, data = server.request("POST", route, body,
                                          {"Content-Type": "application/json"})
         _check_http(server, status, data)
 
     run()
+
+
+def _fuzz_binary(server, route: str, head: bytes, raw: bytes, name: str) -> None:
+    @FUZZ
+    @given(head=mutated(head), raw=mutated(raw), skew=st.integers(-40, 40))
+    def run(head: bytes, raw: bytes, skew: int) -> None:
+        _count(name)
+        status, _, data = server.request(
+            "POST", route, head + raw,
+            {"Content-Type": "application/octet-stream",
+             "Inference-Header-Content-Length": str(len(head) + skew)})
+        if status == 200:
+            return
+        _check_http(server, status, data)
+
+    run()
+
+
+@pytest.mark.parametrize("route", list(JSON_SEEDS))
+def test_fuzz_json_bodies_into_every_route(server, route):
+    _fuzz_json(server, route, JSON_SEEDS[route], "http-json")
 
 
 def test_fuzz_csv_bodies(server):
@@ -247,20 +269,7 @@ def test_fuzz_binary_tensor_bodies(server):
                        "outputs": [{"name": "prediction",
                                     "parameters": {"binary_data": True}}]}).encode()
     raw = struct.pack("<8f", *_rows(2).ravel())
-
-    @FUZZ
-    @given(head=mutated(head), raw=mutated(raw), skew=st.integers(-40, 40))
-    def run(head: bytes, raw: bytes, skew: int) -> None:
-        _count("http-binary")
-        status, _, data = server.request(
-            "POST", "/v2/models/multi/infer", head + raw,
-            {"Content-Type": "application/octet-stream",
-             "Inference-Header-Content-Length": str(len(head) + skew)})
-        if status == 200:
-            return
-        _check_http(server, status, data)
-
-    run()
+    _fuzz_binary(server, "/v2/models/multi/infer", head, raw, "http-binary")
 
 
 # ------------------------------------------------------------------ tabular models (raw columns)
@@ -310,13 +319,7 @@ def test_fuzz_tabular_csv_into_linreg_train(tmp_path):
 
 @pytest.fixture(scope="module")
 def tab_server():
-    pytest.importorskip("fastapi")
-    from tests.serve.test_server import Server
-
-    s = Server(TAB, "--max-rows", "1000", "--request-timeout", "5")
-    yield s
-    assert s.stop() == 0
-    assert "Traceback" not in s.stderr()
+    yield from _serving(TAB)
 
 
 TAB_SEEDS = {
@@ -333,17 +336,7 @@ TAB_SEEDS = {
 
 @pytest.mark.parametrize("route", list(TAB_SEEDS))
 def test_fuzz_raw_values_into_every_route(tab_server, route):
-    seed = json.dumps(TAB_SEEDS[route]).encode()
-
-    @FUZZ
-    @given(body=mutated(seed))
-    def run(body: bytes) -> None:
-        _count(f"http-tabular{route}")
-        status, _, data = tab_server.request("POST", route, body,
-                                             {"Content-Type": "application/json"})
-        _check_http(tab_server, status, data)
-
-    run()
+    _fuzz_json(tab_server, route, TAB_SEEDS[route], "http-tabular")
 
 
 def test_fuzz_binary_bytes_tensors(tab_server):
@@ -355,17 +348,5 @@ def test_fuzz_binary_bytes_tensors(tab_server):
         {"name": "x1", "datatype": "FP64", "shape": [2, 1], "parameters": {"binary_data_size": 16}},
         {"name": "x2", "datatype": "FP64", "shape": [2, 1],
          "parameters": {"binary_data_size": 16}}]}).encode()
-
-    @FUZZ
-    @given(head=mutated(head), raw=mutated(cities + floats), skew=st.integers(-20, 20))
-    def run(head: bytes, raw: bytes, skew: int) -> None:
-        _count("http-tabular-binary")
-        status, _, data = tab_server.request(
-            "POST", "/v2/models/tabular/infer", head + raw,
-            {"Content-Type": "application/octet-stream",
-             "Inference-Header-Content-Length": str(len(head) + skew)})
-        if status == 200:
-            return
-        _check_http(tab_server, status, data)
-
-    run()
+    _fuzz_binary(tab_server, "/v2/models/tabular/infer", head, cities + floats,
+                 "http-tabular-binary")
