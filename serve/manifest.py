@@ -24,7 +24,7 @@ MAX_MANIFEST_BYTES = 64 << 20
 # Every file linreg-train and linreg-export write into a model folder.
 ARTIFACT_NAMES = frozenset({MANIFEST, "model.pt", "history.csv", "theta.png", "loss.png",
                             "fit.png", "pred_vs_actual.png", "residuals.png", "model.onnx",
-                            "model.torchscript.pt", "model.pt2"})
+                            "model.torchscript.pt", "model.pt2", "inference.npz"})
 _OWN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # what an interrupted linreg run may leave
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

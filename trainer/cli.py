@@ -51,6 +51,13 @@ def _range(name: str) -> click.ParamType:
 @click.option("--unknown", type=click.Choice(CHOICES["unknown"]), default="error",
               show_default=True, help="A level not seen in training, at prediction time: an "
               "error, or predicted as the reference level.")
+@click.option("--cov", type=click.Choice(CHOICES["cov"]), default="nonrobust",
+              show_default=True, help="Covariance of the estimates for the statistics: "
+              "classical, or heteroskedasticity-robust HC0-HC3 (as statsmodels).")
+@click.option("--confidence", type=_range("confidence"), default=0.95, show_default=True,
+              help="Level of the coefficients' confidence intervals.")
+@click.option("--summary", is_flag=True, help="Print a statsmodels-like table of the "
+              "estimates (std err, t, P>|t|, interval); later: linreg-summary MODEL_DIR.")
 @click.option("--val-fraction", type=_range("val_fraction"), default=None,
               help="Hold out this fraction of rows, in (0, 1), seeded, for validation metrics.")
 @click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
@@ -85,7 +92,8 @@ def _range(name: str) -> click.ParamType:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
-               missing_indicator: bool, max_levels: int, unknown: str,
+               missing_indicator: bool, max_levels: int, unknown: str, cov: str,
+               confidence: float, summary: bool,
                val_fraction: float | None, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
@@ -118,10 +126,31 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                                  features=_names(features), exclude=_names(exclude),
                                  encoding=EncodeConfig(tuple(_names(categorical)), impute,
                                                        missing_indicator, max_levels, unknown),
+                                 cov=cov, confidence=confidence,
                                  val_fraction=val_fraction, force=force, plot=plot, log=log,
                                  progress=fitting, read_progress=reading.to)
     if not quiet:
         _summary(folder, manifest)
+    if summary:
+        from trainer.stats import summary_text
+
+        click.echo(summary_text(manifest).rstrip("\n"))
+
+
+@click.command("linreg-summary", cls=OneLineErrors, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="linreg")
+@click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
+def summary_main(model_dir: Path) -> None:
+    """Print the statistics of a trained model (MODEL_DIR made by linreg-train) as a table."""
+    from serve.errors import ModelError
+    from serve.manifest import read_manifest
+    from trainer.stats import summary_text
+
+    manifest = read_manifest(model_dir)
+    if not manifest.get("statistics"):
+        raise ModelError(f"{model_dir}: no statistics in model.json (trained by an older "
+                         "linreg); train it again")
+    click.echo(summary_text(manifest).rstrip("\n"))
 
 
 STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",

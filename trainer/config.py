@@ -68,12 +68,14 @@ SETTINGS: dict[str, Range] = {
     "val_fraction": Range(float, 0, 1, min_open=True, max_open=True),
     "init_value": Range(float, -1e6, 1e6),
     "max_levels": Range(int, 1),
+    "confidence": Range(float, 0, 1, min_open=True, max_open=True),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "solver": ("sgd", "lstsq"),
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "float64"),
     "unknown": ("error", "reference"),
+    "cov": ("nonrobust", "HC0", "HC1", "HC2", "HC3"),
 }
 INIT_NAMES = ("default", "zeros")
 

@@ -26,16 +26,20 @@ from serve.columns import specs_json
 from serve.errors import OutputError, OutputExistsError
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
-from trainer.config import TrainConfig, check_setting
+from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.data import TrainingData, encode, load_training_data, split_rows
 from trainer.encode import EncodeConfig
 from trainer.fit import FitResult, fit, least_squares
+from trainer.stats import inference
+
+INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for intervals
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
           targets: Sequence[str] = (), features: Sequence[str] = (),
           exclude: Sequence[str] = (), encoding: EncodeConfig | None = None,
           val_fraction: float | None = None,
+          cov: str = "nonrobust", confidence: float = 0.95,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
           progress: Callable[[float], None] | None = None,
           read_progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
@@ -46,6 +50,9 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     encoding.validate()
     if val_fraction:  # None or 0: no validation split
         check_setting("val_fraction", val_fraction)
+    check_setting("confidence", confidence)
+    if cov not in CHOICES["cov"]:
+        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
     data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                               categorical=encoding.categorical, progress=read_progress)
@@ -54,12 +61,21 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     X, Y = data.X[train_idx], data.Y[train_idx]
     result = fit(X, Y, config, log=log, progress=progress)
 
+    stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
+                      names=data.feature_names, cov_type=cov, confidence=confidence,
+                      penalized=f"--weight-decay {config.weight_decay}"
+                      if config.weight_decay else None)
     with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
         manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
+        manifest["statistics"] = stats.per_target
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
+        if stats.cov is not None:  # for prediction intervals at export
+            np.savez(tmp / INFERENCE, cov=stats.cov, sigma=stats.sigma,
+                     df_resid=np.array(stats.per_target[0]["df_resid"]))
+            record_artifact(manifest, tmp, INFERENCE)
         if plot:
             from trainer.plots import PlotData, write_plots
             pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],

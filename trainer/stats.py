@@ -1,0 +1,213 @@
+"""Inference statistics of a fitted linear model, as statsmodels' OLS reports them.
+
+Computed in float64 over the training rows at the *saved* parameters (exact or SGD), one entry
+per target, arrays in the order intercept first, then the coefficients in the manifest's
+feature order:
+
+1. the design matrix Z = [1, X] (no column of ones without a bias) and its SVD, which gives
+   (ZᵀZ)⁻¹ without forming ZᵀZ (forming it squares the condition number: Longley loses half
+   its digits that way) and the condition number;
+2. residuals, σ̂² = SSR / (n - p), and the covariance of the estimates: σ̂²(ZᵀZ)⁻¹
+   (``nonrobust``) or the sandwich (ZᵀZ)⁻¹ Zᵀ diag(ωᵢ) Z (ZᵀZ)⁻¹ with ω = e² (HC0),
+   e²·n/(n-p) (HC1), e²/(1-h) (HC2), e²/(1-h)² (HC3), h the leverages;
+3. standard errors, t, two-sided p-values and confidence intervals from Student's t with
+   n - p degrees of freedom (the normal distribution under a robust covariance, as statsmodels); R², adjusted R², the F test of all slopes (a Wald test under the
+   chosen covariance, as statsmodels does), the log-likelihood, AIC and BIC.
+
+What is not defined says so (``not_defined``: name -> reason) instead of a misleading number:
+R²/F without a bias, everything with a penalty (the estimates are not OLS), everything that
+needs σ̂ with no residual degrees of freedom.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
+
+
+@dataclass
+class Inference:
+    """The statistics of every target, and what the exporter needs for prediction intervals:
+    ``cov`` (targets, p, p), the covariance of the estimates, and ``sigma`` per target."""
+
+    per_target: list[dict[str, Any]]
+    cov: np.ndarray | None
+    sigma: np.ndarray | None
+
+
+def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
+              bias: bool, names: list[str], cov_type: str = "nonrobust",
+              confidence: float = 0.95, penalized: str | None = None) -> Inference:
+    """The statistics of ``Y ≈ X coefᵀ + intercept`` (see the module docstring)."""
+    from scipy import stats as st
+
+    # 1. design matrix and its SVD
+    n = X.shape[0]
+    Z = np.hstack([np.ones((n, 1)), X]) if bias else np.asarray(X, dtype=np.float64)
+    p = Z.shape[1]
+    U, S, Vt = np.linalg.svd(Z, full_matrices=False)
+    rank = int(np.sum(S > S[0] * max(Z.shape) * np.finfo(float).eps)) if S.size else 0
+    cond = float(S[0] / S[-1]) if S.size and S[-1] > 0 else math.inf
+    S_inv = np.where(np.arange(len(S)) < rank, 1.0 / np.where(S > 0, S, 1.0), 0.0)
+    gram_inv = (Vt.T * S_inv**2) @ Vt  # (ZᵀZ)⁻¹, pseudo-inverse past the rank
+    leverage = np.sum((U[:, :rank]) ** 2, axis=1)
+    df_resid = n - rank
+    df_model = rank - (1 if bias else 0)
+    labels = (["Intercept"] if bias else []) + list(names)
+
+    out, covs, sigmas = [], [], []
+    for t in range(Y.shape[1]):
+        beta = np.concatenate([[intercept[t]], coef[t]]) if bias else np.asarray(coef[t])
+        # 2. residuals, σ̂, covariance
+        resid = Y[:, t] - Z @ beta
+        ssr = float(resid @ resid)
+        centered = Y[:, t] - Y[:, t].mean()
+        tss = float(centered @ centered)
+        entry: dict[str, Any] = {"target_index": t, "names": labels, "n_obs": n,
+                                 "df_model": df_model, "df_resid": df_resid,
+                                 "cov_type": cov_type, "confidence": confidence,
+                                 "condition_number": cond}
+        why: dict[str, str] = {}
+        if penalized:
+            why = {k: f"the estimates are penalized ({penalized}), not least squares"
+                   for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value",
+                             "sigma", "log_likelihood", "aic", "bic", "adj_r2", "r2")}
+        elif df_resid <= 0:
+            why = {k: f"no residual degrees of freedom ({n} rows for {rank} parameters); "
+                      "it needs more rows than parameters"
+                   for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value",
+                             "sigma", "adj_r2")}
+        if not bias:
+            for k in ("r2", "adj_r2", "f_stat", "f_p_value"):
+                why.setdefault(k, "the model has no intercept (--no-bias): R² and the F test "
+                                  "against a constant are not defined")
+        if rank < p:
+            why.setdefault("std_err", f"the design matrix has rank {rank} < {p} parameters "
+                                      "(collinear columns)")
+        entry["not_defined"] = why
+
+        llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
+        if "log_likelihood" not in why:
+            entry["log_likelihood"] = llf
+            entry["aic"] = -2 * llf + 2 * rank
+            entry["bic"] = -2 * llf + math.log(n) * rank
+        if "r2" not in why:
+            entry["r2"] = 1 - ssr / tss if tss > 0 else None
+        if "std_err" in why:
+            out.append(_finite(entry))
+            covs.append(np.full((p, p), np.nan))
+            sigmas.append(math.nan)
+            continue
+        sigma2 = ssr / df_resid
+        cov = _covariance(cov_type, gram_inv, Z, resid, leverage, sigma2, n, rank)
+        se = np.sqrt(np.diag(cov))
+        tval = beta / se
+        # Student's t for the classical covariance; the normal for a robust one (asymptotic),
+        # as statsmodels does by default (use_t).
+        dist = st.t(df_resid) if cov_type == "nonrobust" else st.norm()
+        q = float(dist.ppf(0.5 + confidence / 2))
+        entry["distribution"] = "t" if cov_type == "nonrobust" else "normal"
+        entry.update(std_err=se.tolist(), t=tval.tolist(),
+                     p_value=(2 * dist.sf(np.abs(tval))).tolist(),
+                     conf_int=np.column_stack([beta - q * se, beta + q * se]).tolist(),
+                     sigma=math.sqrt(sigma2), coef=beta.tolist())
+        # 3. the fit as a whole
+        if "adj_r2" not in why and entry.get("r2") is not None:
+            entry["adj_r2"] = 1 - (n - 1) / df_resid * (1 - entry["r2"])
+        if "f_stat" not in why and df_model > 0:
+            slopes = beta[1:]
+            wald = float(slopes @ np.linalg.solve(cov[1:, 1:], slopes)) / df_model
+            entry["f_stat"] = wald
+            entry["f_p_value"] = float(st.f.sf(wald, df_model, df_resid))
+        out.append(_finite(entry))
+        covs.append(cov)
+        sigmas.append(math.sqrt(sigma2))
+    usable = all(np.isfinite(c).all() for c in covs)
+    return Inference(out, np.stack(covs) if usable else None,
+                     np.array(sigmas) if usable else None)
+
+
+def _covariance(cov_type: str, gram_inv: np.ndarray, Z: np.ndarray, resid: np.ndarray,
+                leverage: np.ndarray, sigma2: float, n: int, rank: int) -> np.ndarray:
+    if cov_type == "nonrobust":
+        return sigma2 * gram_inv
+    omega = resid**2
+    if cov_type == "HC1":
+        omega = omega * n / (n - rank)
+    elif cov_type == "HC2":
+        omega = omega / (1 - leverage)
+    elif cov_type == "HC3":
+        omega = omega / (1 - leverage) ** 2
+    bread = Z @ gram_inv
+    return bread.T @ (bread * omega[:, None])
+
+
+def _finite(entry: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or inf: such a value is recorded as null."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return {k: clean(v) for k, v in entry.items()}
+
+
+# ----------------------------------------------------------------------------- summary
+
+def summary_text(manifest: dict[str, Any]) -> str:
+    """A statsmodels-like table per target, from a manifest's ``statistics``."""
+    lines = []
+    for entry, target in zip(manifest.get("statistics") or [], manifest["targets"]):
+        level = entry["confidence"]
+        lo, hi = f"[{(1 - level) / 2:.3g}", f"{1 - (1 - level) / 2:.3g}]"
+        head = [f"{'target':<16}{target:>20}    {'R²':<14}{_num(entry.get('r2')):>12}",
+                f"{'rows':<16}{entry['n_obs']:>20,}    {'adj. R²':<14}"
+                f"{_num(entry.get('adj_r2')):>12}",
+                f"{'df model':<16}{entry['df_model']:>20}    {'F':<14}"
+                f"{_num(entry.get('f_stat')):>12}",
+                f"{'df residuals':<16}{entry['df_resid']:>20}    {'P(F)':<14}"
+                f"{_num(entry.get('f_p_value')):>12}",
+                f"{'covariance':<16}{entry['cov_type']:>20}    {'log-lik.':<14}"
+                f"{_num(entry.get('log_likelihood')):>12}",
+                f"{'sigma':<16}{_num(entry.get('sigma')):>20}    {'AIC':<14}"
+                f"{_num(entry.get('aic')):>12}",
+                f"{'condition no.':<16}{_num(entry.get('condition_number')):>20}    "
+                f"{'BIC':<14}{_num(entry.get('bic')):>12}"]
+        width = max(12, max(len(n) for n in entry["names"]) + 2)
+        table = [f"{'':<{width}}{'coef':>12}{'std err':>12}{'t':>10}{'P>|t|':>10}{lo:>12}{hi:>12}"]
+        coefs = entry.get("coef") or [None] * len(entry["names"])
+        for i, name in enumerate(entry["names"]):
+            row = [entry.get(k, [None] * len(entry["names"]))[i]
+                   for k in ("std_err", "t", "p_value")]
+            ci = (entry.get("conf_int") or [[None, None]] * len(entry["names"]))[i]
+            table.append(f"{name:<{width}}{_num(coefs[i]):>12}{_num(row[0]):>12}"
+                         f"{_num(row[1], 3):>10}{_num(row[2], 3):>10}{_num(ci[0]):>12}"
+                         f"{_num(ci[1]):>12}")
+        rule = "=" * max(len(r) for r in table + head)
+        lines += [rule, *head, "-" * len(rule), *table, rule]
+        for what, reason in sorted(entry.get("not_defined", {}).items()):
+            lines.append(f"not defined: {what}: {reason}")
+        if (entry.get("condition_number") or 0) > 1e8 or entry.get("condition_number") is None:
+            lines.append(f"warning: the condition number is large "
+                         f"({_num(entry.get('condition_number'))}): strong multicollinearity "
+                         "or badly scaled columns; the standard errors may be unreliable")
+        opt = manifest.get("metrics", {}).get("exact_least_squares")
+        if opt and opt.get("sgd_short_of_it"):
+            lines.append("warning: SGD stopped short of the exact least-squares optimum; these "
+                         "statistics describe the saved parameters, not the best fit")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}g}"
