@@ -244,15 +244,19 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.option("--opset", type=click.IntRange(min=13), default=None,
               help="ONNX opset version. Default: 18, or 19 for a model with categorical "
               "columns (it compares strings).")
+@click.option("--intervals", type=_range("confidence"), default=None, metavar="LEVEL",
+              help="Add outputs prediction_lower/upper (a new observation) and "
+              "mean_lower/upper (the mean) at this level, e.g. 0.95, to model.onnx.")
 @click.option("--force", is_flag=True, help="Overwrite existing exported files.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def export_main(model_dir: Path, formats: tuple[str, ...], opset: int | None, force: bool,
-                quiet: bool) -> None:
+def export_main(model_dir: Path, formats: tuple[str, ...], opset: int | None,
+                intervals: float | None, force: bool, quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
     from trainer.export import export
 
     formats = tuple(dict.fromkeys(formats)) or ("onnx", "torchscript")
-    manifest = export(model_dir, formats=formats, opset=opset, force=force)
+    manifest = export(model_dir, formats=formats, opset=opset, force=force,
+                      intervals=intervals)
     if not quiet:
         for fmt in formats:
             info = manifest["exports"][fmt]
@@ -261,6 +265,12 @@ def export_main(model_dir: Path, formats: tuple[str, ...], opset: int | None, fo
                        f"relative error {p['max_rel_error']:.2g} <= tolerance "
                        f"{p['tolerance']:g} over {sum(p['rows_checked']):,} rows (largest "
                        f"absolute difference {p['max_abs_error']:.2g})")
+            if "intervals" in info:
+                iv = info["intervals"]
+                click.echo(f"  intervals at {iv['level']:g} ({iv['distribution']} quantile "
+                           f"{iv['quantile']:.6g}, {iv['cov_type']} covariance): "
+                           f"{', '.join(iv['outputs'])}; they agree with the statistics to "
+                           f"{iv['parity']['max_rel_error']:.2g}")
             if "note" in info.get("input", {}):
                 click.echo(f"  note: {model_dir / info['file']} is {info['input']['note']}")
 

@@ -36,7 +36,8 @@ from serve.tables import to_matrix
 from trainer.encode import design_matrix, raw_columns
 from trainer.files import read_table
 from trainer.model import LinearRegression, model_from_state_dict
-from trainer.onnx_tabular import needs_opset, tabular_graph
+from trainer.onnx_tabular import INTERVAL_OUTPUTS, Intervals, needs_opset, tabular_graph
+from trainer.train import INFERENCE
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
 DEFAULT_OPSET = 18
@@ -90,13 +91,20 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
 
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
-           opset: int | None = None, force: bool = False) -> dict[str, Any]:
+           opset: int | None = None, force: bool = False,
+           intervals: float | None = None) -> dict[str, Any]:
     """Write the requested formats into ``folder``, check parity, update the manifest.
 
-    ``opset`` None: 18, or 19 for a model with categorical columns (string ``Equal``)."""
+    ``opset`` None: 18, or 19 for a model with categorical columns (string ``Equal``).
+    ``intervals`` (a level such as 0.95) adds prediction and mean intervals to model.onnx."""
     folder = Path(folder)
     model, manifest = load_trained(folder)
     specs = read_specs(manifest, folder / "model.json")
+    if "onnx" in formats:
+        manifest.pop("intervals", None)  # what this export writes, nothing older
+    iv = _intervals(folder, manifest, intervals) if intervals is not None else None
+    if iv is not None and "onnx" not in formats:
+        raise ExportError("--intervals: the intervals go into model.onnx; add --format onnx")
     lowest = needs_opset(specs) if specs else 13
     if opset is None:
         opset = max(DEFAULT_OPSET, lowest)
@@ -115,10 +123,13 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     results = {}
     with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
         for fmt in formats:
-            if fmt == "onnx" and specs:  # raw columns in: the encoding goes into the graph
-                info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset)
-                predict = _tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
-                info["parity"] = _parity(model, fmt, predict, raw_rows, rows, manifest)
+            if fmt == "onnx" and (specs or iv):  # linreg's own graph: encoding, intervals
+                info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset, iv)
+                predict, bounds = _tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
+                info["parity"] = _parity(model, fmt, predict, raw_rows or rows, rows, manifest)
+                if iv is not None:
+                    info["intervals"] = {**manifest["intervals"], "parity": _interval_parity(
+                        bounds, raw_rows or rows, rows, iv, model, manifest)}
             else:
                 info = writers[fmt](model, manifest, tmp[FORMATS[fmt]], opset)
                 info["parity"] = _check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
@@ -234,6 +245,8 @@ def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
         "encoded_names": json.dumps(manifest["features"]),
     }
     inputs = [c["name"] for c in columns] if columns else manifest["features"]
+    if manifest.get("intervals"):  # extra outputs beside prediction
+        tabular["linreg.intervals"] = json.dumps(manifest["intervals"])
     return {
         "linreg.schema_version": str(manifest["schema_version"]),
         "feature_names": json.dumps(inputs),
@@ -387,14 +400,15 @@ def _design(raw: dict[str, np.ndarray], specs: list[ColumnSpec], manifest) -> np
     return np.ascontiguousarray(X, dtype=np.dtype(manifest["model"]["dtype"]))
 
 
-def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec], path: Path,
-                        opset: int) -> dict[str, Any]:
+def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: Path,
+                        opset: int, iv: Intervals | None = None) -> dict[str, Any]:
     weight = model.linear.weight.detach().cpu().numpy()
     bias = model.linear.bias.detach().cpu().numpy() if model.linear.bias is not None else None
-    if "prediction" in {s.name for s in specs}:
-        raise ExportError("a column named 'prediction' clashes with the model's output; "
-                          "rename it and train again")
-    proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset)
+    if clash := {s.name for s in specs or []} & {"prediction", *INTERVAL_OUTPUTS}:
+        raise ExportError(f"a column named {sorted(clash)[0]!r} clashes with the model's "
+                          "outputs; rename it and train again")
+    proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset,
+                          intervals=iv)
     _finish_onnx(proto, manifest)
     import onnx
 
@@ -403,11 +417,16 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec], path: Path,
             "onnx_version": onnx_version(),
             "inputs": [{"name": s.name, "shape": ["batch", 1],
                         "type": "string" if s.kind == "categorical" else
-                        manifest["model"]["dtype"]} for s in specs],
-            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
+                        manifest["model"]["dtype"]} for s in specs] if specs else
+            [{"name": "features", "shape": ["batch", len(manifest["features"])],
+              "type": manifest["model"]["dtype"]}],
+            "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]},
+            "outputs": ["prediction", *INTERVAL_OUTPUTS] if iv else ["prediction"]}
 
 
-def _tabular_loader(path: Path, specs: list[ColumnSpec], manifest: dict[str, Any]):
+def _tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[str, Any]):
+    """``predict(rows)`` and ``bounds(rows)`` (the four interval outputs) of linreg's own
+    graph, fed raw columns (``specs``) or the ``features`` matrix."""
     import onnxruntime as ort
 
     try:
@@ -416,11 +435,65 @@ def _tabular_loader(path: Path, specs: list[ColumnSpec], manifest: dict[str, Any
         raise ExportError(f"onnx: the exported file does not load ({first_line(e)})") from None
     dtype = np.dtype(manifest["model"]["dtype"])
 
-    def predict(raw: dict[str, np.ndarray]) -> np.ndarray:
-        feeds = {s.name: (raw[s.name].astype(object) if s.kind == "categorical" else
-                          raw[s.name].astype(dtype)).reshape(-1, 1) for s in specs}
-        return sess.run(["prediction"], feeds)[0]
-    return predict
+    def feeds(raw) -> dict[str, np.ndarray]:
+        if specs is None:
+            return {"features": raw}
+        return {s.name: (raw[s.name].astype(object) if s.kind == "categorical" else
+                         raw[s.name].astype(dtype)).reshape(-1, 1) for s in specs}
+    return (lambda raw: sess.run(["prediction"], feeds(raw))[0],
+            lambda raw: sess.run(list(INTERVAL_OUTPUTS), feeds(raw)))
+
+
+def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Intervals:
+    """What the interval outputs need, from the training's statistics (``inference.npz``)."""
+    from scipy import stats as st
+
+    if not (isinstance(level, float) and 0 < level < 1):
+        raise ExportError(f"--intervals {level}: a level in (0, 1), e.g. 0.95")
+    stats = manifest.get("statistics") or []
+    path = folder / INFERENCE
+    if not stats or not path.is_file():
+        why = "; ".join(f"{k}: {v}" for k, v in (stats[0].get("not_defined", {}).items()
+                                                  if stats else []) if k == "std_err")
+        raise ExportError(f"{folder}: no covariance of the estimates to build intervals from "
+                          f"({why or 'trained by an older linreg: train it again'})")
+    verify_artifact(manifest, folder, INFERENCE)
+    with np.load(path, allow_pickle=False) as z:
+        cov, sigma = z["cov"], z["sigma"]
+    p = len(manifest["features"]) + (1 if manifest["model"]["bias"] else 0)
+    if cov.shape != (len(manifest["targets"]), p, p) or sigma.shape != (cov.shape[0],):
+        raise ExportError(f"{path}: shapes {cov.shape}, {sigma.shape} do not match the model")
+    entry = stats[0]
+    dist = st.norm() if entry.get("distribution") == "normal" else st.t(entry["df_resid"])
+    quantile = float(dist.ppf(0.5 + level / 2))
+    manifest["intervals"] = {"level": level, "distribution": entry.get("distribution", "t"),
+                             "df_resid": entry["df_resid"], "cov_type": entry["cov_type"],
+                             "quantile": quantile, "outputs": list(INTERVAL_OUTPUTS)}
+    return Intervals(cov, sigma, quantile)
+
+
+def _interval_parity(bounds, inputs: list[Any], rows: list[np.ndarray], iv: Intervals, model,
+                     manifest: dict[str, Any]) -> dict[str, Any]:
+    """The graph's bounds against the same formula in float64 numpy on the same rows."""
+    bias = manifest["model"]["bias"]
+    worst = 0.0
+    for given, X in zip(inputs, rows):
+        Z = np.hstack([np.ones((len(X), 1)), X.astype(np.float64)]) if bias else \
+            X.astype(np.float64)
+        with torch.no_grad():
+            pred = model(torch.from_numpy(X)).numpy().astype(np.float64)
+        var = np.stack([np.einsum("ij,jk,ik->i", Z, C, Z) for C in iv.cov], axis=1)
+        half_mean = iv.quantile * np.sqrt(np.maximum(var, 0))
+        half_obs = iv.quantile * np.sqrt(var + iv.sigma**2)
+        want = [pred - half_obs, pred + half_obs, pred - half_mean, pred + half_mean]
+        got = [np.asarray(b, dtype=np.float64) for b in bounds(given)]
+        scale = max(1.0, max(float(np.max(np.abs(w))) for w in want))
+        worst = max(worst, max(float(np.max(np.abs(g - w))) for g, w in zip(got, want)) / scale)
+    tol = TOLERANCE[manifest["model"]["dtype"]]
+    if not worst <= tol:
+        raise ExportError(f"onnx intervals disagree with the statistics: max relative error "
+                          f"{worst:.3g} > tolerance {tol:g}")
+    return {"max_rel_error": worst, "tolerance": tol}
 
 
 def _loader(fmt: str, path: Path):

@@ -11,11 +11,15 @@ opset 19):
 3. X = Concat(blocks, axis=1);  prediction = Gemm(X, W, b, transB=1)
                  + Where(unknown, NaN, 0) per checked column: a row the model cannot predict
                  comes out NaN, which every consumer refuses (linreg names the cell).
+4. with intervals (``linreg-export --intervals``, for plain models too, input ``features``):
+   prediction_lower/upper (a new observation) and mean_lower/upper (the mean) from the
+   covariance of the estimates and σ̂, the quantile fixed at export (:func:`_interval_nodes`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,6 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 from serve.columns import ColumnSpec
 
 OUTPUT = "prediction"
+FEATURES = "features"
+INTERVAL_OUTPUTS = ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper")
 MIN_OPSET = 19  # Equal on strings
 _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
@@ -33,21 +39,26 @@ def needs_opset(specs: Sequence[ColumnSpec]) -> int:
     return MIN_OPSET if any(s.kind == "categorical" for s in specs) else 13
 
 
-def tabular_graph(specs: Sequence[ColumnSpec], weight: np.ndarray, bias: np.ndarray | None,
-                  *, dtype: str, opset: int) -> onnx.ModelProto:
-    """The whole model as an ONNX ModelProto (metadata is added by the caller)."""
+def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
+                  bias: np.ndarray | None, *, dtype: str, opset: int,
+                  intervals: Intervals | None = None) -> onnx.ModelProto:
+    """The whole model as an ONNX ModelProto (metadata is added by the caller): raw columns
+    in (``specs``), or the plain ``features`` matrix (``specs`` None, used with intervals)."""
     np_dtype, elem = np.dtype(dtype), _ELEM[dtype]
     nodes, inits, inputs, blocks, penalties = [], [], [], [], []
 
     def const(name: str, value: np.ndarray) -> str:
-        inits.append(numpy_helper.from_array(value, f"linreg/{name}"))
+        inits.append(numpy_helper.from_array(np.asarray(value), f"linreg/{name}"))
         return f"linreg/{name}"
 
     def node(op: str, ins: list[str], out: str, **attrs) -> str:
         nodes.append(helper.make_node(op, ins, [f"linreg/{out}"], **attrs))
         return f"linreg/{out}"
 
-    for j, spec in enumerate(specs):
+    if specs is None:
+        inputs.append(helper.make_tensor_value_info(FEATURES, elem, ["batch", weight.shape[1]]))
+        blocks.append(FEATURES)
+    for j, spec in enumerate(specs or []):
         x = spec.name
         if spec.kind == "numeric":  # 1.
             inputs.append(helper.make_tensor_value_info(x, elem, ["batch", 1]))
@@ -84,12 +95,61 @@ def tabular_graph(specs: Sequence[ColumnSpec], weight: np.ndarray, bias: np.ndar
     out = node("Gemm", gemm_in, "linear", transB=1)
     for p in penalties:
         out = node("Add", [out, p], f"plus_{p.rsplit('/', 2)[-2]}")
-    nodes[-1].output[0] = OUTPUT
-    outputs = [helper.make_tensor_value_info(OUTPUT, elem, ["batch", weight.shape[0]])]
+    names = [OUTPUT]
+    if intervals is not None:  # 4.
+        bounds = _interval_nodes(X, out, intervals, bias is not None, np_dtype, const, node)
+        names += list(INTERVAL_OUTPUTS)
+        for name, ref in zip(INTERVAL_OUTPUTS, bounds):
+            nodes.append(helper.make_node("Identity", [ref], [name]))
+    nodes.append(helper.make_node("Identity", [out], [OUTPUT]))
+    outputs = [helper.make_tensor_value_info(n, elem, ["batch", weight.shape[0]]) for n in names]
     graph = helper.make_graph(nodes, "linreg", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 10)  # what onnxruntime 1.20+ reads
     return model
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """What the interval outputs need: the covariance of the estimates per target
+    (targets, p, p; intercept first), σ̂ per target and the quantile for the level."""
+
+    cov: np.ndarray
+    sigma: np.ndarray
+    quantile: float
+
+
+def _interval_nodes(X: str, pred: str, iv: Intervals, has_bias: bool, np_dtype, const,
+                    node) -> list[str]:
+    """4. Per target t, with x a row of the design matrix and C = cov[t] (intercept first):
+    v = x Cxx xᵀ + 2 x c_x0 + c_00 (the variance of the mean), se_mean = √v,
+    se_obs = √(v + σ̂²); bounds = prediction ∓ q·se."""
+    variances = []
+    for t, C in enumerate(iv.cov):
+        k = 1 if has_bias else 0
+        cxx = C[k:, k:]
+        quad = node("MatMul", [node("Mul", [node("MatMul", [X, const(f"iv{t}/cxx",
+                                                                     cxx.astype(np_dtype))],
+                                                 f"iv{t}/xc"), X], f"iv{t}/xcx"),
+                               const(f"iv{t}/ones", np.ones((cxx.shape[0], 1), np_dtype))],
+                    f"iv{t}/quad")
+        if has_bias:
+            cross = node("MatMul", [X, const(f"iv{t}/cx0", (2 * C[1:, :1]).astype(np_dtype))],
+                         f"iv{t}/cross")
+            quad = node("Add", [node("Add", [quad, cross], f"iv{t}/q1"),
+                                const(f"iv{t}/c00", C[:1, :1].astype(np_dtype))], f"iv{t}/var")
+        variances.append(quad)
+    var = node("Concat", variances, "iv/var", axis=1) if len(variances) > 1 else variances[0]
+    var = node("Max", [var, const("iv/zero", np.zeros((1, 1), np_dtype))], "iv/var_pos")
+    q = const("iv/q", np.array([[iv.quantile]], np_dtype))
+    se_mean = node("Mul", [node("Sqrt", [var], "iv/se_mean"), q], "iv/half_mean")
+    s2 = const("iv/sigma2", (iv.sigma**2).reshape(1, -1).astype(np_dtype))
+    se_obs = node("Mul", [node("Sqrt", [node("Add", [var, s2], "iv/var_obs")], "iv/se_obs"), q],
+                  "iv/half_obs")
+    return [node("Sub", [pred, se_obs], "iv/obs_lower"),
+            node("Add", [pred, se_obs], "iv/obs_upper"),
+            node("Sub", [pred, se_mean], "iv/mean_lower"),
+            node("Add", [pred, se_mean], "iv/mean_upper")]
 
 
 def _strings(levels: Sequence[str]) -> np.ndarray:

@@ -11,7 +11,8 @@ feature order:
    (``nonrobust``) or the sandwich (ZᵀZ)⁻¹ Zᵀ diag(ωᵢ) Z (ZᵀZ)⁻¹ with ω = e² (HC0),
    e²·n/(n-p) (HC1), e²/(1-h) (HC2), e²/(1-h)² (HC3), h the leverages;
 3. standard errors, t, two-sided p-values and confidence intervals from Student's t with
-   n - p degrees of freedom (the normal distribution under a robust covariance, as statsmodels); R², adjusted R², the F test of all slopes (a Wald test under the
+   n - p degrees of freedom (the normal distribution under a robust covariance, as
+   statsmodels does); R², adjusted R², the F test of all slopes (a Wald test under the
    chosen covariance, as statsmodels does), the log-likelihood, AIC and BIC.
 
 What is not defined says so (``not_defined``: name -> reason) instead of a misleading number:
