@@ -21,7 +21,10 @@ from serve.errors import ModelError
 # size read from data (Expand, Tile, ConstantOfShape, Range, Resize...).
 ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Identity", "Cast",
                          "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
-                         "Constant", "Where", "IsNaN", "Equal"})
+                         "Constant", "Where", "IsNaN", "Equal", "Sqrt", "Max"})
+# linreg-export --intervals adds these outputs beside "prediction", same type and shape.
+PREDICTION = "prediction"
+INTERVAL_OUTPUTS = ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper")
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {1: "float", 11: "double"}
 _STRING = 8
@@ -62,26 +65,34 @@ def check_graph(data: bytes, source: str, *, allow_foreign: bool = False) -> Gra
         what = ", ".join(foreign[:5]) or ("sub-graphs" if facts.subgraphs else "local functions")
         raise ModelError(f"{source}: not a linreg model graph (it uses {what}){hint}")
     inputs = [i for i in facts.inputs if i[0] not in facts.initializers]
-    if len(facts.outputs) != 1 or not inputs:
+    outputs = facts.outputs
+    if len(outputs) == 1 + len(INTERVAL_OUTPUTS) and \
+            [o[0] for o in outputs] == [PREDICTION, *INTERVAL_OUTPUTS]:
+        if any(o[1:] != outputs[0][1:] for o in outputs):
+            raise ModelError(f"{source}: the interval outputs differ in type or shape from "
+                             f"'prediction'{hint}")
+        outputs = outputs[:1]
+    if len(outputs) != 1 or not inputs:
         raise ModelError(f"{source}: not a linreg model graph ({len(inputs)} inputs and "
-                         f"{len(facts.outputs)} outputs; expected one output){hint}")
+                         f"{len(facts.outputs)} outputs; expected one output, or prediction "
+                         f"and its intervals){hint}")
     if len(inputs) > 1 or inputs[0][1] == _STRING:  # raw columns: one [batch, 1] each
         for name, elem, dims in inputs:
             if elem not in (*_FLOAT_TYPES, _STRING) or dims[1:] != [1] or len(dims) != 2:
                 raise ModelError(f"{source}: input {name!r} is not a raw column (float or "
                                  f"string [batch, 1]){hint}")
-            if elem != _STRING and elem != facts.outputs[0][1]:
+            if elem != _STRING and elem != outputs[0][1]:
                 raise ModelError(f"{source}: input {name!r} and the output have different "
                                  f"element types{hint}")
-        inputs = [(inputs[0][0], facts.outputs[0][1], inputs[0][2])]  # the output check below
-    for kind, (name, elem, dims) in (("input", inputs[0]), ("output", facts.outputs[0])):
+        inputs = [(inputs[0][0], outputs[0][1], inputs[0][2])]  # the output check below
+    for kind, (name, elem, dims) in (("input", inputs[0]), ("output", outputs[0])):
         if elem not in _FLOAT_TYPES or len(dims) != 2 or not isinstance(dims[1], int) \
                 or dims[1] < 1:
             shown = "[" + ", ".join(str(d) for d in dims) + "]"
             raise ModelError(f"{source}: {kind} {name!r} is declared as {shown} of element type "
                              f"{elem}; a linreg model has float [batch, width] with a fixed "
                              f"width{hint}")
-    if inputs[0][1] != facts.outputs[0][1]:
+    if inputs[0][1] != outputs[0][1]:
         raise ModelError(f"{source}: input and output have different element types{hint}")
     return facts
 

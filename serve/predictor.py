@@ -32,7 +32,7 @@ from serve.columns import (
 )
 from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
-from serve.graph import check_graph
+from serve.graph import INTERVAL_OUTPUTS, PREDICTION, check_graph
 from serve.manifest import MANIFEST, read_manifest, verify_artifact
 from serve.numbers import cell_number, first_non_finite, non_finite_message, shown
 
@@ -137,6 +137,33 @@ class Predictor:
         ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
         ``row_offset`` and ``source`` place error messages in a file read in chunks.
         """
+        return self._run(X, cancel, row_offset, source)[0]
+
+    @property
+    def intervals(self) -> dict[str, Any] | None:
+        """The model's interval outputs (level, distribution, quantile, names) or None: made
+        by ``linreg-export --intervals LEVEL``."""
+        names = getattr(self._backend, "interval_names", None)
+        if not names:
+            return None
+        try:
+            return json.loads(self.metadata["linreg.intervals"])
+        except (KeyError, json.JSONDecodeError):
+            return {"outputs": names}
+
+    def predict_intervals(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
+                          source: str | None = None) -> dict[str, np.ndarray]:
+        """``prediction`` and its intervals, ``(n_rows, n_targets)`` each: ``prediction_lower``
+        and ``prediction_upper`` for a new observation, ``mean_lower`` and ``mean_upper`` for
+        the mean, at the level fixed at export (:attr:`intervals`)."""
+        if self.intervals is None:
+            raise ModelError(f"{self.source}: this model has no intervals; export it with "
+                             "linreg-export --intervals 0.95")
+        names = [PREDICTION, *INTERVAL_OUTPUTS]
+        return dict(zip(names, self._run(X, cancel, row_offset, source, names)))
+
+    def _run(self, X: Any, cancel: Cancel | None, row_offset: int, source: str | None,
+             names: list[str] | None = None) -> list[np.ndarray]:
         if self.columns is not None:
             rows: np.ndarray | Frame = X if isinstance(X, Frame) else self.as_frame(X)
             feeds = rows.arrays
@@ -145,7 +172,9 @@ class Predictor:
             rows = feeds = X  # fast path: already the model's own layout
         else:
             rows = feeds = self.as_matrix(X)
-        pred = self._backend.run(feeds, cancel)
+        out = self._backend.run(feeds, cancel, names) if names else \
+            [self._backend.run(feeds, cancel)]
+        pred = out[0]
         if pred.shape != (len(rows), self.n_targets):  # (its dtype was checked at load)
             raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
                              f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
@@ -160,7 +189,7 @@ class Predictor:
             raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
                                        f"{self.target_names[c]!r} overflows {self.dtype} "
                                        f"({what}); the inputs are too large for this model")
-        return pred
+        return out
 
     def column_kinds(self) -> tuple[list[str], list[str]]:
         """``(number columns, text columns)`` a reader should give this model: every feature
@@ -399,6 +428,12 @@ class _OnnxBackend(_Backend):
         inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
         self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
         self.columns = None
+        self.interval_names: list[str] = []
+        names = [o.name for o in outputs]
+        if names == [PREDICTION, *INTERVAL_OUTPUTS] and "linreg.intervals" in self.metadata:
+            if any((o.type, o.shape) != (outputs[0].type, outputs[0].shape) for o in outputs):
+                raise ModelError(f"{path}: the interval outputs differ from 'prediction'")
+            self.interval_names, outputs = list(INTERVAL_OUTPUTS), outputs[:1]
         if "linreg.columns" in self.metadata:
             self._raw_columns(inputs, outputs)
             return
@@ -449,18 +484,22 @@ class _OnnxBackend(_Backend):
         return ort.InferenceSession(self._data, sess_options=opts,
                                     providers=["CPUExecutionProvider"])
 
-    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None,
+            names: list[str] | None = None) -> Any:
+        """The prediction; or, given output ``names``, the list of those outputs."""
         session_run = self._run_small
         n = len(rows) if self.columns is None else len(next(iter(rows.values())))
         if n >= SMALL_BATCH and self._threads is None:
             if self._large is None:
                 self._large = self._session(0)  # 0: one thread per physical core
             session_run = self._large.run
+        wanted = names or self._outputs
         if cancel is None:
-            return session_run(self._outputs, self._feeds(rows))[0]
+            out = session_run(wanted, self._feeds(rows))
+            return out if names else out[0]
         try:
-            return session_run(self._outputs, self._feeds(rows),
-                               cancel.run_options(self._ort))[0]
+            out = session_run(wanted, self._feeds(rows), cancel.run_options(self._ort))
+            return out if names else out[0]
         except Exception as e:
             if cancel.cancelled:
                 raise PredictionCancelled("prediction cancelled") from None

@@ -26,10 +26,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from serve.columns import ColumnSpec
+from serve.graph import INTERVAL_OUTPUTS, PREDICTION
 
-OUTPUT = "prediction"
+OUTPUT = PREDICTION
 FEATURES = "features"
-INTERVAL_OUTPUTS = ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper")
 MIN_OPSET = 19  # Equal on strings
 _ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE}
 
