@@ -50,13 +50,14 @@ Chunk = tuple[np.ndarray | Frame, dict[str, pa.Array], int]
 def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
                  input_format: str | None = None, output_format: str | None = None,
                  batch_rows: int = 65536, keep: Sequence[str] = (), force: bool = False,
-                 pred_suffix: str | None = None,
+                 pred_suffix: str | None = None, intervals: bool = False,
                  progress: Callable[[int], None] | None = None) -> int:
     """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count.
 
     Prediction columns are named after the targets, plus ``pred_suffix`` when given; without
     it, ``_pred`` is added only when a kept column has a target's name (actual beside
-    predicted: ``--keep y`` gives ``y`` and ``y_pred``)."""
+    predicted: ``--keep y`` gives ``y`` and ``y_pred``). ``intervals`` adds, per target,
+    ``y_lower``, ``y_upper`` (a new observation) and ``y_mean_lower``, ``y_mean_upper``."""
     if batch_rows < 1:
         raise DataError(f"--batch-rows {batch_rows}: must be at least 1")
     in_fmt = input_format or ("csv" if str(source) == "-" else
@@ -67,6 +68,11 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     suffix = pred_suffix if pred_suffix is not None else \
         ("_pred" if set(keep) & set(predictor.target_names) else "")
     names = [t + suffix for t in predictor.target_names]
+    if intervals:
+        if predictor.intervals is None:
+            raise DataError(f"{predictor.source}: this model has no intervals; export it with "
+                            "linreg-export --intervals 0.95")
+        names += [f"{t}_{k}" for t in predictor.target_names for k in INTERVAL_SUFFIXES]
     if clash := sorted(set(keep) & set(names)):
         raise DataError(f"--keep {clash[0]}: the predictions have a column of that name; pick "
                         "another --pred-suffix")
@@ -80,9 +86,10 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     name = STDIN if str(source) == "-" else str(source)
     chunks = _READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
-        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, names, progress, name)
+        return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, names, progress, name,
+                    intervals)
     with output_file(output, force=force) as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name)
+        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name, intervals)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -94,7 +101,7 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
          keep: list[str], names: list[str], progress: Callable[[int], None] | None,
-         name: str) -> int:
+         name: str, intervals: bool = False) -> int:
     writer = _WRITERS[out_fmt](sink, predictor, keep, names)
     done = 0
     # The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM) is
@@ -104,7 +111,8 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
         for rows, kept, first in chunks:
             cancel = Cancel()
             try:  # the one finiteness check is the model's (NaN/inf named in file terms)
-                pred = pool.submit(predictor.predict, rows, cancel=cancel, row_offset=first,
+                run = _with_intervals(predictor) if intervals else predictor.predict
+                pred = pool.submit(run, rows, cancel=cancel, row_offset=first,
                                    source=name).result()
             except BaseException:  # an interrupt or an error: stop the run if still going
                 cancel.cancel()
@@ -119,6 +127,20 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
         raise DataError(f"{name}: has a header but no data rows")
     writer.close()
     return done
+
+
+INTERVAL_SUFFIXES = ("lower", "upper", "mean_lower", "mean_upper")
+
+
+def _with_intervals(predictor: Predictor) -> Callable[..., np.ndarray]:
+    """``predict`` giving the predictions, then per target its four bounds, as columns."""
+    def run(rows, **kwargs) -> np.ndarray:
+        out = predictor.predict_intervals(rows, **kwargs)
+        bounds = [out[k] for k in ("prediction_lower", "prediction_upper", "mean_lower",
+                                   "mean_upper")]
+        per_target = [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
+        return np.hstack([out["prediction"], *per_target])
+    return run
 
 
 # ---------------------------------------------------------------------------------- readers
@@ -304,7 +326,7 @@ class _NpyWriter:
 
     def __init__(self, sink: BinaryIO, predictor: Predictor, keep: list[str],
                  names: list[str]) -> None:
-        self.sink, self.n_targets, self.dtype, self.rows = sink, predictor.n_targets, \
+        self.sink, self.n_targets, self.dtype, self.rows = sink, len(names), \
             predictor.dtype, 0
         self.seekable = sink.seekable()
         self.buffered: list[np.ndarray] = []

@@ -29,6 +29,9 @@ from serve.version import __version__
               "a,b), e.g. an id, or the actual target beside its prediction.")
 @click.option("--pred-suffix", default=None, help="Suffix of the prediction columns. Default: "
               "none, or _pred when --keep names a target.")
+@click.option("--intervals", is_flag=True, help="Also write each target's prediction "
+              "interval and the mean's interval (y_lower, y_upper, y_mean_lower, y_mean_upper); "
+              "the model needs linreg-export --intervals.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads (0: one per core). Default: picked per batch size.")
 @click.option("--allow-foreign-graph", is_flag=True, help="Run an ONNX graph linreg did not "
@@ -37,7 +40,7 @@ from serve.version import __version__
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
-                 pred_suffix: str | None,
+                 pred_suffix: str | None, intervals: bool,
                  threads: int | None, allow_foreign_graph: bool, force: bool,
                  quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
@@ -52,7 +55,8 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
     with Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
-                         force=force, pred_suffix=pred_suffix, progress=bar.to)
+                         force=force, pred_suffix=pred_suffix, intervals=intervals,
+                         progress=bar.to)
         bar.close(done=n)
     if not quiet and output != "-":
         click.echo(f"Predicted {n:,} rows -> {output}", err=True)

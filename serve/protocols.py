@@ -21,6 +21,7 @@ import numpy as np
 
 from serve.columns import Frame, specs_json
 from serve.errors import DataError
+from serve.graph import INTERVAL_OUTPUTS
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.numbers import shown
@@ -85,6 +86,11 @@ def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
     dt = V2_NAMES[predictor.dtype]
     params: dict[str, Any] = {"feature_names": predictor.feature_names,
                               "target_names": predictor.target_names}
+    outputs = [{"name": OUTPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_targets]}]
+    if predictor.intervals is not None:  # linreg-export --intervals
+        outputs += [{"name": n, "datatype": dt, "shape": [-1, predictor.n_targets]}
+                    for n in INTERVAL_OUTPUTS]
+        params["intervals"] = predictor.intervals
     if predictor.columns is not None:  # one input per raw column
         inputs = [{"name": c.name, "datatype": "BYTES" if c.kind == "categorical" else dt,
                    "shape": [-1, 1]} for c in predictor.columns]
@@ -93,7 +99,7 @@ def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
         inputs = [{"name": INPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_features]}]
     return {
         "name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
-        "outputs": [{"name": OUTPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_targets]}],
+        "outputs": outputs,
         "parameters": params,
     }
 
@@ -281,39 +287,52 @@ def _flat_numbers(data: Any, datatype: str) -> np.ndarray:
         return arr.reshape(-1).astype(V2_DATATYPES[datatype])
 
 
-def v2_response(header: dict[str, Any], pred: np.ndarray, name: str) -> tuple[bytes, int | None]:
-    """The response body, and the JSON header's length when the output goes as binary data."""
-    outputs = header.get("outputs")
+def v2_response(header: dict[str, Any], outputs: Mapping[str, np.ndarray] | np.ndarray,
+                name: str) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when the outputs go as binary data.
+    ``outputs``: the prediction, or every output by name (prediction and its intervals); the
+    request's ``outputs`` list picks some of them."""
+    if isinstance(outputs, np.ndarray):
+        outputs = {OUTPUT_NAME: outputs}
+    asked = header.get("outputs")
     params = header.get("parameters") or {}
     if not isinstance(params, dict):
         raise RequestError("request 'parameters' must be an object")
-    binary = params.get("binary_data_output") is True
-    if outputs is not None:
-        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+    default_binary = params.get("binary_data_output") is True
+    chosen: dict[str, bool] = {}
+    if asked is not None:
+        if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
             raise RequestError("'outputs' must be a list of objects")
-        for o in outputs:
-            if o.get("name") != OUTPUT_NAME:
-                raise RequestError(f"unknown output {shown(o.get('name'))}; the model's output "
-                                   f"is {OUTPUT_NAME!r}")
+        for o in asked:
+            if o.get("name") not in outputs:
+                raise RequestError(f"unknown output {shown(o.get('name'))}; the model's "
+                                   f"outputs are {', '.join(outputs)}")
             p = o.get("parameters") or {}
             if not isinstance(p, dict):
                 raise RequestError("output 'parameters' must be an object")
-            if "binary_data" in p:
-                binary = p["binary_data"] is True
-    out: dict[str, Any] = {"name": OUTPUT_NAME, "datatype": V2_NAMES[pred.dtype],
-                           "shape": list(pred.shape)}
-    result: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": [out]}
+            chosen[o["name"]] = p["binary_data"] is True if "binary_data" in p \
+                else default_binary
+    else:
+        chosen = dict.fromkeys(outputs, default_binary)
+    result: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": []}
     if "id" in header:
         if not isinstance(header["id"], str) or len(header["id"]) > 1024:
             raise RequestError("request 'id' must be a string of at most 1,024 characters")
         result["id"] = header["id"]
-    if binary:
-        raw = np.ascontiguousarray(pred, dtype=pred.dtype.newbyteorder("<")).tobytes()
-        out["parameters"] = {"binary_data_size": len(raw)}
-        head = json.dumps(result).encode()
-        return head + raw, len(head)
-    out["data"] = pred.reshape(-1).tolist()
-    return json.dumps(result).encode(), None
+    blobs = []
+    for key, binary in chosen.items():
+        pred = outputs[key]
+        out: dict[str, Any] = {"name": key, "datatype": V2_NAMES[pred.dtype],
+                               "shape": list(pred.shape)}
+        if binary:
+            raw = np.ascontiguousarray(pred, dtype=pred.dtype.newbyteorder("<")).tobytes()
+            out["parameters"] = {"binary_data_size": len(raw)}
+            blobs.append(raw)
+        else:
+            out["data"] = pred.reshape(-1).tolist()
+        result["outputs"].append(out)
+    head = json.dumps(result).encode()
+    return (head + b"".join(blobs), len(head)) if blobs else (head, None)
 
 
 # ------------------------------------------------------------------------ v1 and MLflow
@@ -329,6 +348,14 @@ def example_row(predictor: Predictor) -> list[Any] | dict[str, Any]:
 def predictions(pred: np.ndarray) -> list:
     """One number per row for a one-target model, else one list per row."""
     return pred[:, 0].tolist() if pred.shape[1] == 1 else pred.tolist()
+
+
+def predictions_body(outputs: Mapping[str, np.ndarray]) -> dict[str, list]:
+    """v1 and MLflow: ``{"predictions": [...]}``, plus ``prediction_lower``, ... for a model
+    with intervals, each shaped like ``predictions``."""
+    body = {"predictions": predictions(outputs[OUTPUT_NAME])}
+    body.update({k: predictions(v) for k, v in outputs.items() if k != OUTPUT_NAME})
+    return body
 
 
 def v1_parse(predictor: Predictor, body: bytes, *, max_rows: int) -> np.ndarray:

@@ -94,10 +94,14 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
                                "deflate or none", status=415)
         return body
 
-    async def predict(rows: np.ndarray) -> np.ndarray:
+    run = predictor.predict_intervals if predictor.intervals is not None else \
+        (lambda rows, cancel: {proto.OUTPUT_NAME: predictor.predict(rows, cancel=cancel)})
+
+    async def predict(rows: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name: the prediction, and its intervals when the model has them."""
         cancel = Cancel()
         future = asyncio.get_running_loop().run_in_executor(
-            pool, functools.partial(predictor.predict, rows, cancel=cancel))
+            pool, functools.partial(run, rows, cancel=cancel))
         try:
             return await asyncio.wait_for(asyncio.shield(future), request_timeout)
         except asyncio.TimeoutError:
@@ -222,7 +226,7 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
     async def v1(request: Request) -> tuple[Response, int]:
         rows = proto.v1_parse(predictor, await read_body(request), max_rows=max_rows)
         pred = await predict(rows)
-        return json_response({"predictions": proto.predictions(pred)}), len(rows)
+        return json_response(proto.predictions_body(pred)), len(rows)
 
     @app.post("/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
               openapi_extra=_body_schema(_V1_SCHEMA))
@@ -262,7 +266,7 @@ def create_app(predictor: Predictor, name: str, *, max_body_bytes: int = 32 << 2
         rows = proto.mlflow_parse(predictor, await read_body(request),
                                   request.headers.get("content-type", ""), max_rows=max_rows)
         pred = await predict(rows)
-        return json_response({"predictions": proto.predictions(pred)}), len(rows)
+        return json_response(proto.predictions_body(pred)), len(rows)
 
     @app.get("/ping", tags=["mlflow"], summary="Health (MLflow)")
     @endpoint("health")
