@@ -7,7 +7,8 @@
 // Rows are arrays in feature order or objects keyed by feature name; the feature names, target
 // names and dtype come from the model's own metadata. A tabular model (categorical columns,
 // blanks) takes raw values: strings for levels, null for a blank. Prints
-// {"features": [...], "targets": [...], "predictions": [[...], ...]} on stdout.
+// {"features": [...], "targets": [...], "predictions": [[...], ...]} on stdout, plus
+// prediction_lower/upper and mean_lower/upper for a model exported with --intervals.
 import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
 import { readContract, toFeeds, toRows } from '../js/onnx-metadata.mjs';
@@ -31,8 +32,13 @@ async function main() {
   }
   const feeds = toFeeds(rows, contract, ort.Tensor);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
-  const { prediction } = await session.run(feeds);
-  console.log(JSON.stringify({ features: contract.features, targets: contract.targets, predictions: toRows(prediction) }));
+  const outputs = await session.run(feeds);
+  const result = { features: contract.features, targets: contract.targets, predictions: toRows(outputs.prediction) };
+  // A model exported with --intervals has four more outputs, shaped like the prediction.
+  for (const name of ['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper']) {
+    if (outputs[name]) result[name] = toRows(outputs[name]);
+  }
+  console.log(JSON.stringify(result));
 }
 
 main().catch((e) => {

@@ -56,12 +56,24 @@ async function main() {
   async function predict() {
     const row = inputs.map((input, i) => (columns[i].kind === 'categorical' ? input.value
       : (input.value === '' && columns[i].fill != null ? null : Number(input.value))));
-    const { prediction } = await session.run(toFeeds([row], contract, ort.Tensor));
-    const [values] = toRows(prediction);
+    const outputs = await session.run(toFeeds([row], contract, ort.Tensor));
+    const [values] = toRows(outputs.prediction);
     result.className = '';
     const digits = contract.dtype === 'float32' ? 7 : 15; // what the dtype can hold
-    result.textContent = contract.targets.map((t, i) => `${t} = ${Number(values[i].toPrecision(digits))}`).join('\n');
+    const show = (v) => Number(v.toPrecision(digits));
+    const level = contract.metadata['linreg.intervals'] ? JSON.parse(contract.metadata['linreg.intervals']).level : null;
+    result.textContent = contract.targets.map((t, i) => {
+      let text = `${t} = ${show(values[i])}`;
+      if (level !== null) { // a model exported with --intervals
+        const [lo, hi, mlo, mhi] = ['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper'].map((n) => toRows(outputs[n])[0][i]);
+        text += ` (${level * 100}% prediction interval ${show(lo)} to ${show(hi)}; mean ${show(mlo)} to ${show(mhi)})`;
+      }
+      return text;
+    }).join('\n');
     result.dataset.predictions = JSON.stringify(values);
+    if (level !== null) {
+      result.dataset.intervals = JSON.stringify(Object.fromEntries(['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper'].map((n) => [n, toRows(outputs[n])[0]])));
+    }
     document.body.dataset.state = 'done';
   }
 
