@@ -97,6 +97,21 @@ def test_node_feeds_raw_columns_to_a_tabular_model():
                                    "\"Paris\", \"Rome\")\n")
 
 
+def test_node_prints_the_intervals_of_a_model_that_has_them():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    rows = [r if isinstance(r, dict) else dict(zip(["city", "x1", "x2"], r))
+            for r in TABULAR_ROWS]
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "intervals" / "model.onnx")],
+                         input=json.dumps(rows).encode(), capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    out = json.loads(res.stdout)
+    want = Predictor.load(MODELS / "intervals").predict_intervals(rows)
+    np.testing.assert_allclose(out["predictions"], want["prediction"], rtol=1e-12)
+    for name in ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper"):
+        np.testing.assert_allclose(out[name], want[name], rtol=1e-12)
+
+
 class _Static(http.server.SimpleHTTPRequestHandler):
     """examples/ as a static site, and the fixture models under /models/."""
 
@@ -170,3 +185,16 @@ def test_browser_page_offers_the_levels_and_takes_a_blank(site):
     got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
     want = Predictor.load(MODELS / "tabular").predict([{"city": "Paris", "x1": None, "x2": 0.5}])
     np.testing.assert_allclose(got, want[0], rtol=1e-12)
+
+
+def test_browser_page_shows_the_intervals(site):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    dom = _dom(f"{site}/web/index.html?model=/models/intervals/model.onnx&row=Rome,12,-1")
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    assert "(95% prediction interval " in dom
+    got = json.loads(dom.split('data-intervals="')[1].split('"')[0].replace("&quot;", '"'))
+    want = Predictor.load(MODELS / "intervals").predict_intervals(
+        [{"city": "Rome", "x1": 12.0, "x2": -1.0}])
+    for name, values in got.items():
+        np.testing.assert_allclose(values, want[name][0], rtol=1e-12)

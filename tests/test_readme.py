@@ -96,14 +96,14 @@ def test_every_python_snippet_runs(workspace, port, snippet):
 
 
 @pytest.mark.parametrize("script", ["linreg-train", "linreg-export", "linreg-synth",
-                                    "linreg-predict", "linreg-serve"])
+                                    "linreg-predict", "linreg-serve", "linreg-summary"])
 def test_help_and_readme_agree(script):
     from serve.cli import predict_main, serve_main
-    from trainer.cli import export_main, synth_main, train_main
+    from trainer.cli import export_main, summary_main, synth_main, train_main
 
     command = {"linreg-train": train_main, "linreg-export": export_main,
                "linreg-synth": synth_main, "linreg-predict": predict_main,
-               "linreg-serve": serve_main}[script]
+               "linreg-serve": serve_main, "linreg-summary": summary_main}[script]
     start = time.perf_counter()
     res = subprocess.run([str(BIN / script), "--help"], capture_output=True, timeout=60)
     assert res.returncode == 0 and time.perf_counter() - start < 30
