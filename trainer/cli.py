@@ -150,7 +150,12 @@ def summary_main(model_dir: Path) -> None:
     if not manifest.get("statistics"):
         raise ModelError(f"{model_dir}: no statistics in model.json (trained by an older "
                          "linreg); train it again")
-    click.echo(summary_text(manifest).rstrip("\n"))
+    try:
+        text = summary_text(manifest)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        raise ModelError(f"{model_dir}/model.json: field 'statistics' is malformed; train the "
+                         "model again") from None
+    click.echo(text.rstrip("\n"))
 
 
 STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",

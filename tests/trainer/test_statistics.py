@@ -64,13 +64,17 @@ def test_statistics_equal_statsmodels(tmp_path, data, cov):
     assert s["not_defined"] == {}
 
 
-@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-10), ("float32", 1e-5)])
-def test_onnx_intervals_equal_statsmodels_summary_frame(tmp_path, data, dtype, rtol):
+@pytest.mark.parametrize("dtype, rtol, cov", [("float64", 1e-10, "nonrobust"),
+                                              ("float32", 1e-5, "nonrobust"),
+                                              ("float64", 1e-10, "HC3")])
+def test_onnx_intervals_equal_statsmodels_summary_frame(tmp_path, data, dtype, rtol, cov):
     X, y, path = data
-    train(path, "--solver", "lstsq", "--dtype", dtype, "--out", tmp_path / "m", "-q")
+    train(path, "--solver", "lstsq", "--dtype", dtype, "--cov", cov, "--out", tmp_path / "m",
+          "-q")
     res = export(tmp_path / "m", "--intervals", "0.9")
-    assert "  intervals at 0.9 (t quantile 1.65" in res.output
-    fit = sm.OLS(y, sm.add_constant(X)).fit()
+    dist = "t quantile 1.65" if cov == "nonrobust" else "normal quantile 1.64"
+    assert f"  intervals at 0.9 ({dist}" in res.output
+    fit = sm.OLS(y, sm.add_constant(X)).fit(cov_type=cov)
     new = np.random.default_rng(1).normal(size=(50, 4)) * [1, 3, 0.5, 10]
     frame = fit.get_prediction(sm.add_constant(new)).summary_frame(alpha=0.1)
     got = Predictor.load(tmp_path / "m").predict_intervals(new.astype(dtype))
@@ -161,3 +165,17 @@ def test_export_without_intervals_keeps_todays_contract(tmp_path, data):
     strip = [line for line in again.split(b"\n") if b"created" not in line]
     assert len(again) == len(plain) and strip == [line for line in plain.split(b"\n")
                                                   if b"created" not in line]
+
+
+def test_linreg_summary_on_a_bad_folder_is_one_line(tmp_path, data):
+    X, y, path = data
+    train(path, "--solver", "lstsq", "--out", tmp_path / "m", "-q")
+    manifest = json.loads((tmp_path / "m" / "model.json").read_text())
+    manifest["statistics"][0]["std_err"] = "oops"
+    (tmp_path / "m" / "model.json").write_text(json.dumps(manifest))
+    res = CliRunner().invoke(summary_main, [str(tmp_path / "m")])
+    assert res.exit_code == 1
+    assert res.stderr == (f"linreg-summary: error: {tmp_path / 'm'}/model.json: field "
+                          "'statistics' is malformed; train the model again\n")
+    res = CliRunner().invoke(summary_main, [str(tmp_path / "none")])
+    assert res.exit_code == 1 and res.stderr.count("\n") == 1
