@@ -4,8 +4,8 @@ Computed in float64 over the training rows at the *saved* parameters (exact or S
 per target, arrays in the order intercept first, then the coefficients in the manifest's
 feature order:
 
-1. the design matrix Z = [1, X] (no column of ones without a bias) and its SVD, which gives
-   (ZᵀZ)⁻¹ without forming ZᵀZ (forming it squares the condition number: Longley loses half
+1. the design matrix Z = [1, X] (no column of ones without a bias), its QR and the SVD of R,
+   which give (ZᵀZ)⁻¹ without forming ZᵀZ (forming it squares the condition number: Longley loses half
    its digits that way) and the condition number;
 2. residuals, σ̂² = SSR / (n - p), and the covariance of the estimates: σ̂²(ZᵀZ)⁻¹
    (``nonrobust``) or the sandwich (ZᵀZ)⁻¹ Zᵀ diag(ωᵢ) Z (ZᵀZ)⁻¹ with ω = e² (HC0),
@@ -51,12 +51,16 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
     n = X.shape[0]
     Z = np.hstack([np.ones((n, 1)), X]) if bias else np.asarray(X, dtype=np.float64)
     p = Z.shape[1]
-    U, S, Vt = np.linalg.svd(Z, full_matrices=False)
+    # Z = QR, then R = U S Vᵀ (p x p): Z's singular values and right vectors without an
+    # n x p SVD (a third of the time on a million rows); Q only if leverages are needed.
+    R = np.linalg.qr(Z, mode="r") if n >= p else Z
+    S, Vt = np.linalg.svd(R, full_matrices=False)[1:]
     rank = int(np.sum(S > S[0] * max(Z.shape) * np.finfo(float).eps)) if S.size else 0
     cond = float(S[0] / S[-1]) if S.size and S[-1] > 0 else math.inf
     S_inv = np.where(np.arange(len(S)) < rank, 1.0 / np.where(S > 0, S, 1.0), 0.0)
     gram_inv = (Vt.T * S_inv**2) @ Vt  # (ZᵀZ)⁻¹, pseudo-inverse past the rank
-    leverage = np.sum((U[:, :rank]) ** 2, axis=1)
+    leverage = np.sum((Z @ (Vt.T[:, :rank] * S_inv[:rank])) ** 2, axis=1) \
+        if cov_type in ("HC2", "HC3") else None
     df_resid = n - rank
     df_model = rank - (1 if bias else 0)
     labels = (["Intercept"] if bias else []) + list(names)
@@ -134,7 +138,7 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
 
 
 def _covariance(cov_type: str, gram_inv: np.ndarray, Z: np.ndarray, resid: np.ndarray,
-                leverage: np.ndarray, sigma2: float, n: int, rank: int) -> np.ndarray:
+                leverage: np.ndarray | None, sigma2: float, n: int, rank: int) -> np.ndarray:
     if cov_type == "nonrobust":
         return sigma2 * gram_inv
     omega = resid**2
