@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -464,8 +465,15 @@ def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Interval
     if cov.shape != (len(manifest["targets"]), p, p) or sigma.shape != (cov.shape[0],):
         raise ExportError(f"{path}: shapes {cov.shape}, {sigma.shape} do not match the model")
     entry = stats[0]
-    dist = st.norm() if entry.get("distribution") == "normal" else st.t(entry["df_resid"])
-    quantile = float(dist.ppf(0.5 + level / 2))
+    try:
+        df = entry["df_resid"]
+        dist = st.norm() if entry.get("distribution") == "normal" else st.t(df)
+        quantile = float(dist.ppf(0.5 + level / 2))
+        if not (isinstance(df, int) and df > 0 and math.isfinite(quantile)):
+            raise ValueError(df)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ExportError(f"{folder}/model.json: field 'statistics' is malformed; train the "
+                          "model again") from None
     manifest["intervals"] = {"level": level, "distribution": entry.get("distribution", "t"),
                              "df_resid": entry["df_resid"], "cov_type": entry["cov_type"],
                              "quantile": quantile, "outputs": list(INTERVAL_OUTPUTS)}
