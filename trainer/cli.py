@@ -69,6 +69,23 @@ def _range(name: str) -> click.ParamType:
 @click.option("--init", type=InitType(), default="default", show_default=True,
               help="nn.Linear's own init under --seed, zeros, or a number for every parameter.")
 @click.option("--no-bias", is_flag=True, help="Fit H(x) = Wx with no intercept.")
+@click.option("--optimizer", type=click.Choice(CHOICES["optimizer"]), default="sgd",
+              show_default=True, help="torch.optim's SGD, Adam, or L-BFGS (full batch, with a "
+              "line search: use --lr 1).")
+@click.option("--loss", type=click.Choice(CHOICES["loss"]), default="mse", show_default=True,
+              help="Mean squared error (the tutorials) or torch's HuberLoss (robust to "
+              "outliers; with --huber-delta).")
+@click.option("--huber-delta", type=_range("huber_delta"), default=1.0, show_default=True)
+@click.option("--penalty", type=click.Choice(CHOICES["penalty"]), default="none",
+              show_default=True, help="scikit-learn's ElasticNet objective: (1/2n)·‖y − Xw − b‖²"
+              " + α·R·‖w‖₁ + ½·α·(1 − R)·‖w‖² (l2: R = 0, l1: R = 1); the intercept is not "
+              "penalised.")
+@click.option("--alpha", type=_range("alpha"), default=1.0, show_default=True,
+              help="The penalty's strength α (with --penalty).")
+@click.option("--l1-ratio", type=_range("l1_ratio"), default=0.5, show_default=True,
+              help="R, elasticnet's mix of l1 and l2.")
+@click.option("--sample-weight", default=None, metavar="COLUMN", help="Weigh each row's loss "
+              "by this column (weighted least squares for --solver lstsq).")
 @click.option("--seed", type=_range("seed"), default=1, show_default=True)
 @click.option("--standardize", is_flag=True,
               help="Train on standardised features; saved W and b stay in raw units.")
@@ -93,7 +110,9 @@ def _range(name: str) -> click.ParamType:
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
                missing_indicator: bool, max_levels: int, unknown: str, cov: str,
-               confidence: float, summary: bool,
+               confidence: float, summary: bool, optimizer: str, loss: str,
+               huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
+               sample_weight: str | None,
                val_fraction: float | None, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
@@ -107,7 +126,9 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
     config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
                          standardize=standardize, solver=solver, tol=tol, device=device,
-                         dtype=dtype, log_every=log_every, log_before_step=log_before_step)
+                         dtype=dtype, log_every=log_every, log_before_step=log_before_step,
+                         optimizer=optimizer, loss=loss, huber_delta=huber_delta,
+                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio)
     size = data.stat().st_size if data.is_file() else 0
     if not quiet and size > 64 << 20:
         click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
@@ -126,7 +147,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                                  features=_names(features), exclude=_names(exclude),
                                  encoding=EncodeConfig(tuple(_names(categorical)), impute,
                                                        missing_indicator, max_levels, unknown),
-                                 cov=cov, confidence=confidence,
+                                 cov=cov, confidence=confidence, sample_weight=sample_weight,
                                  val_fraction=val_fraction, force=force, plot=plot, log=log,
                                  progress=fitting, read_progress=reading.to)
     if not quiet:

@@ -69,6 +69,9 @@ SETTINGS: dict[str, Range] = {
     "init_value": Range(float, -1e6, 1e6),
     "max_levels": Range(int, 1),
     "confidence": Range(float, 0, 1, min_open=True, max_open=True),
+    "alpha": Range(float, 0, min_open=True),
+    "l1_ratio": Range(float, 0, 1),
+    "huber_delta": Range(float, 0, min_open=True),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "solver": ("sgd", "lstsq"),
@@ -76,6 +79,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("float32", "float64"),
     "unknown": ("error", "reference"),
     "cov": ("nonrobust", "HC0", "HC1", "HC2", "HC3"),
+    "loss": ("mse", "huber"),
+    "optimizer": ("sgd", "adam", "lbfgs"),
+    "penalty": ("none", "l2", "l1", "elasticnet"),
 }
 INIT_NAMES = ("default", "zeros")
 
@@ -156,10 +162,16 @@ class TrainConfig:
     dtype: str = "float32"
     log_every: int = 100
     log_before_step: bool = False  # log the parameters the cost was computed with
+    loss: str = "mse"  # or "huber" (torch's HuberLoss, --huber-delta)
+    huber_delta: float = 1.0
+    optimizer: str = "sgd"  # or "adam", "lbfgs" (full batch)
+    penalty: str = "none"  # l2, l1, elasticnet: scikit-learn's ElasticNet objective
+    alpha: float = 1.0  # the penalty's strength (with --penalty)
+    l1_ratio: float = 0.5  # elasticnet's mix: 1 is l1, 0 is l2
 
     def validate(self) -> None:
         """Reject settings that cannot train, naming the flag and the fix."""
-        for name in ("solver", "device", "dtype"):
+        for name in ("solver", "device", "dtype", "loss", "optimizer", "penalty"):
             choices = CHOICES[name]
             if getattr(self, name) not in choices:
                 raise TrainingError(f"{flag(name)} {getattr(self, name)!r}: use one of "
@@ -167,8 +179,16 @@ class TrainConfig:
         if self.init not in INIT_NAMES:
             check_setting("init_value", self.init)
         for name in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "tol",
-                     "log_every"):
+                     "log_every", "alpha", "l1_ratio", "huber_delta"):
             check_setting(name, getattr(self, name))
+        if self.optimizer == "lbfgs" and self.batch_size:
+            raise TrainingError("--optimizer lbfgs works on the full batch; drop --batch-size")
+        if self.solver == "lstsq" and self.loss != "mse":
+            raise TrainingError("--loss huber has no closed form; use --solver sgd (e.g. with "
+                                "--optimizer lbfgs)")
+        if self.solver == "lstsq" and self.optimizer != "sgd":
+            raise TrainingError(f"--optimizer {self.optimizer} applies to --solver sgd; the "
+                                "exact solver needs none")
         if self.solver == "lstsq" and self.device == "cuda":
             raise TrainingError("--solver lstsq runs on the CPU (numpy, float64); drop "
                                 "--device cuda, or use --solver sgd on the GPU")

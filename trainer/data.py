@@ -39,6 +39,7 @@ class TrainingData:
     raw: RawColumns | None = None
     columns: list[ColumnSpec] | None = None
     warnings: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None  # --sample-weight: one weight per row
 
     @property
     def n_rows(self) -> int:
@@ -52,7 +53,7 @@ class TrainingData:
 
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                        features: Sequence[str] = (), exclude: Sequence[str] = (),
-                       categorical: Sequence[str] = (),
+                       categorical: Sequence[str] = (), weight: str | None = None,
                        progress: Callable[[int], None] | None = None) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the
     rest but ``exclude`` (ids, text). All-number features are read as a matrix at once; a
@@ -61,30 +62,54 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
     targets = list(targets) or [columns[-1]]
     _check_names(path, "target", targets, columns)
     _check_names(path, "excluded", exclude, columns)
-    left_out = set(targets) | set(exclude)
+    if weight is not None:
+        _check_names(path, "sample-weight", [weight], columns)
+        if weight in targets:
+            raise DataError(f"{path}: column {weight!r} is both the sample weight and a target")
+    left_out = set(targets) | set(exclude) | ({weight} if weight else set())
     features = list(features) or [c for c in columns if c not in left_out]
     _check_names(path, "feature", features, columns)
     _check_names(path, "categorical", categorical, features)
     if both := sorted(set(features) & set(targets)):
         raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
+    if weight in features:
+        raise DataError(f"{path}: column {weight!r} is both a feature and the sample weight")
+    numbers = targets + ([weight] if weight else [])
     if not features:
         raise DataError(f"{path}: no feature columns left besides the target(s) {targets}")
     if not categorical:
         try:  # the fast path: every feature cell a number
-            table = read_table(path, features + targets, progress=progress)
+            table = read_table(path, features + numbers, progress=progress)
             X = to_matrix(table, features, source=path)
             Y = to_matrix(table, targets, source=path)
-            return TrainingData(X, Y, features, targets, str(path))
+            return TrainingData(X, Y, features, targets, str(path),
+                                weights=_weights(table, weight, path))
         except CellError as e:
             if e.column not in features:
                 raise  # a target must be numbers: nothing to learn from another read
             # a blank or a text cell in a feature: read the features as they are
-    table = read_table(path, features + targets, text=features, progress=progress)
+    table = read_table(path, features + numbers, text=features, progress=progress)
     Y = to_matrix(table, targets, source=path)
+    weights = _weights(table, weight, path)
     warnings: list[str] = []
     raw = raw_columns(table, features, categorical=categorical, source=str(path),
                       warnings=warnings)
-    return TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings)
+    return TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings,
+                        weights=weights)
+
+
+def _weights(table, weight: str | None, path: str | Path) -> np.ndarray | None:
+    """The --sample-weight column: finite numbers, none negative, not all zero."""
+    if weight is None:
+        return None
+    w = to_matrix(table, [weight], source=path)[:, 0]
+    if (w < 0).any():
+        r = int(np.flatnonzero(w < 0)[0])
+        raise DataError(f"{path}: row {r + 1}, column {weight!r}: the sample weight {w[r]:g} "
+                        "is negative; weights must be >= 0")
+    if not w.sum() > 0:
+        raise DataError(f"{path}: column {weight!r}: every sample weight is 0")
+    return w
 
 
 def encode(data: TrainingData, train_idx: np.ndarray, config: EncodeConfig, *,

@@ -64,9 +64,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
+        weights: np.ndarray | None = None,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None) -> FitResult:
-    """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says."""
+    """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says;
+    ``weights`` (rows,) weigh each row's loss (weighted least squares for the exact solver)."""
     config.validate()
     n_rows, n_features = X.shape
     n_params = n_features + int(config.bias)
@@ -81,17 +83,19 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
     start = time.perf_counter()
     mean, scale = _standardization(X, config)
     if config.solver == "lstsq":
-        result = _fit_lstsq(X, Y, config)
+        result = _fit_lstsq(X, Y, config, weights)
     else:
-        result = _fit_sgd(X, Y, config, mean, scale, log, progress)
+        result = _fit_sgd(X, Y, config, mean, scale, log, progress, weights)
     result.seconds = time.perf_counter() - start
     result.config = asdict(config)
     return result
 
 
 def _standardization(X: np.ndarray, config: TrainConfig) -> tuple[np.ndarray | None, ...]:
-    """Mean and scale per feature; without a bias only scale (centring would need one)."""
-    if not config.standardize or config.solver == "lstsq":
+    """Mean and scale per feature; without a bias only scale (centring would need one). The
+    exact solver needs none, unless a penalty makes the scale matter (then it applies to the
+    standardised coefficients, as StandardScaler + ElasticNet)."""
+    if not config.standardize or (config.solver == "lstsq" and config.penalty == "none"):
         return None, None
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0  # a constant column stays as it is
@@ -107,7 +111,56 @@ def _fold(W: np.ndarray, b: np.ndarray, mean: np.ndarray | None, scale: np.ndarr
     return W_raw, b - W_raw @ mean
 
 
-def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
+def _objective(config: TrainConfig, n_targets: int):
+    """The cost the optimiser minimises: the data loss (MSE as the tutorials, or Huber;
+    weighted by rows when weights are given), plus the L2 part of a penalty. Scaled so that
+    its minimum is scikit-learn's ElasticNet's: MSE averages over n x targets, which is
+    2/targets x (1/2n)‖r‖² summed over targets, so the penalties get the same 2/targets."""
+    l2 = 0.0 if config.penalty in ("none", "l1") else \
+        config.alpha * (1 - (config.l1_ratio if config.penalty == "elasticnet" else 0.0))
+    l2_scale = l2 / n_targets  # (2/T) x ½ α (1 - R)
+
+    def objective(model, x, y, w=None) -> torch.Tensor:
+        pred = model(x)
+        if w is None:
+            cost = F.mse_loss(pred, y) if config.loss == "mse" else \
+                F.huber_loss(pred, y, delta=config.huber_delta)
+        else:
+            each = (pred - y) ** 2 if config.loss == "mse" else \
+                F.huber_loss(pred, y, delta=config.huber_delta, reduction="none")
+            cost = (each * w[:, None]).sum() / (w.sum() * y.shape[1])
+        if l2_scale:
+            cost = cost + l2_scale * (model.linear.weight ** 2).sum()
+        return cost
+    return objective
+
+
+def _l1_prox(config: TrainConfig, n_targets: int):
+    """The proximal step of the L1 part after each optimiser step: soft-threshold W by
+    lr x (2/targets) x α x R, which leaves exact zeros. None without an L1 part."""
+    ratio = {"l1": 1.0, "elasticnet": config.l1_ratio}.get(config.penalty, 0.0)
+    if not ratio:
+        return None
+    threshold = config.lr * 2 / n_targets * config.alpha * ratio
+
+    def prox(W: torch.Tensor) -> None:
+        with torch.no_grad():
+            W.copy_(torch.sign(W) * torch.clamp(W.abs() - threshold, min=0))
+    return prox
+
+
+def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr,
+                                weight_decay=config.weight_decay)
+    if config.optimizer == "lbfgs":
+        return torch.optim.LBFGS(model.parameters(), lr=config.lr, max_iter=20,
+                                 line_search_fn="strong_wolfe")
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay)
+
+
+def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResult:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     n_rows, n_features = X.shape
@@ -123,8 +176,9 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     Xs = X if scale is None else (X - mean) / scale
     x_all = torch.as_tensor(Xs, dtype=dtype, device=device)
     y_all = torch.as_tensor(Y, dtype=dtype, device=device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    w_all = None if weights is None else torch.as_tensor(weights, dtype=dtype, device=device)
+    optimizer = _optimizer(model, config)
+    objective, prox = _objective(config, n_targets), _l1_prox(config, n_targets)
 
     # 2. History lives where the model does; the host reads it only at check points.
     keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
@@ -144,16 +198,27 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
         log(layout.log_line(e, epochs, row, mean, scale))
 
     for epoch in range(epochs):
-        if full_batch:
+        if full_batch and config.optimizer == "lbfgs":
+            # 3'. L-BFGS re-evaluates the cost in its line search: give it a closure.
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                c = objective(model, x_all, y_all, w_all)
+                c.backward()
+                return c
+            cost = optimizer.step(closure)
+        elif full_batch:
             # 3. Forward pass and cost; zero the old gradients; backward; step.
-            cost = F.mse_loss(model(x_all), y_all)
+            cost = objective(model, x_all, y_all, w_all)
             optimizer.zero_grad()
             cost.backward()
             optimizer.step()
+            if prox is not None:
+                prox(W)
         else:
             cost = _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
                                     None if progress is None else
-                                    lambda f, e=epoch: progress(e + f))
+                                    lambda f, e=epoch: progress(e + f),
+                                    objective=objective, w_all=w_all, prox=prox)
         # 4. Record this epoch's cost and the parameters after its step (no GPU sync).
         history.record(epoch, cost)
 
@@ -177,7 +242,8 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress) -> FitResult:
     epochs_run = epoch + 1
     if log_every:
         with torch.no_grad():
-            final = F.mse_loss(model(x_all), y_all).detach().double().cpu().numpy().reshape(1)
+            final = objective(model, x_all, y_all, w_all).detach().double().cpu().numpy() \
+                .reshape(1)
         log(layout.log_line(epochs_run, epochs, np.concatenate([final, _params_row(tracked)]),
                             mean, scale))
 
@@ -244,7 +310,8 @@ class _History:
 
 
 def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
-                     on_batch: Callable[[float], None] | None = None) -> torch.Tensor:
+                     on_batch: Callable[[float], None] | None = None, *, objective=None,
+                     w_all=None, prox=None) -> torch.Tensor:
     """One epoch over shuffled mini-batches (torch's global RNG, so the seed decides the order).
 
     Returns the epoch's cost: the row-weighted mean of its batches' costs, kept on the device.
@@ -258,10 +325,16 @@ def _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
         if on_batch is not None and start and start % every == 0:
             on_batch(start / n_rows)
         idx = order[start:start + batch_size]
-        cost = F.mse_loss(model(x_all[idx]), y_all[idx])
+        if objective is None:
+            cost = F.mse_loss(model(x_all[idx]), y_all[idx])
+        else:
+            cost = objective(model, x_all[idx], y_all[idx],
+                             None if w_all is None else w_all[idx])
         optimizer.zero_grad()
         cost.backward()
         optimizer.step()
+        if prox is not None:
+            prox(model.linear.weight)
         total += cost.detach() * idx.numel()
     return total / n_rows
 
@@ -277,22 +350,90 @@ def _check_finite(costs: np.ndarray, first_epoch: int, lr: float) -> None:
             f"{lr:g}; try a smaller --lr (e.g. {lr / 10:g}) or --standardize")
 
 
-def least_squares(X: np.ndarray, Y: np.ndarray, *, bias: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The exact least-squares ``coef_`` (targets, features) and ``intercept_`` (numpy, float64)."""
+def least_squares(X: np.ndarray, Y: np.ndarray, *, bias: bool,
+                  weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The exact least-squares ``coef_`` (targets, features) and ``intercept_`` (numpy,
+    float64); with ``weights``, weighted least squares (rows scaled by √w, as statsmodels WLS)."""
     A = np.hstack([X, np.ones((X.shape[0], 1))]) if bias else X
+    if weights is not None:
+        root = np.sqrt(weights)[:, None]
+        A, Y = A * root, Y * root
     sol, *_ = np.linalg.lstsq(A, Y, rcond=None)
     coef = sol[: X.shape[1]].T.copy()
     intercept = sol[X.shape[1]].copy() if bias else np.zeros(Y.shape[1])
     return coef, intercept
 
 
-def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig) -> FitResult:
-    """The exact least-squares answer (numpy, float64), for checking SGD or using directly."""
-    coef, intercept = least_squares(X, Y, bias=config.bias)
-    cost = float(np.mean((X @ coef.T + intercept - Y) ** 2))
+def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig,
+               weights: np.ndarray | None = None) -> FitResult:
+    """The exact answer (numpy, float64): least squares, weighted least squares, or the
+    penalised objective (closed form for l2, coordinate descent for l1 and elasticnet)."""
+    if config.penalty == "none":
+        coef, intercept = least_squares(X, Y, bias=config.bias, weights=weights)
+        mean = scale = None
+    else:
+        mean, scale = _standardization(X, config)
+        Xs = X if scale is None else (X - mean) / scale
+        coef, intercept = penalized(Xs, Y, bias=config.bias, penalty=config.penalty,
+                                    alpha=config.alpha, l1_ratio=config.l1_ratio,
+                                    weights=weights)
+        coef, intercept = _fold(coef, intercept, mean, scale)
+    resid = X @ coef.T + intercept - Y
+    cost = float(np.mean(resid**2) if weights is None else
+                 np.sum(weights[:, None] * resid**2) / (weights.sum() * Y.shape[1]))
     state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
     coef, intercept = _saved_values(state, Y.shape[1])
     return FitResult(coef, intercept, state, np.array([[cost]]), ["cost"], 0, "exact", "cpu")
+
+
+def penalized(X: np.ndarray, Y: np.ndarray, *, bias: bool, penalty: str, alpha: float,
+              l1_ratio: float, weights: np.ndarray | None = None, tol: float = 1e-14,
+              max_iter: int = 100_000) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ElasticNet objective, (1/2n)‖y − Xw − b‖² + α·R·‖w‖₁ + ½·α·(1 − R)·‖w‖²,
+    the intercept not penalised (``penalty`` l2: R = 0, l1: R = 1), solved exactly:
+
+    1. centre X and y (by their weighted means; weights scaled to sum to n, as scikit-learn
+       does) so the intercept drops out, and scale rows by √w;
+    2. l2: the closed form, as least squares on X stacked over √(nα)·I;
+       l1/elasticnet: cyclic coordinate descent on the Gram matrix, w_j ← S(ρ_j, αR) /
+       (G_jj + α(1−R)), until no coordinate moves more than ``tol`` (relative);
+    3. b = ȳ − x̄·w.
+    """
+    n, p = X.shape
+    ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, l1_ratio)
+    w = np.ones(n) if weights is None else weights * n / weights.sum()
+    x_mean = (w @ X) / n if bias else np.zeros(p)  # 1.
+    y_mean = (w @ Y) / n if bias else np.zeros(Y.shape[1])
+    root = np.sqrt(w)[:, None]
+    Xc, Yc = (X - x_mean) * root, (Y - y_mean) * root
+    if ratio == 0.0:  # 2. closed form
+        A = np.vstack([Xc, np.sqrt(n * alpha) * np.eye(p)])
+        B = np.vstack([Yc, np.zeros((p, Y.shape[1]))])
+        coef = np.linalg.lstsq(A, B, rcond=None)[0].T
+    else:
+        G, C = Xc.T @ Xc / n, Xc.T @ Yc / n
+        coef = np.zeros((Y.shape[1], p))
+        l1, l2 = alpha * ratio, alpha * (1 - ratio)
+        for t in range(Y.shape[1]):
+            beta = coef[t]
+            for _ in range(max_iter):
+                biggest, size = 0.0, 0.0
+                for j in range(p):
+                    if G[j, j] == 0:
+                        continue
+                    rho = C[j, t] - G[j] @ beta + G[j, j] * beta[j]
+                    new = np.sign(rho) * max(abs(rho) - l1, 0.0) / (G[j, j] + l2)
+                    biggest = max(biggest, abs(new - beta[j]))
+                    size = max(size, abs(new))
+                    beta[j] = new
+                if biggest <= tol * max(size, 1e-300):
+                    break
+            else:
+                raise TrainingError(f"--penalty {penalty}: coordinate descent did not converge "
+                                    f"in {max_iter:,} sweeps; standardise the data "
+                                    "(--standardize) or use a larger --alpha")
+    intercept = y_mean - coef @ x_mean if bias else np.zeros(Y.shape[1])  # 3.
+    return coef, intercept
 
 
 def _saved_values(state: dict[str, torch.Tensor], n_targets: int) -> tuple[np.ndarray, np.ndarray]:

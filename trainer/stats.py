@@ -43,13 +43,20 @@ class Inference:
 
 def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
               bias: bool, names: list[str], cov_type: str = "nonrobust",
-              confidence: float = 0.95, penalized: str | None = None) -> Inference:
-    """The statistics of ``Y ≈ X coefᵀ + intercept`` (see the module docstring)."""
+              confidence: float = 0.95, penalized: str | None = None,
+              weights: np.ndarray | None = None) -> Inference:
+    """The statistics of ``Y ≈ X coefᵀ + intercept`` (see the module docstring); with
+    ``weights``, those of weighted least squares (statsmodels' WLS: everything on the rows
+    scaled by √w, R² against the weighted mean, the log-likelihood plus ½Σlog w)."""
     from scipy import stats as st
 
     # 1. design matrix and its SVD
     n = X.shape[0]
     Z = np.hstack([np.ones((n, 1)), X]) if bias else np.asarray(X, dtype=np.float64)
+    root = None if weights is None else np.sqrt(weights)
+    Z_raw = Z
+    if root is not None:
+        Z = Z * root[:, None]
     p = Z.shape[1]
     # Z = QR, then R = U S Vᵀ (p x p): Z's singular values and right vectors without an
     # n x p SVD (a third of the time on a million rows); Q only if leverages are needed.
@@ -69,10 +76,15 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
     for t in range(Y.shape[1]):
         beta = np.concatenate([[intercept[t]], coef[t]]) if bias else np.asarray(coef[t])
         # 2. residuals, σ̂, covariance
-        resid = Y[:, t] - Z @ beta
+        resid = Y[:, t] - Z_raw @ beta
+        if root is None:
+            centered = Y[:, t] - Y[:, t].mean()
+            tss = float(centered @ centered)
+        else:
+            resid = resid * root
+            centered = Y[:, t] - np.average(Y[:, t], weights=weights)
+            tss = float(weights @ centered**2)
         ssr = float(resid @ resid)
-        centered = Y[:, t] - Y[:, t].mean()
-        tss = float(centered @ centered)
         entry: dict[str, Any] = {"target_index": t, "names": labels, "n_obs": n,
                                  "df_model": df_model, "df_resid": df_resid,
                                  "cov_type": cov_type, "confidence": confidence,
@@ -97,6 +109,9 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
         entry["not_defined"] = why
 
         llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
+        if weights is not None:
+            llf = llf + 0.5 * float(np.sum(np.log(weights))) if np.all(weights > 0) \
+                else math.nan
         if "log_likelihood" not in why:
             entry["log_likelihood"] = llf
             entry["aic"] = -2 * llf + 2 * rank

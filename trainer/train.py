@@ -38,6 +38,7 @@ INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for int
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
           targets: Sequence[str] = (), features: Sequence[str] = (),
           exclude: Sequence[str] = (), encoding: EncodeConfig | None = None,
+          sample_weight: str | None = None,
           val_fraction: float | None = None,
           cov: str = "nonrobust", confidence: float = 0.95,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
@@ -55,20 +56,24 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
     data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
-                              categorical=encoding.categorical, progress=read_progress)
+                              categorical=encoding.categorical, weight=sample_weight,
+                              progress=read_progress)
     train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
     data = encode(data, train_idx, encoding, bias=config.bias)
     X, Y = data.X[train_idx], data.Y[train_idx]
-    result = fit(X, Y, config, log=log, progress=progress)
+    weights = None if data.weights is None else data.weights[train_idx]
+    if weights is not None and not weights.sum() > 0:
+        raise TrainingError("every training row has sample weight 0")
+    result = fit(X, Y, config, weights=weights, log=log, progress=progress)
 
     stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                       names=data.feature_names, cov_type=cov, confidence=confidence,
-                      penalized=f"--weight-decay {config.weight_decay}"
-                      if config.weight_decay else None)
+                      penalized=_not_least_squares(config), weights=weights)
     with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
         manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
+        manifest["data"]["sample_weight"] = sample_weight
         manifest["statistics"] = stats.per_target
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
@@ -85,6 +90,17 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
     return out, manifest
+
+
+def _not_least_squares(config: TrainConfig) -> str | None:
+    """Why the estimates are not (weighted) least squares, for the statistics; or None."""
+    if config.penalty != "none":
+        return f"--penalty {config.penalty} --alpha {config.alpha:g}"
+    if config.weight_decay:
+        return f"--weight-decay {config.weight_decay:g}"
+    if config.loss != "mse":
+        return f"--loss {config.loss}"
+    return None
 
 
 def _check_out(out: Path, data_path: Path, force: bool) -> None:
@@ -107,6 +123,14 @@ def _check_out(out: Path, data_path: Path, force: bool) -> None:
         raise OutputExistsError(f"{out}: already exists; pass --force to overwrite it")
     if final.is_dir():
         check_replaceable(final)
+
+
+def _exact_penalized(X, Y, config: TrainConfig, weights) -> tuple[np.ndarray, np.ndarray]:
+    from dataclasses import replace
+
+    result = fit(X, Y, replace(config, solver="lstsq", optimizer="sgd", device="cpu"),
+                 weights=weights)
+    return result.coef_, result.intercept_
 
 
 def regression_metrics(X: np.ndarray, Y: np.ndarray, coef: np.ndarray,
@@ -151,8 +175,12 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
     if len(val_idx):
         metrics["validation"] = regression_metrics(data.X[val_idx], data.Y[val_idx],
                                                    result.coef_, result.intercept_)
-    if config.solver == "sgd":  # how far SGD got, against the exact optimum on the same rows
-        optimum = regression_metrics(X, Y, *least_squares(X, Y, bias=config.bias))
+    if config.solver == "sgd" and config.loss == "mse":
+        # how far SGD got, against the exact optimum of the same objective on the same rows
+        weights = None if data.weights is None else data.weights[train_idx]
+        exact = least_squares(X, Y, bias=config.bias, weights=weights) \
+            if config.penalty == "none" else _exact_penalized(X, Y, config, weights)
+        optimum = regression_metrics(X, Y, *exact)
         optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
         metrics["exact_least_squares"] = optimum
     std = None
