@@ -154,8 +154,11 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=config.lr,
                                 weight_decay=config.weight_decay)
     if config.optimizer == "lbfgs":
+        tight = config.dtype == "float64"  # torch's defaults stop at float32's precision
         return torch.optim.LBFGS(model.parameters(), lr=config.lr, max_iter=20,
-                                 line_search_fn="strong_wolfe")
+                                 line_search_fn="strong_wolfe",
+                                 tolerance_grad=1e-12 if tight else 1e-7,
+                                 tolerance_change=1e-16 if tight else 1e-9)
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay)
 

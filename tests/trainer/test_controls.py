@@ -1,0 +1,144 @@
+"""Training controls defined as the tools users trust define them: scikit-learn's ElasticNet
+objective for penalties, statsmodels' WLS for sample weights, torch's HuberLoss and L-BFGS."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+import torch  # noqa: E402
+
+from trainer.cli import train_main  # noqa: E402
+from trainer.fit import TrainConfig, TrainingError, fit, least_squares  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def standardised():
+    """Standardised features (as scikit-learn's examples use), some true zeros."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 6)) * [1, 2, 3, 0.5, 1, 4]
+    X = (X - X.mean(0)) / X.std(0)
+    y = X @ [3, 0, 0, -2, 1, 0] + 1 + rng.normal(size=200)
+    return X, y
+
+
+@pytest.mark.parametrize("penalty, ratio", [("l1", 1.0), ("elasticnet", 0.3), ("l2", 0.0)])
+def test_penalties_equal_scikit_learn(standardised, penalty, ratio):
+    from sklearn.linear_model import ElasticNet, Lasso, Ridge
+
+    X, y = standardised
+    alpha = 0.2
+    ref = (Lasso(alpha=alpha, tol=1e-14, max_iter=10**6) if penalty == "l1" else
+           ElasticNet(alpha=alpha, l1_ratio=ratio, tol=1e-14, max_iter=10**6)).fit(X, y)
+    exact = fit(X, y[:, None], TrainConfig(solver="lstsq", dtype="float64", penalty=penalty,
+                                           alpha=alpha, l1_ratio=ratio))
+    np.testing.assert_allclose(exact.coef_[0], ref.coef_, rtol=1e-6, atol=1e-12)
+    assert exact.intercept_[0] == pytest.approx(ref.intercept_, rel=1e-6)
+    if penalty == "l2":  # Ridge's objective is unscaled: its alpha is n times ours
+        ridge = Ridge(alpha=alpha * len(y), tol=1e-14).fit(X, y)
+        np.testing.assert_allclose(exact.coef_[0], ridge.coef_, rtol=1e-6)
+    sgd = fit(X, y[:, None], TrainConfig(dtype="float64", penalty=penalty, alpha=alpha,
+                                         l1_ratio=ratio, epochs=3000, lr=0.1, init="zeros"))
+    np.testing.assert_allclose(sgd.coef_[0], ref.coef_, rtol=1e-3, atol=1e-3)
+    zeros = ref.coef_ == 0
+    if zeros.any():  # L1 zeros are exact zeros, in both solvers
+        assert (exact.coef_[0][zeros] == 0).all() and (sgd.coef_[0][zeros] == 0).all()
+
+
+def test_sample_weight_equals_statsmodels_wls(tmp_path):
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(120, 3))
+    w = rng.uniform(0.2, 3.0, size=120)
+    y = X @ [1.0, -2.0, 0.5] + 2 + rng.normal(size=120) / np.sqrt(w)
+    path = tmp_path / "w.csv"
+    np.savetxt(path, np.column_stack([X, w, y]), delimiter=",", header="a,b,c,w,y",
+               comments="")
+    res = CliRunner().invoke(train_main, [str(path), "--sample-weight", "w", "--solver",
+                                          "lstsq", "--dtype", "float64", "--out",
+                                          str(tmp_path / "m"), "-q"])
+    assert res.exit_code == 0, res.stderr
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert m["features"] == ["a", "b", "c"] and m["data"]["sample_weight"] == "w"
+    wls = sm.WLS(y, sm.add_constant(X), weights=w).fit()
+    s = m["statistics"][0]
+    np.testing.assert_allclose(s["coef"], wls.params, rtol=1e-8)
+    np.testing.assert_allclose(s["std_err"], wls.bse, rtol=1e-8)
+    for ours, theirs in [("r2", wls.rsquared), ("f_stat", wls.fvalue), ("aic", wls.aic),
+                         ("log_likelihood", wls.llf), ("sigma", np.sqrt(wls.scale))]:
+        assert s[ours] == pytest.approx(theirs, rel=1e-8), ours
+
+
+def test_negative_weights_are_refused(tmp_path):
+    path = tmp_path / "w.csv"
+    path.write_text("a,w,y\n1,1,2\n2,-1,4\n3,1,6\n")
+    res = CliRunner().invoke(train_main, [str(path), "--sample-weight", "w", "--out",
+                                          str(tmp_path / "m")])
+    assert res.exit_code == 1
+    assert res.stderr == (f"linreg-train: error: {path}: row 2, column 'w': the sample weight -1 "
+                          "is negative; weights must be >= 0\n")
+
+
+def test_huber_matches_a_plain_torch_loop_bit_for_bit(standardised):
+    X, y = standardised
+    y = y.copy()
+    y[::17] += 25  # outliers
+    config = TrainConfig(loss="huber", huber_delta=1.5, epochs=200, lr=0.05, seed=3)
+    got = fit(X, y[:, None], config)
+    torch.manual_seed(3)
+    linear = torch.nn.Linear(6, 1)
+    opt = torch.optim.SGD(linear.parameters(), lr=0.05)
+    loss = torch.nn.HuberLoss(delta=1.5)
+    xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y[:, None], dtype=torch.float32)
+    for _ in range(200):
+        cost = loss(linear(xt), yt)
+        opt.zero_grad()
+        cost.backward()
+        opt.step()
+    assert torch.equal(got.state_dict["linear.weight"], linear.weight.detach())
+    assert torch.equal(got.state_dict["linear.bias"], linear.bias.detach())
+
+
+def test_lbfgs_reaches_least_squares(standardised):
+    X, y = standardised
+    got = fit(X, y[:, None], TrainConfig(optimizer="lbfgs", lr=1.0, epochs=30, dtype="float64"))
+    coef, intercept = least_squares(X, y[:, None], bias=True)
+    np.testing.assert_allclose(got.coef_, coef, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got.intercept_, intercept, rtol=1e-6)
+    adam = fit(X, y[:, None], TrainConfig(optimizer="adam", lr=0.05, epochs=2000))
+    np.testing.assert_allclose(adam.coef_, coef, atol=1e-3)
+
+
+@pytest.mark.parametrize("config, message", [
+    (dict(optimizer="lbfgs", batch_size=10), "--optimizer lbfgs works on the full batch; drop "
+                                             "--batch-size"),
+    (dict(solver="lstsq", loss="huber"), "--loss huber has no closed form; use --solver sgd "
+                                         "(e.g. with --optimizer lbfgs)"),
+    (dict(solver="lstsq", optimizer="adam"), "--optimizer adam applies to --solver sgd; the "
+                                             "exact solver needs none"),
+    (dict(penalty="l1", alpha=0.0), "--alpha 0.0: must be a number in"),
+    (dict(penalty="elasticnet", l1_ratio=1.5), "--l1-ratio 1.5: must be a number in"),
+])
+def test_settings_that_cannot_work_are_refused(standardised, config, message):
+    X, y = standardised
+    with pytest.raises(TrainingError) as e:
+        fit(X, y[:, None], TrainConfig(**config))
+    assert str(e.value).startswith(message)
+
+
+def test_penalised_statistics_say_why_not(tmp_path, standardised):
+    X, y = standardised
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",",
+               header="a,b,c,d,e,f,y", comments="")
+    res = CliRunner().invoke(train_main, [str(path), "--penalty", "l1", "--alpha", "0.2",
+                                          "--solver", "lstsq", "--out", str(tmp_path / "m"),
+                                          "-q"])
+    assert res.exit_code == 0, res.stderr
+    s = json.loads((tmp_path / "m" / "model.json").read_text())["statistics"][0]
+    assert s["not_defined"]["std_err"] == ("the estimates are penalized (--penalty l1 --alpha "
+                                           "0.2), not least squares")
