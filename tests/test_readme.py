@@ -117,5 +117,5 @@ def test_help_and_readme_agree(script):
             f"{script} {'/'.join(p.opts)} is not in the README"
     synopsis = next((body for lang, body in BLOCKS if lang == "text"
                      and body.startswith(script + " ")), "")
-    for shown in re.findall(r"\[(--[a-z-]+)", synopsis):
+    for shown in re.findall(r"\[(--[a-z0-9-]+)", synopsis):
         assert shown in options, f"the README shows {script} {shown}, which does not exist"
