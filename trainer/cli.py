@@ -86,6 +86,24 @@ def _range(name: str) -> click.ParamType:
               help="R, elasticnet's mix of l1 and l2.")
 @click.option("--sample-weight", default=None, metavar="COLUMN", help="Weigh each row's loss "
               "by this column (weighted least squares for --solver lstsq).")
+@click.option("--lr-schedule", type=click.Choice(CHOICES["lr_schedule"]), default="constant",
+              show_default=True, help="torch's StepLR, CosineAnnealingLR (over --epochs) or "
+              "ReduceLROnPlateau; the rate of each epoch goes into history.csv.")
+@click.option("--lr-step-size", type=_range("lr_step_size"), default=100, show_default=True,
+              help="step: epochs between decays.")
+@click.option("--lr-gamma", type=_range("lr_gamma"), default=0.1, show_default=True,
+              help="step and plateau: the factor of each decay.")
+@click.option("--lr-patience", type=_range("lr_patience"), default=10, show_default=True,
+              help="plateau: epochs without improvement (of the validation cost, else the "
+              "training cost) before a decay.")
+@click.option("--early-stopping", is_flag=True, help="Stop when the validation cost has not "
+              "improved for --patience epochs, and keep the best epoch's parameters (needs "
+              "--val-fraction).")
+@click.option("--patience", type=_range("patience"), default=10, show_default=True)
+@click.option("--min-delta", type=_range("min_delta"), default=0.0, show_default=True,
+              help="The least decrease of the validation cost that counts as an improvement.")
+@click.option("--init-from", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Warm start from a trained model folder (same features and targets).")
 @click.option("--seed", type=_range("seed"), default=1, show_default=True)
 @click.option("--standardize", is_flag=True,
               help="Train on standardised features; saved W and b stay in raw units.")
@@ -112,7 +130,9 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                missing_indicator: bool, max_levels: int, unknown: str, cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
                huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
-               sample_weight: str | None,
+               sample_weight: str | None, lr_schedule: str, lr_step_size: int,
+               lr_gamma: float, lr_patience: int, early_stopping: bool, patience: int,
+               min_delta: float, init_from: Path | None,
                val_fraction: float | None, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
@@ -128,7 +148,10 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                          standardize=standardize, solver=solver, tol=tol, device=device,
                          dtype=dtype, log_every=log_every, log_before_step=log_before_step,
                          optimizer=optimizer, loss=loss, huber_delta=huber_delta,
-                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio)
+                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                         lr_schedule=lr_schedule, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
+                         lr_patience=lr_patience, early_stopping=early_stopping,
+                         patience=patience, min_delta=min_delta)
     size = data.stat().st_size if data.is_file() else 0
     if not quiet and size > 64 << 20:
         click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
@@ -148,6 +171,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                                  encoding=EncodeConfig(tuple(_names(categorical)), impute,
                                                        missing_indicator, max_levels, unknown),
                                  cov=cov, confidence=confidence, sample_weight=sample_weight,
+                                 init_from=init_from,
                                  val_fraction=val_fraction, force=force, plot=plot, log=log,
                                  progress=fitting, read_progress=reading.to)
     if not quiet:
@@ -180,6 +204,7 @@ def summary_main(model_dir: Path) -> None:
 
 
 STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
+           "early": "{n} epochs (early stopping: kept the best validation epoch)",
            "exact": "exact least squares"}
 
 

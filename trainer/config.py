@@ -72,6 +72,11 @@ SETTINGS: dict[str, Range] = {
     "alpha": Range(float, 0, min_open=True),
     "l1_ratio": Range(float, 0, 1),
     "huber_delta": Range(float, 0, min_open=True),
+    "lr_step_size": Range(int, 1),
+    "lr_gamma": Range(float, 0, 1, min_open=True),
+    "lr_patience": Range(int, 0),
+    "patience": Range(int, 1),
+    "min_delta": Range(float, 0),
 }
 CHOICES: dict[str, tuple[str, ...]] = {
     "solver": ("sgd", "lstsq"),
@@ -82,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("mse", "huber"),
     "optimizer": ("sgd", "adam", "lbfgs"),
     "penalty": ("none", "l2", "l1", "elasticnet"),
+    "lr_schedule": ("constant", "step", "cosine", "plateau"),
 }
 INIT_NAMES = ("default", "zeros")
 
@@ -168,10 +174,17 @@ class TrainConfig:
     penalty: str = "none"  # l2, l1, elasticnet: scikit-learn's ElasticNet objective
     alpha: float = 1.0  # the penalty's strength (with --penalty)
     l1_ratio: float = 0.5  # elasticnet's mix: 1 is l1, 0 is l2
+    lr_schedule: str = "constant"  # torch.optim.lr_scheduler: StepLR, CosineAnnealingLR, ...
+    lr_step_size: int = 100  # step: epochs between decays
+    lr_gamma: float = 0.1  # step and plateau: the factor of each decay
+    lr_patience: int = 10  # plateau: epochs without improvement before a decay
+    early_stopping: bool = False  # stop when the validation cost stops improving
+    patience: int = 10  # early stopping: epochs without an improvement of min_delta
+    min_delta: float = 0.0
 
     def validate(self) -> None:
         """Reject settings that cannot train, naming the flag and the fix."""
-        for name in ("solver", "device", "dtype", "loss", "optimizer", "penalty"):
+        for name in ("solver", "device", "dtype", "loss", "optimizer", "penalty", "lr_schedule"):
             choices = CHOICES[name]
             if getattr(self, name) not in choices:
                 raise TrainingError(f"{flag(name)} {getattr(self, name)!r}: use one of "
@@ -179,13 +192,17 @@ class TrainConfig:
         if self.init not in INIT_NAMES:
             check_setting("init_value", self.init)
         for name in ("epochs", "lr", "momentum", "weight_decay", "batch_size", "seed", "tol",
-                     "log_every", "alpha", "l1_ratio", "huber_delta"):
+                     "log_every", "alpha", "l1_ratio", "huber_delta", "lr_step_size",
+                     "lr_gamma", "lr_patience", "patience", "min_delta"):
             check_setting(name, getattr(self, name))
         if self.optimizer == "lbfgs" and self.batch_size:
             raise TrainingError("--optimizer lbfgs works on the full batch; drop --batch-size")
         if self.solver == "lstsq" and self.loss != "mse":
             raise TrainingError("--loss huber has no closed form; use --solver sgd (e.g. with "
                                 "--optimizer lbfgs)")
+        if self.solver == "lstsq" and (self.early_stopping or self.lr_schedule != "constant"):
+            raise TrainingError("--early-stopping and --lr-schedule steer SGD epochs; the exact "
+                                "solver has none (use --solver sgd)")
         if self.solver == "lstsq" and self.optimizer != "sgd":
             raise TrainingError(f"--optimizer {self.optimizer} applies to --solver sgd; the "
                                 "exact solver needs none")

@@ -48,6 +48,8 @@ class FitResult:
     scale_: np.ndarray | None = None
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # per epoch: lr, val_cost
+    best_epoch: int | None = None  # early stopping: the epoch whose parameters were kept
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,11 +67,18 @@ def resolve_device(name: str) -> torch.device:
 
 def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
         weights: np.ndarray | None = None,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        warm_start: tuple[np.ndarray, np.ndarray] | None = None,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None) -> FitResult:
     """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says;
-    ``weights`` (rows,) weigh each row's loss (weighted least squares for the exact solver)."""
+    ``weights`` (rows,) weigh each row's loss (weighted least squares for the exact solver);
+    ``validation`` rows are watched by early stopping; ``warm_start`` = (coef, intercept) in raw
+    units replaces the initialisation (a warm start)."""
     config.validate()
+    if config.early_stopping and validation is None:
+        raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
+                            "(e.g. 0.2)")
     n_rows, n_features = X.shape
     n_params = n_features + int(config.bias)
     if n_rows < n_params:
@@ -85,7 +94,8 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
     if config.solver == "lstsq":
         result = _fit_lstsq(X, Y, config, weights)
     else:
-        result = _fit_sgd(X, Y, config, mean, scale, log, progress, weights)
+        result = _fit_sgd(X, Y, config, mean, scale, log, progress, weights, validation,
+                          warm_start)
     result.seconds = time.perf_counter() - start
     result.config = asdict(config)
     return result
@@ -163,7 +173,21 @@ def _optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
                            weight_decay=config.weight_decay)
 
 
-def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResult:
+def _scheduler(optimizer, config: TrainConfig):
+    """torch's own scheduler for ``--lr-schedule``, stepped once an epoch; None: constant."""
+    sched = torch.optim.lr_scheduler
+    if config.lr_schedule == "step":
+        return sched.StepLR(optimizer, step_size=config.lr_step_size, gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return sched.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule == "plateau":
+        return sched.ReduceLROnPlateau(optimizer, factor=config.lr_gamma,
+                                       patience=config.lr_patience)
+    return None
+
+
+def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=None,
+             start=None) -> FitResult:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     n_rows, n_features = X.shape
@@ -174,6 +198,12 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResul
     # 1. Seed, then build the model before any other random draw, as a plain script would.
     torch.manual_seed(config.seed)
     model = build_model(n_features, n_targets, bias=config.bias, init=config.init, dtype=dtype)
+    if start is not None:  # a warm start: raw-unit parameters, in training units
+        W0, b0 = start
+        with torch.no_grad():
+            model.linear.weight.copy_(torch.as_tensor(W0 if scale is None else W0 * scale))
+            if model.linear.bias is not None:
+                model.linear.bias.copy_(torch.as_tensor(b0 if scale is None else b0 + W0 @ mean))
     model.to(device)
     W, b = model.linear.weight, model.linear.bias
     Xs = X if scale is None else (X - mean) / scale
@@ -182,6 +212,15 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResul
     w_all = None if weights is None else torch.as_tensor(weights, dtype=dtype, device=device)
     optimizer = _optimizer(model, config)
     objective, prox = _objective(config, n_targets), _l1_prox(config, n_targets)
+    scheduler = _scheduler(optimizer, config)
+    lrs: list[float] = []
+    watch = None
+    if validation is not None and (config.early_stopping or config.lr_schedule == "plateau"):
+        Xv = validation[0] if scale is None else (validation[0] - mean) / scale
+        watch = (torch.as_tensor(Xv, dtype=dtype, device=device),
+                 torch.as_tensor(validation[1], dtype=dtype, device=device))
+    val_costs: list[float] = []
+    best = (np.inf, -1, None)  # validation cost, epoch, parameters
 
     # 2. History lives where the model does; the host reads it only at check points.
     keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
@@ -224,6 +263,21 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResul
                                     objective=objective, w_all=w_all, prox=prox)
         # 4. Record this epoch's cost and the parameters after its step (no GPU sync).
         history.record(epoch, cost)
+        # 4'. Schedules and early stopping (these read one number back each epoch).
+        if watch is not None:
+            with torch.no_grad():
+                val_costs.append(float(F.mse_loss(model(watch[0]), watch[1])))
+        if scheduler is not None:
+            lrs.append(optimizer.param_groups[0]["lr"])
+            if config.lr_schedule == "plateau":
+                scheduler.step(val_costs[-1] if val_costs else float(cost.detach()))
+            else:
+                scheduler.step()
+        if config.early_stopping:
+            if val_costs[-1] < best[0] - config.min_delta:
+                best = (val_costs[-1], epoch, [p.detach().clone() for p in model.parameters()])
+            elif epoch - best[1] >= config.patience:
+                stopped = "early"
 
         # 5. At check points: divergence, tolerance, logging, progress.
         logging_now = log_every and epoch % log_every == 0
@@ -240,6 +294,16 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResul
             last_checked = epoch
             if stopped == "tol":
                 break
+        if stopped == "early":
+            _check_finite(history.costs(last_checked + 1, epoch + 1), last_checked + 1, config.lr)
+            break
+
+    best_epoch = None
+    if config.early_stopping and best[2] is not None:  # keep the best validation epoch's
+        with torch.no_grad():
+            for p, kept in zip(model.parameters(), best[2]):
+                p.copy_(kept)
+        best_epoch = best[1]
 
     # 6. As the tutorials' range(epochs + 1) does, one last line: the saved model and its cost.
     epochs_run = epoch + 1
@@ -257,8 +321,12 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None) -> FitResul
     coef, intercept = _fold(W_s, b_s, mean, scale)
     state = _state_dict(coef, intercept if config.bias else None, dtype)
     coef, intercept = _saved_values(state, n_targets)
+    extras = {"lr": np.array(lrs)} if lrs else {}
+    if val_costs:
+        extras["val_cost"] = np.array(val_costs)
     return FitResult(coef, intercept, state, layout.folded(hist, mean, scale), layout.columns(),
-                     epochs_run, stopped, str(device), mean, scale)
+                     epochs_run, stopped, str(device), mean, scale, extras=extras,
+                     best_epoch=best_epoch)
 
 
 def _params_row(tracked: list[torch.Tensor]) -> np.ndarray:

@@ -38,7 +38,7 @@ INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for int
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
           targets: Sequence[str] = (), features: Sequence[str] = (),
           exclude: Sequence[str] = (), encoding: EncodeConfig | None = None,
-          sample_weight: str | None = None,
+          sample_weight: str | None = None, init_from: str | Path | None = None,
           val_fraction: float | None = None,
           cov: str = "nonrobust", confidence: float = 0.95,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
@@ -64,7 +64,10 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     weights = None if data.weights is None else data.weights[train_idx]
     if weights is not None and not weights.sum() > 0:
         raise TrainingError("every training row has sample weight 0")
-    result = fit(X, Y, config, weights=weights, log=log, progress=progress)
+    validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
+    start = _warm_start(init_from, data, config) if init_from is not None else None
+    result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
+                 log=log, progress=progress)
 
     stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                       names=data.feature_names, cov_type=cov, confidence=confidence,
@@ -90,6 +93,25 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
     return out, manifest
+
+
+def _warm_start(folder: str | Path, data: TrainingData,
+                config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """--init-from: a trained model's raw-unit parameters, checked against this run."""
+    from trainer.export import load_trained
+
+    model, manifest = load_trained(folder)
+    mine = (data.feature_names, data.target_names, config.bias, config.dtype)
+    theirs = (manifest["features"], manifest["targets"], manifest["model"]["bias"],
+              manifest["model"]["dtype"])
+    for what, a, b in zip(("features", "targets", "bias", "dtype"), mine, theirs):
+        if a != b:
+            raise TrainingError(f"--init-from {folder}: its {what} {b} differ from this run's "
+                                f"{a}; warm start from a model of the same shape")
+    W = model.linear.weight.detach().double().numpy()
+    b = model.linear.bias.detach().double().numpy() if model.linear.bias is not None \
+        else np.zeros(W.shape[0])
+    return W, b
 
 
 def _not_least_squares(config: TrainConfig) -> str | None:
@@ -164,6 +186,8 @@ def _write_history(path: Path, result: FitResult) -> None:
     cols = {"epoch": pa.array(np.arange(len(result.history)), pa.int64())}
     for j, name in enumerate(result.history_columns):
         cols[name] = pa.array(result.history[:, j])
+    for name, values in result.extras.items():  # lr (schedules), val_cost (early stopping)
+        cols[name] = pa.array(values[:len(result.history)])
     pacsv.write_csv(pa.table(cols), path)
 
 
@@ -208,6 +232,7 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
                  "train_rows": int(len(train_idx)), "validation_rows": int(len(val_idx)),
                  "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None},
         "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
+                     "best_epoch": result.best_epoch,
                      "stopped": result.stopped, "seconds": round(result.seconds, 4),
                      "torch_version": torch.__version__},
         "metrics": metrics,

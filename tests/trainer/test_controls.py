@@ -142,3 +142,78 @@ def test_penalised_statistics_say_why_not(tmp_path, standardised):
     s = json.loads((tmp_path / "m" / "model.json").read_text())["statistics"][0]
     assert s["not_defined"]["std_err"] == ("the estimates are penalized (--penalty l1 --alpha "
                                            "0.2), not least squares")
+
+
+def _run(*args) -> None:
+    res = CliRunner().invoke(train_main, [*map(str, args), "-q"])
+    assert res.exit_code == 0, res.stderr
+
+
+@pytest.fixture
+def table(tmp_path, standardised):
+    X, y = standardised
+    path = tmp_path / "d.csv"
+    np.savetxt(path, np.column_stack([X, y]), delimiter=",", header="a,b,c,d,e,f,y",
+               comments="")
+    return path
+
+
+def _history(folder) -> dict:
+    import pyarrow.csv as pacsv
+
+    return pacsv.read_csv(folder / "history.csv").to_pydict()
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, table):
+    _run(table, "--val-fraction", "0.3", "--early-stopping", "--patience", "15", "--lr", "0.3",
+         "--epochs", "3000", "--dtype", "float64", "--out", tmp_path / "m")
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    h = _history(tmp_path / "m")
+    best = int(np.argmin(h["val_cost"]))
+    assert m["training"]["stopped"] == "early" and m["training"]["best_epoch"] == best
+    assert m["training"]["epochs_run"] == best + 16 == len(h["val_cost"])
+    kept = [h[f"W[0,{j}]"][best] for j in range(6)]
+    np.testing.assert_allclose(m["model"]["coef_"][0], kept, rtol=1e-12)
+    assert m["model"]["intercept_"][0] == pytest.approx(h["b[0]"][best], rel=1e-12)
+
+
+def test_early_stopping_needs_validation_rows(tmp_path, table):
+    res = CliRunner().invoke(train_main, [str(table), "--early-stopping", "--out",
+                                          str(tmp_path / "m")])
+    assert res.exit_code == 1
+    assert res.stderr == ("linreg-train: error: --early-stopping watches the validation cost: "
+                          "add --val-fraction (e.g. 0.2)\n")
+
+
+@pytest.mark.parametrize("schedule, want", [
+    ("step", lambda e: 0.1 * 0.5 ** (e // 7)),
+    ("cosine", lambda e: 0.1 * (1 + np.cos(np.pi * e / 40)) / 2),
+])
+def test_lr_schedules_follow_torch_and_are_recorded(tmp_path, table, schedule, want):
+    _run(table, "--lr", "0.1", "--epochs", "40", "--lr-schedule", schedule, "--lr-step-size",
+         "7", "--lr-gamma", "0.5", "--out", tmp_path / "m")
+    lr = _history(tmp_path / "m")["lr"]
+    np.testing.assert_allclose(lr, [want(e) for e in range(40)], rtol=1e-9, atol=1e-15)
+
+
+def test_plateau_lowers_the_rate(tmp_path, table):
+    _run(table, "--lr", "0.5", "--epochs", "400", "--lr-schedule", "plateau",
+         "--lr-patience", "3", "--lr-gamma", "0.5", "--out", tmp_path / "m")
+    lr = _history(tmp_path / "m")["lr"]
+    assert lr[0] == 0.5 and lr[-1] < 0.5 and all(a >= b for a, b in zip(lr, lr[1:]))
+
+
+def test_warm_start_from_a_model(tmp_path, table, standardised):
+    X, y = standardised
+    _run(table, "--solver", "lstsq", "--dtype", "float64", "--out", tmp_path / "exact")
+    _run(table, "--init-from", tmp_path / "exact", "--epochs", "1", "--lr", "1e-9",
+         "--dtype", "float64", "--out", tmp_path / "warm")
+    exact = json.loads((tmp_path / "exact" / "model.json").read_text())["model"]
+    warm = json.loads((tmp_path / "warm" / "model.json").read_text())["model"]
+    np.testing.assert_allclose(warm["coef_"], exact["coef_"], rtol=1e-6)
+    res = CliRunner().invoke(train_main, [str(table), "--init-from", str(tmp_path / "exact"),
+                                          "--out", str(tmp_path / "x")])  # float32 vs float64
+    assert res.exit_code == 1
+    assert res.stderr == (f"linreg-train: error: --init-from {tmp_path / 'exact'}: its dtype "
+                          "float64 differ from this run's float32; warm start from a model of "
+                          "the same shape\n")
