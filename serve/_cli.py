@@ -45,6 +45,14 @@ class _Stopped(LinregError):
         self.exit_code = exit_code
 
 
+def stopped(e: KeyboardInterrupt, hint: str = "") -> LinregError:
+    """The one-line error for a signal (Ctrl-C, SIGTERM), with ``hint`` after it (e.g. how to
+    resume), exiting 128 + the signal's number."""
+    if isinstance(e, Terminated):
+        return _Stopped(f"stopped by {signal.Signals(e.signum).name}{hint}", 128 + e.signum)
+    return _Stopped(f"interrupted{hint}", 130)
+
+
 class OneLineErrors(click.Command):
     """A click command whose user errors print as one ``PROG: error: ...`` line on stderr.
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
+from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, stopped
 from serve.progress import Progress
 from serve.version import __version__
 from trainer.config import CHOICES, SETTINGS, ImputeType, InitType, TrainConfig
@@ -31,7 +31,7 @@ def _range(name: str) -> click.ParamType:
 
 @click.command("linreg-train", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--target", "targets", multiple=True, help="Target column (repeatable, or a,b). "
               "Default: the last column.")
 @click.option("--features", "features", multiple=True, help="Feature columns (repeatable, or "
@@ -104,6 +104,12 @@ def _range(name: str) -> click.ParamType:
               help="The least decrease of the validation cost that counts as an improvement.")
 @click.option("--init-from", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Warm start from a trained model folder (same features and targets).")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Keep a resumable checkpoint in OUT.checkpoint/ every N epochs (removed "
+              "when the run ends).")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Continue an interrupted run from its checkpoint folder, with "
+              "that run's data and settings (DATA and training flags may be left out).")
 @click.option("--seed", type=_range("seed"), default=1, show_default=True)
 @click.option("--standardize", is_flag=True,
               help="Train on standardised features; saved W and b stay in raw units.")
@@ -132,7 +138,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
                sample_weight: str | None, lr_schedule: str, lr_step_size: int,
                lr_gamma: float, lr_patience: int, early_stopping: bool, patience: int,
-               min_delta: float, init_from: Path | None,
+               min_delta: float, init_from: Path | None, checkpoint_every: int | None,
+               resume: Path | None,
                val_fraction: float | None, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
@@ -141,39 +148,60 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from serve.tables import estimate_rows
     from trainer.encode import EncodeConfig
-    from trainer.train import train
+    from trainer.train import checkpoint_dir, resume_settings, train
 
-    config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         batch_size=batch_size, init=init, bias=not no_bias, seed=seed,
-                         standardize=standardize, solver=solver, tol=tol, device=device,
-                         dtype=dtype, log_every=log_every, log_before_step=log_before_step,
-                         optimizer=optimizer, loss=loss, huber_delta=huber_delta,
-                         penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
-                         lr_schedule=lr_schedule, lr_step_size=lr_step_size, lr_gamma=lr_gamma,
-                         lr_patience=lr_patience, early_stopping=early_stopping,
-                         patience=patience, min_delta=min_delta)
+    if resume is not None:  # the interrupted run's data and settings
+        settings = resume_settings(resume)
+        data = Path(settings.pop("data_path"))
+        settings["resume"] = resume
+    elif data is None:
+        raise click.UsageError("missing DATA (a CSV, Parquet, .npy or .npz file), or --resume "
+                               "DIR")
+    else:
+        config = TrainConfig(epochs=epochs, lr=lr, momentum=momentum,
+                             weight_decay=weight_decay, batch_size=batch_size, init=init,
+                             bias=not no_bias, seed=seed, standardize=standardize,
+                             solver=solver, tol=tol, device=device, dtype=dtype,
+                             log_every=log_every, log_before_step=log_before_step,
+                             optimizer=optimizer, loss=loss, huber_delta=huber_delta,
+                             penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                             lr_schedule=lr_schedule, lr_step_size=lr_step_size,
+                             lr_gamma=lr_gamma, lr_patience=lr_patience,
+                             early_stopping=early_stopping, patience=patience,
+                             min_delta=min_delta)
+        settings = dict(out=out, config=config, targets=_names(targets),
+                        features=_names(features), exclude=_names(exclude),
+                        encoding=EncodeConfig(tuple(_names(categorical)), impute,
+                                              missing_indicator, max_levels, unknown),
+                        cov=cov, confidence=confidence, sample_weight=sample_weight,
+                        init_from=init_from, val_fraction=val_fraction, plot=plot,
+                        checkpoint_every=checkpoint_every)
+    config = settings["config"]
     size = data.stat().st_size if data.is_file() else 0
     if not quiet and size > 64 << 20:
         click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
     reading = Progress(estimate_rows(data) if size else None, desc=f"reading {data.name}",
                        unit="rows", quiet=quiet)
-    bar = Progress(epochs if solver == "sgd" else None, desc="training", unit="epoch",
-                   quiet=quiet)
+    bar = Progress(config.epochs if config.solver == "sgd" else None, desc="training",
+                   unit="epoch", quiet=quiet)
 
     def fitting(done: float) -> None:
         reading.close()  # the data is in: its bar ends where the fit's begins
         bar.to(done)
 
-    with reading, bar:
-        log = None if quiet or log_every == 0 else bar.echo
-        folder, manifest = train(data, out=out, config=config, targets=_names(targets),
-                                 features=_names(features), exclude=_names(exclude),
-                                 encoding=EncodeConfig(tuple(_names(categorical)), impute,
-                                                       missing_indicator, max_levels, unknown),
-                                 cov=cov, confidence=confidence, sample_weight=sample_weight,
-                                 init_from=init_from,
-                                 val_fraction=val_fraction, force=force, plot=plot, log=log,
-                                 progress=fitting, read_progress=reading.to)
+    folder_of_checkpoint = resume or (checkpoint_dir(settings["out"] or
+                                                     Path("models") / data.stem)
+                                      if settings.get("checkpoint_every") else None)
+    try:
+        with reading, bar:
+            log = None if quiet or config.log_every == 0 else bar.echo
+            folder, manifest = train(data, force=force, log=log, progress=fitting,
+                                     read_progress=reading.to, **settings)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
+        if folder_of_checkpoint is not None and (folder_of_checkpoint / "checkpoint.pt").is_file():
+            raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "
+                             f"with linreg-train --resume {folder_of_checkpoint}") from None
+        raise
     if not quiet:
         _summary(folder, manifest)
     if summary:

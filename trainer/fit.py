@@ -14,11 +14,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from serve.errors import first_line
 from trainer.config import TrainConfig, TrainingError
 from trainer.model import build_model
 
@@ -69,12 +71,14 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
         weights: np.ndarray | None = None,
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         warm_start: tuple[np.ndarray, np.ndarray] | None = None,
+        checkpoint: Checkpoint | None = None,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None) -> FitResult:
     """Fit W and b to ``X`` (rows, features) and ``Y`` (rows, targets) as ``config`` says;
     ``weights`` (rows,) weigh each row's loss (weighted least squares for the exact solver);
     ``validation`` rows are watched by early stopping; ``warm_start`` = (coef, intercept) in raw
-    units replaces the initialisation (a warm start)."""
+    units replaces the initialisation (a warm start); ``checkpoint`` saves a resumable state
+    every few epochs and, when it holds one, continues from it."""
     config.validate()
     if config.early_stopping and validation is None:
         raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
@@ -95,7 +99,7 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
         result = _fit_lstsq(X, Y, config, weights)
     else:
         result = _fit_sgd(X, Y, config, mean, scale, log, progress, weights, validation,
-                          warm_start)
+                          warm_start, checkpoint)
     result.seconds = time.perf_counter() - start
     result.config = asdict(config)
     return result
@@ -186,8 +190,38 @@ def _scheduler(optimizer, config: TrainConfig):
     return None
 
 
+@dataclass
+class Checkpoint:
+    """Where a run keeps its resumable state (``path``, a ``torch.save`` dict loadable with
+    ``weights_only=True``) and how often (every ``every`` epochs); ``state`` is what a resumed
+    run starts from. ``saved_epoch`` is the last epoch saved (for the resume hint)."""
+
+    path: Path
+    every: int
+    state: dict | None = None
+    saved_epoch: int | None = None
+
+    def save(self, state: dict) -> None:
+        from serve.atomic import atomic_file
+
+        with atomic_file(self.path) as tmp:
+            torch.save(state, tmp)
+        self.saved_epoch = state["epoch"]
+
+    @classmethod
+    def load(cls, path: Path, every: int) -> Checkpoint:
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+        except Exception as e:  # torch raises many types for a corrupt file
+            raise TrainingError(f"{path}: not a readable checkpoint ({e})") from None
+        if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "rng",
+                                               "history"} <= set(state):
+            raise TrainingError(f"{path}: not a linreg checkpoint")
+        return cls(path, every, state, state["epoch"])
+
+
 def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=None,
-             start=None) -> FitResult:
+             start=None, checkpoint=None) -> FitResult:
     device = resolve_device(config.device)
     dtype = getattr(torch, config.dtype)
     n_rows, n_features = X.shape
@@ -232,6 +266,13 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
     log_every = config.log_every if log is not None else 0
     last_checked, stopped, epoch = -1, "epochs", -1
     initial = _params_row(tracked)  # what epoch 0's forward pass used
+    first_epoch = 0
+    if checkpoint is not None and checkpoint.state is not None:  # resume where it stopped
+        first_epoch, initial = _restore(checkpoint.state, model, optimizer, scheduler, history)
+        lrs, val_costs = list(checkpoint.state["lrs"]), list(checkpoint.state["val_costs"])
+        kept = checkpoint.state["best"]
+        best = (kept[0], kept[1], kept[2] if kept[2] else None)
+        last_checked = first_epoch - 1
 
     def log_epoch(e: int) -> None:
         row = history.row(e)
@@ -239,7 +280,7 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
             row = np.concatenate([row[:1], history.row(e - 1)[1:] if e else initial])
         log(layout.log_line(e, epochs, row, mean, scale))
 
-    for epoch in range(epochs):
+    for epoch in range(first_epoch, epochs):
         if full_batch and config.optimizer == "lbfgs":
             # 3'. L-BFGS re-evaluates the cost in its line search: give it a closure.
             def closure() -> torch.Tensor:
@@ -278,6 +319,16 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
                 best = (val_costs[-1], epoch, [p.detach().clone() for p in model.parameters()])
             elif epoch - best[1] >= config.patience:
                 stopped = "early"
+
+        if checkpoint is not None and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < epochs:
+            checkpoint.save({"epoch": epoch, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(),
+                             "scheduler": scheduler.state_dict() if scheduler else {},
+                             "rng": torch.get_rng_state(),
+                             "history": torch.as_tensor(history.rows(epoch + 1)),
+                             "initial": torch.as_tensor(initial), "lrs": lrs,
+                             "val_costs": val_costs,
+                             "best": [best[0], best[1], best[2] or []]})
 
         # 5. At check points: divergence, tolerance, logging, progress.
         logging_now = log_every and epoch % log_every == 0
@@ -329,6 +380,22 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
                      best_epoch=best_epoch)
 
 
+def _restore(state: dict, model, optimizer, scheduler, history: _History):
+    """Put a checkpoint's state back: parameters, optimiser, scheduler, torch's RNG, history.
+    Returns the epoch to continue from and the initial parameters row."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history.restore(state["history"].numpy())
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise TrainingError(f"the checkpoint does not fit this run ({first_line(e)}); start "
+                            "again without --resume") from None
+    return int(state["epoch"]) + 1, state["initial"].numpy()
+
+
 def _params_row(tracked: list[torch.Tensor]) -> np.ndarray:
     """The tracked parameters as one row, in history's layout (W row-major, then b)."""
     if not tracked:
@@ -366,6 +433,14 @@ class _History:
         else:
             with torch.no_grad():
                 torch.cat([cost.detach().view(1), *self.flat], out=self.data[epoch])
+
+    def restore(self, rows: np.ndarray) -> None:
+        """The rows of the epochs already run (a resumed run)."""
+        if self.on_cpu:
+            self.data[:len(rows)] = rows
+        else:
+            self.data[:len(rows)] = torch.as_tensor(rows, dtype=self.data.dtype,
+                                                    device=self.data.device)
 
     def costs(self, start: int, stop: int) -> np.ndarray:
         c = self.data[start:stop, 0]

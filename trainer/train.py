@@ -10,7 +10,9 @@ place only when everything is written.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -23,13 +25,13 @@ import torch
 
 from serve.atomic import atomic_dir, resolve_output
 from serve.columns import specs_json
-from serve.errors import OutputError, OutputExistsError
+from serve.errors import OutputError, OutputExistsError, first_line
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
 from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.data import TrainingData, encode, load_training_data, split_rows
 from trainer.encode import EncodeConfig
-from trainer.fit import FitResult, fit, least_squares
+from trainer.fit import Checkpoint, FitResult, fit, least_squares
 from trainer.stats import inference
 
 INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for intervals
@@ -41,10 +43,15 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
           sample_weight: str | None = None, init_from: str | Path | None = None,
           val_fraction: float | None = None,
           cov: str = "nonrobust", confidence: float = 0.95,
+          checkpoint_every: int | None = None, resume: str | Path | None = None,
           force: bool = False, plot: bool = False, log: Callable[[str], None] | None = None,
           progress: Callable[[float], None] | None = None,
           read_progress: Callable[[int], None] | None = None) -> tuple[Path, dict[str, Any]]:
-    """Train on ``data_path`` and write the artifact folder; return it and its manifest."""
+    """Train on ``data_path`` and write the artifact folder; return it and its manifest.
+
+    ``checkpoint_every`` N keeps a resumable checkpoint in ``OUT.checkpoint/`` every N epochs
+    (removed when the run ends well); ``resume`` continues from such a folder (the CLI reads
+    the run's settings back with :func:`resume_settings`)."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
     config.validate()
     encoding = encoding or EncodeConfig()
@@ -55,6 +62,18 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     if cov not in CHOICES["cov"]:
         raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
+    checkpoint = None
+    if resume is not None:
+        every = json.loads((Path(resume) / RUN).read_text())["checkpoint_every"]
+        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, every)
+    elif checkpoint_every:
+        checkpoint = _new_checkpoint(out, force, checkpoint_every, {
+            "data_path": str(Path(data_path).resolve()), "out": str(out),
+            "config": asdict(config), "encoding": asdict(encoding), "targets": list(targets),
+            "features": list(features), "exclude": list(exclude),
+            "sample_weight": sample_weight, "init_from": None if init_from is None
+            else str(init_from), "val_fraction": val_fraction, "cov": cov,
+            "confidence": confidence, "plot": plot, "checkpoint_every": checkpoint_every})
     data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                               categorical=encoding.categorical, weight=sample_weight,
                               progress=read_progress)
@@ -67,7 +86,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
     start = _warm_start(init_from, data, config) if init_from is not None else None
     result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
-                 log=log, progress=progress)
+                 checkpoint=checkpoint, log=log, progress=progress)
 
     stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                       names=data.feature_names, cov_type=cov, confidence=confidence,
@@ -92,7 +111,55 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
             for name in write_plots(tmp, pictures):
                 record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
+    if checkpoint is not None:  # the run is done: its checkpoint is no longer needed
+        shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
     return out, manifest
+
+
+CHECKPOINT, RUN = "checkpoint.pt", "run.json"
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    """Where ``--checkpoint-every`` keeps a run's checkpoint: beside its artifact folder."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoint")
+
+
+def _new_checkpoint(out: Path, force: bool, every: int, run: dict[str, Any]) -> Checkpoint:
+    folder = checkpoint_dir(out)
+    if folder.exists():
+        if not force:
+            raise OutputExistsError(f"{folder}: holds the checkpoint of an interrupted run; "
+                                    f"resume it with linreg-train --resume {folder}, or pass "
+                                    "--force to start over")
+        if not {p.name for p in folder.iterdir()} <= {CHECKPOINT, RUN}:
+            raise OutputError(f"{folder}: is not a linreg checkpoint folder; choose another "
+                              "--out")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    (folder / RUN).write_text(json.dumps(run, indent=1))
+    return Checkpoint(folder / CHECKPOINT, every)
+
+
+def resume_settings(folder: str | Path) -> dict[str, Any]:
+    """The keyword arguments of :func:`train` for the run checkpointed in ``folder``."""
+    folder = Path(folder)
+    try:
+        run = json.loads((folder / RUN).read_text())
+        if not (folder / CHECKPOINT).is_file():
+            raise FileNotFoundError(folder / CHECKPOINT)
+        settings = {k: run[k] for k in ("out", "targets", "features", "exclude",
+                                        "sample_weight", "init_from", "val_fraction", "cov",
+                                        "confidence", "plot")}
+        settings["data_path"] = run["data_path"]
+        settings["config"] = TrainConfig(**run["config"])
+        encoding = run["encoding"]
+        settings["encoding"] = EncodeConfig(**{**encoding,
+                                               "categorical": tuple(encoding["categorical"])})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise TrainingError(f"--resume {folder}: not a checkpoint folder of an interrupted "
+                            f"run ({first_line(e)})") from None
+    return settings
 
 
 def _warm_start(folder: str | Path, data: TrainingData,

@@ -217,3 +217,70 @@ def test_warm_start_from_a_model(tmp_path, table, standardised):
     assert res.stderr == (f"linreg-train: error: --init-from {tmp_path / 'exact'}: its dtype "
                           "float64 differ from this run's float32; warm start from a model of "
                           "the same shape\n")
+
+
+class _Stop(KeyboardInterrupt):
+    """Ctrl-C, raised from inside the loop (the progress callback runs at check points)."""
+
+
+@pytest.mark.parametrize("schedule, batch", [("constant", 0), ("step", 16), ("cosine", 0),
+                                             ("plateau", 16), ("constant", 16)])
+def test_a_resumed_run_ends_byte_identical(tmp_path, table, schedule, batch):
+    from trainer.train import train
+
+    config = TrainConfig(epochs=120, lr=0.05, batch_size=batch, lr_schedule=schedule,
+                         lr_step_size=30, momentum=0.9, log_every=0)
+    train(table, out=tmp_path / "whole", config=config, val_fraction=0.2)
+
+    def stop_after_epoch_50(done: float) -> None:
+        if done >= 51:
+            raise _Stop()
+    with pytest.raises(_Stop):
+        train(table, out=tmp_path / "cut", config=config, val_fraction=0.2,
+              checkpoint_every=25, progress=stop_after_epoch_50)
+    checkpoint = tmp_path / "cut.checkpoint"
+    assert not (tmp_path / "cut").exists() and (checkpoint / "checkpoint.pt").is_file()
+    torch.load(checkpoint / "checkpoint.pt", weights_only=True)  # loadable safely
+    res = CliRunner().invoke(train_main, ["--resume", str(checkpoint), "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert (tmp_path / "cut" / "model.pt").read_bytes() == \
+        (tmp_path / "whole" / "model.pt").read_bytes()
+    assert not checkpoint.exists()  # a finished run leaves no checkpoint behind
+
+
+def test_ctrl_c_keeps_the_checkpoint_and_says_how_to_resume(tmp_path, table):
+    import signal
+    import subprocess
+    import time
+
+    from tests.conftest import BIN
+
+    out = tmp_path / "m"
+    proc = subprocess.Popen([str(BIN / "linreg-train"), str(table), "--epochs", "100000000",
+                             "--checkpoint-every", "200", "--out", str(out), "-q"],
+                            stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "m.checkpoint"
+    deadline = time.monotonic() + 60
+    while not (checkpoint / "checkpoint.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode()
+    assert proc.returncode == 130
+    assert err == (f"linreg-train: error: interrupted; the last checkpoint is in {checkpoint}: "
+                   f"continue with linreg-train --resume {checkpoint}\n")
+    assert (checkpoint / "checkpoint.pt").is_file() and not out.exists()
+    res = CliRunner().invoke(train_main, [str(table), "--checkpoint-every", "10", "--out",
+                                          str(out)])
+    assert res.exit_code == 1
+    assert res.stderr == (f"linreg-train: error: {checkpoint}: holds the checkpoint of an "
+                          f"interrupted run; resume it with linreg-train --resume "
+                          f"{checkpoint}, or pass --force to start over\n")
+
+
+def test_the_tutorial_defaults_are_untouched(tutorial_csv, tmp_path):
+    res = CliRunner().invoke(train_main, [str(tutorial_csv), "--epochs", "2000", "--lr", "0.01",
+                                          "--init", "zeros", "--log-every", "1000", "--out",
+                                          str(tmp_path / "m")])
+    assert res.exit_code == 0, res.stderr
+    assert "Epoch    0/2000 W: 0.187, b: 0.080 Cost: 18.666666" in res.output
+    assert "Epoch 1000/2000 W: 1.971, b: 0.066 Cost: 0.000633" in res.output
