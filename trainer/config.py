@@ -197,6 +197,10 @@ class TrainConfig:
             check_setting(name, getattr(self, name))
         if self.optimizer == "lbfgs" and self.batch_size:
             raise TrainingError("--optimizer lbfgs works on the full batch; drop --batch-size")
+        if self.optimizer == "lbfgs" and self.penalty in ("l1", "elasticnet"):
+            raise TrainingError(f"--optimizer lbfgs needs a smooth objective; --penalty "
+                                f"{self.penalty} has an L1 part: use --optimizer sgd or "
+                                "--solver lstsq")
         if self.solver == "lstsq" and self.loss != "mse":
             raise TrainingError("--loss huber has no closed form; use --solver sgd (e.g. with "
                                 "--optimizer lbfgs)")

@@ -116,6 +116,8 @@ def test_lbfgs_reaches_least_squares(standardised):
 @pytest.mark.parametrize("config, message", [
     (dict(optimizer="lbfgs", batch_size=10), "--optimizer lbfgs works on the full batch; drop "
                                              "--batch-size"),
+    (dict(optimizer="lbfgs", penalty="l1"), "--optimizer lbfgs needs a smooth objective; "
+                                            "--penalty l1 has an L1 part"),
     (dict(solver="lstsq", loss="huber"), "--loss huber has no closed form; use --solver sgd "
                                          "(e.g. with --optimizer lbfgs)"),
     (dict(solver="lstsq", optimizer="adam"), "--optimizer adam applies to --solver sgd; the "
