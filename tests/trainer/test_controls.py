@@ -286,3 +286,20 @@ def test_the_tutorial_defaults_are_untouched(tutorial_csv, tmp_path):
     assert res.exit_code == 0, res.stderr
     assert "Epoch    0/2000 W: 0.187, b: 0.080 Cost: 18.666666" in res.output
     assert "Epoch 1000/2000 W: 1.971, b: 0.066 Cost: 0.000633" in res.output
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()")
+@pytest.mark.parametrize("extra", [dict(penalty="elasticnet", alpha=0.1),
+                                   dict(loss="huber"), dict(optimizer="lbfgs", lr=1.0),
+                                   dict(optimizer="adam", lr_schedule="cosine"),
+                                   dict(early_stopping=True, batch_size=32)])
+def test_controls_on_cuda_match_cpu(standardised, extra):  # runs on a GPU machine only
+    X, y = standardised
+    w = np.linspace(0.5, 2.0, len(y))
+    valid = (X[:40], y[:40, None]) if extra.get("early_stopping") else None
+    runs = [fit(X[40:], y[40:, None], TrainConfig(**{"epochs": 300, "lr": 0.05,
+                                                     "dtype": "float64", "device": device,
+                                                     **extra}),
+                weights=w[40:], validation=valid) for device in ("cpu", "cuda")]
+    assert runs[1].device.startswith("cuda")
+    np.testing.assert_allclose(runs[1].coef_, runs[0].coef_, rtol=1e-6, atol=1e-9)
