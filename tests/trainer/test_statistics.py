@@ -13,19 +13,8 @@ from serve import Predictor
 
 pytest.importorskip("torch")
 sm = pytest.importorskip("statsmodels.api")
-from trainer.cli import export_main, summary_main, train_main  # noqa: E402
-
-
-def train(*args, code: int = 0):
-    res = CliRunner().invoke(train_main, [*map(str, args)])
-    assert res.exit_code == code, res.output + res.stderr
-    return res
-
-
-def export(folder, *args, code: int = 0):
-    res = CliRunner().invoke(export_main, [str(folder), *map(str, args)])
-    assert res.exit_code == code, res.output + res.stderr
-    return res
+from tests.trainer.commands import export, train  # noqa: E402
+from trainer.cli import summary_main  # noqa: E402
 
 
 def stats(folder) -> dict:

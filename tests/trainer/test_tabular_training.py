@@ -9,28 +9,15 @@ import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from serve import Predictor
 from serve.predictor import PredictionInputError
 from tests.serve.conftest import MODELS
 
 pytest.importorskip("torch")
-from trainer.cli import export_main, train_main  # noqa: E402
+from tests.trainer.commands import export, train  # noqa: E402
 
 CSV = MODELS.parent / "tabular.csv"
-
-
-def train(*args, code: int = 0) -> CliRunner:
-    res = CliRunner().invoke(train_main, [*map(str, args)])
-    assert res.exit_code == code, res.output + res.stderr
-    return res
-
-
-def export(folder, *args, code: int = 0):
-    res = CliRunner().invoke(export_main, [str(folder), *map(str, args)])
-    assert res.exit_code == code, res.output + res.stderr
-    return res
 
 
 def manifest(folder) -> dict:
