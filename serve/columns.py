@@ -135,7 +135,7 @@ def level_text(value: Any) -> str:
     form, booleans as ``true``/``false`` (Arrow's own casts give the same text)."""
     if isinstance(value, str):
         return value
-    if value is None:
+    if value is None or is_na(value):
         return MISSING
     if isinstance(value, (bool, np.bool_)):
         return "true" if value else "false"
@@ -149,6 +149,11 @@ def level_text(value: Any) -> str:
             return str(int(v))
         return repr(v)
     raise ValueError(value)
+
+
+def is_na(value: Any) -> bool:
+    """pandas' missing-value markers (``pd.NA``, ``pd.NaT``) without importing pandas."""
+    return type(value).__name__ in ("NAType", "NaTType")
 
 
 # ------------------------------------------------------------------------- frames
@@ -193,7 +198,7 @@ def _numeric_values(values: list[Any], spec: ColumnSpec, dtype: np.dtype, row_of
                     source: str | None) -> np.ndarray:
     out = np.empty((len(values), 1), dtype=np.float64)
     for r, v in enumerate(values):
-        if v is None or (isinstance(v, str) and not v.strip()):
+        if v is None or (isinstance(v, str) and not v.strip()) or is_na(v):
             out[r, 0] = math.nan
             continue
         try:

@@ -277,7 +277,8 @@ class Predictor:
             try:
                 out[r, c] = cell_number(v)
             except ValueError:
-                what = "missing value" if v is None else f"{shown(v)} is not a number"
+                what = "missing value" if v is None or is_na(v) else \
+                    f"{shown(v)} is not a number"
                 raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what}") \
                     from None
         return out

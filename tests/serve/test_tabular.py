@@ -83,7 +83,8 @@ def test_the_manifest_records_each_column(reference):
                                rtol=1e-9)
 
 
-@pytest.mark.parametrize("shape", ["records", "columns", "rows", "dataframe", "arrow"])
+@pytest.mark.parametrize("shape", ["records", "columns", "rows", "dataframe", "nullable",
+                                   "arrow"])
 def test_predictor_takes_raw_values_in_every_shape(want, shape):
     p = Predictor.load(TAB)
     assert p.feature_names == ["city", "x1", "x2"] and p.columns is not None
@@ -94,6 +95,12 @@ def test_predictor_takes_raw_values_in_every_shape(want, shape):
         X = {n: [r[n] for r in NEW] for n in names}
     elif shape == "rows":
         X = [[r[n] for n in names] for r in NEW]
+    elif shape == "nullable":  # pandas' nullable dtypes: a blank is pd.NA
+        pd = pytest.importorskip("pandas")
+        X = pd.DataFrame({"city": pd.array([r["city"] for r in NEW], dtype="string"),
+                          "x1": pd.array([None if math.isnan(_number(r["x1"])) else
+                                          _number(r["x1"]) for r in NEW], dtype="Float64"),
+                          "x2": pd.array([float(r["x2"]) for r in NEW], dtype="Float64")})
     elif shape == "dataframe":
         pd = pytest.importorskip("pandas")
         X = pd.DataFrame({"city": [r["city"] for r in NEW],
