@@ -28,6 +28,7 @@ from serve.columns import (
     check_frame,
     frame_from_arrow,
     frame_from_values,
+    is_na,
     specs_from_json,
 )
 from serve.errors import DataError, ModelError, first_line
