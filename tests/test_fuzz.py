@@ -350,3 +350,59 @@ def test_fuzz_binary_bytes_tensors(tab_server):
          "parameters": {"binary_data_size": 16}}]}).encode()
     _fuzz_binary(tab_server, "/v2/models/tabular/infer", head, cities + floats,
                  "http-tabular-binary")
+
+
+# ------------------------------------------------------------------ every training flag together
+
+FLAG_CHOICES = {
+    "--solver": ["sgd", "lstsq"], "--optimizer": ["sgd", "adam", "lbfgs"],
+    "--loss": ["mse", "huber"], "--penalty": ["none", "l2", "l1", "elasticnet"],
+    "--alpha": ["0.01", "1"], "--lr-schedule": ["constant", "step", "cosine", "plateau"],
+    "--batch-size": ["0", "7"], "--val-fraction": ["0.25"], "--impute": ["mean", "median"],
+    "--cov": ["nonrobust", "HC3"], "--lr": ["0.05", "1"], "--momentum": ["0", "0.9"],
+    "--weight-decay": ["0", "0.01"], "--dtype": ["float32", "float64"],
+}
+FLAGS = ["--standardize", "--no-bias", "--early-stopping", "--missing-indicator", "--summary",
+         "--plot"]
+
+
+def test_fuzz_training_flags_together(tmp_path):
+    """Any combination of settings trains, or ends in one line naming what cannot work."""
+    pytest.importorskip("torch")
+    from trainer.cli import export_main, train_main
+
+    data = MODELS.parent / "tabular.csv"
+
+    @settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
+    @given(options=st.dictionaries(st.sampled_from(sorted(FLAG_CHOICES)), st.just(None),
+                                   max_size=7),
+           picks=st.lists(st.integers(0, 3), min_size=14, max_size=14),
+           flags=st.lists(st.sampled_from(FLAGS), unique=True, max_size=3),
+           weights=st.booleans(), checkpoint=st.booleans())
+    def run(options, picks, flags, weights, checkpoint) -> None:
+        _count("train-flags")
+        out = tmp_path / "m"
+        args = [str(data), "--out", str(out), "-q", "--epochs", "30", "--force",
+                "--log-every", "0", "--impute", "mean", *flags]
+        for (name, _), pick in zip(sorted(options.items()), picks):
+            choices = FLAG_CHOICES[name]
+            args += [name, choices[pick % len(choices)]]
+        if weights:
+            args += ["--sample-weight", "x2"]
+        if checkpoint:
+            args += ["--checkpoint-every", "7"]
+        res = CliRunner().invoke(train_main, args)
+        if res.exit_code == 0:
+            assert out.is_dir()
+            exported = CliRunner().invoke(export_main, [str(out), "-q", "--format", "onnx"])
+            assert exported.exit_code in (0, 1), exported.stderr
+            if exported.exit_code:  # e.g. a diverged float32 fit the exporter refuses
+                assert exported.stderr.count("\n") == 1, exported.stderr
+        else:
+            _check_cli(res, out)
+        assert not (tmp_path / "m.checkpoint").exists()
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+
+    run()

@@ -9,11 +9,12 @@ place only when everything is written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -74,49 +75,68 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
             "sample_weight": sample_weight, "init_from": None if init_from is None
             else str(init_from), "val_fraction": val_fraction, "cov": cov,
             "confidence": confidence, "plot": plot, "checkpoint_every": checkpoint_every})
-    data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
-                              categorical=encoding.categorical, weight=sample_weight,
-                              progress=read_progress)
-    train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
-    data = encode(data, train_idx, encoding, bias=config.bias)
-    X, Y = data.X[train_idx], data.Y[train_idx]
-    weights = None if data.weights is None else data.weights[train_idx]
-    if weights is not None and not weights.sum() > 0:
-        raise TrainingError("every training row has sample weight 0")
-    validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
-    start = _warm_start(init_from, data, config) if init_from is not None else None
-    result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
-                 checkpoint=checkpoint, log=log, progress=progress)
+    with _checkpoint_scope(checkpoint, resumed=resume is not None):
+        data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
+                                  categorical=encoding.categorical, weight=sample_weight,
+                                  progress=read_progress)
+        train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
+        data = encode(data, train_idx, encoding, bias=config.bias)
+        X, Y = data.X[train_idx], data.Y[train_idx]
+        weights = None if data.weights is None else data.weights[train_idx]
+        if weights is not None and not weights.sum() > 0:
+            raise TrainingError("every training row has sample weight 0")
+        validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
+        start = _warm_start(init_from, data, config) if init_from is not None else None
+        result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
+                     checkpoint=checkpoint, log=log, progress=progress)
 
-    stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
-                      names=data.feature_names, cov_type=cov, confidence=confidence,
-                      penalized=_not_least_squares(config), weights=weights)
-    with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
-        torch.save(result.state_dict, tmp / "model.pt")
-        _write_history(tmp / "history.csv", result)
-        manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
-        manifest["data"]["sample_weight"] = sample_weight
-        manifest["statistics"] = stats.per_target
-        for name in ("model.pt", "history.csv"):
-            record_artifact(manifest, tmp, name)
-        if stats.cov is not None:  # for prediction intervals at export
-            np.savez(tmp / INFERENCE, cov=stats.cov, sigma=stats.sigma,
-                     df_resid=np.array(stats.per_target[0]["df_resid"]))
-            record_artifact(manifest, tmp, INFERENCE)
-        if plot:
-            from trainer.plots import PlotData, write_plots
-            pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
-                                data.Y[val_idx], result.coef_, result.intercept_, config.bias,
-                                data.feature_names, data.target_names)
-            for name in write_plots(tmp, pictures):
+        stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
+                          names=data.feature_names, cov_type=cov, confidence=confidence,
+                          penalized=_not_least_squares(config), weights=weights)
+        with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
+            torch.save(result.state_dict, tmp / "model.pt")
+            _write_history(tmp / "history.csv", result)
+            manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
+            manifest["data"]["sample_weight"] = sample_weight
+            manifest["statistics"] = stats.per_target
+            for name in ("model.pt", "history.csv"):
                 record_artifact(manifest, tmp, name)
-        write_manifest(tmp, manifest)
-    if checkpoint is not None:  # the run is done: its checkpoint is no longer needed
-        shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
+            if stats.cov is not None:  # for prediction intervals at export
+                np.savez(tmp / INFERENCE, cov=stats.cov, sigma=stats.sigma,
+                         df_resid=np.array(stats.per_target[0]["df_resid"]))
+                record_artifact(manifest, tmp, INFERENCE)
+            if plot:
+                from trainer.plots import PlotData, write_plots
+                pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
+                                    data.Y[val_idx], result.coef_, result.intercept_, config.bias,
+                                    data.feature_names, data.target_names)
+                for name in write_plots(tmp, pictures):
+                    record_artifact(manifest, tmp, name)
+            write_manifest(tmp, manifest)
     return out, manifest
 
 
 CHECKPOINT, RUN = "checkpoint.pt", "run.json"
+
+
+@contextlib.contextmanager
+def _checkpoint_scope(checkpoint: Checkpoint | None, *, resumed: bool) -> Iterator[None]:
+    """A checkpoint folder outlives its run only when a signal stopped the run after a save
+    (or it was resumed from): a finished run or a failed one leaves nothing behind."""
+    def remove() -> None:
+        if checkpoint is not None:
+            shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if checkpoint is not None and not resumed and checkpoint.saved_epoch is None:
+            remove()
+        raise
+    except BaseException:
+        if not resumed:
+            remove()
+        raise
+    remove()
 
 
 def checkpoint_dir(out: str | Path) -> Path:
