@@ -37,6 +37,7 @@ class PlotData:
     bias: bool
     feature_names: list[str]
     target_names: list[str]
+    best_epoch: int | None = None  # early stopping: the epoch whose parameters were kept
 
 
 def write_plots(folder: Path, d: PlotData) -> list[str]:
@@ -118,6 +119,9 @@ def _loss(plt, d: PlotData):
     val = _validation_curve(d)
     if val is not None:
         ax.plot(val[0], val[1], label="validation")
+    if d.best_epoch is not None:
+        ax.axvline(d.best_epoch, color="0.5", linestyle=":", label="kept (early stopping)")
+    if val is not None or d.best_epoch is not None:
         ax.legend()
     ax.set(xlabel="epoch", ylabel="L (MSE)", title="Loss curve", yscale="log")
     fig.tight_layout()

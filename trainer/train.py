@@ -109,7 +109,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 from trainer.plots import PlotData, write_plots
                 pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
                                     data.Y[val_idx], result.coef_, result.intercept_, config.bias,
-                                    data.feature_names, data.target_names)
+                                    data.feature_names, data.target_names,
+                                    result.best_epoch)
                 for name in write_plots(tmp, pictures):
                     record_artifact(manifest, tmp, name)
             write_manifest(tmp, manifest)

@@ -59,7 +59,8 @@ def test_manifest_records_what_a_user_needs(synth_csv, tmp_path):
     assert m["data"]["validation_rows"] == 125
     assert m["data"]["sha256"] == sha256_file(synth_csv)
     t = m["training"]
-    assert (t["seed"], t["lr"], t["epochs_run"], t["device"]) == (1, 0.1, 300, "cpu")
+    want_device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto
+    assert (t["seed"], t["lr"], t["epochs_run"], t["device"][:4]) == (1, 0.1, 300, want_device)
     assert t["torch_version"] == torch.__version__
     assert m["normalization"]["folded_into_weights"] is True
     assert len(m["normalization"]["mean"]) == 3
@@ -73,8 +74,8 @@ def test_manifest_records_what_a_user_needs(synth_csv, tmp_path):
 
 
 def test_history_csv_has_cost_and_parameters_per_epoch(tutorial_csv, tmp_path):
-    out, _ = train(tutorial_csv, out=tmp_path / "m",
-                   config=TrainConfig(epochs=2000, init="zeros"))
+    out, _ = train(tutorial_csv, out=tmp_path / "m",  # the tutorial's numbers: on the CPU
+                   config=TrainConfig(epochs=2000, init="zeros", device="cpu"))
     hist = pacsv.read_csv(out / "history.csv").to_pydict()
     assert list(hist) == ["epoch", "cost", "W", "b"]
     assert len(hist["epoch"]) == 2000
