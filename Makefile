@@ -53,6 +53,7 @@ bench: setup
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/tabular.py
 
 clean:
 	rm -rf $(VENV) $(RUNTIME) build *.egg-info examples/*/node_modules
