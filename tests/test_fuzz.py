@@ -371,7 +371,10 @@ def test_fuzz_training_flags_together(tmp_path):
     pytest.importorskip("torch")
     from trainer.cli import export_main, train_main
 
-    data = MODELS.parent / "tabular.csv"
+    lines = (MODELS.parent / "tabular.csv").read_text().splitlines()
+    data = tmp_path / "weighted.csv"  # the tabular table plus a positive weight column
+    data.write_text("\n".join([lines[0] + ",w"] + [f"{line},{0.5 + (i % 5) * 0.3:g}"
+                                                    for i, line in enumerate(lines[1:])]) + "\n")
 
     @settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
     @given(options=st.dictionaries(st.sampled_from(sorted(FLAG_CHOICES)), st.just(None),
@@ -387,8 +390,7 @@ def test_fuzz_training_flags_together(tmp_path):
         for (name, _), pick in zip(sorted(options.items()), picks):
             choices = FLAG_CHOICES[name]
             args += [name, choices[pick % len(choices)]]
-        if weights:
-            args += ["--sample-weight", "x2"]
+        args += ["--sample-weight", "w"] if weights else ["--exclude", "w"]
         if checkpoint:
             args += ["--checkpoint-every", "7"]
         res = CliRunner().invoke(train_main, args)
