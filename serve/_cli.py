@@ -6,6 +6,7 @@ no temporary file or folder is left behind; the exit status is 128 + the signal'
 
 from __future__ import annotations
 
+import _thread
 import errno
 import math
 import os
@@ -31,6 +32,24 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
+
+
+def _redeliver_signals(previous: Any) -> Any:
+    """A ``sys.unraisablehook`` that gives a swallowed signal back. A signal handler runs
+    between any two bytecodes of the main thread, so it may land inside a weakref callback or a
+    ``__del__`` (e.g. importlib's module-lock callback), where Python prints the exception and
+    drops it: the signal would be lost and the command run on. The signal is raised again, so
+    its handler runs once more, outside that callback."""
+    def hook(unraisable: Any) -> None:
+        exc = unraisable.exc_value
+        if isinstance(exc, KeyboardInterrupt):  # raised by a signal's handler
+            # From another thread, a moment later: the main thread has left the callback when
+            # its handler runs again (were it swallowed again, this hook would try again).
+            signum = getattr(exc, "signum", signal.SIGINT)
+            threading.Timer(0.01, _thread.interrupt_main, args=(signum,)).start()
+            return
+        previous(unraisable)
+    return hook
 
 
 class _PipeClosed(Exception):
@@ -64,14 +83,17 @@ class OneLineErrors(click.Command):
         extra.pop("standalone_mode", None)
         prog = prog_name or self.name or "linreg"
         previous = {}
+        hook = sys.unraisablehook
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, _raise_terminated)
                         for sig in (signal.SIGTERM, signal.SIGHUP)}
+            sys.unraisablehook = _redeliver_signals(hook)
         try:
             return self._main(prog, args, prog_name, **extra)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            sys.unraisablehook = hook
 
     def invoke(self, ctx: click.Context) -> Any:
         # click turns KeyboardInterrupt into Abort (and prints a blank line); ours says which

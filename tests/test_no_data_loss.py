@@ -11,6 +11,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -343,3 +344,42 @@ def test_export_refuses_a_model_with_nan_weights(tmp_path, data):
     res = run_script("linreg-export", out)
     assert "holds NaN or infinite weights" in _one_line_error(res)
     assert not (out / "model.onnx").exists() and _leftovers(out) == []
+
+
+SWALLOWED = '''
+import signal, sys, time, weakref
+import click
+from serve._cli import OneLineErrors, _raise_terminated
+
+@click.command("cmd", cls=OneLineErrors)
+@click.argument("which")
+def cmd(which):
+    class Thing:
+        pass
+    thing = Thing()
+    if which == "term":  # the handler runs inside a weakref callback, where Python drops it
+        ref = weakref.ref(thing, lambda r: _raise_terminated(signal.SIGTERM, None))
+    else:
+        def interrupt(r):
+            raise KeyboardInterrupt
+        ref = weakref.ref(thing, interrupt)
+    del thing
+    time.sleep(10)
+    print("the signal was lost")
+
+cmd()
+'''
+
+
+@pytest.mark.parametrize(("which", "code", "line"), [("term", 143, "stopped by SIGTERM"),
+                                                     ("int", 130, "interrupted")])
+def test_a_signal_swallowed_by_a_callback_is_delivered_again(tmp_path, which, code, line):
+    # Seen in CI: SIGTERM landed in importlib's module-lock weakref callback, Python printed
+    # "Exception ignored" and linreg-predict ran on to exit 0.
+    script = tmp_path / "swallow.py"
+    script.write_text(SWALLOWED)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    res = subprocess.run([sys.executable, str(script), which], capture_output=True, env=env,
+                         timeout=60)
+    assert (res.returncode, res.stderr.decode(), res.stdout) == (code, f"cmd: error: {line}\n",
+                                                                 b"")
