@@ -27,6 +27,7 @@ from serve.atomic import output_file
 from serve.columns import Frame
 from serve.errors import DataError, OutputError, first_line
 from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
+from serve.graph import INTERVAL_OUTPUTS
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.numbers import shown
@@ -136,8 +137,7 @@ def _with_intervals(predictor: Predictor) -> Callable[..., np.ndarray]:
     """``predict`` giving the predictions, then per target its four bounds, as columns."""
     def run(rows, **kwargs) -> np.ndarray:
         out = predictor.predict_intervals(rows, **kwargs)
-        bounds = [out[k] for k in ("prediction_lower", "prediction_upper", "mean_lower",
-                                   "mean_upper")]
+        bounds = [out[k] for k in INTERVAL_OUTPUTS]
         per_target = [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
         return np.hstack([out["prediction"], *per_target])
     return run

@@ -53,6 +53,7 @@ class Predictor:
                  columns: list[ColumnSpec] | None = None) -> None:
         self._backend = backend
         self.columns = columns  # raw-column specs of a tabular model; None: one features matrix
+        self.intervals = _interval_facts(backend, metadata)  # linreg-export --intervals, or None
         self.feature_names = list(feature_names)
         self.target_names = list(target_names)
         self.metadata = metadata
@@ -140,18 +141,6 @@ class Predictor:
         """
         return self._run(X, cancel, row_offset, source)[0]
 
-    @property
-    def intervals(self) -> dict[str, Any] | None:
-        """The model's interval outputs (level, distribution, quantile, names) or None: made
-        by ``linreg-export --intervals LEVEL``."""
-        names = getattr(self._backend, "interval_names", None)
-        if not names:
-            return None
-        try:
-            return json.loads(self.metadata["linreg.intervals"])
-        except (KeyError, json.JSONDecodeError):
-            return {"outputs": names}
-
     def predict_intervals(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
                           source: str | None = None) -> dict[str, np.ndarray]:
         """``prediction`` and its intervals, ``(n_rows, n_targets)`` each: ``prediction_lower``
@@ -218,7 +207,7 @@ class Predictor:
             columns = {n: X[n].tolist() for n in self.feature_names}
         elif isinstance(X, Mapping):
             self._check_columns(list(X))
-            columns = {n: _column_list(X[n], n) for n in self.feature_names}
+            columns = {n: _column_list(X[n]) for n in self.feature_names}
         else:
             if isinstance(X, np.ndarray):
                 X = X.tolist()
@@ -339,7 +328,17 @@ def _all_finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(a).all())
 
 
-def _column_list(values: Any, name: str) -> list[Any]:
+def _interval_facts(backend: _Backend, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The interval outputs' facts (level, distribution, quantile, names) of a model exported
+    with ``--intervals``, from its metadata; None for any other model."""
+    names = getattr(backend, "interval_names", None)
+    if not names:
+        return None
+    facts = _json_value(metadata.get("linreg.intervals"))
+    return facts if isinstance(facts, dict) else {"outputs": names}
+
+
+def _column_list(values: Any) -> list[Any]:
     if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
         return [values]  # one row given as {column: value}
     return list(values.tolist() if hasattr(values, "tolist") else values)
@@ -356,13 +355,18 @@ def _columns_to_rows(columns: list[Any]) -> np.ndarray:
         raise PredictionInputError(f"feature columns cannot form rows: {e}") from None
 
 
-def _json_list(value: str | None) -> list[str] | None:
+def _json_value(value: str | None) -> Any:
+    """A metadata string as JSON, or None when it is absent or not JSON."""
     if not value:
         return None
     try:
-        names = json.loads(value)
+        return json.loads(value)
     except json.JSONDecodeError:
         return None
+
+
+def _json_list(value: str | None) -> list[str] | None:
+    names = _json_value(value)
     return [str(n) for n in names] if isinstance(names, list) else None
 
 

@@ -244,8 +244,7 @@ def _v2_frame(predictor: Predictor, inputs: list[Any], binary: memoryview,
     if missing:
         raise RequestError(f"missing input(s) {', '.join(missing)}; the model takes one input "
                            f"per column: {', '.join(kinds)}")
-    frame = as_rows(predictor, columns, max_rows=max_rows)
-    return frame
+    return as_rows(predictor, columns, max_rows=max_rows)
 
 
 def _binary_values(part: memoryview, datatype: str, n: int, name: str) -> list[Any]:

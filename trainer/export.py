@@ -34,6 +34,7 @@ from serve.columns import ColumnSpec, read_specs
 from serve.errors import LinregError, ModelError, first_line
 from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
 from serve.tables import to_matrix
+from trainer.config import SETTINGS
 from trainer.encode import design_matrix, raw_columns
 from trainer.files import read_table
 from trainer.model import LinearRegression, model_from_state_dict
@@ -207,16 +208,16 @@ def _write_onnx(model, manifest, path: Path, opset: int) -> dict[str, Any]:
     if written != opset:
         raise ExportError(f"--opset {opset}: torch {torch.__version__} wrote opset {written} "
                           "instead; choose an opset it supports (e.g. 18, the default)")
-    _finish_onnx(proto, manifest)
-    onnx.save_model(proto, path)  # one self-contained file: no external data
+    _save_onnx(proto, manifest, path)
     return {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)",
             "torch_version": torch.__version__, "onnx_version": onnx.__version__,
             "input": {"name": "features", "shape": ["batch", len(manifest["features"])]},
             "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]}}
 
 
-def _finish_onnx(proto, manifest: dict[str, Any]) -> None:
-    """Metadata, producer and the checker: the same for every ONNX file linreg writes."""
+def _save_onnx(proto, manifest: dict[str, Any], path: Path) -> None:
+    """Metadata, producer, the checker, then one self-contained file (no external data): the
+    same for every ONNX file linreg writes."""
     import onnx
 
     for key, value in onnx_metadata(manifest).items():
@@ -228,12 +229,7 @@ def _finish_onnx(proto, manifest: dict[str, Any]) -> None:
         onnx.checker.check_model(proto, full_check=True)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported ONNX model fails onnx.checker: {e}") from None
-
-
-def onnx_version() -> str:
-    import onnx
-
-    return onnx.__version__
+    onnx.save_model(proto, path)
 
 
 def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
@@ -410,12 +406,11 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: P
                           "outputs; rename it and train again")
     proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset,
                           intervals=iv)
-    _finish_onnx(proto, manifest)
+    _save_onnx(proto, manifest, path)
     import onnx
 
-    onnx.save_model(proto, path)
     return {"opset": opset, "exporter": "linreg (onnx.helper: encoding + Gemm)",
-            "onnx_version": onnx_version(),
+            "onnx_version": onnx.__version__,
             "inputs": [{"name": s.name, "shape": ["batch", 1],
                         "type": "string" if s.kind == "categorical" else
                         manifest["model"]["dtype"]} for s in specs] if specs else
@@ -449,8 +444,9 @@ def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Interval
     """What the interval outputs need, from the training's statistics (``inference.npz``)."""
     from scipy import stats as st
 
-    if not (isinstance(level, float) and 0 < level < 1):
-        raise ExportError(f"--intervals {level}: a level in (0, 1), e.g. 0.95")
+    if not SETTINGS["confidence"].contains(level):  # the same range as --confidence
+        raise ExportError(f"--intervals {level}: a level in {SETTINGS['confidence'].describe()},"
+                          " e.g. 0.95")
     stats = manifest.get("statistics") or []
     path = folder / INFERENCE
     if not stats or not path.is_file():
