@@ -11,13 +11,13 @@ TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup setup-runtime setup-embed browser demo test lint bench clean
+.PHONY: setup setup-runtime setup-embed browser demo test lint bench clean proto
 
 setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[train,plot,http,test]"
+	$(BIN)/pip install -q -e ".[train,plot,http,grpc,test]"
 	touch $@
 
 # The runtime alone (no torch at all), to prove serve/ needs none of it.
@@ -56,4 +56,14 @@ bench: setup
 	$(BIN)/python bench/tabular.py
 
 clean:
-	rm -rf $(VENV) $(RUNTIME) build *.egg-info examples/*/node_modules
+	rm -rf $(VENV) $(RUNTIME) .venv-proto build *.egg-info examples/*/node_modules
+
+# The gRPC code in serve/proto, generated from serve/proto/inference.proto (committed; run this
+# after editing the .proto). grpcio-tools 1.81.1 writes protobuf 6.33 code, which protobuf 6.33+
+# and 7 both load; the sed makes the service module import its messages relatively.
+proto:
+	$(PY) -m venv .venv-proto
+	.venv-proto/bin/pip install -q grpcio-tools==1.81.1
+	.venv-proto/bin/python -m grpc_tools.protoc -I serve/proto --python_out=serve/proto \
+	  --grpc_python_out=serve/proto serve/proto/inference.proto
+	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' serve/proto/inference_pb2_grpc.py

@@ -64,13 +64,24 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
-@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind. The default is loopback only.")
+              help="Address to bind (HTTP and gRPC). The default is loopback only.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
+              help="Also serve the Open Inference Protocol over gRPC on this port.")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes.")
-@click.option("--name", default=None, help="Model name in URLs. Default: the folder's name.")
+@click.option("--name", default=None, help="Model name in URLs, for a single model. Default: "
+              "the folder's name.")
+@click.option("--poll-seconds", type=FiniteFloat(0, 86400, min_open=True), default=None,
+              help="Rescan PATH this often and load added or changed models, drop removed "
+              "ones. Default: load once at start (and on POST .../load).")
+@click.option("--max-batch-delay-us", type=click.IntRange(0, 1_000_000), default=None,
+              help="Dynamic batching: merge requests for the same model that arrive within "
+              "this many microseconds into one run. Default: off.")
+@click.option("--max-batch-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Dynamic batching: most rows in one merged run.")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=32 << 20,
               show_default=True, help="Largest request body accepted (413 above).")
 @click.option("--max-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
@@ -87,48 +98,73 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 @click.option("--access-log", is_flag=True, help="Log every request.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no start line, no "
               "log line per bad request).")
-def serve_main(model: Path, host: str, port: int, workers: int, name: str | None,
-               max_body_bytes: int, max_rows: int, max_header_bytes: int,
+def serve_main(path: Path, host: str, port: int, grpc_port: int | None, workers: int,
+               name: str | None, poll_seconds: float | None, max_batch_delay_us: int | None,
+               max_batch_rows: int, max_body_bytes: int, max_rows: int, max_header_bytes: int,
                request_timeout: float, threads: int | None, allow_foreign_graph: bool,
                access_log: bool, quiet: bool) -> None:
-    """Serve MODEL (a model folder or a .onnx file) over HTTP until SIGTERM or Ctrl-C."""
+    """Serve PATH over HTTP until SIGTERM or Ctrl-C: a model folder, a .onnx file, or a
+    repository (a folder of model folders, optionally with version folders 1/, 2/, ... as
+    Triton lays them out)."""
     import os
     import signal
-    import socket
 
-    from serve.predictor import Predictor
+    from serve.repository import Repository
 
     try:
         import uvicorn
 
-        from serve.server import model_name
-    except ImportError:
-        raise click.ClickException("linreg-serve needs the http extra: pip install "
-                                   "'linreg[http]'") from None
+        import serve.server  # noqa: F401  (the http extra is all there)
+        if grpc_port is not None:
+            import serve.grpc_service  # noqa: F401
+    except ImportError as e:
+        extra = "grpc" if "grpc" in str(e.name) or "proto" in str(e.name) else "http"
+        raise click.ClickException(f"linreg-serve{' --grpc-port' if extra == 'grpc' else ''} "
+                                   f"needs the {extra} extra: pip install "
+                                   f"'linreg[{extra}]'") from None
+    if grpc_port is not None and grpc_port == port:
+        raise click.BadParameter(f"{grpc_port} is also --port; give gRPC its own port",
+                                 param_hint="'--grpc-port'")
     # Fail here, clearly, not in a worker.
-    predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
-    name = name or model_name(model)
-    try:  # say "port in use" in one line, before uvicorn would
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind((host, port))
-    except OSError as e:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    os.environ.update({"LINREG_SERVE_MODEL": str(model), "LINREG_SERVE_NAME": name,
-                       "LINREG_SERVE_MAX_BODY": str(max_body_bytes),
-                       "LINREG_SERVE_MAX_ROWS": str(max_rows),
-                       "LINREG_SERVE_MAX_HEADER": str(max_header_bytes),
-                       "LINREG_SERVE_TIMEOUT": str(request_timeout),
-                       "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0",
-                       "LINREG_SERVE_QUIET": "1" if quiet else "0"})
-    if threads is not None:
-        os.environ["LINREG_SERVE_THREADS"] = str(threads)
+    repository = Repository.open(path, threads=threads, allow_foreign_graph=allow_foreign_graph,
+                                 name=name)
+    for port_ in (port, grpc_port):
+        if port_ is not None:
+            _check_port(host, port_)
+    env = {"LINREG_SERVE_MODEL": str(path), "LINREG_SERVE_NAME": name or "",
+           "LINREG_SERVE_HOST": host, "LINREG_SERVE_WORKERS": str(workers),
+           "LINREG_SERVE_MAX_BODY": str(max_body_bytes), "LINREG_SERVE_MAX_ROWS": str(max_rows),
+           "LINREG_SERVE_MAX_HEADER": str(max_header_bytes),
+           "LINREG_SERVE_TIMEOUT": str(request_timeout),
+           "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0",
+           "LINREG_SERVE_QUIET": "1" if quiet else "0",
+           "LINREG_SERVE_BATCH_ROWS": str(max_batch_rows)}
+    for key, value in (("LINREG_SERVE_THREADS", threads), ("LINREG_SERVE_POLL", poll_seconds),
+                       ("LINREG_SERVE_GRPC_PORT", grpc_port),
+                       ("LINREG_SERVE_BATCH_DELAY_US", max_batch_delay_us)):
+        if value is not None:
+            env[key] = str(value)
+    os.environ.update(env)
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"linreg-serve: warning: listening on {host}, reachable from other machines",
                    err=True)
+    for entry in repository.index():
+        if entry["state"] != "READY":
+            version = f" version {entry['version']}" if "version" in entry else ""
+            click.echo(f"linreg-serve: warning: model {entry['name']}{version} is unavailable: "
+                       f"{entry.get('reason')}", err=True)
     if not quiet:
-        click.echo(f"linreg-serve: serving {name!r} ({predictor.n_features} features -> "
-                   f"{predictor.n_targets} target(s)) on http://{host}:{port} "
+        ready = repository.ready()
+        if repository.kind != "repository" and ready:
+            p = ready[0].predictor
+            what = (f"{ready[0].name!r} ({p.n_features} features -> {p.n_targets} target(s))"
+                    if len(repository.versions(ready[0].name)) == 1 else
+                    f"{ready[0].name!r} (versions {', '.join(repository.versions(ready[0].name))})")
+        else:
+            what = (f"{len(ready)} model(s) from {path}"
+                    + (f" ({', '.join(v.name for v in ready)})" if ready else ""))
+        grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
+        click.echo(f"linreg-serve: serving {what} on http://{host}:{port}{grpc_text} "
                    f"(OpenAPI at /docs, metrics at /metrics)", err=True)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish, each within
     # --request-timeout), then re-raises the signal under the handlers it found: make those a
@@ -141,6 +177,18 @@ def serve_main(model: Path, host: str, port: int, workers: int, name: str | None
                 http="serve.http_limits:BoundedHttpToolsProtocol",
                 timeout_graceful_shutdown=max(1, int(request_timeout) + 1), server_header=False)
     _exit_now(0)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Say "port in use" in one line, before uvicorn or gRPC would."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def _exit_now(code: int) -> None:

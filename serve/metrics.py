@@ -1,7 +1,8 @@
 """Prometheus metrics for linreg-serve, in the text exposition format, with no dependency.
 
-Counters and the latency histogram are per process: with ``--workers N`` each worker counts
-its own requests (scrape them through a single worker, or run one worker per port).
+Every series carries the endpoint (``v2_infer``, ``grpc_infer``, ...) and the model it served
+(empty for server-wide endpoints). Counters and the latency histogram are per process: with
+``--workers N`` each worker counts its own requests.
 """
 
 from __future__ import annotations
@@ -13,55 +14,81 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class Metrics:
-    """Requests and errors by endpoint and status, rows predicted, and request latency."""
+    """Requests and errors by endpoint, model and status, rows predicted, request latency, and
+    the batches dynamic batching ran."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, int], int] = defaultdict(int)
-        self.rows: dict[str, int] = defaultdict(int)
-        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.latency_count: dict[str, int] = defaultdict(int)
+        self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.rows: dict[tuple[str, str], int] = defaultdict(int)
+        self.buckets: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0] * len(BUCKETS))
+        self.latency_sum: dict[tuple[str, str], float] = defaultdict(float)
+        self.latency_count: dict[tuple[str, str], int] = defaultdict(int)
+        self.batches: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # runs, requests, rows
 
-    def observe(self, endpoint: str, status: int, seconds: float, rows: int = 0) -> None:
+    def observe(self, endpoint: str, status: int, seconds: float, rows: int = 0,
+                model: str = "") -> None:
+        key = (endpoint, model)
         with self._lock:
-            self.requests[(endpoint, status)] += 1
-            self.rows[endpoint] += rows
-            counts = self.buckets[endpoint]
+            self.requests[(endpoint, model, status)] += 1
+            self.rows[key] += rows
+            counts = self.buckets[key]
             for i, bound in enumerate(BUCKETS):
                 if seconds <= bound:
                     counts[i] += 1
-            self.latency_sum[endpoint] += seconds
-            self.latency_count[endpoint] += 1
+            self.latency_sum[key] += seconds
+            self.latency_count[key] += 1
+
+    def batch(self, model: str, requests: int, rows: int) -> None:
+        """One onnxruntime call of dynamic batching that served ``requests`` requests."""
+        with self._lock:
+            b = self.batches[model]
+            b[0], b[1], b[2] = b[0] + 1, b[1] + requests, b[2] + rows
 
     def render(self) -> str:
         with self._lock:
-            lines = ["# HELP linreg_requests_total HTTP requests by endpoint and status code.",
+            lines = ["# HELP linreg_requests_total Requests by endpoint, model and status code.",
                      "# TYPE linreg_requests_total counter"]
-            for (ep, code), n in sorted(self.requests.items()):
-                lines.append(f'linreg_requests_total{{endpoint="{ep}",code="{code}"}} {n}')
-            lines += ["# HELP linreg_request_errors_total Requests answered with 4xx or 5xx.",
+            for (ep, model, code), n in sorted(self.requests.items()):
+                lines.append(f"linreg_requests_total{{{_labels(ep, model)},code=\"{code}\"}} {n}")
+            lines += ["# HELP linreg_request_errors_total Requests answered with an error.",
                       "# TYPE linreg_request_errors_total counter"]
-            errors: dict[str, int] = defaultdict(int)
-            for (ep, code), n in self.requests.items():
-                if code >= 400:
-                    errors[ep] += n
-            for ep in sorted({ep for ep, _ in self.requests}):
-                lines.append(f'linreg_request_errors_total{{endpoint="{ep}"}} {errors[ep]}')
+            errors: dict[tuple[str, str], int] = defaultdict(int)
+            for (ep, model, code), n in self.requests.items():
+                errors[(ep, model)] += n if code >= 400 else 0
+            for key, n in sorted(errors.items()):
+                lines.append(f"linreg_request_errors_total{{{_labels(*key)}}} {n}")
             lines += ["# HELP linreg_rows_predicted_total Rows predicted.",
                       "# TYPE linreg_rows_predicted_total counter"]
-            for ep, n in sorted(self.rows.items()):
-                lines.append(f'linreg_rows_predicted_total{{endpoint="{ep}"}} {n}')
+            for key, n in sorted(self.rows.items()):
+                lines.append(f"linreg_rows_predicted_total{{{_labels(*key)}}} {n}")
             lines += ["# HELP linreg_request_duration_seconds Request latency.",
                       "# TYPE linreg_request_duration_seconds histogram"]
-            for ep in sorted(self.buckets):
-                for bound, n in zip(BUCKETS, self.buckets[ep]):
-                    lines.append(f'linreg_request_duration_seconds_bucket{{endpoint="{ep}",'
+            for key in sorted(self.buckets):
+                labels = _labels(*key)
+                for bound, n in zip(BUCKETS, self.buckets[key]):
+                    lines.append(f'linreg_request_duration_seconds_bucket{{{labels},'
                                  f'le="{bound}"}} {n}')
-                lines.append(f'linreg_request_duration_seconds_bucket{{endpoint="{ep}",'
-                             f'le="+Inf"}} {self.latency_count[ep]}')
-                lines.append(f'linreg_request_duration_seconds_sum{{endpoint="{ep}"}} '
-                             f'{self.latency_sum[ep]:.6f}')
-                lines.append(f'linreg_request_duration_seconds_count{{endpoint="{ep}"}} '
-                             f'{self.latency_count[ep]}')
+                lines.append(f'linreg_request_duration_seconds_bucket{{{labels},le="+Inf"}} '
+                             f'{self.latency_count[key]}')
+                lines.append(f"linreg_request_duration_seconds_sum{{{labels}}} "
+                             f"{self.latency_sum[key]:.6f}")
+                lines.append(f"linreg_request_duration_seconds_count{{{labels}}} "
+                             f"{self.latency_count[key]}")
+            if self.batches:
+                for metric, i, what in (("linreg_batches_total", 0, "onnxruntime calls"),
+                                        ("linreg_batched_requests_total", 1, "requests"),
+                                        ("linreg_batched_rows_total", 2, "rows")):
+                    lines += [f"# HELP {metric} Dynamic batching: {what} per model.",
+                              f"# TYPE {metric} counter"]
+                    for model, b in sorted(self.batches.items()):
+                        lines.append(f'{metric}{{model="{_escape(model)}"}} {b[i]}')
         return "\n".join(lines) + "\n"
+
+
+def _labels(endpoint: str, model: str) -> str:
+    return f'endpoint="{endpoint}",model="{_escape(model)}"'
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

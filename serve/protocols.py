@@ -82,7 +82,8 @@ def _check_rows(predictor: Predictor, rows: np.ndarray | Frame, max_rows: int,
 
 # ------------------------------------------------------------------------ Open Inference v2
 
-def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
+def v2_model_metadata(predictor: Predictor, name: str,
+                      versions: list[str] | None = None) -> dict[str, Any]:
     dt = V2_NAMES[predictor.dtype]
     params: dict[str, Any] = {"feature_names": predictor.feature_names,
                               "target_names": predictor.target_names}
@@ -98,15 +99,16 @@ def v2_model_metadata(predictor: Predictor, name: str) -> dict[str, Any]:
     else:
         inputs = [{"name": INPUT_NAME, "datatype": dt, "shape": [-1, predictor.n_features]}]
     return {
-        "name": name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
+        "name": name, "versions": versions or ["1"], "platform": "onnxruntime_onnx",
+        "inputs": inputs,
         "outputs": outputs,
         "parameters": params,
     }
 
 
 def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
-             max_rows: int) -> tuple[dict[str, Any], np.ndarray]:
-    """The request's JSON header and its ``features`` tensor as rows."""
+             max_rows: int) -> tuple[dict[str, Any], np.ndarray | Frame]:
+    """The request's JSON header and its input tensors as rows (:func:`v2_rows`)."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -119,10 +121,18 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
         header, binary = parse_json(body[:n]), memoryview(body)[n:]
     else:
         header, binary = parse_json(body), memoryview(b"")
+    return header, v2_rows(predictor, header, binary, max_rows=max_rows)
+
+
+def v2_rows(predictor: Predictor, header: Any, binary: memoryview, *,
+            max_rows: int) -> np.ndarray | Frame:
+    """The rows of a v2 request whose JSON header is parsed: its input tensors, with their
+    ``binary_data_size`` parts taken in order from ``binary`` (HTTP's binary extension, or
+    gRPC's ``raw_input_contents``)."""
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise RequestError("expected an object with an 'inputs' list")
     if predictor.columns is not None:
-        return header, _v2_frame(predictor, header["inputs"], binary, max_rows)
+        return _v2_frame(predictor, header["inputs"], binary, max_rows)
     inputs = header["inputs"]
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(f"expected exactly one input tensor named {INPUT_NAME!r}, got "
@@ -172,7 +182,7 @@ def v2_parse(predictor: Predictor, body: bytes, header_length: str | None, *,
             raise RequestError(f"input has {flat.size} values but shape {shape} needs {count}")
     rows = np.ascontiguousarray(flat.reshape(shape), dtype=predictor.dtype)
     _check_rows(predictor, rows, max_rows)
-    return header, rows
+    return rows
 
 
 def _v2_frame(predictor: Predictor, inputs: list[Any], binary: memoryview,
@@ -287,7 +297,7 @@ def _flat_numbers(data: Any, datatype: str) -> np.ndarray:
 
 
 def v2_response(header: dict[str, Any], outputs: Mapping[str, np.ndarray] | np.ndarray,
-                name: str) -> tuple[bytes, int | None]:
+                name: str, version: str = "1") -> tuple[bytes, int | None]:
     """The response body, and the JSON header's length when the outputs go as binary data.
     ``outputs``: the prediction, or every output by name (prediction and its intervals); the
     request's ``outputs`` list picks some of them."""
@@ -302,10 +312,8 @@ def v2_response(header: dict[str, Any], outputs: Mapping[str, np.ndarray] | np.n
     if asked is not None:
         if not isinstance(asked, list) or not all(isinstance(o, dict) for o in asked):
             raise RequestError("'outputs' must be a list of objects")
+        check_outputs([o.get("name") for o in asked], outputs)
         for o in asked:
-            if o.get("name") not in outputs:
-                raise RequestError(f"unknown output {shown(o.get('name'))}; the model's "
-                                   f"outputs are {', '.join(outputs)}")
             p = o.get("parameters") or {}
             if not isinstance(p, dict):
                 raise RequestError("output 'parameters' must be an object")
@@ -313,7 +321,7 @@ def v2_response(header: dict[str, Any], outputs: Mapping[str, np.ndarray] | np.n
                 else default_binary
     else:
         chosen = dict.fromkeys(outputs, default_binary)
-    result: dict[str, Any] = {"model_name": name, "model_version": "1", "outputs": []}
+    result: dict[str, Any] = {"model_name": name, "model_version": version, "outputs": []}
     if "id" in header:
         if not isinstance(header["id"], str) or len(header["id"]) > 1024:
             raise RequestError("request 'id' must be a string of at most 1,024 characters")
@@ -332,6 +340,14 @@ def v2_response(header: dict[str, Any], outputs: Mapping[str, np.ndarray] | np.n
         result["outputs"].append(out)
     head = json.dumps(result).encode()
     return (head + b"".join(blobs), len(head)) if blobs else (head, None)
+
+
+def check_outputs(names: list[Any], outputs: Mapping[str, np.ndarray]) -> None:
+    """Every output a request asks for must be one of the model's."""
+    for name in names:
+        if name not in outputs:
+            raise RequestError(f"unknown output {shown(name)}; the model's outputs are "
+                               f"{', '.join(outputs)}")
 
 
 # ------------------------------------------------------------------------ v1 and MLflow

@@ -318,8 +318,15 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.version_option(__version__, prog_name="linreg")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "formats", multiple=True,
-              type=click.Choice(["onnx", "torchscript", "pt2"]),
-              help="Repeatable. Default: onnx and torchscript.")
+              type=click.Choice(["onnx", "torchscript", "pt2", "triton"]),
+              help="Repeatable. Default: onnx and torchscript. triton: put model.onnx into a "
+              "Triton model repository (--repository), exporting it first if needed.")
+@click.option("--repository", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --format triton: the repository folder; writes REPOSITORY/NAME/"
+              "config.pbtxt and REPOSITORY/NAME/VERSION/model.onnx (NAME: MODEL_DIR's name).")
+@click.option("--model-version", type=click.IntRange(min=1), default=None,
+              help="With --format triton: the version folder to write. Default: one above "
+              "the highest there (1 for a new model).")
 @click.option("--opset", type=click.IntRange(min=13), default=None,
               help="ONNX opset version. Default: 18, or 19 for a model with categorical "
               "columns (it compares strings).")
@@ -328,15 +335,32 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
               "mean_lower/upper (the mean) at this level, e.g. 0.95, to model.onnx.")
 @click.option("--force", is_flag=True, help="Overwrite existing exported files.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def export_main(model_dir: Path, formats: tuple[str, ...], opset: int | None,
-                intervals: float | None, force: bool, quiet: bool) -> None:
+def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | None,
+                model_version: int | None, opset: int | None, intervals: float | None,
+                force: bool, quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
     from trainer.export import export
 
     formats = tuple(dict.fromkeys(formats)) or ("onnx", "torchscript")
+    triton = "triton" in formats
+    if triton != (repository is not None):
+        raise click.UsageError("--format triton and --repository DIR go together")
+    if model_version is not None and not triton:
+        raise click.UsageError("--model-version is for --format triton")
+    formats = tuple(f for f in formats if f != "triton")
+    if triton and "onnx" not in formats and not (model_dir / "model.onnx").is_file():
+        formats += ("onnx",)  # nothing exported yet: export it now
     manifest = export(model_dir, formats=formats, opset=opset, force=force,
-                      intervals=intervals)
-    if not quiet:
+                      intervals=intervals) if formats else None
+    if triton:
+        from serve.triton import write_repository
+
+        folder, version = write_repository(model_dir, repository, version=model_version,
+                                           force=force)
+        if not quiet:
+            click.echo(f"{folder}: Triton model {folder.name!r} version {version} "
+                       f"({folder / version / 'model.onnx'}, {folder / 'config.pbtxt'})")
+    if not quiet and manifest is not None:
         for fmt in formats:
             info = manifest["exports"][fmt]
             p = info["parity"]

@@ -256,12 +256,13 @@ def test_metrics_count_requests_rows_and_latency(server):
     status, _, data = server.request("GET", "/metrics")
     text = data.decode()
     assert status == 200
-    assert 'linreg_requests_total{endpoint="predict",code="200"}' in text
-    assert 'linreg_requests_total{endpoint="predict",code="400"}' in text
+    assert 'linreg_requests_total{endpoint="predict",model="multi",code="200"}' in text
+    assert 'linreg_requests_total{endpoint="predict",model="multi",code="400"}' in text
     rows = [line for line in text.splitlines()
-            if line.startswith('linreg_rows_predicted_total{endpoint="predict"}')]
+            if line.startswith('linreg_rows_predicted_total{endpoint="predict",model="multi"}')]
     assert int(rows[0].split()[-1]) >= 3
-    assert 'linreg_request_duration_seconds_bucket{endpoint="predict",le="+Inf"}' in text
+    assert ('linreg_request_duration_seconds_bucket{endpoint="predict",model="multi",le="+Inf"}'
+            in text)
     assert "linreg_request_errors_total" in text
 
 
@@ -312,8 +313,8 @@ def test_cli_errors_are_one_line(tmp_path):
     res = subprocess.run([str(BIN / "linreg-serve"), str(tmp_path / "none")], capture_output=True,
                          timeout=60)
     assert res.returncode == 1
-    assert res.stderr.decode() == f"linreg-serve: error: {tmp_path}/none: no such model file " \
-                                  "or folder\n"
+    assert res.stderr.decode() == f"linreg-serve: error: {tmp_path}/none: no such model file, " \
+                                  "model folder or repository\n"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

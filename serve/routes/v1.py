@@ -1,0 +1,66 @@
+"""The simple v1 style: ``{"instances": [...]}`` in, ``{"predictions": [...]}`` out, as TF
+Serving and KServe v1 clients send it. ``/predict``, ``/health`` and ``/metadata`` name no model:
+they serve the server's only one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from serve import protocols as proto
+from serve.repository import Version
+from serve.routes.common import RECORDS, ROWS, Http, body_schema, json_response
+
+
+def register(app: FastAPI, http: Http) -> None:
+    serving = http.serving
+
+    async def v1(request: Request, v: Version) -> tuple[Response, int, str]:
+        rows = proto.v1_parse(v.predictor, await http.read_body(request),
+                              max_rows=serving.limits.max_rows)
+        pred = await serving.predict(v, rows)
+        return json_response(proto.predictions_body(pred)), len(rows), v.name
+
+    @app.post("/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
+              openapi_extra=body_schema(_V1_SCHEMA))
+    @http.endpoint("v1_predict")
+    async def v1_predict(request: Request, model: str) -> tuple[Response, int, str]:
+        return await v1(request, serving.version(model))
+
+    @app.post("/predict", tags=["v1"], summary="Predict (the only model)",
+              openapi_extra=body_schema(_V1_SCHEMA))
+    @http.endpoint("predict", default_model=True)
+    async def plain_predict(request: Request) -> tuple[Response, int, str]:
+        return await v1(request, http.default())
+
+    @app.get("/health", tags=["v1"], summary="Health")
+    @http.endpoint("health")
+    async def health() -> tuple[Response, int, str]:
+        names = serving.repository.names()
+        if len(names) == 1:
+            return json_response({"status": "ok", "model": names[0]}), 0, ""
+        return json_response({"status": "ok", "models": names}), 0, ""
+
+    @app.get("/metadata", tags=["v1"], summary="The model's contract and manifest facts")
+    @http.endpoint("metadata", default_model=True)
+    async def metadata() -> tuple[Response, int, str]:
+        v = http.default()
+        p = v.predictor
+        return json_response({
+            "name": v.name, "version": v.version, "features": p.feature_names,
+            "targets": p.target_names, "dtype": str(p.dtype),
+            "input": {"name": proto.INPUT_NAME, "shape": [-1, p.n_features]}
+            if p.columns is None else
+            {"columns": proto.v2_model_metadata(p, v.name)["inputs"]},
+            "output": {"name": proto.OUTPUT_NAME, "shape": [-1, p.n_targets]},
+            "limits": {"max_body_bytes": serving.limits.max_body_bytes,
+                       "max_rows": serving.limits.max_rows},
+            "metadata": p.metadata}), 0, v.name
+
+
+_V1_SCHEMA: dict[str, Any] = {"type": "object", "properties": {
+    "instances": {"oneOf": [ROWS, RECORDS]},
+    "inputs": {"oneOf": [ROWS, {"type": "object", "additionalProperties": {
+        "type": "array", "items": {"type": "number"}}}]}}}

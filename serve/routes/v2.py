@@ -1,0 +1,97 @@
+"""The Open Inference Protocol v2 over HTTP (KServe, NVIDIA Triton, MLServer clients), with the
+binary tensor data extension and Triton's model configuration extension
+(``GET /v2/models/NAME/config``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from serve import protocols as proto
+from serve.routes.common import Http, body_schema, json_response
+from serve.triton import model_config
+from serve.version import __version__
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+
+
+def register(app: FastAPI, http: Http) -> None:
+    serving = http.serving
+
+    @app.get("/v2", tags=["v2"], summary="Server metadata")
+    @http.endpoint("v2_metadata")
+    async def v2_server() -> tuple[Response, int, str]:
+        return json_response({"name": "linreg", "version": __version__,
+                              "extensions": EXTENSIONS}), 0, ""
+
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness")
+    @http.endpoint("v2_health")
+    async def v2_live() -> tuple[Response, int, str]:
+        return json_response({"live": True}), 0, ""
+
+    @app.get("/v2/health/ready", tags=["v2"], summary="Readiness")
+    @http.endpoint("v2_health")
+    async def v2_ready() -> tuple[Response, int, str]:
+        return json_response({"ready": True}), 0, ""
+
+    @app.get("/v2/models/{model}", tags=["v2"], summary="Model metadata")
+    @app.get("/v2/models/{model}/versions/{version}", tags=["v2"], include_in_schema=False)
+    @http.endpoint("v2_model_metadata")
+    async def v2_model(model: str, version: str | None = None) -> tuple[Response, int, str]:
+        v = serving.version(model, version)
+        return json_response(proto.v2_model_metadata(
+            v.predictor, model, serving.repository.versions(model))), 0, model
+
+    @app.get("/v2/models/{model}/ready", tags=["v2"], summary="Model readiness")
+    @app.get("/v2/models/{model}/versions/{version}/ready", tags=["v2"],
+             include_in_schema=False)
+    @http.endpoint("v2_health")
+    async def v2_model_ready(model: str, version: str | None = None) -> tuple[Response, int, str]:
+        serving.version(model, version)
+        return json_response({"name": model, "ready": True}), 0, model
+
+    @app.get("/v2/models/{model}/config", tags=["v2"], summary="Model configuration (Triton)")
+    @app.get("/v2/models/{model}/versions/{version}/config", tags=["v2"],
+             include_in_schema=False)
+    @http.endpoint("v2_model_config")
+    async def v2_model_config(model: str,
+                              version: str | None = None) -> tuple[Response, int, str]:
+        v = serving.version(model, version)
+        limits = serving.limits
+        return json_response(model_config(v.predictor, model, max_batch_size=limits.max_rows,
+                                          max_queue_delay_us=limits.max_batch_delay_us)), 0, model
+
+    @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
+              openapi_extra=body_schema(_V2_SCHEMA))
+    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"],
+              include_in_schema=False)
+    @http.endpoint("v2_infer")
+    async def v2_infer(request: Request, model: str,
+                       version: str | None = None) -> tuple[Response, int, str]:
+        v = serving.version(model, version)
+        body = await http.read_body(request)
+        header, rows = proto.v2_parse(v.predictor, body,
+                                      request.headers.get("inference-header-content-length"),
+                                      max_rows=serving.limits.max_rows)
+        content, json_length = proto.v2_response(header, await serving.predict(v, rows), model,
+                                                 v.version)
+        if json_length is None:
+            return Response(content, media_type="application/json"), len(rows), model
+        return Response(content, media_type="application/octet-stream", headers={
+            "Inference-Header-Content-Length": str(json_length)}), len(rows), model
+
+
+_V2_SCHEMA: dict[str, Any] = {"type": "object", "required": ["inputs"], "properties": {
+    "id": {"type": "string"},
+    "inputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape",
+                                                                      "datatype"],
+               "properties": {"name": {"type": "string"},
+                              "shape": {"type": "array", "items": {"type": "integer"}},
+                              "datatype": {"type": "string",
+                                           "enum": ["FP32", "FP64", "BYTES"]},
+                              "data": {"type": "array"},
+                              "parameters": {"type": "object"}}}},
+    "outputs": {"type": "array", "items": {"type": "object"}},
+    "parameters": {"type": "object"}}}
