@@ -95,13 +95,14 @@ def version_folders(path: Path) -> dict[str, Path]:
 
 
 def _stamp(path: Path) -> tuple:
-    """What changes when a model is replaced or rewritten: each file's identity, size, mtime."""
+    """What changes when a model is replaced or rewritten: each file's identity, size, mtime
+    and ctime (which no copy preserves)."""
     files = [path] if path.is_file() else [path / "model.onnx", path / MANIFEST]
     out = []
     for f in files:
         try:
             st = f.stat()
-            out.append((f.name, st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((f.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         except OSError:
             out.append((f.name, None))
     return tuple(out)
@@ -198,7 +199,7 @@ class Repository:
             old = self._models.get(name, _Model())
             self._models[name] = _Model(versions=loaded, errors=errors)
         self._retire(old.versions.values(), keep=loaded)
-        for version, reason in errors.items() if self.kind == "repository" or loaded else ():
+        for version, reason in errors.items() if not quiet else ():
             log.error("model %s%s is unavailable: %s", name,
                       f" version {version}" if version else "", reason)
         if not loaded:
@@ -280,6 +281,10 @@ class Repository:
             stamp = _stamp(path)
             current = model.versions.get(version)
             if current is not None and current.stamp == stamp:
+                if version in model.failed_stamps:  # the disk is back to what is served
+                    with self._lock:
+                        model.failed_stamps.pop(version, None)
+                        model.errors.pop(version, None)
                 continue
             if model.failed_stamps.get(version) == stamp:
                 continue
