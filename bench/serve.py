@@ -1,11 +1,15 @@
-"""linreg-serve on loopback: requests/s and p50/p99 latency at 1, 8 and 64 concurrent clients.
+"""linreg-serve on loopback: requests/s and p50/p99 latency at 1, 8 and 64 concurrent clients,
+over HTTP (v1 and v2 JSON) and gRPC (ModelInfer), and at 64 clients with dynamic batching off
+and on.
 
-    .venv/bin/python bench/serve.py                  # about 30 s
+    .venv/bin/python bench/serve.py                  # about 90 s
     .venv/bin/python bench/serve.py --seconds 2      # shorter
 
-Each client is a keep-alive HTTP/1.1 connection (asyncio, one process) sending one-row requests
-back to back, bounded in count and time. The baseline is the same row through an in-process
-``Predictor.predict``. Client and server share this machine's cores, so figures are a floor.
+Each HTTP client is a keep-alive HTTP/1.1 connection (asyncio, one process) sending one-row
+requests back to back, bounded in count and time; each gRPC client is its own grpc.aio channel
+sending ModelInfer with raw_input_contents, as tritonclient does. The baseline is the same row
+through an in-process ``Predictor.predict``. Client and server share this machine's cores, so
+figures are a floor.
 """
 
 from __future__ import annotations
@@ -67,20 +71,74 @@ async def client(port: int, path: str, body: bytes, deadline: float, max_request
         writer.close()
 
 
-async def load(port: int, path: str, body: bytes, clients: int, seconds: float,
+async def grpc_client(port: int, deadline: float, max_requests: int, latencies: list[float],
+                      errors: list[int]) -> None:
+    import grpc
+
+    from serve.proto import inference_pb2 as pb
+    from serve.proto import inference_pb2_grpc as pb_grpc
+
+    request = pb.ModelInferRequest(model_name="multi", raw_input_contents=[
+        np.array([ROW], dtype="<f4").tobytes()])
+    request.inputs.add(name="features", datatype="FP32", shape=[1, len(ROW)])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(max_requests):
+            if time.perf_counter() > deadline:
+                break
+            t = time.perf_counter()
+            try:
+                await stub.ModelInfer(request, timeout=30)
+            except grpc.aio.AioRpcError:
+                errors.append(1)
+            latencies.append(time.perf_counter() - t)
+
+
+async def load(port: int, path: str | None, body: bytes, clients: int, seconds: float,
                max_requests: int) -> tuple[float, list[float], int]:
+    """``clients`` concurrent clients for ``seconds``: HTTP to ``path``, or gRPC (None)."""
     latencies: list[float] = []
     errors: list[int] = []
     start = time.perf_counter()
-    await asyncio.gather(*(client(port, path, body, start + seconds, max_requests, latencies,
-                                  errors) for _ in range(clients)))
+    if path is None:
+        await asyncio.gather(*(grpc_client(port, start + seconds, max_requests, latencies,
+                                           errors) for _ in range(clients)))
+    else:
+        await asyncio.gather(*(client(port, path, body, start + seconds, max_requests,
+                                      latencies, errors) for _ in range(clients)))
     return time.perf_counter() - start, latencies, len(errors)
+
+
+class Served:
+    """linreg-serve on free HTTP and gRPC ports, with extra flags."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port, self.grpc_port = free_port(), free_port()
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([str(BIN / "linreg-serve"), str(MODEL), "--port",
+                                      str(self.port), "--grpc-port", str(self.grpc_port), "-q",
+                                      *flags], stderr=self.log)
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", self.grpc_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("linreg-serve did not start")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+        self.log.close()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     ap.add_argument("--max-requests", type=int, default=20000, help="per client")
+    ap.add_argument("--batch-delay-us", type=int, default=1000,
+                    help="--max-batch-delay-us of the batching server")
     args = ap.parse_args()
 
     p = Predictor.load(MODEL)
@@ -90,32 +148,38 @@ def main() -> None:
     for _ in range(n):
         p.predict(x)
     in_process = (time.perf_counter() - t) / n
+    targets = {**BODIES, "gRPC ModelInfer": (None, b"")}
 
-    port = free_port()
-    with tempfile.TemporaryFile() as log:
-        server = subprocess.Popen([str(BIN / "linreg-serve"), str(MODEL), "--port", str(port)],
-                                  stderr=log)
-        try:
-            for _ in range(100):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            print(f"in-process Predictor.predict, one row: {in_process * 1e6:.1f} µs")
-            print(f"{'endpoint':<26}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-                  f"{'errors':>8}{'p50 / in-process':>18}")
-            for label, (path, body) in BODIES.items():
-                for clients in (1, 8, 64):
-                    wall, lat, errors = asyncio.run(load(port, path, body, clients, args.seconds,
-                                                         args.max_requests))
-                    lat_ms = np.array(lat) * 1e3
-                    p50, p99 = np.percentile(lat_ms, 50), np.percentile(lat_ms, 99)
-                    print(f"{label:<26}{clients:>8}{len(lat) / wall:>10,.0f}{p50:>9.2f}"
-                          f"{p99:>9.2f}{errors:>8}{p50 / 1e3 / in_process:>17,.0f}x")
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+    def measure(server: Served, label: str, clients: int) -> None:
+        path, body = targets[label]
+        port = server.grpc_port if path is None else server.port
+        wall, lat, errors = asyncio.run(load(port, path, body, clients, args.seconds,
+                                             args.max_requests))
+        lat_ms = np.array(lat) * 1e3
+        p50, p99 = np.percentile(lat_ms, 50), np.percentile(lat_ms, 99)
+        print(f"{label:<26}{clients:>8}{len(lat) / wall:>10,.0f}{p50:>9.2f}"
+              f"{p99:>9.2f}{errors:>8}{p50 / 1e3 / in_process:>17,.0f}x")
+
+    print(f"in-process Predictor.predict, one row: {in_process * 1e6:.1f} µs")
+    header = (f"{'endpoint':<26}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+              f"{'errors':>8}{'p50 / in-process':>18}")
+    plain = Served()
+    try:
+        print(header)
+        for label in targets:
+            for clients in (1, 8, 64):
+                measure(plain, label, clients)
+    finally:
+        plain.stop()
+    batching = Served("--max-batch-delay-us", str(args.batch_delay_us))
+    try:
+        print(f"\n64 clients, dynamic batching on (--max-batch-delay-us "
+              f"{args.batch_delay_us}); compare with the 64-client rows above")
+        print(header)
+        for label in targets:
+            measure(batching, label, 64)
+    finally:
+        batching.stop()
 
 
 if __name__ == "__main__":

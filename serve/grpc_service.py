@@ -25,7 +25,7 @@ import numpy as np
 from serve import protocols as proto
 from serve.errors import LinregError, ModelError
 from serve.proto import inference_pb2 as pb
-from serve.proto import inference_pb2_grpc as pb_grpc
+from serve.proto import inference_pb2_grpc as pb_grpc  # the servicer's base class
 from serve.protocols import RequestError
 from serve.serving import Serving
 from serve.version import __version__
@@ -154,6 +154,40 @@ def _as_v2(request: Any) -> tuple[dict[str, Any], bytes]:
     return {"inputs": inputs}, b"".join(raw)
 
 
+class _Malformed:
+    """A request body that is not the message it should be (the parse error kept)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _handlers(servicer: InferenceService) -> grpc.GenericRpcHandler:
+    """The service's methods, as the generated ``add_..._to_server`` registers them, but with
+    a request that fails to parse answered INVALID_ARGUMENT (grpc's own deserializer would
+    answer INTERNAL and log a traceback for a client's bad bytes)."""
+    service = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return grpc.method_handlers_generic_handler(service.full_name, {
+        m.name: _lenient(getattr(servicer, m.name), getattr(pb, m.input_type.name),
+                         getattr(pb, m.output_type.name)) for m in service.methods})
+
+
+def _lenient(run: Any, request_type: Any, response_type: Any) -> grpc.RpcMethodHandler:
+    def parse(data: bytes) -> Any:
+        try:
+            return request_type.FromString(data)
+        except Exception as e:  # protobuf's DecodeError, or its C extension's own
+            return _Malformed(e)
+
+    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, _Malformed):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
+                          f"{request_type.DESCRIPTOR.name} message ({request.error})")
+        return run(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        behavior, request_deserializer=parse, response_serializer=response_type.SerializeToString)
+
+
 def start(serving: Serving, host: str, port: int, *, threads: int = 64) -> grpc.Server:
     """A started gRPC server for ``serving`` on ``host:port`` (``threads`` concurrent calls,
     each at most ``--max-body-bytes``)."""
@@ -162,7 +196,7 @@ def start(serving: Serving, host: str, port: int, *, threads: int = 64) -> grpc.
                          options=[("grpc.max_receive_message_length",
                                    serving.limits.max_body_bytes),
                                   ("grpc.max_send_message_length", 1 << 30)])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(serving), server)
+    server.add_generic_rpc_handlers((_handlers(InferenceService(serving)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

@@ -408,3 +408,79 @@ def test_fuzz_training_flags_together(tmp_path):
             shutil.rmtree(out)
 
     run()
+
+
+# ------------------------------------------------------------------ gRPC ModelInfer
+
+@pytest.fixture(scope="module")
+def grpc_server(tmp_path_factory):
+    """linreg-serve on a repository of the numeric and the tabular model, with gRPC."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("tritonclient.grpc")
+    import shutil
+
+    from tests.serve.test_server import Server, free_port
+
+    root = tmp_path_factory.mktemp("fuzz-grpc")
+    for model in (MULTI, TAB):
+        shutil.copytree(model, root / model.name)
+    port = free_port()
+    s = Server(root, "--grpc-port", str(port), "--max-rows", "1000", "--request-timeout", "5",
+               "--max-body-bytes", "100000")
+    s.grpc_port = port
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
+
+
+# A refusal is one of these statuses; INTERNAL or UNKNOWN would be a bug of ours.
+GRPC_REFUSALS = ("INVALID_ARGUMENT", "NOT_FOUND", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
+                 "FAILED_PRECONDITION")
+
+
+def _grpc_seeds() -> dict[str, bytes]:
+    from tritonclient.grpc import service_pb2 as pb
+
+    numeric = pb.ModelInferRequest(model_name="multi", id="a",
+                                   raw_input_contents=[_rows(2).astype("<f4").tobytes()])
+    numeric.inputs.add(name="features", datatype="FP32", shape=[2, 4])
+    numeric.outputs.add(name="prediction")
+    tab = pb.ModelInferRequest(model_name="tabular")
+    city = b"".join(struct.pack("<I", len(c)) + c for c in (b"Paris", b"Rome"))
+    tab.inputs.add(name="city", datatype="BYTES", shape=[2, 1])
+    tab.inputs.add(name="x1", datatype="FP64", shape=[2, 1])
+    tab.inputs.add(name="x2", datatype="FP64", shape=[2])
+    tab.raw_input_contents.extend([city, np.array([np.nan, 12.0]).tobytes(),
+                                   np.array([0.5, -1.0]).tobytes()])
+    typed = pb.ModelInferRequest(model_name="multi")
+    t = typed.inputs.add(name="features", datatype="FP64", shape=[1, 4])
+    t.contents.fp64_contents.extend([1.0, 2.0, 3.0, 4.0])
+    return {"raw": numeric.SerializeToString(), "bytes": tab.SerializeToString(),
+            "typed": typed.SerializeToString()}
+
+
+@pytest.mark.parametrize("kind", ["raw", "bytes", "typed"])
+def test_fuzz_grpc_model_infer(grpc_server, kind):
+    """Mutated ModelInferRequest messages (bytes on the wire): an answer or a refusal status,
+    never INTERNAL, and the server still live after every case."""
+    import grpc
+
+    seed = _grpc_seeds()[kind]
+    channel = grpc.insecure_channel(f"127.0.0.1:{grpc_server.grpc_port}")
+    infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+    live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+    assert infer(seed, timeout=10)  # the seed itself is answered
+
+    @FUZZ
+    @given(body=mutated(seed))
+    def run(body: bytes) -> None:
+        _count(f"grpc-{kind}")
+        try:
+            infer(body, timeout=10)
+        except grpc.RpcError as e:
+            assert e.code().name in GRPC_REFUSALS, (e.code(), e.details())
+            assert e.details() and "\n" not in e.details()
+        assert live(b"", timeout=10) == b"\x08\x01"  # live: true
+
+    run()
+    channel.close()
