@@ -42,35 +42,59 @@ class _Item:
 class Batcher:
     """Merges the rows submitted within ``max_delay`` seconds, up to ``max_rows``, into one
     ``run(rows) -> {output name: (rows, targets) array}`` call. ``on_batch(requests, rows)`` is
-    told about every call (metrics)."""
+    told about every call (metrics).
+
+    :meth:`close` (the model version was replaced or unloaded) lets the worker thread end once
+    idle; a request that still arrives (it took the version just before the swap) starts it
+    again, so no request is ever left waiting."""
+
+    IDLE = 0.1  # seconds a closed batcher's thread waits for late requests before it ends
 
     def __init__(self, run: Callable[[Rows], Outputs], *, max_delay: float, max_rows: int,
                  on_batch: Callable[[int, int], None] | None = None, name: str = "") -> None:
         self._run, self.max_delay, self.max_rows = run, max_delay, max_rows
-        self._on_batch = on_batch
+        self._on_batch, self._name = on_batch, name
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"linreg-batcher-{name}")
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._closed = self._running = False
+        self._thread: threading.Thread | None = None
 
     def submit(self, rows: Rows) -> Future:
         """A future of this request's outputs."""
         item = _Item(rows, Future())
-        self._queue.put(item)
+        with self._lock:
+            self._queue.put(item)
+            if not self._running:
+                self._running = True
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name=f"linreg-batcher-{self._name}")
+                self._thread.start()
         return item.future
 
     def close(self) -> None:
-        """Finish what is queued, then stop the worker thread."""
-        self._queue.put(None)
+        """Serve what is queued, then let the worker thread end."""
+        with self._lock:
+            self._closed = True
+        self._queue.put(None)  # wakes a thread waiting for work
+
+    def _next(self) -> _Item | None:
+        try:
+            return self._queue.get(timeout=self.IDLE if self._closed else None)
+        except queue.Empty:
+            return None
 
     def _loop(self) -> None:
         carry: _Item | None = None
         while True:
-            first = carry if carry is not None else self._queue.get()  # 1.
+            first = carry if carry is not None else self._next()  # 1.
             carry = None
             if first is None:
-                return
-            items, rows, closing = [first], len(first.rows), False
+                with self._lock:
+                    if self._closed and self._queue.empty():
+                        self._running = False
+                        return
+                continue
+            items, rows = [first], len(first.rows)
             deadline = time.monotonic() + self.max_delay
             while rows < self.max_rows:  # 2.
                 wait = deadline - time.monotonic()
@@ -79,20 +103,14 @@ class Batcher:
                         self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
-                    closing = True
-                    break
+                if item is None:  # a wake-up from close(): nothing to serve
+                    continue
                 if rows + len(item.rows) > self.max_rows:
                     carry = item
                     break
                 items.append(item)
                 rows += len(item.rows)
             self._serve(items)  # 3.
-            if closing:  # whatever came after close() still gets an answer
-                while not self._queue.empty():
-                    if (item := self._queue.get_nowait()) is not None:
-                        self._serve([item])
-                return
 
     def _serve(self, items: list[_Item]) -> None:
         if self._on_batch is not None:

@@ -72,8 +72,7 @@ class Serving:
             with self._lock:
                 batcher = version.extras.get("batcher")
                 if batcher is None:
-                    run = outputs_runner(version.predictor)
-                    batcher = Batcher(lambda rows: run(rows), max_delay=delay / 1e6,
+                    batcher = Batcher(outputs_runner(version.predictor), max_delay=delay / 1e6,
                                       max_rows=self.limits.max_batch_rows,
                                       on_batch=functools.partial(self.metrics.batch,
                                                                  version.name),

@@ -31,11 +31,6 @@ def register(app: FastAPI, http: Http) -> None:
             raise RequestError("expected a JSON object (or no body)")
         return payload
 
-    def check_control() -> None:
-        if not http.control:
-            raise RequestError("load and unload are refused with --workers above 1: each "
-                               "worker holds its own models; use --poll-seconds instead", 409)
-
     @app.post("/v2/repository/index", tags=["repository"], summary="Models and their state")
     @http.endpoint("repository_index")
     async def index(request: Request) -> tuple[Response, int, str]:
@@ -44,28 +39,29 @@ def register(app: FastAPI, http: Http) -> None:
             raise RequestError("'ready' must be true or false")
         return json_response(repo.index(ready_only=ready)), 0, ""
 
-    @app.post("/v2/repository/models/{model}/load", tags=["repository"],
-              summary="Load or reload a model from the repository")
-    @http.endpoint("repository_load")
-    async def load(request: Request, model: str) -> tuple[Response, int, str]:
-        check_control()
+    async def control(request: Request, model: str, action) -> tuple[Response, int, str]:
+        """Load or unload ``model``: off the event loop (loading builds onnxruntime
+        sessions); an unknown model is a 404, one that does not load a 400."""
+        if not http.control:
+            raise RequestError("load and unload are refused with --workers above 1: each "
+                               "worker holds its own models; use --poll-seconds instead", 409)
         await options(request)
-        try:  # loading builds onnxruntime sessions: off the event loop
-            await asyncio.get_running_loop().run_in_executor(None, repo.load, model)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, action, model)
         except UnknownModel as e:
             raise RequestError(str(e), 404) from None
         except ModelError as e:
             raise RequestError(str(e), 400) from None
         return json_response({}), 0, model
 
+    @app.post("/v2/repository/models/{model}/load", tags=["repository"],
+              summary="Load or reload a model from the repository")
+    @http.endpoint("repository_load")
+    async def load(request: Request, model: str) -> tuple[Response, int, str]:
+        return await control(request, model, repo.load)
+
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"],
               summary="Stop serving a model")
     @http.endpoint("repository_unload")
     async def unload(request: Request, model: str) -> tuple[Response, int, str]:
-        check_control()
-        await options(request)
-        try:
-            repo.unload(model)
-        except UnknownModel as e:
-            raise RequestError(str(e), 404) from None
-        return json_response({}), 0, model
+        return await control(request, model, repo.unload)

@@ -291,7 +291,9 @@ def test_a_closed_batcher_answers_what_was_queued():
     gate.set()
     assert first.result(5) and second.result(5)
     batcher._thread.join(5)
-    assert not batcher._thread.is_alive()
+    assert not batcher._thread.is_alive()  # ended once idle
+    late = batcher.submit(np.ones((1, 1)))  # a request that took the version before the swap
+    assert late.result(5)["prediction"].shape == (1, 1)
 
 
 def test_version_folders_ignore_non_versions(tmp_path):

@@ -229,12 +229,15 @@ def test_index_page_lists_the_repository(tier):
     assert status == 400 and body["error"].startswith("this server serves 4 models")
 
 
-def test_a_model_replaced_on_disk_under_load_fails_no_request(tmp_path):
-    """16 clients for a few seconds while the model folder is replaced (by rename) twice:
-    zero failed requests, and the answers switch to the new model."""
+@pytest.mark.parametrize("batching", [[], ["--max-batch-delay-us", "2000"]],
+                         ids=["direct", "batching"])
+def test_a_model_replaced_on_disk_under_load_fails_no_request(tmp_path, batching):
+    """16 clients for a few seconds while the model folder is replaced (by rename) three
+    times: zero failed requests, and the answers switch to the new model. With dynamic
+    batching, each swap retires a batcher that requests may still be reaching."""
     root = tmp_path / "repo"
     put("nobias", root / "flip")
-    s = Server(root, "--poll-seconds", "0.1", "-q")
+    s = Server(root, "--poll-seconds", "0.1", "-q", *batching)
     answers = {m: expected(MODELS / m, X3)[:, 0] for m in ("nobias", "f64")}
     body = json.dumps({"instances": X3.tolist()})
     stop = threading.Event()
