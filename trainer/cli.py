@@ -17,7 +17,16 @@ import click
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, stopped
 from serve.progress import Progress
 from serve.version import __version__
-from trainer.config import CHOICES, SETTINGS, ImputeType, InitType, TrainConfig
+from trainer.config import (
+    CHOICES,
+    LOST_RANK,
+    SETTINGS,
+    ByteSize,
+    ImputeType,
+    InitType,
+    TrainConfig,
+    TrainingError,
+)
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -31,7 +40,7 @@ def _range(name: str) -> click.ParamType:
 
 @click.command("linreg-train", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
-@click.argument("data", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option("--target", "targets", multiple=True, help="Target column (repeatable, or a,b). "
               "Default: the last column.")
 @click.option("--features", "features", multiple=True, help="Feature columns (repeatable, or "
@@ -60,6 +69,19 @@ def _range(name: str) -> click.ParamType:
               "estimates (std err, t, P>|t|, interval); later: linreg-summary MODEL_DIR.")
 @click.option("--val-fraction", type=_range("val_fraction"), default=None,
               help="Hold out this fraction of rows, in (0, 1), seeded, for validation metrics.")
+@click.option("--val-data", type=click.Path(path_type=Path), default=None,
+              help="Validation rows from another file, folder or glob (streamed training).")
+@click.option("--batch-rows", type=click.IntRange(min=1), default=None,
+              help="Stream DATA in chunks of this many rows (default 65,536 when streaming): "
+              "memory stays flat whatever the size. Streaming is also used for a folder or glob, "
+              "--nproc, --val-data, or data over --max-memory.")
+@click.option("--max-memory", type=ByteSize(), default=None, metavar="SIZE",
+              help="Memory budget for the data (e.g. 2G, 512M). Under it, DATA is read once and "
+              "kept; over it, it is streamed and read again each epoch. Default: a quarter of "
+              "this machine's memory, at most 4G.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train in this many local processes with torch.distributed (gloo on the "
+              "CPU, nccl on CUDA); each reads its share of DATA's files or row groups.")
 @click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
 @click.option("--lr", type=_range("lr"), default=0.01, show_default=True, help="Learning rate.")
 @click.option("--momentum", type=_range("momentum"), default=0.0, show_default=True)
@@ -140,7 +162,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                lr_gamma: float, lr_patience: int, early_stopping: bool, patience: int,
                min_delta: float, init_from: Path | None, checkpoint_every: int | None,
                resume: Path | None,
-               val_fraction: float | None, epochs: int, lr: float,
+               val_fraction: float | None, val_data: Path | None, batch_rows: int | None,
+               max_memory: int | None, nproc: int, epochs: int, lr: float,
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
                device: str, dtype: str, out: Path | None, force: bool, plot: bool,
@@ -177,6 +200,10 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)
     config = settings["config"]
+    if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
+        _train_streamed(data, settings, nproc=nproc, val_data=val_data, batch_rows=batch_rows,
+                        max_memory=max_memory, summary=summary, force=force, quiet=quiet)
+        return
     size = data.stat().st_size if data.is_file() else 0
     if not quiet and size > 64 << 20:
         click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
@@ -208,6 +235,141 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
         from trainer.stats import summary_text
 
         click.echo(summary_text(manifest).rstrip("\n"))
+
+
+def _memory_budget(max_memory: int | None) -> int:
+    if max_memory is not None:
+        return max_memory
+    import os
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = 16 << 30
+    return min(4 << 30, total // 4)
+
+
+def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int | None,
+             max_memory: int | None) -> bool:
+    """Whether DATA is trained streamed: under torchrun, a folder or glob, --batch-rows or
+    --val-data asked for, or a Parquet/CSV file over the memory budget."""
+    from trainer.distributed import under_torchrun
+    from trainer.train import MEMORY_OVERHEAD
+
+    if under_torchrun() or val_data is not None or batch_rows is not None or \
+            not data.is_file():
+        return True
+    if data.suffix.lower() not in (".parquet", ".pq", ".csv"):
+        return False
+    from trainer.dataset import Dataset
+
+    ds = Dataset.open(data)
+    return ds.estimated_rows() * len(ds.columns) * 8 * MEMORY_OVERHEAD > \
+        _memory_budget(max_memory)
+
+
+# Flags the streamed fit does not take (they need every row in memory), and how to tell they
+# were given.
+IN_MEMORY_ONLY = {
+    "--categorical": lambda s: s["encoding"].categorical,
+    "--impute": lambda s: s["encoding"].impute is not None,
+    "--sample-weight": lambda s: s.get("sample_weight") is not None,
+    "--penalty": lambda s: s["config"].penalty != "none",
+    "--loss huber": lambda s: s["config"].loss != "mse",
+    "--optimizer lbfgs": lambda s: s["config"].optimizer == "lbfgs",
+    "--lr-schedule": lambda s: s["config"].lr_schedule != "constant",
+    "--early-stopping": lambda s: s["config"].early_stopping,
+    "--tol": lambda s: s["config"].tol is not None,
+    "--init-from": lambda s: s.get("init_from") is not None,
+    "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
+    "--resume": lambda s: s.get("resume") is not None,
+    "--plot": lambda s: s.get("plot"),
+    "--cov": lambda s: s.get("cov", "nonrobust") != "nonrobust",
+}
+
+
+def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | None,
+                    batch_rows: int | None, max_memory: int | None, summary: bool, force: bool,
+                    quiet: bool) -> None:
+    """The streamed (and distributed) fit: refuse what it cannot do, start ``--nproc``
+    processes, or run this rank."""
+    from trainer.distributed import join, launch, under_torchrun
+    from trainer.fit import resolve_device
+    from trainer.train import train_streamed
+
+    why = (f"--nproc {nproc}" if nproc > 1 else "torchrun" if under_torchrun() else
+           f"--val-data {val_data}" if val_data is not None else
+           f"--batch-rows {batch_rows}" if batch_rows is not None else
+           f"{data} is a folder or glob" if not data.is_file() else
+           "the data is over --max-memory")
+    for flag, given in {**IN_MEMORY_ONLY, "--summary": lambda s: summary}.items():
+        if given(settings):
+            raise click.UsageError(f"{flag} needs every row in memory; streamed training "
+                                   f"({why}) takes numeric columns, --solver lstsq or sgd/adam, "
+                                   "--standardize, --val-fraction/--val-data: drop " + flag)
+    if nproc > 1 and not under_torchrun():
+        launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"))
+        return
+    config = settings["config"]
+    group = join(resolve_device(config.device))
+    try:
+        bar = Progress(config.epochs if config.solver == "sgd" else None, desc="training",
+                       unit="epoch", quiet=quiet or group.rank != 0)
+        with bar:
+            log = None if quiet or config.log_every == 0 else bar.echo
+            folder, manifest = train_streamed(
+                data, out=settings["out"], config=config, targets=settings["targets"],
+                features=settings["features"], exclude=settings["exclude"],
+                val_fraction=settings["val_fraction"], val_data=val_data,
+                batch_rows=batch_rows or 65536, max_memory=_memory_budget(max_memory),
+                force=force, log=log, progress=bar.to, group=group)
+    except Exception as e:
+        if group.distributed:  # name the rank: the launcher shows this line
+            from serve.errors import LinregError, first_line
+
+            what = str(e) if isinstance(e, LinregError) else \
+                f"{LOST_RANK} ({first_line(e)})" if _collective_error(e) else \
+                f"{type(e).__name__}: {first_line(e)}"
+            raise TrainingError(f"rank {group.rank}: {what}") from None
+        raise
+    finally:
+        group.close()
+    if manifest is not None and not quiet:
+        _summary(folder, manifest)
+
+
+def _collective_error(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank went away."""
+    import torch.distributed as dist
+
+    text = str(e)
+    return isinstance(e, getattr(dist, "DistError", ())) or any(
+        s in text for s in ("gloo", "NCCL", "Connection closed", "Connection reset"))
+
+
+def _given_args(ctx: click.Context, *, leave_out: str) -> list[str]:
+    """The command line that gave ``ctx``'s values (what was given, not the defaults), less
+    one parameter: what each ``--nproc`` process runs."""
+    from click.core import ParameterSource
+
+    args: list[str] = []
+    opts: list[str] = []
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name == leave_out or ctx.get_parameter_source(param.name) in (
+                ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP, None):
+            continue
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif getattr(param, "is_flag", False):
+            if value:
+                opts.append(param.opts[0])
+        elif param.multiple:
+            for v in value:
+                opts += [param.opts[0], str(v)]
+        else:
+            opts += [param.opts[0], str(value)]
+    return args + opts
 
 
 @click.command("linreg-summary", cls=OneLineErrors, context_settings=CONTEXT)

@@ -17,6 +17,8 @@ import click
 from serve._cli import FiniteFloat
 from serve.errors import LinregError
 
+LOST_RANK = "stopped: another rank left the run"  # a survivor's error, not the root cause
+
 
 class TrainingError(LinregError):
     """The fit cannot run or cannot finish (bad settings, no CUDA, divergence)."""
@@ -213,3 +215,25 @@ class TrainConfig:
         if self.solver == "lstsq" and self.device == "cuda":
             raise TrainingError("--solver lstsq runs on the CPU (numpy, float64); drop "
                                 "--device cuda, or use --solver sgd on the GPU")
+
+
+class ByteSize(click.ParamType):
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024), e.g. ``512M``."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self.UNITS else ""
+        try:
+            number = float(text[:len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size; use e.g. 4G, 512M or a number of bytes",
+                      param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r}: the size must be above 0", param, ctx)
+        return int(number * self.UNITS[unit])
+

@@ -14,6 +14,7 @@ import datetime as _dt
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -26,13 +27,21 @@ import torch
 
 from serve.atomic import atomic_dir, resolve_output
 from serve.columns import specs_json
-from serve.errors import OutputError, OutputExistsError, first_line
+from serve.errors import DataError, OutputError, OutputExistsError, first_line
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
 from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.data import TrainingData, encode, load_training_data, split_rows
 from trainer.encode import EncodeConfig
-from trainer.fit import Checkpoint, FitResult, fit, least_squares
+from trainer.fit import (
+    Checkpoint,
+    FitResult,
+    _saved_values,
+    _state_dict,
+    fit,
+    least_squares,
+    resolve_device,
+)
 from trainer.stats import inference
 
 INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for intervals
@@ -327,4 +336,167 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         "history": "history.csv",
         "artifacts": {},
         "exports": {},
+    }
+
+
+# ------------------------------------------------------------------ streamed and distributed
+
+MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
+
+
+def dataset_sha256(files: Sequence[Path]) -> str:
+    """One file's sha256; for several, the sha256 of their names and sha256s, in order."""
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
+                   config: TrainConfig, targets: Sequence[str] = (),
+                   features: Sequence[str] = (), exclude: Sequence[str] = (),
+                   val_fraction: float | None = None, val_data: str | Path | None = None,
+                   batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
+                   log: Callable[[str], None] | None = None,
+                   progress: Callable[[float], None] | None = None,
+                   group: Any = None) -> tuple[Path, dict[str, Any] | None]:
+    """Train from ``data_path`` (a file, folder or glob; :mod:`trainer.dataset`) in chunks of
+    ``batch_rows`` rows (:mod:`trainer.stream`), on this rank's share of a distributed run
+    (``group``, :func:`trainer.distributed.join`). Only rank 0 writes the artifact folder, when
+    every rank is done; other ranks return ``(out, None)``."""
+    from trainer.dataset import Dataset
+    from trainer.distributed import Group
+    from trainer.stream import Rows, metrics_pass, moments, regression_metrics, sgd, tsqr
+
+    group = group or Group(device=resolve_device(config.device))
+    out = Path(out) if out is not None else Path("models") / Path(str(data_path).rstrip("/*")
+                                                                  ).stem
+    config.validate()
+    if val_fraction:
+        check_setting("val_fraction", val_fraction)
+    if val_fraction and val_data is not None:
+        raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
+    if group.rank == 0:
+        _check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
+    # 1. The dataset, its columns, this rank's share.
+    ds = Dataset.open(data_path)
+    targets, features = _pick_columns(ds, targets, features, exclude)
+    parts = ds.shard(group.rank, group.world)
+    share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
+        ds.estimated_rows() // group.world
+    cache = share_rows * (len(features) + len(targets)) * 8 * MEMORY_OVERHEAD <= max_memory
+    rows_kw = dict(batch_rows=batch_rows, cache=cache, seed=config.seed)
+    val = None
+    if val_data is not None:
+        vds = Dataset.open(val_data)
+        _pick_columns(vds, targets, features, ())
+        val = Rows(vds, vds.shard(group.rank, group.world), features, targets,
+                   val_fraction=None, **rows_kw)
+    rows = Rows(ds, parts, features, targets, val_fraction=val_fraction, val=val, **rows_kw)
+    # 2. Moments: row counts, means, spreads over every rank.
+    summary = moments(rows, group)
+    n_params = len(features) + int(config.bias)
+    if summary.x.n < n_params:
+        raise TrainingError(f"{int(summary.x.n)} training rows but the model has {n_params} "
+                            f"parameters per target; need at least {n_params} rows (or fewer "
+                            "features)")
+    if val_fraction and summary.val_rows == 0:
+        raise DataError(f"--val-fraction {val_fraction} picks no validation row among "
+                        f"{int(summary.x.n):,}; use a larger fraction")
+    # 3. The fit.
+    start = time.perf_counter()
+    if config.solver == "lstsq":
+        coef, intercept = tsqr(rows, group, bias=config.bias)
+        state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
+        coef, intercept = _saved_values(state, len(targets))
+        result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
+                           str(group.device), config=asdict(config))
+    else:
+        result = sgd(rows, summary, config, group, log=log, progress=progress)
+    result.seconds = time.perf_counter() - start
+    # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
+    sse = metrics_pass(rows, result.coef_, result.intercept_, group, validation=False)["sse"]
+    metrics = {"train": regression_metrics(sse, summary.y)}
+    if config.solver == "lstsq":
+        result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
+    if summary.val_rows:
+        val_sse = metrics_pass(rows, result.coef_, result.intercept_, group,
+                               validation=True)["sse"]
+        metrics["validation"] = regression_metrics(val_sse, summary.y_val)
+    if config.solver == "sgd":
+        exact = tsqr(rows, group, bias=config.bias)
+        optimum = regression_metrics(metrics_pass(rows, *exact, group, validation=False)["sse"],
+                                     summary.y)
+        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        metrics["exact_least_squares"] = optimum
+    if group.rank != 0:
+        return out, None
+    # 5. Rank 0 writes the artifact folder, atomically.
+    with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
+        torch.save(result.state_dict, tmp / "model.pt")
+        _write_history(tmp / "history.csv", result)
+        manifest = _streamed_manifest(ds, result, config, features, targets, summary, metrics,
+                                      out.name, val_data, batch_rows, cache, group)
+        for name in ("model.pt", "history.csv"):
+            record_artifact(manifest, tmp, name)
+        write_manifest(tmp, manifest)
+    return out, manifest
+
+
+def _pick_columns(ds: Any, targets: Sequence[str], features: Sequence[str],
+                  exclude: Sequence[str]) -> tuple[list[str], list[str]]:
+    """As :func:`trainer.data.load_training_data` picks them: targets default to the last
+    column, features to the rest but ``exclude``."""
+    from trainer.data import _check_names
+
+    targets = list(targets) or [ds.columns[-1]]
+    _check_names(ds.shown, "target", targets, ds.columns)
+    _check_names(ds.shown, "excluded", exclude, ds.columns)
+    features = list(features) or [c for c in ds.columns if c not in set(targets) | set(exclude)]
+    _check_names(ds.shown, "feature", features, ds.columns)
+    if both := sorted(set(features) & set(targets)):
+        raise DataError(f"{ds.shown}: column {both[0]!r} is both a feature and a target")
+    if not features:
+        raise DataError(f"{ds.shown}: no feature columns left besides the target(s) {targets}")
+    return targets, features
+
+
+def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features: list[str],
+                       targets: list[str], summary: Any, metrics: dict[str, Any], name: str,
+                       val_data: str | Path | None, batch_rows: int, cache: bool,
+                       group: Any) -> dict[str, Any]:
+    std = None
+    if result.scale_ is not None:
+        std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
+               "folded_into_weights": True}
+    why = "streamed training: the statistics need the rows in memory"
+    return {
+        "schema_version": SCHEMA_VERSION, "name": name,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "linreg_version": __version__,
+        "model": {"type": "linear", "n_features": len(features), "n_targets": len(targets),
+                  "bias": config.bias, "dtype": config.dtype, "coef_": result.coef_.tolist(),
+                  "intercept_": result.intercept_.tolist()},
+        "features": features, "targets": targets, "columns": None, "warnings": [],
+        "encoding": None, "normalization": std,
+        "data": {"path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
+                 "files": [str(f.resolve()) for f in ds.files], "sha256": dataset_sha256(ds.files),
+                 "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+                 "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
+                 "validation": (f"--val-data {val_data}" if val_data else
+                                "a seeded hash of (file, row)" if summary.val_rows else None),
+                 "validation_indices": None},
+        "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
+                     "best_epoch": None, "stopped": result.stopped,
+                     "seconds": round(result.seconds, 4), "torch_version": torch.__version__,
+                     "streamed": {"batch_rows": batch_rows, "kept_in_memory": cache,
+                                  "world_size": group.world, "backend": group.backend,
+                                  "rows_per_rank": summary.train_rows}},
+        "metrics": metrics,
+        "statistics": [{"target": t, "not_defined": {"everything": why}} for t in targets],
+        "history": "history.csv", "artifacts": {}, "exports": {},
     }

@@ -1,0 +1,206 @@
+"""Training data as a dataset: one file, a folder, or a glob of Parquet or CSV files with one
+schema, read in chunks of a bounded number of rows, so memory stays flat whatever the size.
+
+    ds = Dataset.open("data/shards/")            # or "data/part-*.parquet", or "data/one.csv"
+    for chunk in ds.chunks(ds.parts(), ["x0", "x1", "y"], batch_rows=65536):
+        chunk.values                              # (rows, 3) float64
+        chunk.file, chunk.first_row               # where the rows come from
+
+Files and row groups come from pyarrow's dataset API (``pyarrow.dataset``): a **part** is one
+Parquet row group or one CSV file, the unit each rank of a distributed run reads a disjoint share
+of. Parquet parts are read by the dataset's fragments; CSV files by the runtime's streaming
+reader, whose cell errors name the file, row and column. Every row keeps its place — (file,
+row in file) — so a seeded hash of it picks validation rows the same way in every run and for
+every number of processes.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serve.errors import DataError
+from serve.tables import to_matrix
+
+SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+
+
+@dataclass(frozen=True)
+class Part:
+    """One Parquet row group (``row_group``) or one whole CSV file (``row_group`` None)."""
+
+    file: int  # index into Dataset.files
+    row_group: int | None
+    first_row: int  # the part's first row within its file
+    rows: int | None  # known for Parquet; None for CSV (counted as it is read)
+
+
+@dataclass
+class Chunk:
+    """Rows of one part: ``values`` (rows, columns) float64, from ``file`` at ``first_row``."""
+
+    values: np.ndarray
+    file: int
+    first_row: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Dataset:
+    """Files of one format and one set of columns."""
+
+    def __init__(self, files: list[Path], fmt: str, columns: list[str], shown: str) -> None:
+        self.files, self.format, self.columns, self.shown = files, fmt, columns, shown
+
+    @classmethod
+    def open(cls, path: str | Path) -> Dataset:
+        """``path``: a Parquet or CSV file, a folder (its .parquet/.pq/.csv files, sorted, hidden
+        ones skipped), or a glob pattern."""
+        text = str(path)
+        if any(c in text for c in "*?[") and not Path(text).exists():
+            files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+            if not files:
+                raise DataError(f"{text}: no file matches this pattern")
+        elif Path(text).is_dir():
+            files = sorted(p for p in Path(text).rglob("*") if p.is_file()
+                           and p.suffix.lower() in SUFFIXES
+                           and not any(s.startswith(".") for s in p.relative_to(text).parts))
+            if not files:
+                raise DataError(f"{text}: no .parquet or .csv files in this folder")
+        elif Path(text).is_file():
+            files = [Path(text)]
+        else:
+            raise DataError(f"{text}: no such file or folder")
+        formats = {SUFFIXES.get(f.suffix.lower()) for f in files}
+        if None in formats:
+            bad = next(f for f in files if f.suffix.lower() not in SUFFIXES)
+            raise DataError(f"{bad}: a dataset is Parquet or CSV files; this one is neither")
+        if len(formats) != 1:
+            raise DataError(f"{text}: mixes Parquet and CSV files; a dataset has one format")
+        fmt = formats.pop()
+        columns = _columns(files[0], fmt)
+        for f in files[1:]:
+            other = _columns(f, fmt)
+            if other != columns:
+                missing = [c for c in columns if c not in other]
+                extra = [c for c in other if c not in columns]
+                what = (f"lacks {', '.join(missing)}" if missing else
+                        f"adds {', '.join(extra)}" if extra else "orders the columns otherwise")
+                raise DataError(f"{f}: its columns differ from {files[0]}'s ({what}); every file "
+                                "of a dataset needs the same columns")
+        return cls(files, fmt, columns, text)
+
+    def parts(self) -> list[Part]:
+        """Every part, in file order then row-group order."""
+        if self.format == "csv":
+            return [Part(i, None, 0, None) for i in range(len(self.files))]
+        out = []
+        for i, f in enumerate(self.files):
+            meta = _parquet_metadata(f)
+            first = 0
+            for g in range(meta.num_row_groups):
+                rows = meta.row_group(g).num_rows
+                out.append(Part(i, g, first, rows))
+                first += rows
+        return out
+
+    def shard(self, rank: int, world: int) -> list[Part]:
+        """Rank ``rank``'s disjoint share of the parts (every ``world``-th, from ``rank``)."""
+        return self.parts()[rank::world]
+
+    def estimated_rows(self) -> int:
+        """Rows in the dataset: exact for Parquet (its metadata), estimated for CSV."""
+        if self.format == "parquet":
+            return sum(p.rows or 0 for p in self.parts())
+        from serve.tables import estimate_rows
+
+        return sum(estimate_rows(f) for f in self.files)
+
+    def chunks(self, parts: Sequence[Part], columns: Sequence[str], *,
+               batch_rows: int) -> Iterator[Chunk]:
+        """The rows of ``parts``, as float64 chunks of at most ``batch_rows`` rows; a missing or
+        non-numeric cell is a DataError naming the file, its row and the column."""
+        columns = list(columns)
+        for part in parts:
+            path = self.files[part.file]
+            if part.row_group is None:
+                yield from self._csv_chunks(part, path, columns, batch_rows)
+                continue
+            row = part.first_row
+            for batch in _parquet_fragment(path, part.row_group).to_batches(
+                    columns=columns, batch_size=batch_rows):
+                if batch.num_rows:
+                    yield Chunk(to_matrix(batch, columns, source=path, row_offset=row),
+                                part.file, row)
+                    row += batch.num_rows
+
+    def _csv_chunks(self, part: Part, path: Path, columns: list[str],
+                    batch_rows: int) -> Iterator[Chunk]:
+        from serve.tables import csv_batches
+
+        pending: list[np.ndarray] = []
+        held, first = 0, 0
+        for batch, start in csv_batches(path, columns, name=str(path)):
+            values = to_matrix(batch, columns, source=path, row_offset=start)
+            while len(values):
+                take = values[:batch_rows - held]
+                values = values[len(take):]
+                pending.append(take)
+                held += len(take)
+                if held == batch_rows:
+                    yield Chunk(np.concatenate(pending), part.file, first)
+                    first += held
+                    pending, held = [], 0
+        if held:
+            yield Chunk(np.concatenate(pending), part.file, first)
+
+
+def _columns(path: Path, fmt: str) -> list[str]:
+    if fmt == "parquet":
+        return list(_parquet_metadata(path).schema.names)
+    from serve.tables import csv_header
+
+    try:
+        with open(path, "rb") as f:
+            return csv_header(f, path)[0]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _parquet_metadata(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_metadata(path)
+    except OSError as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    except Exception as e:  # pyarrow's ArrowInvalid for a damaged footer
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+
+
+def _parquet_fragment(path: Path, row_group: int):
+    """One row group of one file, through pyarrow's dataset API."""
+    import pyarrow.dataset as pads
+
+    fragment = next(iter(pads.dataset(str(path), format="parquet").get_fragments()))
+    return fragment.subset(row_group_ids=[row_group])
+
+
+def validation_mask(seed: int, fraction: float, file: int, first_row: int,
+                    n: int) -> np.ndarray:
+    """Which of ``n`` rows (of ``file``, from ``first_row``) are validation rows: a seeded
+    hash (splitmix64) of (file, row) below ``fraction``, so the same rows are picked by every
+    run and every number of processes, however the rows are chunked."""
+    with np.errstate(over="ignore"):
+        z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(file) * np.uint64(0xD1B54A32D192ED03)
+             + np.arange(first_row, first_row + n, dtype=np.uint64))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction

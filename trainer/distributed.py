@@ -1,0 +1,207 @@
+"""torch.distributed for linreg-train: the process group under ``torchrun`` (or ``--nproc``),
+the few collectives the streamed fit needs, and ``--nproc N`` itself.
+
+    torchrun --nproc-per-node 2 -m trainer.cli_entry DATA ...   # or: linreg-train DATA --nproc 2
+    torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        $(which linreg-train) DATA ...
+
+Each process reads the environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+``MASTER_ADDR``, ``MASTER_PORT``) and joins one group: gloo on the CPU, nccl on CUDA.
+``--nproc N`` starts N local processes through torch's own launcher API
+(``torch.distributed.launcher.api.elastic_launch``), the one torchrun uses; a process that
+fails (a bad cell, out of memory, killed) makes the launcher stop every other one, and the run
+ends with one line naming the rank and its cause.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import sys
+import tempfile
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer.config import LOST_RANK, TrainingError
+
+TIMEOUT = _dt.timedelta(minutes=30)  # a collective waits this long for a slow rank
+
+
+@dataclass
+class Group:
+    """This process's place in the run: ``rank`` of ``world`` (1: no process group)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def gather(self, array: np.ndarray) -> list[np.ndarray]:
+        """Every rank's ``array`` (any shape), in rank order, on every rank."""
+        if not self.distributed:
+            return [array]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, np.asarray(array))
+        return out
+
+    def sum(self, array: np.ndarray) -> np.ndarray:
+        """The element-wise sum of every rank's float64 ``array``, summed in rank order (so
+        every rank gets the same bits whatever the backend's reduction order)."""
+        if not self.distributed:
+            return np.asarray(array, dtype=np.float64)
+        return np.sum(np.stack(self.gather(np.asarray(array, dtype=np.float64))), axis=0)
+
+    def close(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun / ``--nproc`` with more than one rank."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def join(device: torch.device) -> Group:
+    """Join the process group torchrun's environment describes (or none, alone)."""
+    if not under_torchrun():
+        return Group(device=device)
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT,
+                                **({"device_id": device} if backend == "nccl" else {}))
+    except Exception as e:  # torch raises several types for an unreachable master
+        raise TrainingError(f"rank {rank}: cannot join the process group ({backend}, "
+                            f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}):"
+                            f" {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return Group(rank, world, local_rank, backend, device)
+
+
+# ------------------------------------------------------------------ --nproc N
+
+def launch(nproc: int, argv: list[str]) -> None:
+    """Run ``linreg-train argv`` in ``nproc`` local processes, through torch's launcher.
+
+    Rank 0's standard output is shown (its log lines); every process's standard error goes to
+    a log file, and a failed run ends with one TrainingError naming the first rank that failed
+    and what it said (its last error line), or the signal that killed it."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    for name in ("torch.distributed", "torch.multiprocessing"):  # the one line below says it
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="linreg-nproc-") as logs:
+        config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+                              run_id=f"linreg-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                              rdzv_endpoint=f"127.0.0.1:{_free_port()}", rdzv_configs={},
+                              max_restarts=0, monitor_interval=0.1, start_method="spawn",
+                              logs_specs=DefaultLogsSpecs(log_dir=logs, redirects=Std.ALL))
+        done = threading.Event()
+        follower = threading.Thread(target=_follow, args=(Path(logs), done), daemon=True)
+        follower.start()
+        try:
+            elastic_launch(config, _worker)(argv)
+        except ChildFailedError as e:
+            rank, cause = _root_cause(e, nproc, Path(logs))
+            raise TrainingError(f"rank {rank} of {nproc} failed: {cause}") from None
+        finally:
+            done.set()
+            follower.join()
+
+
+def _follow(logs: Path, done: threading.Event) -> None:
+    """Copy rank 0's standard output (its log lines, its summary) to ours as it is written."""
+    path = None
+    while path is None:
+        found = sorted(logs.rglob("0/stdout.log"))
+        if found:
+            path = found[0]
+        elif done.wait(0.05):
+            return
+    with open(path, errors="replace") as f:
+        while True:
+            line = f.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            elif done.wait(0.05):
+                sys.stdout.write(f.read())
+                sys.stdout.flush()
+                return
+
+
+def _root_cause(error: Any, nproc: int, logs: Path) -> tuple[int, str]:
+    """The rank that failed first and why. The launcher reports one failed process, often a
+    survivor whose collective broke when the culprit left; so every rank's last error line is
+    read, and a rank's own error (or a kill) wins over "another rank left the run"."""
+    said = {r: _error_line(logs, r) for r in range(nproc)}
+    rank, failure = error.get_first_failure()
+    if said.get(rank) is None and failure.exitcode is not None and failure.exitcode < 0:
+        said[rank] = f"killed by {_signal_name(-failure.exitcode)}"
+    own = [r for r, text in said.items() if text and LOST_RANK not in text]
+    if own:
+        return own[0], said[own[0]]
+    silent = [r for r, text in said.items() if text is None]
+    if silent:  # killed without a word (SIGKILL, the OOM killer)
+        return silent[0], "ended without an error (killed, or out of memory)"
+    return rank, said[rank] or f"exit status {failure.exitcode}"
+
+
+def _error_line(logs: Path, rank: int) -> str | None:
+    """Rank ``rank``'s one-line error (``linreg-train: error: rank N: ...``), if it wrote one."""
+    for path in logs.rglob(f"attempt_*/{rank}/stderr.log"):
+        for line in reversed(path.read_text(errors="replace").splitlines()):
+            if line.startswith("linreg-train: error: "):
+                return line.removeprefix("linreg-train: error: ").removeprefix(f"rank {rank}: ")
+    return None
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _worker(argv: list[str]) -> None:
+    """One process of ``--nproc``: linreg-train itself, under the launcher's environment."""
+    from trainer.cli import train_main
+
+    train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
+    sys.exit(0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,404 @@
+"""Fitting from a stream of chunks: data past a memory budget, or shared among the ranks of a
+torch.distributed run. Memory holds one chunk (``--batch-rows`` rows) at a time, or every chunk
+when the rank's share fits ``--max-memory`` (read once, then kept).
+
+1. **Moments**: one pass counts the train and validation rows and their means and sums of
+   squared deviations (merged chunk by chunk, then rank by rank, with Chan's update): the
+   standardisation, R² and the global row counts every later step is weighted by.
+2. **Exact least squares** (``--solver lstsq``), float64, one pass: a tall-skinny QR. Each chunk
+   [Z | Y] (Z = [X, 1]) is stacked under the running R factor and factored again, so R stays
+   (p + targets) square; the ranks' R factors are gathered and factored once more; then
+   R₁₁ β = R₁₂. The normal equations are never formed (they square the condition number).
+3. **SGD**: full batch (``--batch-size 0``) is the exact gradient of all rows, accumulated chunk
+   by chunk (each chunk's loss is its sum of squares over the global row count) and, across
+   ranks, summed by DistributedDataParallel in one all-reduce an epoch, so an update equals the
+   in-memory one up to summation order. Mini-batches come from a bounded shuffle buffer over
+   chunks taken in a seeded order; every rank runs the same number of steps, each rank's loss
+   weighted by its share of the step's rows (a rank out of rows adds nothing).
+4. **Metrics**: one more pass for the train and validation MSE at the saved parameters.
+
+On CUDA a reader thread fills pinned host memory with the next chunk while the device works on
+this one, and chunks are copied with ``non_blocking=True``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from trainer.config import TrainConfig
+from trainer.dataset import Dataset, Part, validation_mask
+from trainer.distributed import Group
+from trainer.fit import (
+    MAX_HISTORY_PARAMS,
+    DivergenceError,
+    FitResult,
+    _fold,
+    _History,
+    _Layout,
+    _optimizer,
+    _params_row,
+    _saved_values,
+    _state_dict,
+)
+from trainer.model import build_model
+
+Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), float64
+
+
+@dataclass
+class Moments:
+    """Row count, mean and sum of squared deviations per column (Chan's parallel update)."""
+
+    n: float
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @classmethod
+    def empty(cls, width: int) -> Moments:
+        return cls(0.0, np.zeros(width), np.zeros(width))
+
+    def add(self, other: Moments) -> Moments:
+        n = self.n + other.n
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.n / n)
+        m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
+        return Moments(n, mean, m2)
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Moments:
+        if not len(values):
+            return cls.empty(values.shape[1])
+        mean = values.mean(axis=0)
+        return cls(float(len(values)), mean, ((values - mean) ** 2).sum(axis=0))
+
+    def pack(self) -> np.ndarray:
+        return np.concatenate([[self.n], self.mean, self.m2])
+
+    @classmethod
+    def unpack(cls, a: np.ndarray) -> Moments:
+        w = (len(a) - 1) // 2
+        return cls(float(a[0]), a[1:1 + w], a[1 + w:])
+
+
+class Rows:
+    """This rank's rows of a dataset, split into train and validation rows, chunk by chunk;
+    kept in memory after the first pass when ``cache`` (the share fits the budget)."""
+
+    def __init__(self, ds: Dataset, parts: list[Part], features: list[str], targets: list[str],
+                 *, batch_rows: int, cache: bool, val_fraction: float | None, seed: int,
+                 val: Rows | None = None) -> None:
+        self.ds, self.parts, self.features, self.targets = ds, parts, features, targets
+        self.batch_rows, self.cache, self.val_fraction, self.seed = batch_rows, cache, \
+            val_fraction, seed
+        self.val = val  # --val-data: another dataset's rows are the validation rows
+        self._kept: list[tuple[Pair, Pair]] | None = None
+
+    def _split(self, order: list[Part] | None = None) -> Iterator[tuple[Pair, Pair]]:
+        p = len(self.features)
+        if self._kept is not None:
+            yield from self._kept
+            return
+        kept: list[tuple[Pair, Pair]] = []
+        for chunk in self.ds.chunks(order or self.parts, self.features + self.targets,
+                                    batch_rows=self.batch_rows):
+            v = chunk.values
+            if self.val_fraction:
+                is_val = validation_mask(self.seed, self.val_fraction, chunk.file,
+                                         chunk.first_row, len(v))
+                train, val = v[~is_val], v[is_val]
+            else:
+                train, val = v, v[:0]
+            pair = ((train[:, :p], train[:, p:]), (val[:, :p], val[:, p:]))
+            if self.cache and order is None:
+                kept.append(pair)
+            yield pair
+        if self.cache and order is None:
+            self._kept = kept
+
+    def train(self, order: list[Part] | None = None) -> Iterator[Pair]:
+        for pair, _ in self._split(order):
+            if len(pair[0]):
+                yield pair
+
+    def validation(self) -> Iterator[Pair]:
+        if self.val is not None:
+            yield from self.val.train()
+            return
+        for _, pair in self._split():
+            if len(pair[0]):
+                yield pair
+
+    def shuffled_train(self, rng: np.random.Generator) -> Iterator[Pair]:
+        """The train rows in a seeded order of chunks (kept) or parts (re-read)."""
+        if self._kept is not None:
+            for i in rng.permutation(len(self._kept)):
+                if len(self._kept[i][0][0]):
+                    yield self._kept[i][0]
+            return
+        order = [self.parts[i] for i in rng.permutation(len(self.parts))]
+        yield from self.train(order)
+
+
+# ------------------------------------------------------------------ 1. moments
+
+@dataclass
+class Summary:
+    """What the moments pass learned, merged over every rank."""
+
+    x: Moments  # train features
+    y: Moments  # train targets
+    y_val: Moments
+    train_rows: list[int]  # per rank
+    val_rows: int
+
+
+def moments(rows: Rows, group: Group) -> Summary:
+    p, t = len(rows.features), len(rows.targets)
+    x, y, yv = Moments.empty(p), Moments.empty(t), Moments.empty(t)
+    for X, Y in rows.train():
+        x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
+    for _, Y in rows.validation():
+        yv = yv.add(Moments.of(Y))
+    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack()]))
+    merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t)]
+    widths = [1 + 2 * p, 1 + 2 * t, 1 + 2 * t]
+    for a in packed:  # in rank order: every rank gets the same numbers
+        at = 0
+        for i, w in enumerate(widths):
+            merged[i] = merged[i].add(Moments.unpack(a[at:at + w]))
+            at += w
+    return Summary(merged[0], merged[1], merged[2], [int(a[0]) for a in packed],
+                   int(merged[2].n))
+
+
+def standardization(summary: Summary, config: TrainConfig):
+    """As :func:`trainer.fit._standardization`, from the streamed moments."""
+    if not config.standardize or config.solver == "lstsq":
+        return None, None
+    scale = np.sqrt(summary.x.m2 / max(summary.x.n, 1))
+    scale[scale == 0] = 1.0
+    mean = summary.x.mean if config.bias else np.zeros_like(scale)
+    return mean, scale
+
+
+# ------------------------------------------------------------------ 2. exact least squares
+
+def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Exact least squares by a streamed tall-skinny QR of [X, 1 | Y] (float64). The caller
+    checks there are at least as many rows as parameters."""
+    R: np.ndarray | None = None
+    for X, Y in rows.train():
+        block = np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
+        R = np.linalg.qr(block if R is None else np.vstack([R, block]), mode="r")
+    p = len(rows.features) + int(bias)
+    mine = R if R is not None else np.zeros((0, p + len(rows.targets)))
+    R = np.linalg.qr(np.vstack(group.gather(mine)), mode="r")  # the ranks' factors, merged
+    sol = np.linalg.lstsq(R[:p, :p], R[:p, p:], rcond=None)[0]  # min-norm, as numpy's lstsq
+    coef = sol[:len(rows.features)].T.copy()
+    intercept = sol[len(rows.features)].copy() if bias else np.zeros(len(rows.targets))
+    return coef, intercept
+
+
+# ------------------------------------------------------------------ 3. SGD
+
+def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
+              depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Chunks as tensors on ``device``; a reader thread prepares the next ones meanwhile
+    (pinned host memory and non-blocking copies on CUDA)."""
+    pin = device.type == "cuda"
+    box: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def read() -> None:
+        try:
+            for X, Y in chunks:
+                x, y = torch.from_numpy(X).to(dtype), torch.from_numpy(Y).to(dtype)
+                box.put((x.pin_memory(), y.pin_memory()) if pin else (x, y))
+        except BaseException as e:  # handed to the consumer, raised there
+            box.put(e)
+            return
+        box.put(done)
+
+    thread = threading.Thread(target=read, daemon=True, name="linreg-read")
+    thread.start()
+    while (item := box.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        x, y = item
+        yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+
+def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
+        log: Callable[[str], None] | None = None,
+        progress: Callable[[float], None] | None = None) -> FitResult:
+    """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks."""
+    device, dtype = group.device, getattr(torch, config.dtype)
+    p, t = len(rows.features), len(rows.targets)
+    n_global = int(summary.x.n)
+    mean, scale = standardization(summary, config)
+    torch.manual_seed(config.seed)
+    model = build_model(p, t, bias=config.bias, init=config.init, dtype=dtype).to(device)
+    W, b = model.linear.weight, model.linear.bias
+    net = model
+    if group.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
+    optimizer = _optimizer(model, config)
+    mean_t = None if mean is None else torch.as_tensor(mean, dtype=dtype, device=device)
+    scale_t = None if scale is None else torch.as_tensor(scale, dtype=dtype, device=device)
+    keep = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
+    layout = _Layout(p, t, config.bias, keep)
+    tracked = [W, b] if keep and b is not None else [W] if keep else []
+    history = _History(config.epochs, tracked, device, dtype)
+    rng = np.random.default_rng(config.seed)
+    log_every = config.log_every if log is not None and group.rank == 0 else 0
+    initial = _params_row(tracked)
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        return x if scale_t is None else (x - mean_t) / scale_t
+
+    def empty_step() -> torch.Tensor:  # a rank with no rows still joins the all-reduce
+        return (net(torch.zeros((0, p), dtype=dtype, device=device)).sum() * 0.0)
+
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        optimizer.zero_grad()
+        sse = torch.zeros((), dtype=torch.float64, device=device)
+        if config.batch_size == 0:
+            # 3. The exact gradient: every chunk's share, summed; one all-reduce an epoch.
+            with net.no_sync() if group.distributed else _nothing():
+                for x, y in _prefetch(rows.train(), device, dtype):
+                    err = ((net(prep(x)) - y) ** 2).sum()
+                    (err * (group.world / (n_global * t))).backward()
+                    sse += err.detach().double()
+            if group.distributed:
+                empty_step().backward()  # outside no_sync: DDP all-reduces the gradients
+            optimizer.step()
+        else:
+            sse += _minibatch_epoch(net, optimizer, rows, summary, config, group, prep,
+                                    empty_step, rng, t)
+        cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t)
+        if not np.isfinite(cost):
+            raise DivergenceError(
+                f"training diverged at epoch {epoch}: the cost became {cost} with --lr "
+                f"{config.lr:g}; try a smaller --lr (e.g. {config.lr / 10:g}) or --standardize")
+        history.record(epoch, torch.tensor(cost, dtype=dtype, device=device))
+        if log_every and epoch % log_every == 0:
+            row = history.row(epoch)
+            if config.log_before_step:
+                row = np.concatenate([row[:1], history.row(epoch - 1)[1:] if epoch else initial])
+            log(layout.log_line(epoch, config.epochs, row, mean, scale))
+        if progress is not None and group.rank == 0:
+            progress(epoch + 1)
+    epochs_run = config.epochs
+    W_s = W.detach().double().cpu().numpy()
+    b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(t)
+    coef, intercept = _fold(W_s, b_s, mean, scale)
+    state = _state_dict(coef, intercept if config.bias else None, dtype)
+    coef, intercept = _saved_values(state, t)
+    if config.log_every and log is not None:  # every rank: the pass is collective
+        final = metrics_pass(rows, coef, intercept, group, validation=False)["sse"].sum() \
+            / (n_global * t)
+        if log_every:
+            log(layout.log_line(epochs_run, config.epochs,
+                                np.concatenate([[final], _params_row(tracked)]), mean, scale))
+    return FitResult(coef, intercept, state, layout.folded(history.rows(epochs_run), mean, scale),
+                     layout.columns(), epochs_run, "epochs", str(device), mean, scale,
+                     seconds=time.perf_counter() - start, config=asdict(config))
+
+
+def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: TrainConfig,
+                     group: Group, prep, empty_step, rng: np.random.Generator,
+                     t: int) -> torch.Tensor:
+    """One epoch of mini-batches: each rank takes ``ceil(batch / world)`` rows a step from a
+    shuffle buffer; all ranks run ``max`` steps, each loss weighted by the step's global rows."""
+    device, dtype = group.device, next(net.parameters()).dtype
+    local = -(-config.batch_size // group.world)
+    counts = summary.train_rows
+    steps = max(-(-n // local) for n in counts)
+    buffer_rows = max(4 * local, rows.batch_rows)
+    batches = _shuffled_batches(rows.shuffled_train(rng), local, buffer_rows, rng)
+    sse = torch.zeros((), dtype=torch.float64, device=device)
+    for step in range(steps):
+        step_rows = sum(min(local, max(0, n - step * local)) for n in counts)
+        optimizer.zero_grad()
+        batch = next(batches, None)
+        if batch is None:
+            loss = empty_step()
+        else:
+            x = torch.as_tensor(batch[0], dtype=dtype).to(device, non_blocking=True)
+            y = torch.as_tensor(batch[1], dtype=dtype).to(device, non_blocking=True)
+            err = ((net(prep(x)) - y) ** 2).sum()
+            loss = err * (group.world / (step_rows * t))
+            sse += err.detach().double()
+        loss.backward()
+        optimizer.step()
+    return sse
+
+
+def _shuffled_batches(chunks: Iterator[Pair], size: int, buffer_rows: int,
+                      rng: np.random.Generator) -> Iterator[Pair]:
+    """Batches of ``size`` rows drawn at random from a buffer of about ``buffer_rows`` rows
+    refilled from ``chunks``: memory stays bounded, and rows of many chunks mix."""
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    held = 0
+    source = iter(chunks)
+    exhausted = False
+    while True:
+        while not exhausted and held < buffer_rows:
+            nxt = next(source, None)
+            if nxt is None:
+                exhausted = True
+                break
+            xs.append(nxt[0])
+            ys.append(nxt[1])
+            held += len(nxt[0])
+        if not held:
+            return
+        X, Y = np.concatenate(xs), np.concatenate(ys)
+        order = rng.permutation(len(X))
+        take = order[:size] if not exhausted or held > size else order
+        keep = np.ones(len(X), dtype=bool)
+        keep[take] = False
+        yield X[take], Y[take]
+        xs, ys, held = [X[keep]], [Y[keep]], int(keep.sum())
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ------------------------------------------------------------------ 4. metrics
+
+def metrics_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
+                 validation: bool) -> dict[str, np.ndarray]:
+    """Sums of squared errors per target, over every rank's train (or validation) rows."""
+    sse = np.zeros(len(rows.targets))
+    for X, Y in (rows.validation() if validation else rows.train()):
+        sse += (((X @ coef.T + intercept) - Y) ** 2).sum(axis=0)
+    return {"sse": group.sum(sse)}
+
+
+def regression_metrics(sse: np.ndarray, y: Moments) -> dict:
+    """As :func:`trainer.train.regression_metrics`, from sums: MSE and R² per target."""
+    n = max(y.n, 1.0)
+    mse = sse / n
+    var = y.m2 / n
+    r2 = [None if v <= 0 else float(1.0 - m / v) for m, v in zip(mse, var)]
+    return {"rows": int(y.n), "mse": mse.tolist(), "r2": r2, "mse_mean": float(mse.mean())}
