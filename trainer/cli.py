@@ -382,6 +382,10 @@ def summary_main(model_dir: Path) -> None:
     from trainer.stats import summary_text
 
     manifest = read_manifest(model_dir)
+    if not manifest.get("statistics") and "streamed" in (manifest.get("training") or {}):
+        from trainer.train import STREAMED_NO_STATISTICS
+
+        raise ModelError(f"{model_dir}: no statistics: {STREAMED_NO_STATISTICS}")
     if not manifest.get("statistics"):
         raise ModelError(f"{model_dir}: no statistics in model.json (trained by an older "
                          "linreg); train it again")

@@ -449,6 +449,11 @@ def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Interval
                           " e.g. 0.95")
     stats = manifest.get("statistics") or []
     path = folder / INFERENCE
+    if not stats and "streamed" in (manifest.get("training") or {}):
+        from trainer.train import STREAMED_NO_STATISTICS
+
+        raise ExportError(f"{folder}: no covariance of the estimates to build intervals from "
+                          f"({STREAMED_NO_STATISTICS})")
     if not stats or not path.is_file():
         why = "; ".join(f"{k}: {v}" for k, v in (stats[0].get("not_defined", {}).items()
                                                   if stats else []) if k == "std_err")

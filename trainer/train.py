@@ -341,6 +341,9 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
 
 # ------------------------------------------------------------------ streamed and distributed
 
+STREAMED_NO_STATISTICS = ("trained streamed (--nproc, --batch-rows, --val-data, a folder or "
+                          "glob, or data over --max-memory), and the statistics need every row "
+                          "in memory: train from one file without those flags to get them")
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
 
 
@@ -473,7 +476,6 @@ def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features
     if result.scale_ is not None:
         std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
                "folded_into_weights": True}
-    why = "streamed training: the statistics need the rows in memory"
     return {
         "schema_version": SCHEMA_VERSION, "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -497,6 +499,6 @@ def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features
                                   "world_size": group.world, "backend": group.backend,
                                   "rows_per_rank": summary.train_rows}},
         "metrics": metrics,
-        "statistics": [{"target": t, "not_defined": {"everything": why}} for t in targets],
+        "statistics": None,  # see STREAMED_NO_STATISTICS
         "history": "history.csv", "artifacts": {}, "exports": {},
     }

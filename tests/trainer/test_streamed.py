@@ -82,6 +82,26 @@ def test_one_process_in_small_chunks_equals_numpy(shards, tmp_path, batch_rows):
     assert m["training"]["streamed"]["batch_rows"] == batch_rows
 
 
+def test_a_streamed_model_exports_and_says_why_it_has_no_statistics(shards, tmp_path):
+    from click.testing import CliRunner
+
+    from serve import Predictor
+    from tests.trainer.commands import export
+    from trainer.cli import summary_main
+
+    folder, exact = shards
+    train(folder, "--solver", "lstsq", "--dtype", "float64", "--out", tmp_path / "m", "-q")
+    export(tmp_path / "m", "-q")
+    X = np.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(Predictor.load(tmp_path / "m").predict(X)[0, 0],
+                               X[0] @ exact[:3] + exact[3], rtol=1e-10)
+    res = CliRunner().invoke(summary_main, [str(tmp_path / "m")])
+    assert res.exit_code == 1 and "no statistics: trained streamed (--nproc" in res.stderr
+    res = export(tmp_path / "m", "--intervals", "0.95", "--force", code=1)
+    assert "no covariance of the estimates to build intervals from (trained streamed" in \
+        res.stderr
+
+
 def test_tsqr_keeps_the_digits_the_normal_equations_lose(tmp_path):
     """Longley-like: nearly collinear columns (condition ~1e7). The QR keeps ~9 digits; XᵀX
     would square the condition number and keep about 2."""
@@ -336,3 +356,21 @@ def test_streamed_minibatch_memory_is_flat_in_the_rows(tmp_path):
         exact = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), y, rcond=None)[0]
         np.testing.assert_allclose(params(out), exact, atol=0.02)
     assert peaks[10] <= 1.3 * peaks[1], peaks
+
+
+# ------------------------------------------------------------------ CUDA
+
+@pytest.mark.parametrize("batch", ["0", "256"], ids=["full-batch", "mini-batch"])
+def test_streamed_sgd_on_cuda_matches_cpu(shards, tmp_path, batch):
+    """Pinned chunks copied without blocking, read ahead by a thread: the same fit as the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    folder, _ = shards
+    for device in ("cpu", "cuda"):
+        train(folder, "--device", device, "--epochs", "20", "--lr", "0.05", "--standardize",
+              "--dtype", "float64", "--batch-size", batch, "--batch-rows", "500", "--out",
+              tmp_path / device, "-q")
+    np.testing.assert_allclose(params(tmp_path / "cuda"), params(tmp_path / "cpu"), rtol=1e-9)
+    assert manifest(tmp_path / "cuda")["training"]["device"].startswith("cuda")
