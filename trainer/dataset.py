@@ -56,6 +56,7 @@ class Dataset:
 
     def __init__(self, files: list[Path], fmt: str, columns: list[str], shown: str) -> None:
         self.files, self.format, self.columns, self.shown = files, fmt, columns, shown
+        self._fragments: list | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
@@ -132,12 +133,21 @@ class Dataset:
                 yield from self._csv_chunks(part, path, columns, batch_rows)
                 continue
             row = part.first_row
-            for batch in _parquet_fragment(path, part.row_group).to_batches(
-                    columns=columns, batch_size=batch_rows):
+            for batch in self._fragment(part.file).subset(row_group_ids=[part.row_group]) \
+                    .to_batches(columns=columns, batch_size=batch_rows):
                 if batch.num_rows:
                     yield Chunk(to_matrix(batch, columns, source=path, row_offset=row),
                                 part.file, row)
                     row += batch.num_rows
+
+    def _fragment(self, file: int):
+        """File ``file`` as a pyarrow dataset fragment, opened once (its footer read once)."""
+        if self._fragments is None:
+            import pyarrow.dataset as pads
+
+            dataset = pads.dataset([str(f) for f in self.files], format="parquet")
+            self._fragments = list(dataset.get_fragments())
+        return self._fragments[file]
 
     def _csv_chunks(self, part: Part, path: Path, columns: list[str],
                     batch_rows: int) -> Iterator[Chunk]:
@@ -181,14 +191,6 @@ def _parquet_metadata(path: Path):
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
     except Exception as e:  # pyarrow's ArrowInvalid for a damaged footer
         raise DataError(f"{path}: not a readable Parquet file ({e})") from None
-
-
-def _parquet_fragment(path: Path, row_group: int):
-    """One row group of one file, through pyarrow's dataset API."""
-    import pyarrow.dataset as pads
-
-    fragment = next(iter(pads.dataset(str(path), format="parquet").get_fragments()))
-    return fragment.subset(row_group_ids=[row_group])
 
 
 def validation_mask(seed: int, fraction: float, file: int, first_row: int,

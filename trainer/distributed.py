@@ -92,6 +92,9 @@ def join(device: torch.device) -> Group:
         backend = "nccl"
     else:
         backend = "gloo"
+        # The processes of one machine share its cores: as many threads each as is fair.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     try:
         dist.init_process_group(backend, rank=rank, world_size=world, timeout=TIMEOUT,
                                 **({"device_id": device} if backend == "nccl" else {}))
