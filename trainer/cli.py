@@ -256,9 +256,11 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
     from trainer.distributed import under_torchrun
     from trainer.train import MEMORY_OVERHEAD
 
-    if under_torchrun() or val_data is not None or batch_rows is not None or \
-            not data.is_file():
+    if under_torchrun() or val_data is not None or batch_rows is not None or data.is_dir() \
+            or (not data.exists() and any(c in str(data) for c in "*?[")):
         return True
+    if not data.is_file():
+        return False  # the reader says what is wrong with it
     if data.suffix.lower() not in (".parquet", ".pq", ".csv"):
         return False
     from trainer.dataset import Dataset
