@@ -58,25 +58,10 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
     """Read ``path`` and select columns: targets default to the last column, features to the
     rest but ``exclude`` (ids, text). All-number features are read as a matrix at once; a
     blank or a text cell (or ``categorical``) reads the features as raw columns instead."""
-    columns = column_names(path)
-    targets = list(targets) or [columns[-1]]
-    _check_names(path, "target", targets, columns)
-    _check_names(path, "excluded", exclude, columns)
-    if weight is not None:
-        _check_names(path, "sample-weight", [weight], columns)
-        if weight in targets:
-            raise DataError(f"{path}: column {weight!r} is both the sample weight and a target")
-    left_out = set(targets) | set(exclude) | ({weight} if weight else set())
-    features = list(features) or [c for c in columns if c not in left_out]
-    _check_names(path, "feature", features, columns)
+    targets, features = pick_columns(path, column_names(path), targets=targets,
+                                     features=features, exclude=exclude, weight=weight)
     _check_names(path, "categorical", categorical, features)
-    if both := sorted(set(features) & set(targets)):
-        raise DataError(f"{path}: column {both[0]!r} is both a feature and a target")
-    if weight in features:
-        raise DataError(f"{path}: column {weight!r} is both a feature and the sample weight")
     numbers = targets + ([weight] if weight else [])
-    if not features:
-        raise DataError(f"{path}: no feature columns left besides the target(s) {targets}")
     if not categorical:
         try:  # the fast path: every feature cell a number
             table = read_table(path, features + numbers, progress=progress)
@@ -96,6 +81,30 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                       warnings=warnings)
     return TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings,
                         weights=weights)
+
+
+def pick_columns(source: str | Path, columns: list[str], *, targets: Sequence[str] = (),
+                 features: Sequence[str] = (), exclude: Sequence[str] = (),
+                 weight: str | None = None) -> tuple[list[str], list[str]]:
+    """The target and feature columns of a table with ``columns``: targets default to the last
+    column, features to the rest but ``exclude`` (and the sample weight), each name checked."""
+    targets = list(targets) or [columns[-1]]
+    _check_names(source, "target", targets, columns)
+    _check_names(source, "excluded", exclude, columns)
+    if weight is not None:
+        _check_names(source, "sample-weight", [weight], columns)
+        if weight in targets:
+            raise DataError(f"{source}: column {weight!r} is both the sample weight and a target")
+    left_out = set(targets) | set(exclude) | ({weight} if weight else set())
+    features = list(features) or [c for c in columns if c not in left_out]
+    _check_names(source, "feature", features, columns)
+    if both := sorted(set(features) & set(targets)):
+        raise DataError(f"{source}: column {both[0]!r} is both a feature and a target")
+    if weight in features:
+        raise DataError(f"{source}: column {weight!r} is both a feature and the sample weight")
+    if not features:
+        raise DataError(f"{source}: no feature columns left besides the target(s) {targets}")
+    return targets, features
 
 
 def _weights(table, weight: str | None, path: str | Path) -> np.ndarray | None:

@@ -31,7 +31,7 @@ from serve.errors import DataError, OutputError, OutputExistsError, first_line
 from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
 from serve.version import __version__
 from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
-from trainer.data import TrainingData, encode, load_training_data, split_rows
+from trainer.data import TrainingData, encode, load_training_data, pick_columns, split_rows
 from trainer.encode import EncodeConfig
 from trainer.fit import (
     Checkpoint,
@@ -387,7 +387,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         _check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
     # 1. The dataset, its columns, this rank's share.
     ds = Dataset.open(data_path)
-    targets, features = _pick_columns(ds, targets, features, exclude)
+    targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
+                                     exclude=exclude)
     parts = ds.shard(group.rank, group.world)
     share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
         ds.estimated_rows() // group.world
@@ -396,7 +397,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     val = None
     if val_data is not None:
         vds = Dataset.open(val_data)
-        _pick_columns(vds, targets, features, ())
+        pick_columns(vds.shown, vds.columns, targets=targets, features=features)
         val = Rows(vds, vds.shard(group.rank, group.world), features, targets,
                    val_fraction=None, **rows_kw)
     rows = Rows(ds, parts, features, targets, val_fraction=val_fraction, val=val, **rows_kw)
@@ -448,24 +449,6 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             record_artifact(manifest, tmp, name)
         write_manifest(tmp, manifest)
     return out, manifest
-
-
-def _pick_columns(ds: Any, targets: Sequence[str], features: Sequence[str],
-                  exclude: Sequence[str]) -> tuple[list[str], list[str]]:
-    """As :func:`trainer.data.load_training_data` picks them: targets default to the last
-    column, features to the rest but ``exclude``."""
-    from trainer.data import _check_names
-
-    targets = list(targets) or [ds.columns[-1]]
-    _check_names(ds.shown, "target", targets, ds.columns)
-    _check_names(ds.shown, "excluded", exclude, ds.columns)
-    features = list(features) or [c for c in ds.columns if c not in set(targets) | set(exclude)]
-    _check_names(ds.shown, "feature", features, ds.columns)
-    if both := sorted(set(features) & set(targets)):
-        raise DataError(f"{ds.shown}: column {both[0]!r} is both a feature and a target")
-    if not features:
-        raise DataError(f"{ds.shown}: no feature columns left besides the target(s) {targets}")
-    return targets, features
 
 
 def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features: list[str],
