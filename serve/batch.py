@@ -384,3 +384,76 @@ _WRITERS = {"csv": lambda s, p, k, n: _ArrowWriter(s, p, k, n, "csv"),
             "npy": _NpyWriter, "jsonl": _JsonlWriter}
 
 __all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS"]
+
+
+# ------------------------------------------------------------------ folders of files
+
+PARTS_MANIFEST = "_linreg_predictions.json"  # marks an output folder linreg-predict wrote
+
+
+def input_parts(source: str | Path) -> list[Path]:
+    """The files of a folder (sorted; hidden ones skipped) or a glob: CSV, Parquet, JSON-lines."""
+    import glob as _glob
+
+    text = str(source)
+    if Path(text).is_dir():
+        files = sorted(p for p in Path(text).rglob("*") if p.is_file()
+                       and not any(s.startswith(".") or s.startswith("_")
+                                   for s in p.relative_to(text).parts))
+    else:
+        files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+    if not files:
+        what = "an empty folder" if Path(text).is_dir() else "nothing matches this pattern"
+        raise DataError(f"{text}: no input files ({what})")
+    for f in files:
+        file_format(f, allowed=("csv", "parquet", "jsonl"))
+    return files
+
+
+def predict_folder(predictor: Predictor, source: str | Path, output: str | Path, *,
+                   output_format: str | None = None, batch_rows: int = 65536,
+                   keep: Sequence[str] = (), force: bool = False,
+                   pred_suffix: str | None = None, intervals: bool = False,
+                   progress: Callable[[int], None] | None = None) -> int:
+    """Predict every file of a folder or glob into the folder ``output``: one output file per
+    input part, named after it (the same row order), in ``output_format`` (default: each
+    part's own format). Written into a temporary folder renamed into place when every part is
+    done: a bad row anywhere leaves nothing at ``output``. Returns the rows predicted."""
+    from serve.atomic import atomic_dir
+
+    parts = input_parts(source)
+    root = Path(source) if Path(source).is_dir() else None
+    names = [(p.relative_to(root) if root else Path(p.name)) for p in parts]
+    if len(set(names)) != len(names):
+        raise DataError(f"{source}: two parts have the same file name; give a folder instead")
+    done, listed = 0, []
+    with atomic_dir(output, force=force, check_replaceable=_check_predictions) as tmp:
+        for part, rel in zip(parts, names):
+            fmt = output_format or file_format(part)
+            target = tmp / rel.with_suffix({"csv": ".csv", "parquet": ".parquet",
+                                            "jsonl": ".jsonl", "npy": ".npy"}[fmt])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            before = done
+            done += predict_file(predictor, part, target, output_format=fmt,
+                                 batch_rows=batch_rows, keep=keep, pred_suffix=pred_suffix,
+                                 intervals=intervals, progress=None if progress is None else
+                                 (lambda n, base=before: progress(base + n)))
+            listed.append({"input": str(part), "output": str(target.relative_to(tmp)),
+                           "rows": done - before})
+        (tmp / PARTS_MANIFEST).write_text(json.dumps({
+            "model": predictor.source, "rows": done, "parts": listed}, indent=1) + "\n")
+    return done
+
+
+def _check_predictions(folder: Path) -> None:
+    """--force replaces only a folder linreg-predict wrote (its parts and the marker)."""
+    try:
+        listed = json.loads((folder / PARTS_MANIFEST).read_text())["parts"]
+        own = {PARTS_MANIFEST} | {item["output"] for item in listed}
+    except (OSError, ValueError, KeyError, TypeError):
+        raise OutputError(f"{folder}: not a folder of linreg-predict's predictions; --force "
+                          "replaces only those: choose another -o") from None
+    found = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    if found - own:
+        raise OutputError(f"{folder}: holds files linreg-predict did not write "
+                          f"({sorted(found - own)[0]}); choose another -o")

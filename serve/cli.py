@@ -18,7 +18,8 @@ from serve.version import __version__
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("input", type=str)
 @click.option("-o", "--output", default="-", show_default=True,
-              help="Output file (.csv, .parquet, .npy, .jsonl) or - for stdout.")
+              help="Output file (.csv, .parquet, .npy, .jsonl) or - for stdout; an output "
+              "folder when INPUT is a folder or glob.")
 @click.option("--input-format", type=click.Choice(INPUT_FORMATS), default=None,
               help="Default: by extension (csv for stdin).")
 @click.option("--output-format", type=click.Choice(OUTPUT_FORMATS), default=None,
@@ -44,13 +45,32 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  threads: int | None, allow_foreign_graph: bool, force: bool,
                  quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
-    (a model folder or a .onnx file)."""
-    from serve.batch import predict_file
+    (a model folder or a .onnx file). INPUT may be a folder or a glob of CSV, Parquet or
+    JSON-lines parts: -o then names an output folder, with one output file per part."""
+    from serve.batch import input_parts, predict_file, predict_folder
     from serve.predictor import Predictor
     from serve.tables import estimate_rows
 
     predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
+    if input != "-" and (Path(input).is_dir() or (not Path(input).exists() and
+                                                  any(c in input for c in "*?["))):
+        if output == "-":
+            raise click.UsageError("INPUT is a folder or glob: give -o an output folder (one "
+                                   "output file per input part)")
+        if input_format is not None:
+            raise click.UsageError("--input-format is for one file; a folder's parts are read "
+                                   "by their extensions")
+        parts = input_parts(input)
+        total = sum(estimate_rows(p) for p in parts)
+        with Progress(total or None, desc="predicting", unit="rows", quiet=quiet) as bar:
+            n = predict_folder(predictor, input, output, output_format=output_format,
+                               batch_rows=batch_rows, keep=keep_cols, force=force,
+                               pred_suffix=pred_suffix, intervals=intervals, progress=bar.to)
+            bar.close(done=n)
+        if not quiet:
+            click.echo(f"Predicted {n:,} rows from {len(parts)} parts -> {output}/", err=True)
+        return
     total = estimate_rows(Path(input)) if input != "-" and Path(input).is_file() else None
     with Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
         n = predict_file(predictor, input, output, input_format=input_format,

@@ -160,3 +160,76 @@ def test_non_finite_values_in_npy_and_jsonl_are_named(tmp_path, multi):
                          "is not allowed (or a value beyond float32's ±3.4e38; clean or drop " \
                          "the row)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl", "a.npy"]
+
+
+# ------------------------------------------------------------------ folders of parts
+
+def _parts(folder, rows, n_parts=3, ext="parquet"):
+    folder.mkdir()
+    table = _table(rows)
+    bounds = np.linspace(0, len(rows), n_parts + 1).astype(int)
+    for i in range(n_parts):
+        part = table.slice(bounds[i], bounds[i + 1] - bounds[i])
+        path = folder / f"part-{i}.{ext}"
+        pq.write_table(part, path) if ext == "parquet" else pacsv.write_csv(part, path)
+    return bounds
+
+
+def test_a_folder_of_parts_gives_a_folder_of_predictions(tmp_path, multi, rows):
+    bounds = _parts(tmp_path / "in", rows)
+    (tmp_path / "in" / "_SUCCESS").write_text("")  # a Spark-style marker is not a part
+    res = _invoke(multi, tmp_path / "in", "-o", tmp_path / "out", "--keep", "id", "-q")
+    assert res.exit_code == 0, res.output
+    marker = json.loads((tmp_path / "out" / "_linreg_predictions.json").read_text())
+    assert marker["rows"] == 1000 and [p["output"] for p in marker["parts"]] == [
+        "part-0.parquet", "part-1.parquet", "part-2.parquet"]
+    for i in range(3):
+        got = pq.read_table(tmp_path / "out" / f"part-{i}.parquet")
+        lo, hi = bounds[i], bounds[i + 1]
+        assert got.column("id").to_pylist() == [f"r{r}" for r in range(lo, hi)]  # order kept
+        np.testing.assert_allclose(np.column_stack([got.column("y0"), got.column("y1")]),
+                                   expected(multi, rows[lo:hi]), rtol=1e-5, atol=1e-4)
+
+
+def test_a_glob_of_csv_parts_into_parquet(tmp_path, multi, rows):
+    _parts(tmp_path / "in", rows, ext="csv")
+    res = _invoke(multi, str(tmp_path / "in" / "part-*.csv"), "-o", tmp_path / "out",
+                  "--output-format", "parquet", "-q")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "_linreg_predictions.json", "part-0.parquet", "part-1.parquet", "part-2.parquet"]
+
+
+def test_a_bad_row_in_one_part_leaves_no_output_folder(tmp_path, multi, rows):
+    _parts(tmp_path / "in", rows, ext="csv")
+    bad = tmp_path / "in" / "part-1.csv"
+    lines = bad.read_text().splitlines()
+    lines[5] = lines[5].replace(lines[5].split(",")[1], "oops", 1)
+    bad.write_text("\n".join(lines) + "\n")
+    res = _invoke(multi, tmp_path / "in", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 1
+    assert res.stderr.startswith(f"linreg-predict: error: {bad}: row 5, column ")
+    assert "'oops' is not a number" in res.stderr and res.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no temporary
+
+
+def test_force_replaces_only_a_predictions_folder(tmp_path, multi, rows):
+    _parts(tmp_path / "in", rows)
+    assert _invoke(multi, tmp_path / "in", "-o", tmp_path / "out", "-q").exit_code == 0
+    res = _invoke(multi, tmp_path / "in", "-o", tmp_path / "out", "-q")
+    assert res.exit_code == 1 and "already exists; pass --force" in res.stderr
+    assert _invoke(multi, tmp_path / "in", "-o", tmp_path / "out", "--force", "-q").exit_code == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    res = _invoke(multi, tmp_path / "in", "-o", tmp_path / "mine", "--force", "-q")
+    assert res.exit_code == 1
+    assert res.stderr == (f"linreg-predict: error: {tmp_path}/mine: not a folder of "
+                          "linreg-predict's predictions; --force replaces only those: choose "
+                          "another -o\n")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_a_folder_needs_an_output_folder(tmp_path, multi, rows):
+    _parts(tmp_path / "in", rows)
+    res = _invoke(multi, tmp_path / "in")
+    assert res.exit_code == 2 and "give -o an output folder" in res.stderr
