@@ -11,13 +11,13 @@ TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup setup-runtime setup-embed browser demo test lint bench clean proto
+.PHONY: setup setup-runtime setup-embed browser java demo test lint bench clean proto
 
 setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[train,plot,http,grpc,test]"
+	$(BIN)/pip install -q -e ".[train,plot,http,grpc,dask,spark,test]"
 	touch $@
 
 # The runtime alone (no torch at all), to prove serve/ needs none of it.
@@ -44,7 +44,12 @@ browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
-test: setup setup-runtime setup-embed
+# Spark (linreg-predict --engine spark) runs on a Java runtime: Debian's, when there is none.
+java:
+	@command -v java >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null)
+
+test: setup setup-runtime setup-embed java
 	$(BIN)/ruff check .
 	LINREG_REQUIRE_EMBED=1 $(BIN)/python -m pytest -q
 	$(RUNTIME)/bin/python -m pytest -q tests/serve -p no:cacheprovider

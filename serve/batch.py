@@ -410,15 +410,22 @@ def input_parts(source: str | Path) -> list[Path]:
     return files
 
 
+# One part's job: (input part, output file, predict_file's keyword options).
+Job = tuple[str, str, dict[str, Any]]
+
+
 def predict_folder(predictor: Predictor, source: str | Path, output: str | Path, *,
                    output_format: str | None = None, batch_rows: int = 65536,
                    keep: Sequence[str] = (), force: bool = False,
                    pred_suffix: str | None = None, intervals: bool = False,
-                   progress: Callable[[int], None] | None = None) -> int:
+                   progress: Callable[[int], None] | None = None,
+                   engine: Callable[[list[Job]], list[int]] | None = None) -> int:
     """Predict every file of a folder or glob into the folder ``output``: one output file per
     input part, named after it (the same row order), in ``output_format`` (default: each
     part's own format). Written into a temporary folder renamed into place when every part is
-    done: a bad row anywhere leaves nothing at ``output``. Returns the rows predicted."""
+    done: a bad row anywhere leaves nothing at ``output``. ``engine`` runs the parts' jobs
+    (Dask, Spark: :mod:`serve.engines`); by default they run here, one after the other.
+    Returns the rows predicted."""
     from serve.atomic import atomic_dir
 
     parts = input_parts(source)
@@ -426,23 +433,35 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
     names = [(p.relative_to(root) if root else Path(p.name)) for p in parts]
     if len(set(names)) != len(names):
         raise DataError(f"{source}: two parts have the same file name; give a folder instead")
-    done, listed = 0, []
+    options = dict(batch_rows=batch_rows, keep=list(keep), pred_suffix=pred_suffix,
+                   intervals=intervals)
     with atomic_dir(output, force=force, check_replaceable=_check_predictions) as tmp:
+        jobs: list[Job] = []
         for part, rel in zip(parts, names):
             fmt = output_format or file_format(part)
             target = tmp / rel.with_suffix({"csv": ".csv", "parquet": ".parquet",
                                             "jsonl": ".jsonl", "npy": ".npy"}[fmt])
             target.parent.mkdir(parents=True, exist_ok=True)
-            before = done
-            done += predict_file(predictor, part, target, output_format=fmt,
-                                 batch_rows=batch_rows, keep=keep, pred_suffix=pred_suffix,
-                                 intervals=intervals, progress=None if progress is None else
-                                 (lambda n, base=before: progress(base + n)))
-            listed.append({"input": str(part), "output": str(target.relative_to(tmp)),
-                           "rows": done - before})
+            jobs.append((str(part), str(target), {**options, "output_format": fmt}))
+        counts = (engine or _local(predictor, progress))(jobs)
+        listed = [{"input": part, "output": str(Path(target).relative_to(tmp)), "rows": n}
+                  for (part, target, _), n in zip(jobs, counts)]
         (tmp / PARTS_MANIFEST).write_text(json.dumps({
-            "model": predictor.source, "rows": done, "parts": listed}, indent=1) + "\n")
-    return done
+            "model": predictor.source, "rows": sum(counts), "parts": listed}, indent=1) + "\n")
+    return sum(counts)
+
+
+def _local(predictor: Predictor, progress: Callable[[int], None] | None):
+    """Run the jobs here, one after the other (the ``local`` engine)."""
+    def run(jobs: list[Job]) -> list[int]:
+        counts: list[int] = []
+        for part, target, options in jobs:
+            base = sum(counts)
+            counts.append(predict_file(predictor, part, target, **options,
+                                       progress=None if progress is None else
+                                       (lambda n, base=base: progress(base + n))))
+        return counts
+    return run
 
 
 def _check_predictions(folder: Path) -> None:

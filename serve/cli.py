@@ -35,6 +35,16 @@ from serve.version import __version__
               "the model needs linreg-export --intervals.")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads (0: one per core). Default: picked per batch size.")
+@click.option("--engine", type=click.Choice(["local", "dask", "spark"]), default="local",
+              show_default=True, help="Where a folder's parts run: here, on Dask (the dask "
+              "extra) or on Spark (the spark extra).")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="--engine dask: join this scheduler (tcp://HOST:8786). Default: a local "
+              "cluster of --workers processes.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="--engine dask: worker processes of the local cluster (default 2).")
+@click.option("--master", default="local[*]", show_default=True,
+              help="--engine spark: the Spark master URL (spark-submit's own when run by it).")
 @click.option("--allow-foreign-graph", is_flag=True, help="Run an ONNX graph linreg did not "
               "make (other operators, control flow). Only for files you trust.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -42,8 +52,8 @@ from serve.version import __version__
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
                  pred_suffix: str | None, intervals: bool,
-                 threads: int | None, allow_foreign_graph: bool, force: bool,
-                 quiet: bool) -> None:
+                 threads: int | None, engine: str, scheduler: str | None, workers: int | None,
+                 master: str, allow_foreign_graph: bool, force: bool, quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
     (a model folder or a .onnx file). INPUT may be a folder or a glob of CSV, Parquet or
     JSON-lines parts: -o then names an output folder, with one output file per part."""
@@ -53,8 +63,14 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 
     predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
-    if input != "-" and (Path(input).is_dir() or (not Path(input).exists() and
-                                                  any(c in input for c in "*?["))):
+    is_folder = input != "-" and (Path(input).is_dir() or (not Path(input).exists() and
+                                                          any(c in input for c in "*?[")))
+    if engine != "local" and not is_folder:
+        raise click.UsageError(f"--engine {engine} runs a folder or glob of parts; INPUT is one "
+                               "file (use --engine local)")
+    if (scheduler is not None or workers is not None) and engine != "dask":
+        raise click.UsageError("--scheduler and --workers are for --engine dask")
+    if is_folder:
         if output == "-":
             raise click.UsageError("INPUT is a folder or glob: give -o an output folder (one "
                                    "output file per input part)")
@@ -63,10 +79,22 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
                                    "by their extensions")
         parts = input_parts(input)
         total = sum(estimate_rows(p) for p in parts)
-        with Progress(total or None, desc="predicting", unit="rows", quiet=quiet) as bar:
+        runner = None
+        if engine == "dask":
+            from serve.engines import dask_engine
+
+            runner = dask_engine(model, scheduler=scheduler, workers=workers,
+                                 allow_foreign_graph=allow_foreign_graph)
+        elif engine == "spark":
+            from serve.engines import spark_engine
+
+            runner = spark_engine(model, master=master, allow_foreign_graph=allow_foreign_graph)
+        with Progress(total or None, desc="predicting", unit="rows",
+                      quiet=quiet or runner is not None) as bar:
             n = predict_folder(predictor, input, output, output_format=output_format,
                                batch_rows=batch_rows, keep=keep_cols, force=force,
-                               pred_suffix=pred_suffix, intervals=intervals, progress=bar.to)
+                               pred_suffix=pred_suffix, intervals=intervals, progress=bar.to,
+                               engine=runner)
             bar.close(done=n)
         if not quiet:
             click.echo(f"Predicted {n:,} rows from {len(parts)} parts -> {output}/", err=True)

@@ -93,7 +93,16 @@ class Predictor:
 
     @classmethod
     def _load_onnx(cls, path: Path, threads: int | None, allow_foreign: bool) -> Predictor:
-        data = _read_model_bytes(path)
+        return cls.from_onnx_bytes(_read_model_bytes(path), path, threads=threads,
+                                   allow_foreign_graph=allow_foreign)
+
+    @classmethod
+    def from_onnx_bytes(cls, data: bytes, path: str | os.PathLike, *, threads: int | None = None,
+                        allow_foreign_graph: bool = False) -> Predictor:
+        """A Predictor from a model.onnx's bytes (a cluster worker gets the model this way);
+        ``path`` names it in messages. The graph is checked as :meth:`load` does."""
+        path = Path(path)
+        allow_foreign = allow_foreign_graph
         check_graph(data, str(path), allow_foreign=allow_foreign)
         backend = _OnnxBackend(data, path, threads)
         meta = backend.metadata

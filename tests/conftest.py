@@ -14,9 +14,9 @@ BIN = Path(sys.executable).parent
 
 
 def run_script(name: str, *args: str, cwd: Path | None = None, input: bytes | None = None,
-               timeout: float = 300) -> subprocess.CompletedProcess:
+               timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run an installed console script (e.g. ``linreg-train``) as a user would."""
-    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    env = {**(env or os.environ), "PYTHONWARNINGS": "default"}
     return subprocess.run([str(BIN / name), *map(str, args)], cwd=cwd, input=input,
                           capture_output=True, timeout=timeout, env=env)
 

@@ -1,0 +1,170 @@
+"""Batch prediction on a cluster: a real Dask LocalCluster and a real local Spark give the same
+predictions as the local engine, row for row (joined on ``id``), for a numeric and a tabular
+model; every worker process opens the model once; a bad row on a worker is one line naming the
+part and the row, and leaves no output folder. ``linreg-predict`` runs as a subprocess; the
+library entry points (``serve.dask.predict``, ``serve.spark.predict``, ``serve.spark.register``)
+run here, on one Spark session for the whole test session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from serve import Predictor
+from tests.conftest import run_script
+from tests.serve.conftest import MODELS
+
+pytestmark = pytest.mark.slow
+MULTI, TAB = MODELS / "multi", MODELS / "tabular"
+ENGINES = {"dask": ["--engine", "dask", "--workers", "2"],
+           "spark": ["--engine", "spark", "--master", "local[2]"]}
+
+
+def _needs(engine: str) -> None:
+    pytest.importorskip("distributed" if engine == "dask" else "pyspark")
+    if engine == "spark" and not any(Path(p, "java").exists()
+                                     for p in os.environ["PATH"].split(os.pathsep)):
+        pytest.skip("Spark needs a Java runtime (make java)")
+
+
+def _numeric_parts(folder: Path, parts: int = 8, rows: int = 250) -> pa.Table:
+    rng = np.random.default_rng(5)
+    folder.mkdir()
+    tables = []
+    for i in range(parts):
+        X = rng.normal(size=(rows, 4)) * 3
+        t = pa.table({"id": [f"p{i}-{r}" for r in range(rows)],
+                      **{f"x{j}": X[:, j] for j in range(4)}})
+        pq.write_table(t, folder / f"part-{i}.parquet")
+        tables.append(t)
+    return pa.concat_tables(tables)
+
+
+def _tabular_parts(folder: Path, parts: int = 8, rows: int = 50) -> pa.Table:
+    rng = np.random.default_rng(6)
+    folder.mkdir()
+    tables = []
+    for i in range(parts):
+        x1 = rng.normal(10, 3, size=rows)
+        t = pa.table({"id": [f"p{i}-{r}" for r in range(rows)],
+                      "city": rng.choice(["Lyon", "Paris", "Rome"], size=rows).tolist(),
+                      "x1": pa.array([None if r % 7 == 0 else v for r, v in enumerate(x1)],
+                                     pa.float64()),
+                      "x2": rng.normal(size=rows)})
+        pq.write_table(t, folder / f"part-{i}.parquet")
+        tables.append(t)
+    return pa.concat_tables(tables)
+
+
+def _predict(model: Path, source: Path, out: Path, *args: str, env: dict | None = None):
+    return run_script("linreg-predict", model, source, "-o", out, "--keep", "id", "-q", *args,
+                      **({"env": env} if env else {}))
+
+
+def _by_id(folder: Path, target: str) -> dict[str, float]:
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("*.parquet"))])
+    ids, values = table.column("id").to_pylist(), table.column(target).to_pylist()
+    assert len(set(ids)) == len(ids), "a row was predicted twice"
+    return dict(zip(ids, values))
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+@pytest.mark.parametrize("kind", ["numeric", "tabular"])
+def test_engines_equal_local_row_for_row_and_load_once(tmp_path, engine, kind):
+    _needs(engine)
+    model, target = (MULTI, "y0") if kind == "numeric" else (TAB, "y")
+    table = (_numeric_parts if kind == "numeric" else _tabular_parts)(tmp_path / "in")
+    assert _predict(model, tmp_path / "in", tmp_path / "local").returncode == 0
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    res = _predict(model, tmp_path / "in", tmp_path / "out", *ENGINES[engine],
+                   env={**os.environ, "LINREG_WORKER_LOG": str(loads)})
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stderr == b""
+    local, remote = _by_id(tmp_path / "local", target), _by_id(tmp_path / "out", target)
+    assert set(remote) == set(local) == set(table.column("id").to_pylist())  # none lost
+    assert all(remote[k] == local[k] for k in local)  # the same numbers, bit for bit
+    for part in range(8):  # the same order within each part
+        got = pq.read_table(tmp_path / "out" / f"part-{part}.parquet").column("id").to_pylist()
+        assert got == pq.read_table(tmp_path / "in" / f"part-{part}.parquet").column(
+            "id").to_pylist()
+    per_process = [f.read_text().splitlines() for f in loads.iterdir()]
+    assert per_process and all(len(lines) == 1 for lines in per_process)  # once per worker
+    assert len(per_process) <= 2  # two worker processes, or Spark's two slots
+    marker = json.loads((tmp_path / "out" / "_linreg_predictions.json").read_text())
+    assert marker["rows"] == table.num_rows
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_a_bad_row_on_a_worker_is_one_line_and_no_output(tmp_path, engine):
+    _needs(engine)
+    _numeric_parts(tmp_path / "in")
+    bad = pq.read_table(tmp_path / "in" / "part-5.parquet").to_pandas()
+    bad.loc[17, "x2"] = np.nan
+    pq.write_table(pa.Table.from_pandas(bad, preserve_index=False),
+                   tmp_path / "in" / "part-5.parquet")
+    res = _predict(MULTI, tmp_path / "in", tmp_path / "out", *ENGINES[engine])
+    assert res.returncode == 1
+    assert res.stderr.decode() == (f"linreg-predict: error: {tmp_path}/in/part-5.parquet: row "
+                                   "18, column 'x2': missing value\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+def test_engine_flags_go_with_a_folder(tmp_path):
+    res = run_script("linreg-predict", MULTI, tmp_path / "x.csv", "-o", tmp_path / "o.csv",
+                     "--engine", "dask")
+    assert res.returncode == 2
+    assert res.stderr.decode().splitlines()[-1] == (
+        "linreg-predict: error: --engine dask runs a folder or glob of parts; INPUT is one file "
+        "(use --engine local)")
+
+
+# ------------------------------------------------------------------ library entry points
+
+def test_serve_dask_predict(tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    from serve import dask as linreg_dask
+
+    table = _tabular_parts(tmp_path / "in")
+    ddf = dd.read_parquet(tmp_path / "in")
+    out = linreg_dask.predict(ddf, TAB, suffix="_pred").compute()
+    want = Predictor.load(TAB).predict(table)
+    got = dict(zip(out["id"], out["y_pred"]))
+    assert [got[i] for i in table.column("id").to_pylist()] == want[:, 0].tolist()
+
+
+@pytest.fixture(scope="module")
+def spark():
+    _needs("spark")
+    from serve.engines import spark_session
+
+    session = spark_session("local[2]", "linreg-tests")
+    yield session
+    session.stop()
+
+
+def test_serve_spark_predict_and_sql_function(spark, tmp_path):
+    from serve import spark as linreg_spark
+
+    table = _numeric_parts(tmp_path / "in", parts=2)
+    df = spark.read.parquet(str(tmp_path / "in"))
+    out = linreg_spark.predict(df, MULTI).toArrow()
+    assert out.schema.names == ["id", "x0", "x1", "x2", "x3", "y0", "y1"]
+    p = Predictor.load(MULTI)
+    got = {i: (a, b) for i, a, b in zip(out.column("id").to_pylist(), out.column("y0").to_pylist(),
+                                        out.column("y1").to_pylist())}
+    want = p.predict(table.drop_columns(["id"]).to_pandas())
+    assert [got[i] for i in table.column("id").to_pylist()] == [tuple(r) for r in want.tolist()]
+    linreg_spark.register(spark, "predict_homes", TAB)
+    tab = _tabular_parts(tmp_path / "tab", parts=1)
+    spark.read.parquet(str(tmp_path / "tab")).createOrReplaceTempView("homes")
+    rows = spark.sql("SELECT id, predict_homes(city, x1, x2) AS price FROM homes").toArrow()
+    by_id = dict(zip(rows.column("id").to_pylist(), rows.column("price").to_pylist()))
+    assert [by_id[i] for i in tab.column("id").to_pylist()] == \
+        Predictor.load(TAB).predict(tab)[:, 0].tolist()
