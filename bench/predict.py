@@ -9,6 +9,9 @@
 3. ``Predictor.predict`` on one row vs a bare ``InferenceSession.run`` (target <= 1.5x).
 4. A whole process that imports the runtime, loads the model and predicts one row, vs the same
    with TorchScript through torch (target <= 0.3x).
+5. ``linreg-predict`` on a folder of 8 Parquet parts with ``--engine dask --workers 2`` and
+   ``--engine spark --master local[2]`` against ``--engine local``: rows/s of the whole command
+   (cluster start-up included, which dominates small inputs) and peak RSS per worker process.
 """
 
 from __future__ import annotations
@@ -95,14 +98,47 @@ def row(name: str, ours: str, base: str, ratio: float, target: str) -> None:
     print(f"{name:<44}{ours:>16}{base:>16}{ratio:>8.2f}x  {target:<7}{'ok' if ok else 'MISSED'}")
 
 
+def engines(work: Path, model: Path, rows: int) -> None:
+    """5. The cluster engines against the local one, on the same 8 Parquet parts."""
+    import pyarrow.parquet as pq
+
+    parts = work / "parts"
+    parts.mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(8):
+        X = rng.normal(size=(rows // 8, N_FEATURES))
+        pq.write_table(pa.table({f"x{j}": X[:, j] for j in range(N_FEATURES)}),
+                       parts / f"part-{i}.parquet")
+    print(f"\n8 Parquet parts, {rows:,} rows in all: linreg-predict PARTS -o OUT --engine ...")
+    print(f"{'engine':<30}{'seconds':>10}{'rows/s':>14}{'vs local':>10}{'peak RSS/worker':>18}")
+    base = None
+    for label, args in (("local", []), ("dask, 2 workers", ["--engine", "dask", "--workers", "2"]),
+                        ("spark, local[2]", ["--engine", "spark", "--master", "local[2]"])):
+        report = work / f"rss-{label.split(',')[0]}"
+        report.mkdir()
+        env = {**os.environ, "LINREG_WORKER_RSS": str(report)}
+        t = time.perf_counter()
+        subprocess.run([BIN / "linreg-predict", model, parts, "-o", work / "out-parts", "-q",
+                        "--force", *args], check=True, env=env)
+        sec = time.perf_counter() - t
+        base = base or sec
+        peaks = [int(f.read_text()) / 1024 for f in report.iterdir()]
+        rss = f"{max(peaks):,.0f} MiB x{len(peaks)}" if args else "(one process)"
+        print(f"{label:<30}{sec:>10.2f}{rows / sec:>14,.0f}{base / sec:>9.2f}x{rss:>18}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=5_000_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--engine-rows", type=int, default=2_000_000,
+                    help="rows of the engines' comparison (5.); 0 skips it")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="linreg-bench-"))
     try:
         run(work, args.rows, args.repeats)
+        if args.engine_rows:
+            engines(work, work / "model", args.engine_rows)
     finally:
         subprocess.run(["rm", "-rf", str(work)])
 

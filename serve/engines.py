@@ -96,8 +96,7 @@ def spark_session(master: str = "local[*]", app: str = "linreg"):
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"pyspark\..*")
     builder = SparkSession.builder.appName(app).config("spark.ui.enabled", "false") \
         .config("spark.ui.showConsoleProgress", "false")
-    if not os.environ.get("SPARK_SUBMIT_OPTS") and "pyspark-shell" not in \
-            os.environ.get("PYSPARK_SUBMIT_ARGS", ""):
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not under spark-submit: its master rules
         builder = builder.master(master)
     # The JVM writes its start-up chatter to the stderr it inherits: give it /dev/null (its
     # errors reach us as Python exceptions, said in one line).

@@ -3,7 +3,8 @@ worker process opens one onnxruntime session per model, cached by the model's sh
 threads sized so the worker processes of one machine do not oversubscribe its cores.
 
 ``LINREG_WORKER_LOG=DIR`` makes each load leave a line in ``DIR/PID`` (the process and the
-model's sha256): how a test counts that every worker loaded the model once.
+model's sha256): how a test counts that every worker loaded the model once;
+``LINREG_WORKER_RSS=DIR`` leaves each worker's peak RSS (KiB) in ``DIR/PID`` (the bench).
 """
 
 from __future__ import annotations
@@ -68,7 +69,14 @@ def predict_part(payload: ModelPayload, source: str, target: str, options: dict[
     """Predict one input part into one output file, on a worker; the rows predicted."""
     from serve.batch import predict_file
 
-    return predict_file(predictor(payload), source, target, **options)
+    rows = predict_file(predictor(payload), source, target, **options)
+    report = os.environ.get("LINREG_WORKER_RSS")  # bench/predict.py: peak memory per worker
+    if report:
+        import resource
+
+        with open(Path(report) / str(os.getpid()), "w") as f:
+            f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    return rows
 
 
 def fair_threads(processes: int) -> int:

@@ -116,6 +116,26 @@ def test_a_bad_row_on_a_worker_is_one_line_and_no_output(tmp_path, engine):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
+def test_the_spark_engine_runs_under_spark_submit(tmp_path):
+    """spark-submit starts the JVM and the master; linreg-predict uses that session."""
+    import subprocess
+
+    from tests.conftest import BIN
+
+    _needs("spark")
+    table = _numeric_parts(tmp_path / "in", parts=2)
+    script = tmp_path / "job.py"
+    script.write_text("from serve.cli import predict_main\npredict_main()\n")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           "PYSPARK_PYTHON": str(BIN / "python")}
+    res = subprocess.run([str(BIN / "spark-submit"), "--master", "local[2]", str(script),
+                          str(MULTI), str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+                          "--engine", "spark", "--keep", "id", "-q"], capture_output=True,
+                         env=env, timeout=300)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    assert len(_by_id(tmp_path / "out", "y0")) == table.num_rows
+
+
 def test_engine_flags_go_with_a_folder(tmp_path):
     res = run_script("linreg-predict", MULTI, tmp_path / "x.csv", "-o", tmp_path / "o.csv",
                      "--engine", "dask")
