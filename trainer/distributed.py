@@ -87,7 +87,13 @@ def join(device: torch.device) -> Group:
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        local_world, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", world)), \
+            torch.cuda.device_count()
+        if local_world > gpus:  # nccl cannot share one GPU between ranks
+            raise TrainingError(f"rank {rank}: {local_world} processes on this machine but "
+                                f"{gpus} CUDA device(s); nccl needs one GPU per process: use "
+                                f"--nproc {gpus} or --device cpu")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
