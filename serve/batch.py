@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from serve.atomic import output_file
 from serve.columns import Frame
 from serve.errors import DataError, OutputError, first_line
-from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format
+from serve.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format, files_of
 from serve.graph import INTERVAL_OUTPUTS
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
@@ -392,19 +392,12 @@ PARTS_MANIFEST = "_linreg_predictions.json"  # marks an output folder linreg-pre
 
 
 def input_parts(source: str | Path) -> list[Path]:
-    """The files of a folder (sorted; hidden ones skipped) or a glob: CSV, Parquet, JSON-lines."""
-    import glob as _glob
-
-    text = str(source)
-    if Path(text).is_dir():
-        files = sorted(p for p in Path(text).rglob("*") if p.is_file()
-                       and not any(s.startswith(".") or s.startswith("_")
-                                   for s in p.relative_to(text).parts))
-    else:
-        files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+    """The parts of a folder or glob (:func:`serve.formats.files_of`): CSV, Parquet,
+    JSON-lines."""
+    files = files_of(source)
     if not files:
-        what = "an empty folder" if Path(text).is_dir() else "nothing matches this pattern"
-        raise DataError(f"{text}: no input files ({what})")
+        what = "an empty folder" if Path(source).is_dir() else "nothing matches this pattern"
+        raise DataError(f"{source}: no input files ({what})")
     for f in files:
         file_format(f, allowed=("csv", "parquet", "jsonl"))
     return files

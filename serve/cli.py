@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
-from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS
+from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
 from serve.progress import Progress
 from serve.version import __version__
 
@@ -63,8 +63,7 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 
     predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
-    is_folder = input != "-" and (Path(input).is_dir() or (not Path(input).exists() and
-                                                          any(c in input for c in "*?[")))
+    is_folder = is_many(input)
     if engine != "local" and not is_folder:
         raise click.UsageError(f"--engine {engine} runs a folder or glob of parts; INPUT is one "
                                "file (use --engine local)")

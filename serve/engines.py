@@ -81,7 +81,8 @@ def spark_session(master: str = "local[*]", app: str = "linreg"):
 
     # Spark's own log: errors only (a log4j2.properties in a conf folder of our own), and the
     # Python workers run this interpreter (it has pyarrow, onnxruntime and linreg).
-    conf = Path(tempfile.mkdtemp(prefix="linreg-spark-conf-"))
+    conf = Path(tempfile.gettempdir()) / f"linreg-spark-conf-{os.getuid()}"
+    conf.mkdir(exist_ok=True)
     (conf / "log4j2.properties").write_text(
         "rootLogger.level = error\nrootLogger.appenderRef.stderr.ref = console\n"
         "appender.console.type = Console\nappender.console.name = console\n"

@@ -24,3 +24,25 @@ def file_format(path: str | Path, *, allowed: Sequence[str] | None = None) -> st
         raise DataError(f"{path}: unknown file type {Path(path).suffix or '(none)'!r}; "
                         f"use one of {', '.join(ok)}")
     return fmt
+
+
+def is_many(source: str | Path) -> bool:
+    """Whether ``source`` names several files: a folder, or a glob pattern (``*``, ``?``,
+    ``[``) that is not itself an existing path."""
+    text = str(source)
+    return text != "-" and (Path(text).is_dir() or (not Path(text).exists() and
+                                                    any(c in text for c in "*?[")))
+
+
+def files_of(source: str | Path) -> list[Path]:
+    """The files of a folder (recursively) or a glob, sorted; inside a folder, names starting
+    with ``.`` (linreg's temporaries) or ``_`` (markers such as Spark's ``_SUCCESS``) are
+    skipped. Empty when nothing is there: the caller says what it expected."""
+    import glob
+
+    text = str(source)
+    if Path(text).is_dir():
+        return sorted(p for p in Path(text).rglob("*") if p.is_file() and not any(
+            part.startswith((".", "_")) for part in p.relative_to(text).parts))
+    return sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+

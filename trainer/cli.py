@@ -253,11 +253,11 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
              max_memory: int | None) -> bool:
     """Whether DATA is trained streamed: under torchrun, a folder or glob, --batch-rows or
     --val-data asked for, or a Parquet/CSV file over the memory budget."""
+    from serve.formats import is_many
     from trainer.distributed import under_torchrun
     from trainer.train import MEMORY_OVERHEAD
 
-    if under_torchrun() or val_data is not None or batch_rows is not None or data.is_dir() \
-            or (not data.exists() and any(c in str(data) for c in "*?[")):
+    if under_torchrun() or val_data is not None or batch_rows is not None or is_many(data):
         return True
     if not data.is_file():
         return False  # the reader says what is wrong with it

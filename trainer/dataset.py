@@ -16,7 +16,6 @@ every number of processes.
 
 from __future__ import annotations
 
-import glob as _glob
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.errors import DataError
+from serve.formats import files_of, is_many
 from serve.tables import to_matrix
 
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
@@ -60,19 +60,16 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
-        """``path``: a Parquet or CSV file, a folder (its .parquet/.pq/.csv files, sorted, hidden
-        ones skipped), or a glob pattern."""
+        """``path``: a Parquet or CSV file, a folder (its .parquet/.pq/.csv files) or a glob
+        pattern, listed by :func:`serve.formats.files_of` as linreg-predict lists parts."""
         text = str(path)
-        if any(c in text for c in "*?[") and not Path(text).exists():
-            files = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+        if is_many(text):
+            files = files_of(text)
+            if Path(text).is_dir():
+                files = [f for f in files if f.suffix.lower() in SUFFIXES]
             if not files:
-                raise DataError(f"{text}: no file matches this pattern")
-        elif Path(text).is_dir():
-            files = sorted(p for p in Path(text).rglob("*") if p.is_file()
-                           and p.suffix.lower() in SUFFIXES
-                           and not any(s.startswith(".") for s in p.relative_to(text).parts))
-            if not files:
-                raise DataError(f"{text}: no .parquet or .csv files in this folder")
+                raise DataError(f"{text}: no .parquet or .csv files in this folder"
+                                if Path(text).is_dir() else f"{text}: no file matches this pattern")
         elif Path(text).is_file():
             files = [Path(text)]
         else:

@@ -239,8 +239,9 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
         log: Callable[[str], None] | None = None,
-        progress: Callable[[float], None] | None = None) -> FitResult:
-    """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks."""
+        progress: Callable[[float], None] | None = None) -> tuple[FitResult, np.ndarray]:
+    """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
+    also the train sums of squared errors per target at the saved parameters."""
     device, dtype = group.device, getattr(torch, config.dtype)
     p, t = len(rows.features), len(rows.targets)
     n_global = int(summary.x.n)
@@ -307,15 +308,14 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     coef, intercept = _fold(W_s, b_s, mean, scale)
     state = _state_dict(coef, intercept if config.bias else None, dtype)
     coef, intercept = _saved_values(state, t)
-    if config.log_every and log is not None:  # every rank: the pass is collective
-        final = metrics_pass(rows, coef, intercept, group, validation=False)["sse"].sum() \
-            / (n_global * t)
-        if log_every:
-            log(layout.log_line(epochs_run, config.epochs,
-                                np.concatenate([[final], _params_row(tracked)]), mean, scale))
+    # The saved model's train error: the tutorial's last line, and the caller's metrics.
+    sse = metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
+    if log_every:
+        log(layout.log_line(epochs_run, config.epochs, np.concatenate(
+            [[sse.sum() / (n_global * t)], _params_row(tracked)]), mean, scale))
     return FitResult(coef, intercept, state, layout.folded(history.rows(epochs_run), mean, scale),
                      layout.columns(), epochs_run, "epochs", str(device), mean, scale,
-                     seconds=time.perf_counter() - start, config=asdict(config))
+                     seconds=time.perf_counter() - start, config=asdict(config)), sse
 
 
 def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: TrainConfig,

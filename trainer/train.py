@@ -419,14 +419,13 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         coef, intercept = _saved_values(state, len(targets))
         result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
                            str(group.device), config=asdict(config))
+        sse = metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
+        result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
     else:
-        result = sgd(rows, summary, config, group, log=log, progress=progress)
+        result, sse = sgd(rows, summary, config, group, log=log, progress=progress)
     result.seconds = time.perf_counter() - start
     # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
-    sse = metrics_pass(rows, result.coef_, result.intercept_, group, validation=False)["sse"]
     metrics = {"train": regression_metrics(sse, summary.y)}
-    if config.solver == "lstsq":
-        result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
     if summary.val_rows:
         val_sse = metrics_pass(rows, result.coef_, result.intercept_, group,
                                validation=True)["sse"]
