@@ -11,7 +11,7 @@ TORCH_SPEC      ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 TORCH_INDEX      = $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL),)
 
-.PHONY: setup setup-runtime setup-embed browser java demo test lint bench clean proto
+.PHONY: setup setup-runtime setup-embed browser java node demo test lint bench clean proto
 
 setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
@@ -36,10 +36,14 @@ demo: setup
 
 # The embedding examples: onnxruntime-node and onnxruntime-web from the npm registry (versions
 # pinned by the lock files) and Debian's chromium for the browser test.
-setup-embed: examples/node/node_modules/.done examples/web/node_modules/.done browser
-examples/%/node_modules/.done: examples/%/package-lock.json
+setup-embed: node examples/node/node_modules/.done examples/web/node_modules/.done browser
+examples/%/node_modules/.done: examples/%/package-lock.json | node
 	cd examples/$* && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+# Node.js and npm: Debian's, when there are none.
+node:
+	@command -v npm >/dev/null && command -v node >/dev/null || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
 browser:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)

@@ -184,3 +184,34 @@ class FiniteFloat(click.ParamType):
         lo = "(-inf" if self.min is None else ("(" if self.min_open else "[") + f"{self.min:g}"
         hi = "inf)" if self.max is None else f"{self.max:g}" + (")" if self.max_open else "]")
         return f"the range {lo}, {hi}"
+
+
+PROCESSES_PER_CORE = 4  # past this, more local processes only share the same cores
+
+
+def max_processes() -> int:
+    """The most local processes a flag may start here: ``PROCESSES_PER_CORE`` per core, and no
+    more than the open-file limit allows (each process holds a few pipes)."""
+    import resource
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    by_files = soft // 16 if soft != resource.RLIM_INFINITY else 1 << 20
+    return max(1, min(PROCESSES_PER_CORE * cores, by_files))
+
+
+class ProcessCount(click.ParamType):
+    """A number of local processes to start (``--nproc``, ``--workers``): 1 to
+    :func:`max_processes`, checked before any process starts, since a count the machine cannot
+    hold would exhaust its memory (the kernel then kills unrelated processes) or its files."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        n = click.IntRange(min=1).convert(value, param, ctx)
+        limit = max_processes()
+        if n > limit:
+            self.fail(f"{n} processes is more than this machine can run well: use 1 to {limit} "
+                      f"({PROCESSES_PER_CORE} per core)", param, ctx)
+        return n

@@ -133,13 +133,20 @@ def atomic_file(final: str | Path) -> Iterator[Path]:
 
 @contextmanager
 def atomic_dir(final: str | Path, *, force: bool = False,
-               check_replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
+               check_replaceable: Callable[[Path], None] | None = None,
+               follow_link: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces ``final``, on error it vanishes.
 
     An existing ``final`` needs ``force`` and must pass ``check_replaceable`` (which raises when
-    the folder holds anything linreg did not write). A symlink to a folder is followed.
+    the folder holds anything linreg did not write). A symlink to a folder is followed (the
+    user pointed ``--out`` there), unless ``follow_link`` is false: inside a tree linreg
+    manages (a Triton repository) a link may lead anywhere, so it is refused, never replaced.
     """
     shown = Path(final)
+    if not follow_link and os.path.islink(final):
+        raise OutputError(f"{shown}: is a symbolic link (to {os.readlink(final)}); linreg "
+                          "never replaces what a link inside its output points to: remove the "
+                          "link or choose another name")
     final, st = resolve_output(final)
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):

@@ -31,6 +31,7 @@ from serve.graph import INTERVAL_OUTPUTS
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.numbers import shown
+from serve.ownership import own_temporary
 from serve.predictor import Cancel, Predictor
 from serve.tables import (
     CSV_MAX_BLOCK,
@@ -439,6 +440,7 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
         counts = (engine or _local(predictor, progress))(jobs)
         listed = [{"input": part, "output": str(Path(target).relative_to(tmp)), "rows": n}
                   for (part, target, _), n in zip(jobs, counts)]
+        _only_parts(tmp, listed)
         (tmp / PARTS_MANIFEST).write_text(json.dumps({
             "model": predictor.source, "rows": sum(counts), "parts": listed}, indent=1) + "\n")
     return sum(counts)
@@ -457,6 +459,21 @@ def _local(predictor: Predictor, progress: Callable[[int], None] | None):
     return run
 
 
+def _only_parts(folder: Path, listed: list[dict[str, Any]]) -> None:
+    """Before the output folder appears: every part the engine counted is there (a job never
+    reports rows it did not write), and nothing else is (a worker lost while writing leaves
+    its temporary; the part was written again by another)."""
+    own = {item["output"] for item in listed}
+    for item in listed:
+        if not (folder / item["output"]).is_file():
+            raise OutputError(f"{item['input']}: the engine reported {item['rows']:,} rows but "
+                              "its predictions were not written (is the output folder on a "
+                              "filesystem every worker shares?)")
+    for path in [p for p in folder.rglob("*") if p.is_file()]:
+        if str(path.relative_to(folder)) not in own:
+            path.unlink()
+
+
 def _check_predictions(folder: Path) -> None:
     """--force replaces only a folder linreg-predict wrote (its parts and the marker)."""
     try:
@@ -465,7 +482,8 @@ def _check_predictions(folder: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise OutputError(f"{folder}: not a folder of linreg-predict's predictions; --force "
                           "replaces only those: choose another -o") from None
-    found = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    found = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+             and not own_temporary(p.name, {Path(o).name for o in own})}
     if found - own:
         raise OutputError(f"{folder}: holds files linreg-predict did not write "
                           f"({sorted(found - own)[0]}); choose another -o")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from serve._cli import CONTEXT, FiniteFloat, OneLineErrors
+from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, ProcessCount
 from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
 from serve.progress import Progress
 from serve.version import __version__
@@ -41,7 +41,7 @@ from serve.version import __version__
 @click.option("--scheduler", default=None, metavar="ADDRESS",
               help="--engine dask: join this scheduler (tcp://HOST:8786). Default: a local "
               "cluster of --workers processes.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=ProcessCount(), default=None,
               help="--engine dask: worker processes of the local cluster (default 2).")
 @click.option("--master", default="local[*]", show_default=True,
               help="--engine spark: the Spark master URL (spark-submit's own when run by it).")
@@ -117,7 +117,7 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
               help="Also serve the Open Inference Protocol over gRPC on this port.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=ProcessCount(), default=1, show_default=True,
               help="Worker processes.")
 @click.option("--name", default=None, help="Model name in URLs, for a single model. Default: "
               "the folder's name.")

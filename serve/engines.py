@@ -14,12 +14,16 @@ import logging
 import os
 import re
 import tempfile
+import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from serve.batch import Job
 from serve.errors import DataError, LinregError
-from serve.workers import ModelPayload, fair_threads, predict_part
+from serve.workers import ModelPayload, predict_part
 
 Engine = Callable[[list[Job]], list[int]]
 
@@ -45,13 +49,15 @@ def dask_engine(model: str | os.PathLike, *, scheduler: str | None = None,
             except OSError as e:
                 raise LinregError(f"--scheduler {scheduler}: cannot reach it ({e})") from None
             with client:
-                n = len(client.scheduler_info()["workers"]) or 1
-                payload = ModelPayload.of(model, threads=fair_threads(n if cluster else 1),
+                payload = ModelPayload.of(model, threads=None,
+                                          processes=_processes_per_host(client),
                                           allow_foreign_graph=allow_foreign_graph)
                 [remote] = client.scatter([payload], broadcast=True)
+                # Keys name results: unique per job, so two jobs on one cluster never share one.
+                run_id = uuid.uuid4().hex[:12]
                 futures = [client.submit(predict_part, remote, part, target, options,
-                                         pure=False, key=f"linreg-part-{i}")
-                           for i, (part, target, options) in enumerate(jobs)]
+                                         pure=False, key=f"linreg-{run_id}-part-{i}")
+                           for i, (part, target, options) in enumerate(_absolute(jobs))]
                 try:
                     return client.gather(futures)
                 except BaseException:
@@ -63,9 +69,23 @@ def dask_engine(model: str | os.PathLike, *, scheduler: str | None = None,
     return run
 
 
+def _processes_per_host(client: Any) -> int:
+    """The most Dask worker processes one machine of the cluster runs (they share its cores)."""
+    hosts = Counter(urlsplit(w).hostname for w in client.scheduler_info()["workers"])
+    return max(hosts.values(), default=1)
+
+
+def _absolute(jobs: list[Job]) -> list[Job]:
+    """The jobs with absolute paths: a worker resolves a relative one in its own working
+    folder (a Spark executor's ``work/app-*/N``), not the driver's."""
+    return [(os.path.abspath(part), os.path.abspath(target), options)
+            for part, target, options in jobs]
+
+
 # ------------------------------------------------------------------ Spark
 
 _ERROR_MARK = "LINREG-ERROR: "
+_CORES_WORTH = 1 << 16  # "as many processes as cores": fair_threads gives each one thread
 
 
 def spark_session(master: str = "local[*]", app: str = "linreg"):
@@ -125,12 +145,13 @@ def spark_engine(model: str | os.PathLike, *, master: str = "local[*]",
         import pyarrow as pa
 
         spark = spark_session(master, "linreg-predict")
-        slots = spark.sparkContext.defaultParallelism
-        payload = ModelPayload.of(model, threads=fair_threads(slots),
+        # Spark runs one task per core of an executor: one onnxruntime thread each (sized on
+        # the executor's machine, whatever the driver's).
+        payload = ModelPayload.of(model, threads=None, processes=_CORES_WORTH,
                                   allow_foreign_graph=allow_foreign_graph)
         shared = spark.sparkContext.broadcast(payload)
         rows = [(i, part, target, json.dumps(options))
-                for i, (part, target, options) in enumerate(jobs)]
+                for i, (part, target, options) in enumerate(_absolute(jobs))]
         frame = spark.createDataFrame(rows, "i long, part string, target string, options string")
 
         def run_parts(batches):

@@ -35,14 +35,36 @@ def is_many(source: str | Path) -> bool:
 
 
 def files_of(source: str | Path) -> list[Path]:
-    """The files of a folder (recursively) or a glob, sorted; inside a folder, names starting
-    with ``.`` (linreg's temporaries) or ``_`` (markers such as Spark's ``_SUCCESS``) are
-    skipped. Empty when nothing is there: the caller says what it expected."""
+    """The files of a folder (recursively) or a glob, sorted, each real file once (a symlink
+    loop such as ``again -> .`` under ``**`` names one file many times; so does a link to a
+    file beside it); inside a folder, names starting with ``.`` (linreg's temporaries) or
+    ``_`` (markers such as Spark's ``_SUCCESS``) are skipped. Empty when nothing is there: the
+    caller says what it expected."""
     import glob
 
     text = str(source)
     if Path(text).is_dir():
-        return sorted(p for p in Path(text).rglob("*") if p.is_file() and not any(
-            part.startswith((".", "_")) for part in p.relative_to(text).parts))
-    return sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        found = [p for p in Path(text).rglob("*") if p.is_file() and not any(
+            part.startswith((".", "_")) for part in p.relative_to(text).parts)]
+    else:
+        found = [Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file()]
+    return _each_file_once(found)
+
+
+def _each_file_once(paths: list[Path]) -> list[Path]:
+    """``paths`` sorted, keeping one name per file (device and inode): its real name when it
+    is listed (no link on the way), else the one with the fewest parts, then the first."""
+    import os
+
+    def detour(p: Path) -> tuple[bool, int, str]:
+        return os.path.realpath(p) != os.path.abspath(p), len(p.parts), str(p)
+
+    chosen: dict[tuple[int, int], Path] = {}
+    for p in sorted(paths, key=detour):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        chosen.setdefault((st.st_dev, st.st_ino), p)
+    return sorted(chosen.values())
 

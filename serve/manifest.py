@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from serve.atomic import atomic_file
-from serve.errors import ModelError, OutputExistsError
-from serve.jsontext import JSONTextError, loads
+from serve.errors import ModelError
+from serve.jsontext import JSONTextError, loads, text_problem
+from serve.ownership import check_owned
 
 SCHEMA_VERSION = 1
 MANIFEST = "model.json"
@@ -25,7 +26,6 @@ MAX_MANIFEST_BYTES = 64 << 20
 ARTIFACT_NAMES = frozenset({MANIFEST, "model.pt", "history.csv", "theta.png", "loss.png",
                             "fit.png", "pred_vs_actual.png", "residuals.png", "model.onnx",
                             "model.torchscript.pt", "model.pt2", "inference.npz"})
-_OWN_TEMPORARY = re.compile(r"^\..+\.tmp$")  # what an interrupted linreg run may leave
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -36,6 +36,24 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def names_problem(names: Any) -> str | None:
+    """Why ``names`` (a model's feature or target names) cannot name its columns, or None:
+    each must be a non-empty string of Unicode text, and none may repeat (a repeated name would
+    feed one column into two slots)."""
+    if not isinstance(names, list) or not names:
+        return "must be a non-empty list of names"
+    for n in names:
+        if not isinstance(n, str) or not n:
+            return f"holds {n!r}, not a name"
+        problem = text_problem(n)
+        if problem:
+            return f"name {n!r} {problem}"
+    if len(set(names)) != len(names):
+        repeated = next(n for n in names if names.count(n) > 1)
+        return f"repeats the name {repeated!r}"
+    return None
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
@@ -69,11 +87,9 @@ def check_manifest(m: Any, path: str | Path) -> None:
         raise ModelError(f"{path}: unsupported manifest (schema_version "
                          f"{m.get('schema_version')!r}, expected {SCHEMA_VERSION})")
     for key in ("features", "targets"):
-        names = m.get(key)
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-            fail(key, "must be a non-empty list of names")
-        if len(set(names)) != len(names):
-            fail(key, "repeats a name")
+        problem = names_problem(m.get(key))
+        if problem:
+            fail(key, problem)
     if set(m["features"]) & set(m["targets"]):
         fail("targets", "names a feature")
     model = m.get("model")
@@ -139,19 +155,24 @@ def verify_artifact(manifest: dict[str, Any], folder: str | Path, name: str,
                          "changed or damaged after linreg wrote it (export or train again)")
 
 
-def check_replaceable(folder: Path) -> None:
-    """Raise unless ``--force`` may replace ``folder``: it is empty, or a model folder holding
-    only files linreg writes. Anything else (notes, data, sub-folders) is never deleted."""
-    entries = sorted(p.name for p in folder.iterdir())
-    foreign = [e for e in entries if e not in ARTIFACT_NAMES and not _OWN_TEMPORARY.match(e)]
-    if entries and MANIFEST not in entries:
-        foreign = foreign or entries
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5
-                                          else "")
-        raise OutputExistsError(f"{folder}: not a linreg model folder (it holds {shown}); "
-                                "--force replaces only folders made by linreg-train: choose "
-                                "another --out")
+def is_manifest(path: Path) -> bool:
+    """Is ``path`` a ``model.json`` that reads and checks as a linreg manifest? Never raises."""
+    if path.name != MANIFEST or path.is_symlink():
+        return False
+    try:
+        read_manifest(path.parent)
+    except (ModelError, OSError):
+        return False
+    return True
+
+
+def check_replaceable(folder: Path, *, names: frozenset[str] = ARTIFACT_NAMES) -> None:
+    """Raise unless ``--force`` may replace ``folder``: it is empty, or a model folder whose
+    ``model.json`` is a linreg manifest and which holds only ``names`` (the files linreg writes
+    there). Anything else (notes, data, sub-folders) is never deleted."""
+    check_owned(folder, names=names, marker=MANIFEST, is_marked=is_manifest,
+                kind="a linreg model folder",
+                hint="choose another --out")
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:

@@ -1,7 +1,9 @@
 """Prometheus metrics for linreg-serve, in the text exposition format, with no dependency.
 
 Every series carries the endpoint (``v2_infer``, ``grpc_infer``, ...) and the model it served
-(empty for server-wide endpoints). Counters and the latency histogram are per process: with
+(empty for server-wide endpoints and for a name the server does not hold: a label value comes
+only from the bounded set of loaded models, never from the request, so unknown names sent by a
+client cannot grow ``/metrics`` without bound). Counters and the latency histogram are per process: with
 ``--workers N`` each worker counts its own requests.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -17,7 +20,8 @@ class Metrics:
     """Requests and errors by endpoint, model and status, rows predicted, request latency, and
     the batches dynamic batching ran."""
 
-    def __init__(self) -> None:
+    def __init__(self, known: Callable[[str], bool] = lambda name: True) -> None:
+        self.known = known  # is this a model the server holds (a label value we may use)?
         self._lock = threading.Lock()
         self.requests: dict[tuple[str, str, int], int] = defaultdict(int)
         self.rows: dict[tuple[str, str], int] = defaultdict(int)
@@ -28,6 +32,8 @@ class Metrics:
 
     def observe(self, endpoint: str, status: int, seconds: float, rows: int = 0,
                 model: str = "") -> None:
+        if model and not self.known(model):
+            model = ""
         key = (endpoint, model)
         with self._lock:
             self.requests[(endpoint, model, status)] += 1

@@ -34,7 +34,7 @@ from serve.columns import (
 from serve.errors import DataError, ModelError, first_line
 from serve.formats import MAX_THREADS
 from serve.graph import INTERVAL_OUTPUTS, PREDICTION, check_graph
-from serve.manifest import MANIFEST, read_manifest, verify_artifact
+from serve.manifest import MANIFEST, names_problem, read_manifest, verify_artifact
 from serve.numbers import cell_number, first_non_finite, non_finite_message, shown
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
@@ -106,14 +106,14 @@ class Predictor:
         check_graph(data, str(path), allow_foreign=allow_foreign)
         backend = _OnnxBackend(data, path, threads)
         meta = backend.metadata
-        if backend.columns is not None:
-            return cls(backend, feature_names=[c.name for c in backend.columns],
-                       target_names=_json_list(meta.get("target_names")) or
-                       [f"t{i}" for i in range(backend.width_out)], metadata=meta,
-                       dtype=backend.dtype, source=str(path), columns=backend.columns)
         n_in, n_out = backend.width_in, backend.width_out
-        features = _json_list(meta.get("feature_names")) or [f"f{i}" for i in range(n_in)]
-        targets = _json_list(meta.get("target_names")) or [f"t{i}" for i in range(n_out)]
+        targets = _meta_names(meta, "target_names", "t", n_out, path)
+        if backend.columns is not None:
+            features = [c.name for c in backend.columns]
+            _check_names(features, "feature_names", path)
+            return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                       dtype=backend.dtype, source=str(path), columns=backend.columns)
+        features = _meta_names(meta, "feature_names", "f", n_in, path)
         if len(features) != n_in or len(targets) != n_out:
             raise ModelError(f"{path}: metadata names {len(features)} features and "
                              f"{len(targets)} targets but the graph has {n_in} and {n_out}")
@@ -374,9 +374,21 @@ def _json_value(value: str | None) -> Any:
         return None
 
 
-def _json_list(value: str | None) -> list[str] | None:
-    names = _json_value(value)
-    return [str(n) for n in names] if isinstance(names, list) else None
+def _meta_names(meta: dict[str, str], key: str, prefix: str, n: int, path: Path) -> list[str]:
+    """The names a model's metadata gives under ``key`` (``feature_names``, ``target_names``),
+    checked; ``prefix0``, ``prefix1``, ... for a model whose metadata has none."""
+    if not meta.get(key):
+        return [f"{prefix}{i}" for i in range(n)]
+    names = _json_value(meta[key])
+    _check_names(names, key, path)
+    return names
+
+
+def _check_names(names: Any, key: str, path: Path) -> None:
+    problem = names_problem(names)
+    if problem:
+        raise ModelError(f"{path}: its metadata {key} {problem}; the model cannot be used "
+                         "safely (export it again with linreg-export)")
 
 
 def _read_model_bytes(path: Path) -> bytes:

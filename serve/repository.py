@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from serve.errors import LinregError, ModelError
+from serve.jsontext import text_problem
 from serve.manifest import MANIFEST
 from serve.predictor import Predictor
 
@@ -85,11 +86,17 @@ def _is_model_folder(path: Path) -> bool:
     return (path / "model.onnx").exists() or (path / MANIFEST).exists()
 
 
+def is_version(name: str) -> bool:
+    """A Triton version folder's name: ASCII digits without a leading zero ("1", "12").
+    (``"²".isdigit()`` is true but ``int("²")`` fails: only ASCII digits are versions.)"""
+    return name.isascii() and name.isdigit() and not name.startswith("0")
+
+
 def version_folders(path: Path) -> dict[str, Path]:
-    """Triton's numbered version folders, by version ("1", "2", ...)."""
+    """Triton's numbered version folders, by version ("1", "2", ...); other entries are not
+    versions (Triton ignores them too)."""
     try:
-        return {p.name: p for p in path.iterdir() if p.name.isdigit() and p.is_dir()
-                and not p.name.startswith("0")}
+        return {p.name: p for p in path.iterdir() if is_version(p.name) and p.is_dir()}
     except OSError:
         return {}
 
@@ -117,6 +124,7 @@ class Repository:
         self._single = name  # the one model's name, when root is a model
         self._lock = threading.Lock()
         self._models: dict[str, _Model] = {}
+        self._warned: set[str] = set()  # entries skipped, said once
         self.on_swap: Callable[[Version], None] | None = None  # called with a replaced version
 
     @classmethod
@@ -140,8 +148,11 @@ class Repository:
 
         def loader(p: Path) -> Predictor:
             return Predictor.load(p, threads=threads, allow_foreign_graph=allow_foreign_graph)
-        repo = cls(root, kind=kind, loader=loader,
-                   name=None if kind == "repository" else name or model_name(root))
+        single = None if kind == "repository" else name or model_name(root)
+        if single is not None and text_problem(single):
+            raise ModelError(f"{ascii(single)}: a model's name must be Unicode text (it is "
+                             "not UTF-8); rename the folder or give --name")
+        repo = cls(root, kind=kind, loader=loader, name=single)
         for model in repo._names_on_disk():
             try:
                 repo.load(model, quiet=True)
@@ -160,8 +171,15 @@ class Repository:
         except OSError as e:
             log.error("cannot read the repository %s: %s", self.root, e.strerror)
             return []
-        return [p.name for p in entries if p.is_dir() and not p.name.startswith(".")
-                and not (p.name.endswith(".checkpoint") and (p / "run.json").exists())]
+        names = [p.name for p in entries if p.is_dir() and not p.name.startswith(".")
+                 and not (p.name.endswith(".checkpoint") and (p / "run.json").exists())]
+        for bad in [n for n in names if text_problem(n)]:
+            if bad not in self._warned:  # once, not at every poll
+                self._warned.add(bad)
+                log.error("skipping %s in %s: a model's name must be Unicode text (the "
+                          "folder name is not UTF-8); rename the folder", ascii(bad), self.root)
+            names.remove(bad)
+        return names
 
     def _folder(self, name: str) -> Path:
         return self.root if self._single is not None else self.root / name
@@ -335,6 +353,10 @@ class Repository:
         with self._lock:
             model = self._models.get(name)
             return list(model.versions) if model is not None else []
+
+    def has(self, name: str) -> bool:
+        """Does the repository know ``name`` (ready or not)?"""
+        return name in self._models  # one dict lookup: atomic under the GIL
 
     def names(self) -> list[str]:
         """Every model name, ready or not."""

@@ -46,7 +46,7 @@ class Serving:
 
     def __init__(self, repository: Repository, limits: Limits) -> None:
         self.repository, self.limits = repository, limits
-        self.metrics = Metrics()
+        self.metrics = Metrics(known=repository.has)
         self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)),
                                        thread_name_prefix="linreg-predict")
         self._lock = threading.Lock()

@@ -242,6 +242,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
     else:
         raw, name = open(source, "rb"), str(source)  # noqa: SIM115
     is_file = not hasattr(source, "read") and str(source) != "-"
+    reader = None
     try:
         header, line = csv_header(raw, name)
         check_columns(name, header, [*columns, *text], keep)
@@ -256,7 +257,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
         convert = pacsv.ConvertOptions(column_types=types,
                                        include_columns=wanted, null_values=[""],
                                        strings_can_be_null=True)
-        first, reader = 0, None
+        first = 0
         while True:
             try:
                 if reader is None:
@@ -276,6 +277,8 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
             if tape is not None:
                 tape.forget_before(first + 1)
     finally:
+        if reader is not None:  # stop pyarrow's read-ahead thread now, not at interpreter exit
+            reader.close()
         if is_file:
             raw.close()
 

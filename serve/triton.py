@@ -12,7 +12,9 @@ model has one ``dims: [1]`` input per raw column (``TYPE_STRING`` for categorica
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,15 +89,40 @@ def _scalar(value: Any) -> str:
     return f'"{text}"'
 
 
+CONFIG = "config.pbtxt"
+_CONFIG_MARK = "# written by linreg-export; sha256 of the lines below: "
+
+
+def config_text(config: dict[str, Any]) -> str:
+    """``config.pbtxt`` as linreg writes it: a first comment line that marks it as linreg's,
+    with the sha256 of the rest, so a hand edit shows (and the file is then the user's)."""
+    body = to_pbtxt(config)
+    return f"{_CONFIG_MARK}{hashlib.sha256(body.encode()).hexdigest()}\n{body}"
+
+
+def is_own_config(path: Path) -> bool:
+    """Did linreg write ``path`` and has nobody edited it since? Never raises."""
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        mark, _, body = path.read_bytes().partition(b"\n")
+    except OSError:
+        return False
+    return mark.decode("latin-1") == _CONFIG_MARK + hashlib.sha256(body).hexdigest()
+
+
 def write_repository(model_dir: Path, repository: Path, *, name: str | None = None,
-                     version: int | None = None, force: bool = False) -> tuple[Path, str]:
+                     version: int | None = None, force: bool = False,
+                     warn: Callable[[str], None] | None = None) -> tuple[Path, str]:
     """Put ``model_dir``'s exported ``model.onnx`` into a Triton model repository:
     ``REPOSITORY/NAME/VERSION/model.onnx`` (with its ``model.json``, which Triton ignores and
     linreg-serve uses to check the file) and ``REPOSITORY/NAME/config.pbtxt``.
 
     ``version`` None: one above the highest already there (1 for a new model). An existing
-    version folder is replaced only with ``force`` (and only if linreg wrote it). The version
-    folder is complete before it appears, and config.pbtxt is replaced in one rename."""
+    version folder is replaced only with ``force``, only if linreg wrote it (its model.json is
+    linreg's and it holds nothing else), and never through a symlink. ``config.pbtxt`` is
+    (re)written only when it is absent or linreg wrote it unedited: a user's config is theirs and
+    is kept (``warn`` is told). The version folder is complete before it appears."""
     from serve.atomic import atomic_dir, atomic_file
     from serve.manifest import MANIFEST, check_replaceable
     from serve.repository import version_folders
@@ -103,19 +130,33 @@ def write_repository(model_dir: Path, repository: Path, *, name: str | None = No
     name = name or model_dir.resolve().name
     predictor = Predictor.load(model_dir)  # checks the file against its manifest
     folder = repository / name
-    if folder.exists() and not folder.is_dir():
-        raise ModelError(f"{folder}: exists and is not a folder")
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ModelError(f"{folder}: exists and is not a folder (a link or a file); linreg "
+                         "writes Triton models only into folders of its own")
     if folder.is_dir() and (folder / "model.onnx").exists():
         raise ModelError(f"{folder}: is a model folder, not a versioned Triton model; choose "
                          "another --repository")
     existing = version_folders(folder) if folder.is_dir() else {}
     chosen = str(version if version is not None else
                  max((int(v) for v in existing), default=0) + 1)
-    with atomic_dir(folder / chosen, force=force, check_replaceable=check_replaceable) as tmp:
+    config_path = folder / CONFIG
+    keep_config = config_path.exists() or config_path.is_symlink()
+    keep_config = keep_config and not is_own_config(config_path)
+
+    def own_version(path: Path) -> None:
+        check_replaceable(path, names=frozenset({"model.onnx", MANIFEST}))
+
+    with atomic_dir(folder / chosen, force=force, check_replaceable=own_version,
+                    follow_link=False) as tmp:
         (tmp / "model.onnx").write_bytes((model_dir / "model.onnx").read_bytes())
         if (model_dir / MANIFEST).is_file():
             (tmp / MANIFEST).write_bytes((model_dir / MANIFEST).read_bytes())
-    config = model_config(predictor, name, max_batch_size=EXPORT_MAX_BATCH)
-    with atomic_file(folder / "config.pbtxt") as tmp_config:
-        tmp_config.write_text(to_pbtxt(config))
+    if keep_config:
+        if warn is not None:
+            warn(f"{config_path}: kept as it is (linreg did not write it, or it was edited "
+                 f"since); check that it still describes version {chosen}")
+    else:
+        config = model_config(predictor, name, max_batch_size=EXPORT_MAX_BATCH)
+        with atomic_file(config_path) as tmp_config:
+            tmp_config.write_text(config_text(config))
     return folder, chosen

@@ -25,17 +25,24 @@ _LOCK = threading.Lock()
 @dataclass(frozen=True)
 class ModelPayload:
     """A model as it travels to the workers: its ONNX bytes, their sha256, its name, and the
-    onnxruntime threads each worker process may use."""
+    onnxruntime threads each worker process may use: ``threads``, or when it is None, a fair
+    share of the *worker's* cores among the ``processes`` worker processes of its machine
+    (sized where it runs: a driver's core count says nothing of a worker's machine)."""
 
     data: bytes
     sha256: str
     source: str
-    threads: int = 1
+    threads: int | None = 1
     allow_foreign_graph: bool = False
+    processes: int = 1
+
+    def worker_threads(self) -> int:
+        """The threads this worker process gives onnxruntime, from its own machine."""
+        return self.threads if self.threads is not None else fair_threads(self.processes)
 
     @classmethod
-    def of(cls, model: str | os.PathLike | Predictor, *, threads: int = 1,
-           allow_foreign_graph: bool = False) -> ModelPayload:
+    def of(cls, model: str | os.PathLike | Predictor, *, threads: int | None = 1,
+           processes: int = 1, allow_foreign_graph: bool = False) -> ModelPayload:
         """The payload of a model folder or .onnx file (loaded here first, so a bad model fails
         on the driver, once, not on every worker)."""
         if isinstance(model, Predictor):
@@ -46,7 +53,7 @@ class ModelPayload:
             source = path / "model.onnx" if path.is_dir() else path
         data = source.read_bytes()
         return cls(data, hashlib.sha256(data).hexdigest(), str(source), threads,
-                   allow_foreign_graph)
+                   allow_foreign_graph, processes)
 
 
 def predictor(payload: ModelPayload) -> Predictor:
@@ -55,7 +62,7 @@ def predictor(payload: ModelPayload) -> Predictor:
         found = _CACHE.get(payload.sha256)
         if found is None:
             found = Predictor.from_onnx_bytes(payload.data, payload.source,
-                                              threads=payload.threads,
+                                              threads=payload.worker_threads(),
                                               allow_foreign_graph=payload.allow_foreign_graph)
             _CACHE[payload.sha256] = found
             log = os.environ.get("LINREG_WORKER_LOG")
@@ -69,7 +76,9 @@ def predict_part(payload: ModelPayload, source: str, target: str, options: dict[
     """Predict one input part into one output file, on a worker; the rows predicted."""
     from serve.batch import predict_file
 
-    rows = predict_file(predictor(payload), source, target, **options)
+    # The target lies in the job's temporary output folder, which linreg made: a part run again
+    # (its first worker was lost after or while writing it) replaces its own earlier output.
+    rows = predict_file(predictor(payload), source, target, **{**options, "force": True})
     report = os.environ.get("LINREG_WORKER_RSS")  # bench/predict.py: peak memory per worker
     if report:
         import resource
@@ -81,7 +90,9 @@ def predict_part(payload: ModelPayload, source: str, target: str, options: dict[
 
 def fair_threads(processes: int) -> int:
     """onnxruntime threads per worker process when ``processes`` share this machine."""
-    return max(1, (os.cpu_count() or 1) // max(1, processes))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
 
 
 def predict_batch(model: Predictor, batch: Any, *, source: str = "batch") -> Any:

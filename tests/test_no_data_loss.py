@@ -59,8 +59,8 @@ def test_force_never_deletes_a_folder_linreg_did_not_write(tmp_path, data):
     (out / "sub" / "x.txt").write_text("mine too")
     res = run_script("linreg-train", data, "--out", out, "--force", "-q")
     assert _one_line_error(res) == (f"linreg-train: error: {out}: not a linreg model folder (it "
-                                    "holds notes.md, sub); --force replaces only folders made by "
-                                    "linreg-train: choose another --out")
+                                    "holds notes.md, sub); --force replaces only what linreg "
+                                    "wrote: choose another --out")
     assert (out / "notes.md").read_text() == "mine" and (out / "sub" / "x.txt").exists()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, stopped
+from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, ProcessCount, stopped
 from serve.progress import Progress
 from serve.version import __version__
 from trainer.config import (
@@ -79,7 +79,7 @@ def _range(name: str) -> click.ParamType:
               help="Memory budget for the data (e.g. 2G, 512M). Under it, DATA is read once and "
               "kept; over it, it is streamed and read again each epoch. Default: a quarter of "
               "this machine's memory, at most 4G.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=ProcessCount(), default=1, show_default=True,
               help="Train in this many local processes with torch.distributed (gloo on the "
               "CPU, nccl on CUDA); each reads its share of DATA's files or row groups.")
 @click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
@@ -459,7 +459,7 @@ def _fit_figures(metrics: dict, targets: list[str]) -> str:
 @click.option("--samples", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--features", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--targets", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=_range("seed"), default=0, show_default=True)
 @click.option("--noise", type=FiniteFloat(0), default=10.0, show_default=True,
               help="Standard deviation of the noise added to y.")
 @click.option("--force", is_flag=True, help="Overwrite an existing file.")
@@ -523,8 +523,9 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
     if triton:
         from serve.triton import write_repository
 
-        folder, version = write_repository(model_dir, repository, version=model_version,
-                                           force=force)
+        folder, version = write_repository(
+            model_dir, repository, version=model_version, force=force,
+            warn=lambda m: click.echo(f"linreg-export: warning: {m}", err=True))
         if not quiet:
             click.echo(f"{folder}: Triton model {folder.name!r} version {version} "
                        f"({folder / version / 'model.onnx'}, {folder / 'config.pbtxt'})")

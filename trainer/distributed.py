@@ -137,7 +137,7 @@ def launch(nproc: int, argv: list[str]) -> None:
         follower = threading.Thread(target=_follow, args=(Path(logs), done), daemon=True)
         follower.start()
         try:
-            elastic_launch(config, _worker)(argv)
+            elastic_launch(config, _worker)(argv, os.getpid())
         except ChildFailedError as e:
             rank, cause = _root_cause(e, nproc, Path(logs))
             raise TrainingError(f"rank {rank} of {nproc} failed: {cause}") from None
@@ -202,12 +202,32 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _worker(argv: list[str]) -> None:
-    """One process of ``--nproc``: linreg-train itself, under the launcher's environment."""
+def _worker(argv: list[str], launcher: int) -> None:
+    """One process of ``--nproc``: linreg-train itself, under the launcher's environment.
+    It dies with the launcher (``launcher`` is its pid): no rank outlives a killed run."""
     from trainer.cli import train_main
+
+    _die_with(launcher)
 
     train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
     sys.exit(0)
+
+
+def _die_with(parent: int) -> None:
+    """Have the kernel kill this process when ``parent`` (the launcher) ends, however it ends
+    (SIGKILL included, which no handler sees). Linux only; elsewhere the launcher's own
+    shutdown stops its workers."""
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher died before the line above took effect
+        os._exit(1)
 
 
 def _free_port() -> int:

@@ -41,13 +41,39 @@ class Inference:
     sigma: np.ndarray | None
 
 
+_ALL = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "log_likelihood",
+        "aic", "bic", "adj_r2", "r2")
+
+
 def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
               bias: bool, names: list[str], cov_type: str = "nonrobust",
               confidence: float = 0.95, penalized: str | None = None,
               weights: np.ndarray | None = None) -> Inference:
     """The statistics of ``Y ≈ X coefᵀ + intercept`` (see the module docstring); with
     ``weights``, those of weighted least squares (statsmodels' WLS: everything on the rows
-    scaled by √w, R² against the weighted mean, the log-likelihood plus ½Σlog w)."""
+    scaled by √w, R² against the weighted mean, the log-likelihood plus ½Σlog w).
+
+    Statistics never cost the fit: this never raises on the numbers. Should a degenerate design
+    defeat the algebra (a singular or non-finite matrix), every statistic is ``not_defined``
+    with the reason, and the model is saved all the same."""
+    try:
+        with np.errstate(all="ignore"):
+            return _inference(X, Y, coef, intercept, bias=bias, names=names,
+                              cov_type=cov_type, confidence=confidence, penalized=penalized,
+                              weights=weights)
+    except (np.linalg.LinAlgError, ValueError, ArithmeticError) as e:
+        reason = f"the statistics could not be computed on this design ({str(e) or type(e).__name__})"
+        n, labels = X.shape[0], (["Intercept"] if bias else []) + list(names)
+        entries = [{"target_index": t, "names": labels, "n_obs": n, "df_model": None,
+                    "df_resid": None, "cov_type": cov_type, "confidence": confidence,
+                    "condition_number": None, "not_defined": dict.fromkeys(_ALL, reason)}
+                   for t in range(Y.shape[1])]
+        return Inference(entries, None, None)
+
+
+def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
+               bias: bool, names: list[str], cov_type: str, confidence: float,
+               penalized: str | None, weights: np.ndarray | None) -> Inference:
     from scipy import stats as st
 
     # 1. design matrix and its SVD
@@ -126,7 +152,11 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
         sigma2 = ssr / df_resid
         cov = _covariance(cov_type, gram_inv, Z, resid, leverage, sigma2, n, rank)
         se = np.sqrt(np.diag(cov))
-        tval = beta / se
+        tval = beta / se  # (errstate: a zero std. error gives ±inf or NaN, recorded as null)
+        if not np.all(se > 0):
+            for k in ("t", "p_value"):
+                why.setdefault(k, "a standard error is 0 (the fit is exact: zero residuals), "
+                                  "so t is infinite and the p-value 0, as statsmodels reports")
         # Student's t for the classical covariance; the normal for a robust one (asymptotic),
         # as statsmodels does by default (use_t).
         dist = st.t(df_resid) if cov_type == "nonrobust" else st.norm()
@@ -141,9 +171,18 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
             entry["adj_r2"] = 1 - (n - 1) / df_resid * (1 - entry["r2"])
         if "f_stat" not in why and df_model > 0:
             slopes = beta[1:]
-            wald = float(slopes @ np.linalg.solve(cov[1:, 1:], slopes)) / df_model
-            entry["f_stat"] = wald
-            entry["f_p_value"] = float(st.f.sf(wald, df_model, df_resid))
+            try:
+                wald = float(slopes @ np.linalg.solve(cov[1:, 1:], slopes)) / df_model
+            except np.linalg.LinAlgError:
+                wald = math.nan
+            if math.isfinite(wald):
+                entry["f_stat"] = wald
+                entry["f_p_value"] = float(st.f.sf(wald, df_model, df_resid))
+            else:
+                for k in ("f_stat", "f_p_value"):
+                    why[k] = ("the covariance of the slopes is singular (an exact fit, or too "
+                              "few distinct rows for this covariance): F is infinite or "
+                              "undefined")
         out.append(_finite(entry))
         covs.append(cov)
         sigmas.append(math.sqrt(sigma2))

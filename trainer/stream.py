@@ -216,25 +216,43 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
     (pinned host memory and non-blocking copies on CUDA)."""
     pin = device.type == "cuda"
     box: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
+    done, stop = object(), threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                pass
+        return False
 
     def read() -> None:
         try:
             for X, Y in chunks:
                 x, y = torch.from_numpy(X).to(dtype), torch.from_numpy(Y).to(dtype)
-                box.put((x.pin_memory(), y.pin_memory()) if pin else (x, y))
+                if not put((x.pin_memory(), y.pin_memory()) if pin else (x, y)):
+                    return  # the consumer stopped early (an error, a signal)
         except BaseException as e:  # handed to the consumer, raised there
-            box.put(e)
+            put(e)
             return
-        box.put(done)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # the readers' files and threads end here, in this thread
+                close()
+        put(done)
 
     thread = threading.Thread(target=read, daemon=True, name="linreg-read")
     thread.start()
-    while (item := box.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        x, y = item
-        yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+    try:
+        while (item := box.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            x, y = item
+            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+    finally:  # every way out stops and joins the reader: no thread outlives the fit
+        stop.set()
+        thread.join()
 
 
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,

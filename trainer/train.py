@@ -73,9 +73,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     _check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
     checkpoint = None
-    if resume is not None:
-        every = json.loads((Path(resume) / RUN).read_text())["checkpoint_every"]
-        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, every)
+    if resume is not None:  # (the CLI read checkpoint_every with the rest of run.json)
+        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
     elif checkpoint_every:
         checkpoint = _new_checkpoint(out, force, checkpoint_every, {
             "data_path": str(Path(data_path).resolve()), "out": str(out),
@@ -155,40 +154,110 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.with_name(out.name + ".checkpoint")
 
 
+RUN_MARK = {"linreg": "checkpoint"}  # run.json's marker: --force replaces only such folders
+
+
+def _is_own_run(path: Path) -> bool:
+    try:
+        run = json.loads(path.read_text()) if not path.is_symlink() else None
+    except (OSError, ValueError):
+        return False
+    return isinstance(run, dict) and run.get("linreg") == RUN_MARK["linreg"]
+
+
 def _new_checkpoint(out: Path, force: bool, every: int, run: dict[str, Any]) -> Checkpoint:
+    from serve.atomic import atomic_file
+    from serve.ownership import check_owned
+
     folder = checkpoint_dir(out)
-    if folder.exists():
-        if not force:
+    if folder.exists() or folder.is_symlink():
+        if folder.is_symlink() or not folder.is_dir():
+            raise OutputError(f"{folder}: exists and is not a checkpoint folder; choose another "
+                              "--out")
+        if (folder / CHECKPOINT).exists() and not force:
             raise OutputExistsError(f"{folder}: holds the checkpoint of an interrupted run; "
                                     f"resume it with linreg-train --resume {folder}, or pass "
                                     "--force to start over")
-        if not {p.name for p in folder.iterdir()} <= {CHECKPOINT, RUN}:
-            raise OutputError(f"{folder}: is not a linreg checkpoint folder; choose another "
-                              "--out")
+        check_owned(folder, names={CHECKPOINT, RUN}, marker=RUN, is_marked=_is_own_run,
+                    kind="a linreg checkpoint folder", hint="choose another --out")
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    (folder / RUN).write_text(json.dumps(run, indent=1))
+    with atomic_file(folder / RUN) as tmp:
+        tmp.write_text(json.dumps({**RUN_MARK, **run}, indent=1))
     return Checkpoint(folder / CHECKPOINT, every)
 
 
+# run.json's fields and their kinds (besides "config" and "encoding", checked as dataclasses).
+_RUN_FIELDS: dict[str, str] = {
+    "data_path": "str", "out": "str | None", "targets": "tuple[str, ...]",
+    "features": "tuple[str, ...]", "exclude": "tuple[str, ...]", "sample_weight": "str | None",
+    "init_from": "str | None", "val_fraction": "float | None", "cov": "str",
+    "confidence": "float", "plot": "bool", "checkpoint_every": "int",
+}
+
+
+def _kind_ok(kind: str, value: Any) -> bool:
+    """Does ``value`` (read from JSON) have the plain ``kind`` written as a type annotation?"""
+    for one in kind.split(" | "):
+        if one == "None" and value is None or one == "bool" and isinstance(value, bool):
+            return True
+        if isinstance(value, bool):
+            continue
+        if one == "int" and isinstance(value, int) or one == "str" and isinstance(value, str) \
+                or one == "float" and isinstance(value, (int, float)):
+            return True
+        if one == "tuple[str, ...]" and isinstance(value, list) and \
+                all(isinstance(v, str) for v in value):
+            return True
+    return False
+
+
 def resume_settings(folder: str | Path) -> dict[str, Any]:
-    """The keyword arguments of :func:`train` for the run checkpointed in ``folder``."""
+    """The keyword arguments of :func:`train` for the run checkpointed in ``folder``; a
+    ``run.json`` that was edited by hand is checked field by field, as ``model.json`` is."""
+    from dataclasses import fields
+
     folder = Path(folder)
+
+    def bad(why: str) -> TrainingError:
+        return TrainingError(f"--resume {folder}: not a checkpoint folder of an interrupted "
+                             f"run ({why})")
+
     try:
         run = json.loads((folder / RUN).read_text())
         if not (folder / CHECKPOINT).is_file():
             raise FileNotFoundError(folder / CHECKPOINT)
-        settings = {k: run[k] for k in ("out", "targets", "features", "exclude",
-                                        "sample_weight", "init_from", "val_fraction", "cov",
-                                        "confidence", "plot")}
-        settings["data_path"] = run["data_path"]
-        settings["config"] = TrainConfig(**run["config"])
-        encoding = run["encoding"]
-        settings["encoding"] = EncodeConfig(**{**encoding,
-                                               "categorical": tuple(encoding["categorical"])})
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TrainingError(f"--resume {folder}: not a checkpoint folder of an interrupted "
-                            f"run ({first_line(e)})") from None
+    except (OSError, ValueError) as e:
+        raise bad(first_line(e)) from None
+    if not isinstance(run, dict):
+        raise bad(f"{RUN} must hold an object")
+    settings: dict[str, Any] = {}
+    for key, kind in _RUN_FIELDS.items():
+        if key not in run:
+            raise bad(f"{RUN} has no {key!r}")
+        if not _kind_ok(kind, run[key]):
+            raise bad(f"{RUN}: {key!r} must be {kind.replace('tuple[str, ...]', 'a list of names')}"
+                      f", not {run[key]!r}"[:200])
+        settings[key] = run[key]
+    if settings["checkpoint_every"] < 1:
+        raise bad(f"{RUN}: 'checkpoint_every' must be 1 or more")
+    for key, cls in (("config", TrainConfig), ("encoding", EncodeConfig)):
+        values = run.get(key)
+        if not isinstance(values, dict):
+            raise bad(f"{RUN}: {key!r} must be an object")
+        kinds = {f.name: str(f.type) for f in fields(cls)}
+        for name, value in values.items():
+            if name not in kinds:
+                raise bad(f"{RUN}: {key}.{name} is not a setting")
+            if not _kind_ok(kinds[name], value):
+                raise bad(f"{RUN}: {key}.{name} must be {kinds[name]}, not {value!r}"[:200])
+        if key == "encoding" and "categorical" in values:
+            values = {**values, "categorical": tuple(values["categorical"])}
+        settings[key] = cls(**values)
+        try:
+            settings[key].validate()
+        except TrainingError as e:
+            raise bad(f"{RUN}: {e}") from None
     return settings
 
 

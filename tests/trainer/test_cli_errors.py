@@ -139,8 +139,8 @@ def test_existing_output_needs_force(tmp_path):
     result = CliRunner().invoke(train_main, [str(path), "--out", str(out), "-q", "--force"])
     assert result.exit_code == 1
     assert result.stderr == (f"linreg-train: error: {out}: not a linreg model folder (it holds "
-                             "keep.txt); --force replaces only folders made by linreg-train: "
-                             "choose another --out\n")
+                             "keep.txt); --force replaces only what linreg wrote: choose "
+                             "another --out\n")
     assert (out / "keep.txt").read_text() == "mine"
     (out / "keep.txt").unlink()  # an empty folder may be replaced, and then its model folder
     for _ in range(2):
