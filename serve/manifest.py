@@ -166,13 +166,13 @@ def is_manifest(path: Path) -> bool:
     return True
 
 
-def check_replaceable(folder: Path, *, names: frozenset[str] = ARTIFACT_NAMES) -> None:
+def check_replaceable(folder: Path, *, names: frozenset[str] = ARTIFACT_NAMES,
+                      hint: str = "choose another --out") -> None:
     """Raise unless ``--force`` may replace ``folder``: it is empty, or a model folder whose
     ``model.json`` is a linreg manifest and which holds only ``names`` (the files linreg writes
     there). Anything else (notes, data, sub-folders) is never deleted."""
     check_owned(folder, names=names, marker=MANIFEST, is_marked=is_manifest,
-                kind="a linreg model folder",
-                hint="choose another --out")
+                kind="a linreg model folder", hint=hint)
 
 
 def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> Path:

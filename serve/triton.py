@@ -22,6 +22,7 @@ import numpy as np
 
 from serve.errors import ModelError
 from serve.graph import INTERVAL_OUTPUTS, PREDICTION
+from serve.jsontext import text_problem
 from serve.predictor import Predictor
 
 TRITON_TYPES = {np.dtype("float32"): "TYPE_FP32", np.dtype("float64"): "TYPE_FP64"}
@@ -128,6 +129,9 @@ def write_repository(model_dir: Path, repository: Path, *, name: str | None = No
     from serve.repository import version_folders
 
     name = name or model_dir.resolve().name
+    if text_problem(name):
+        raise ModelError(f"{ascii(name)}: a model's name must be Unicode text (it is not "
+                         "UTF-8); rename the model folder")
     predictor = Predictor.load(model_dir)  # checks the file against its manifest
     folder = repository / name
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -144,7 +148,8 @@ def write_repository(model_dir: Path, repository: Path, *, name: str | None = No
     keep_config = keep_config and not is_own_config(config_path)
 
     def own_version(path: Path) -> None:
-        check_replaceable(path, names=frozenset({"model.onnx", MANIFEST}))
+        check_replaceable(path, names=frozenset({"model.onnx", MANIFEST}),
+                          hint="choose another --model-version")
 
     with atomic_dir(folder / chosen, force=force, check_replaceable=own_version,
                     follow_link=False) as tmp:

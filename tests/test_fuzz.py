@@ -41,7 +41,9 @@ CASES: dict[str, int] = {}
 TOKENS = [b",", b"\n", b"\r\n", b'"', b"nan", b"inf", b"-inf", b"1e400", b"0x1F", b"1_000",
           b"true", b"\xff", b"\xef\xbb\xbf", b"\x00", b"[" * 300, b"{" * 300, b"]", b"}",
           b"1" * 400, b" ", b"x0", b"y0", b"-", b"e", b".", b"\x1f\x8b", b"NUMPY", b"PAR1",
-          b"\\u0000", b"null", b":", b"9" * 30]
+          b"\\u0000", b"null", b":", b"9" * 30,
+          # lone surrogates as JSON spells them, and as bytes that are not UTF-8
+          b"\\ud800", b"\\udfff", b'"\\udc00":', b"\\ud83d\\ude00", b"\xed\xa0\x80", b"caf\xe9"]
 
 
 @st.composite
@@ -484,3 +486,213 @@ def test_fuzz_grpc_model_infer(grpc_server, kind):
 
     run()
     channel.close()
+
+
+# ------------------------------------------------------------------ names, folders, run.json
+
+# Names as users and hostile files write them: ASCII, accents, digits of other scripts, empty,
+# repeated, lone surrogates (what a non-UTF-8 byte decodes to with surrogateescape).
+NAME = st.one_of(st.sampled_from(["x0", "x1", "x2", "x3", "", "²", "١", "x\ud800", "caf\udce9",
+                                  "y0", " ", "a,b", "\x00"]),
+                 st.text(max_size=6))
+
+
+def test_fuzz_metadata_names_into_the_predictor(tmp_path):
+    """Any feature/target names in a model's metadata load as usable names (text, unique, as
+    many as the graph's columns) or are refused at load with one ModelError."""
+    onnx = pytest.importorskip("onnx")
+    from serve import Predictor
+    from serve.errors import ModelError
+
+    base = onnx.load(str(MULTI / "model.onnx"))
+
+    @FUZZ
+    @given(features=st.lists(NAME, max_size=5), targets=st.lists(NAME, max_size=3),
+           raw=st.booleans())
+    def run(features, targets, raw) -> None:
+        _count("metadata-names")
+        model = onnx.ModelProto()
+        model.CopyFrom(base)
+        for prop in model.metadata_props:
+            if prop.key in ("feature_names", "target_names"):
+                names = features if prop.key == "feature_names" else targets
+                prop.value = json.dumps(names) if not raw else ",".join(
+                    n.encode("utf-8", "replace").decode() for n in names)
+        path = tmp_path / "m.onnx"
+        onnx.save(model, str(path))
+        try:
+            predictor = Predictor.load(path)
+        except ModelError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e)
+            return
+        for names in (predictor.feature_names, predictor.target_names):
+            assert len(set(names)) == len(names) and all(names)
+            "".join(names).encode("utf-8")
+        assert predictor.predict(_rows(2)).shape == (2, 2)
+
+    run()
+
+
+def _put_model(folder: Path) -> None:
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "model.json"):
+        shutil.copy2(MULTI / name, folder / name)
+
+
+ENTRY = st.sampled_from([b"1", b"2", b"10", b"01", b"0", "²".encode(), "١".encode(), b"caf\xe9",
+                         b"model", b"m", b".hidden", b"x.checkpoint", "é".encode()])
+KIND = st.sampled_from(["model", "versioned", "empty", "file", "loop", "link-up", "link-model",
+                        "bad-onnx"])
+
+
+def test_fuzz_repository_layouts_scan_load_and_triton_export(tmp_path):
+    """Any repository state (odd version names, non-UTF-8 names, links, loops, files, broken
+    models): the scan, every poll, load and the index never raise anything but linreg's own
+    errors, list only text, and a Triton export into it either succeeds or is one LinregError,
+    never touching what it did not write."""
+    import shutil
+
+    from serve.errors import LinregError
+    from serve.repository import Repository
+    from serve.triton import write_repository
+
+    @FUZZ
+    @given(entries=st.lists(st.tuples(ENTRY, KIND, ENTRY), min_size=1, max_size=5),
+           version=st.one_of(st.none(), st.integers(1, 3)), force=st.booleans())
+    def run(entries, version, force) -> None:
+        _count("repository-layouts")
+        root = tmp_path / "repo"
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir()
+        broot = os.fsencode(root)
+        for name, kind, inner in entries:
+            path = broot + b"/" + name
+            if os.path.lexists(path):
+                continue
+            if kind == "model":
+                _put_model(Path(os.fsdecode(path)))
+            elif kind == "versioned":
+                _put_model(Path(os.fsdecode(path + b"/" + inner)))
+            elif kind == "empty":
+                os.makedirs(path)
+            elif kind == "file":
+                Path(os.fsdecode(path)).write_bytes(b"not a model")
+            elif kind == "loop":
+                os.makedirs(path)
+                os.symlink(b".", path + b"/" + inner)
+            elif kind == "link-up":
+                os.symlink(b"..", path)
+            elif kind == "link-model":
+                os.symlink(os.fsencode(MULTI), path)
+            else:
+                os.makedirs(path + b"/" + inner)
+                Path(os.fsdecode(path + b"/" + inner + b"/model.onnx")).write_bytes(b"junk")
+        outside = {p: p.read_bytes() for p in MULTI.iterdir()}
+        try:  # the root itself may be one (versioned) model that cannot load: one error
+            repo = Repository.open(root)
+        except LinregError as e:
+            assert "\n" not in str(e)
+        else:
+            repo.poll()
+            repo.poll()
+            json.dumps(repo.index()).encode("utf-8")
+            for name in repo.names():
+                name.encode("utf-8")
+                try:
+                    repo.load(name, quiet=True)
+                except LinregError:
+                    pass
+        name = os.fsdecode(entries[0][0])
+        try:
+            folder, chosen = write_repository(MULTI, root, name=name, version=version,
+                                              force=force)
+        except LinregError as e:
+            assert "\n" not in str(e)
+        else:
+            assert (folder / chosen / "model.onnx").read_bytes() == outside[MULTI / "model.onnx"]
+        assert {p: p.read_bytes() for p in MULTI.iterdir()} == outside  # never the source
+
+    run()
+
+
+def test_fuzz_model_names_given_to_the_server(tmp_path):
+    """``--name`` (or a folder's name) that is not text is one ModelError; any other serves."""
+    from serve.errors import ModelError
+    from serve.repository import Repository
+
+    @FUZZ
+    @given(name=NAME)
+    def run(name) -> None:
+        _count("serve-name")
+        try:
+            repo = Repository.open(MULTI, name=name or None)
+        except ModelError as e:
+            assert "Unicode text" in str(e)
+            return
+        json.dumps(repo.index()).encode("utf-8")
+
+    run()
+
+
+RUN_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6), st.floats(),
+                       st.text(max_size=5), st.lists(st.text(max_size=3), max_size=2),
+                       st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+def test_fuzz_run_json_mutations_into_resume(tmp_path):
+    """A hand-edited run.json (keys dropped, values of any type) resumes, or is one line
+    (exit 1) that keeps the checkpoint; never a traceback."""
+    pytest.importorskip("torch")
+    import shutil
+
+    from trainer.cli import train_main
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    data = tmp_path / "d.csv"
+    data.write_text("x,y\n" + "".join(f"{i},{2 * i + 1}\n" for i in range(20)))
+
+    class Stop(KeyboardInterrupt):
+        pass
+
+    def stop(done: float) -> None:
+        if done >= 20:
+            raise Stop()
+    with pytest.raises(Stop):
+        train(data, out=tmp_path / "m", config=TrainConfig(epochs=40, log_every=0),
+              checkpoint_every=10, progress=stop)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(tmp_path / "m.checkpoint", pristine)
+    run_json = json.loads((pristine / "run.json").read_text())
+
+    @settings(FUZZ, max_examples=max(10, EXAMPLES // 2))
+    @given(drop=st.lists(st.sampled_from(sorted(run_json)), max_size=2),
+           section=st.sampled_from(["", "config", "encoding"]),
+           key=st.sampled_from(sorted(run_json) + sorted(run_json["config"]) +
+                               sorted(run_json["encoding"]) + ["extra"]),
+           value=RUN_VALUES)
+    def run(drop, section, key, value) -> None:
+        _count("run-json")
+        folder = tmp_path / "case.checkpoint"
+        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(tmp_path / "case", ignore_errors=True)
+        shutil.copytree(pristine, folder)
+        edited = json.loads(json.dumps(run_json))
+        edited["out"] = str(tmp_path / "case")
+        for k in drop:
+            edited.pop(k, None)
+        target = edited.get(section) if section else edited
+        if isinstance(target, dict):
+            target[key] = value
+        (folder / "run.json").write_text(json.dumps(edited))
+        res = CliRunner().invoke(train_main, ["--resume", str(folder), "-q"])
+        if res.exit_code == 0:
+            return
+        assert isinstance(res.exception, SystemExit), repr(res.exception)
+        assert res.exit_code in (1, 2), res.stderr
+        assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+        assert (folder / "checkpoint.pt").is_file()
+
+    run()

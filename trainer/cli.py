@@ -328,6 +328,10 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line
             from serve.errors import LinregError, first_line
+            from trainer.distributed import PEER_LOST
+
+            if _collective_error(e) or isinstance(e, TrainingError) and LOST_RANK in str(e):
+                PEER_LOST.set()
 
             what = str(e) if isinstance(e, LinregError) else \
                 f"{LOST_RANK} ({first_line(e)})" if _collective_error(e) else \

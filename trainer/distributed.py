@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +174,9 @@ def _root_cause(error: Any, nproc: int, logs: Path) -> tuple[int, str]:
     read, and a rank's own error (or a kill) wins over "another rank left the run"."""
     said = {r: _error_line(logs, r) for r in range(nproc)}
     rank, failure = error.get_first_failure()
-    if said.get(rank) is None and failure.exitcode is not None and failure.exitcode < 0:
-        said[rank] = f"killed by {_signal_name(-failure.exitcode)}"
+    for r, f in {**getattr(error, "failures", {}), rank: failure}.items():
+        if said.get(r) is None and f.exitcode is not None and f.exitcode < 0:
+            said[r] = f"killed by {_signal_name(-f.exitcode)}"
     own = [r for r, text in said.items() if text and LOST_RANK not in text]
     if own:
         return own[0], said[own[0]]
@@ -208,9 +210,30 @@ def _worker(argv: list[str], launcher: int) -> None:
     from trainer.cli import train_main
 
     _die_with(launcher)
+    try:
+        train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:  # (the command turns everything into SystemExit; a net)
+        code = 1
+    if not code:
+        sys.exit(0)
+    # A failed rank has said its one line (in its log, which the launcher reads). Its process
+    # group may be broken (a peer died): torn down at interpreter exit, gloo's threads can
+    # still be joinable and abort the process ("terminate called without an active
+    # exception"). Everything of ours has unwound by now: end here, without that teardown.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if PEER_LOST.is_set():  # let the launcher see the peer's own end first: the root cause
+            time.sleep(2)
+    except BaseException:  # the launcher's SIGTERM: we are ending anyway
+        pass
+    os._exit(code)
 
-    train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
-    sys.exit(0)
+
+PEER_LOST = threading.Event()  # set when this rank's collective failed because a peer left
 
 
 def _die_with(parent: int) -> None:

@@ -132,6 +132,9 @@ def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.nda
         if rank < p:
             why.setdefault("std_err", f"the design matrix has rank {rank} < {p} parameters "
                                       "(collinear columns)")
+        if "std_err" in why:  # everything built on the standard errors goes with them
+            for k in ("t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "adj_r2"):
+                why.setdefault(k, why["std_err"])
         entry["not_defined"] = why
 
         llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
@@ -250,8 +253,11 @@ def summary_text(manifest: dict[str, Any]) -> str:
                          f"{_num(ci[1]):>12}")
         rule = "=" * max(len(r) for r in table + head)
         lines += [rule, *head, "-" * len(rule), *table, rule]
+        by_reason: dict[str, list[str]] = {}
         for what, reason in sorted(entry.get("not_defined", {}).items()):
-            lines.append(f"not defined: {what}: {reason}")
+            by_reason.setdefault(reason, []).append(what)
+        for reason, what in by_reason.items():  # one line per reason, not per statistic
+            lines.append(f"not defined: {', '.join(what)}: {reason}")
         if (entry.get("condition_number") or 0) > 1e8 or entry.get("condition_number") is None:
             lines.append(f"warning: the condition number is large "
                          f"({_num(entry.get('condition_number'))}): strong multicollinearity "

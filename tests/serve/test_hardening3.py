@@ -58,6 +58,20 @@ def test_a_unicode_digit_folder_is_no_version_and_polling_goes_on(tmp_path):
     assert repo.versions("m") == ["1"]
 
 
+def test_a_triton_export_into_a_repository_holding_a_unicode_digit_folder(tmp_path):
+    from serve.triton import write_repository
+
+    root = tmp_path / "repo"
+    (root / "multi" / "²").mkdir(parents=True)
+    _put(MULTI, root / "multi" / "1")
+    (root / "multi" / "1" / "model.json").unlink()  # a version another tool wrote
+    folder, version = write_repository(MULTI, root)
+    assert version == "2" and (folder / "2" / "model.onnx").is_file()
+    assert (root / "multi" / "²").is_dir() and (root / "multi" / "1" / "model.onnx").is_file()
+    with pytest.raises(OutputError, match="model.json is missing or is not linreg's"):
+        write_repository(MULTI, root, version=1, force=True)  # not linreg's: never replaced
+
+
 def test_a_model_name_that_is_not_utf8_is_skipped_and_harms_nothing(tmp_path):
     root = tmp_path / "repo"
     _put(ONE, root / "good")
@@ -220,7 +234,7 @@ def test_two_dask_jobs_on_one_cluster_with_relative_inputs(tmp_path):
         results = [p.communicate(timeout=180) for p in procs]
     finally:
         cluster.close()
-    for job, (p, (out, err)) in zip("ab", zip(procs, results)):
+    for job, (p, (_out, err)) in zip("ab", zip(procs, results)):
         assert p.returncode == 0, err.decode()
         marker = json.loads((tmp_path / f"{job}-out" / "_linreg_predictions.json").read_text())
         assert marker["rows"] == 150
