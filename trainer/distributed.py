@@ -171,13 +171,15 @@ def _follow(logs: Path, done: threading.Event) -> None:
 def _root_cause(error: Any, nproc: int, logs: Path) -> tuple[int, str]:
     """The rank that failed first and why. The launcher reports one failed process, often a
     survivor whose collective broke when the culprit left; so every rank's last error line is
-    read, and a rank's own error (or a kill) wins over "another rank left the run"."""
+    read, and a rank's own error (or a kill) wins over what the others said because of it:
+    "another rank left the run", or "stopped by SIGTERM" (the launcher stopping survivors)."""
     said = {r: _error_line(logs, r) for r in range(nproc)}
     rank, failure = error.get_first_failure()
     for r, f in {**getattr(error, "failures", {}), rank: failure}.items():
         if said.get(r) is None and f.exitcode is not None and f.exitcode < 0:
             said[r] = f"killed by {_signal_name(-f.exitcode)}"
-    own = [r for r, text in said.items() if text and LOST_RANK not in text]
+    own = [r for r, text in said.items() if text and LOST_RANK not in text
+           and not text.startswith(("stopped by SIG", "interrupted"))]
     if own:
         return own[0], said[own[0]]
     silent = [r for r, text in said.items() if text is None]

@@ -132,9 +132,17 @@ CHECKPOINT, RUN = "checkpoint.pt", "run.json"
 def _checkpoint_scope(checkpoint: Checkpoint | None, *, resumed: bool) -> Iterator[None]:
     """A checkpoint folder outlives its run only when a signal stopped the run after a save
     (or it was resumed from): a finished run or a failed one leaves nothing behind."""
-    def remove() -> None:
-        if checkpoint is not None:
-            shutil.rmtree(checkpoint.path.parent, ignore_errors=True)
+    def remove() -> None:  # linreg's own files only, then the folder if nothing else is left
+        if checkpoint is None:
+            return
+        from serve.ownership import own_temporary
+
+        folder = checkpoint.path.parent
+        for entry in list(folder.iterdir()) if folder.is_dir() else []:
+            if entry.name in (CHECKPOINT, RUN) or own_temporary(entry.name, {CHECKPOINT, RUN}):
+                entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     try:
         yield
     except KeyboardInterrupt:

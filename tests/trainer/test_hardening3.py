@@ -145,6 +145,15 @@ def _interrupted_run(tmp_path: Path) -> Path:
     return tmp_path / "m.checkpoint"
 
 
+def test_a_finished_resume_removes_only_linregs_files(tmp_path):
+    folder = _interrupted_run(tmp_path)
+    (folder / "notes.txt").write_text("why this run matters")
+    res = CliRunner().invoke(train_main, ["--resume", str(folder), "-q"])
+    assert res.exit_code == 0, res.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    assert (tmp_path / "m" / "model.pt").is_file()
+
+
 @pytest.mark.parametrize("edit, says", [
     (lambda run: run.pop("targets"), "run.json has no 'targets'"),
     (lambda run: run["config"].update(epochs="100"), "config.epochs must be int, not '100'"),
