@@ -286,7 +286,6 @@ IN_MEMORY_ONLY = {
     "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
     "--resume": lambda s: s.get("resume") is not None,
     "--plot": lambda s: s.get("plot"),
-    "--cov": lambda s: s.get("cov", "nonrobust") != "nonrobust",
 }
 
 
@@ -304,11 +303,12 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
            f"--batch-rows {batch_rows}" if batch_rows is not None else
            f"{data} is a folder or glob" if not data.is_file() else
            "the data is over --max-memory")
-    for flag, given in {**IN_MEMORY_ONLY, "--summary": lambda s: summary}.items():
+    for flag, given in IN_MEMORY_ONLY.items():
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
                                    f"({why}) takes numeric columns, --solver lstsq or sgd/adam, "
-                                   "--standardize, --val-fraction/--val-data: drop " + flag)
+                                   "--standardize, --val-fraction/--val-data, --cov, --summary: "
+                                   "drop " + flag)
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"))
         return
@@ -324,6 +324,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                 features=settings["features"], exclude=settings["exclude"],
                 val_fraction=settings["val_fraction"], val_data=val_data,
                 batch_rows=batch_rows or 65536, max_memory=_memory_budget(max_memory),
+                cov=settings["cov"], confidence=settings["confidence"],
                 force=force, log=log, progress=bar.to, group=group)
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line
@@ -340,8 +341,14 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         raise
     finally:
         group.close()
-    if manifest is not None and not quiet:
+    if manifest is None:  # another rank than 0: rank 0 speaks
+        return
+    if not quiet:
         _summary(folder, manifest)
+    if summary:
+        from trainer.stats import summary_text
+
+        click.echo(summary_text(manifest).rstrip("\n"))
 
 
 def _collective_error(e: BaseException) -> bool:

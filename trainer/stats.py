@@ -23,6 +23,7 @@ needs σ̂ with no residual degrees of freedom.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,61 +57,122 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
     Statistics never cost the fit: this never raises on the numbers. Should a degenerate design
     defeat the algebra (a singular or non-finite matrix), every statistic is ``not_defined``
     with the reason, and the model is saved all the same."""
+    def gather() -> Sufficient:
+        # 1. the design matrix, its R factor, the residuals at the saved parameters
+        n = X.shape[0]
+        Z = np.hstack([np.ones((n, 1)), X]) if bias else np.asarray(X, dtype=np.float64)
+        beta = _betas(coef, intercept, bias)
+        resid = Y - Z @ beta.T
+        if weights is None:
+            tss = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
+            log_w = None
+        else:
+            root = np.sqrt(weights)
+            Z, resid = Z * root[:, None], resid * root[:, None]
+            tss = weights @ (Y - np.average(Y, axis=0, weights=weights)) ** 2
+            log_w = float(np.sum(np.log(weights))) if np.all(weights > 0) else math.nan
+        # Z = QR: Z's singular values and right vectors without an n x p SVD
+        R = np.linalg.qr(Z, mode="r") if n >= Z.shape[1] else Z
+        suff = Sufficient(n=n, R=R, ssr=(resid**2).sum(axis=0), tss=tss, log_weights=log_w)
+        if cov_type != "nonrobust":
+            suff.meat = robust_meat(Z, resid, cov_type, suff.pinv())
+        return suff
+
+    return statistics(gather, coef, intercept, bias=bias, names=names, cov_type=cov_type,
+                      confidence=confidence, penalized=penalized, n_targets=Y.shape[1],
+                      n_rows=X.shape[0])
+
+
+@dataclass
+class Pinv:
+    """(ZᵀZ)⁺ from the SVD of R, and what the leverages and the summary need of it."""
+
+    gram_inv: np.ndarray
+    rank: int
+    cond: float
+    W: np.ndarray  # Vᵀ's first rank rows scaled by 1/S: leverage hᵢ = |zᵢ W|²
+
+    @classmethod
+    def of(cls, R: np.ndarray, n_rows: int) -> Pinv:
+        S, Vt = np.linalg.svd(R, full_matrices=False)[1:]
+        rank = int(np.sum(S > S[0] * max(n_rows, R.shape[1]) * np.finfo(float).eps)) \
+            if S.size else 0
+        cond = float(S[0] / S[-1]) if S.size and S[-1] > 0 else math.inf
+        S_inv = np.where(np.arange(len(S)) < rank, 1.0 / np.where(S > 0, S, 1.0), 0.0)
+        return cls((Vt.T * S_inv**2) @ Vt, rank, cond, Vt.T[:, :rank] * S_inv[:rank])
+
+
+@dataclass
+class Sufficient:
+    """What the statistics need of the training rows, gathered in one place whether the rows
+    are in memory or streamed (summed chunk by chunk and rank by rank): the row count, the R
+    factor of the (weighted) design Z = [1, X], per target the residual and total sums of
+    squares at the saved parameters, and for a robust covariance the "meat" Σ ωᵢ zᵢzᵢᵀ."""
+
+    n: int
+    R: np.ndarray
+    ssr: np.ndarray
+    tss: np.ndarray
+    meat: np.ndarray | None = None  # (targets, p, p), HC0-HC3 only
+    log_weights: float | None = None  # Σ log w for WLS' log-likelihood (nan: a zero weight)
+    _pinv: Pinv | None = None
+
+    def pinv(self) -> Pinv:
+        if self._pinv is None:
+            self._pinv = Pinv.of(self.R, self.n)
+        return self._pinv
+
+
+def robust_meat(Z: np.ndarray, resid: np.ndarray, cov_type: str, pinv: Pinv) -> np.ndarray:
+    """Σ ωᵢ zᵢzᵢᵀ per target over these rows (a chunk's share, to be summed): ω = e² (HC0,
+    and HC1, whose n/(n-p) is applied to the sum), e²/(1-h) (HC2), e²/(1-h)² (HC3)."""
+    omega = resid**2
+    if cov_type in ("HC2", "HC3"):
+        h = np.sum((Z @ pinv.W) ** 2, axis=1)
+        omega = omega / ((1 - h) if cov_type == "HC2" else (1 - h) ** 2)[:, None]
+    return np.einsum("nt,np,nq->tpq", omega, Z, Z)
+
+
+def _betas(coef: np.ndarray, intercept: np.ndarray, bias: bool) -> np.ndarray:
+    """(targets, p): the intercept first, then the coefficients, as Z's columns."""
+    coef = np.asarray(coef, dtype=np.float64)
+    return np.hstack([np.asarray(intercept, dtype=np.float64)[:, None], coef]) if bias else coef
+
+
+def statistics(gather: Callable[[], Sufficient], coef: np.ndarray, intercept: np.ndarray, *,
+               bias: bool, names: list[str], cov_type: str, confidence: float,
+               penalized: str | None, n_targets: int, n_rows: int) -> Inference:
+    """The statistics from what ``gather`` collects (see :class:`Sufficient`); never raises on
+    the numbers: what the algebra cannot do is ``not_defined`` with its reason."""
     try:
         with np.errstate(all="ignore"):
-            return _inference(X, Y, coef, intercept, bias=bias, names=names,
-                              cov_type=cov_type, confidence=confidence, penalized=penalized,
-                              weights=weights)
+            return _statistics(gather(), _betas(coef, intercept, bias), bias=bias, names=names,
+                               cov_type=cov_type, confidence=confidence, penalized=penalized)
     except (np.linalg.LinAlgError, ValueError, ArithmeticError) as e:
         reason = f"the statistics could not be computed on this design ({str(e) or type(e).__name__})"
-        n, labels = X.shape[0], (["Intercept"] if bias else []) + list(names)
-        entries = [{"target_index": t, "names": labels, "n_obs": n, "df_model": None,
+        labels = (["Intercept"] if bias else []) + list(names)
+        entries = [{"target_index": t, "names": labels, "n_obs": n_rows, "df_model": None,
                     "df_resid": None, "cov_type": cov_type, "confidence": confidence,
                     "condition_number": None, "not_defined": dict.fromkeys(_ALL, reason)}
-                   for t in range(Y.shape[1])]
+                   for t in range(n_targets)]
         return Inference(entries, None, None)
 
 
-def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
-               bias: bool, names: list[str], cov_type: str, confidence: float,
-               penalized: str | None, weights: np.ndarray | None) -> Inference:
+def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[str],
+                cov_type: str, confidence: float, penalized: str | None) -> Inference:
     from scipy import stats as st
 
-    # 1. design matrix and its SVD
-    n = X.shape[0]
-    Z = np.hstack([np.ones((n, 1)), X]) if bias else np.asarray(X, dtype=np.float64)
-    root = None if weights is None else np.sqrt(weights)
-    Z_raw = Z
-    if root is not None:
-        Z = Z * root[:, None]
-    p = Z.shape[1]
-    # Z = QR, then R = U S Vᵀ (p x p): Z's singular values and right vectors without an
-    # n x p SVD (a third of the time on a million rows); Q only if leverages are needed.
-    R = np.linalg.qr(Z, mode="r") if n >= p else Z
-    S, Vt = np.linalg.svd(R, full_matrices=False)[1:]
-    rank = int(np.sum(S > S[0] * max(Z.shape) * np.finfo(float).eps)) if S.size else 0
-    cond = float(S[0] / S[-1]) if S.size and S[-1] > 0 else math.inf
-    S_inv = np.where(np.arange(len(S)) < rank, 1.0 / np.where(S > 0, S, 1.0), 0.0)
-    gram_inv = (Vt.T * S_inv**2) @ Vt  # (ZᵀZ)⁻¹, pseudo-inverse past the rank
-    leverage = np.sum((Z @ (Vt.T[:, :rank] * S_inv[:rank])) ** 2, axis=1) \
-        if cov_type in ("HC2", "HC3") else None
+    n, p = suff.n, suff.R.shape[1]
+    pinv = suff.pinv()
+    rank, cond, gram_inv = pinv.rank, pinv.cond, pinv.gram_inv
     df_resid = n - rank
     df_model = rank - (1 if bias else 0)
     labels = (["Intercept"] if bias else []) + list(names)
 
     out, covs, sigmas = [], [], []
-    for t in range(Y.shape[1]):
-        beta = np.concatenate([[intercept[t]], coef[t]]) if bias else np.asarray(coef[t])
-        # 2. residuals, σ̂, covariance
-        resid = Y[:, t] - Z_raw @ beta
-        if root is None:
-            centered = Y[:, t] - Y[:, t].mean()
-            tss = float(centered @ centered)
-        else:
-            resid = resid * root
-            centered = Y[:, t] - np.average(Y[:, t], weights=weights)
-            tss = float(weights @ centered**2)
-        ssr = float(resid @ resid)
+    for t, beta in enumerate(betas):
+        # 2. σ̂ and the covariance
+        ssr, tss = float(suff.ssr[t]), float(suff.tss[t])
         entry: dict[str, Any] = {"target_index": t, "names": labels, "n_obs": n,
                                  "df_model": df_model, "df_resid": df_resid,
                                  "cov_type": cov_type, "confidence": confidence,
@@ -138,9 +200,8 @@ def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.nda
         entry["not_defined"] = why
 
         llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
-        if weights is not None:
-            llf = llf + 0.5 * float(np.sum(np.log(weights))) if np.all(weights > 0) \
-                else math.nan
+        if suff.log_weights is not None:
+            llf = llf + 0.5 * suff.log_weights
         if "log_likelihood" not in why:
             entry["log_likelihood"] = llf
             entry["aic"] = -2 * llf + 2 * rank
@@ -153,7 +214,8 @@ def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.nda
             sigmas.append(math.nan)
             continue
         sigma2 = ssr / df_resid
-        cov = _covariance(cov_type, gram_inv, Z, resid, leverage, sigma2, n, rank)
+        cov = _covariance(cov_type, gram_inv, suff.meat[t] if suff.meat is not None else None,
+                          sigma2, n, rank)
         se = np.sqrt(np.diag(cov))
         tval = beta / se  # (errstate: a zero std. error gives ±inf or NaN, recorded as null)
         if not np.all(se > 0):
@@ -194,19 +256,13 @@ def _inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.nda
                      np.array(sigmas) if usable else None)
 
 
-def _covariance(cov_type: str, gram_inv: np.ndarray, Z: np.ndarray, resid: np.ndarray,
-                leverage: np.ndarray | None, sigma2: float, n: int, rank: int) -> np.ndarray:
+def _covariance(cov_type: str, gram_inv: np.ndarray, meat: np.ndarray | None, sigma2: float,
+                n: int, rank: int) -> np.ndarray:
     if cov_type == "nonrobust":
         return sigma2 * gram_inv
-    omega = resid**2
     if cov_type == "HC1":
-        omega = omega * n / (n - rank)
-    elif cov_type == "HC2":
-        omega = omega / (1 - leverage)
-    elif cov_type == "HC3":
-        omega = omega / (1 - leverage) ** 2
-    bread = Z @ gram_inv
-    return bread.T @ (bread * omega[:, None])
+        meat = meat * n / (n - rank)
+    return gram_inv @ meat @ gram_inv
 
 
 def _finite(entry: dict[str, Any]) -> dict[str, Any]:

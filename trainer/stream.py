@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,9 +193,11 @@ def standardization(summary: Summary, config: TrainConfig):
 
 # ------------------------------------------------------------------ 2. exact least squares
 
-def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Exact least squares by a streamed tall-skinny QR of [X, 1 | Y] (float64). The caller
-    checks there are at least as many rows as parameters."""
+def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact least squares by a streamed tall-skinny QR of [X, 1 | Y] (float64): the
+    coefficients, the intercepts, and the merged R factor (the statistics read the design's
+    Gram matrix from its first block, never forming XᵀX). The caller checks there are at
+    least as many rows as parameters."""
     R: np.ndarray | None = None
     for X, Y in rows.train():
         block = np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
@@ -205,7 +208,29 @@ def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarra
     sol = np.linalg.lstsq(R[:p, :p], R[:p, p:], rcond=None)[0]  # min-norm, as numpy's lstsq
     coef = sol[:len(rows.features)].T.copy()
     intercept = sol[len(rows.features)].copy() if bias else np.zeros(len(rows.targets))
-    return coef, intercept
+    return coef, intercept, R
+
+
+def design_r(R: np.ndarray, n_features: int, *, bias: bool) -> np.ndarray:
+    """The R factor of the statistics' design [1, X] from TSQR's factor of [X, 1 | Y]: its
+    first block with the columns reordered (ZᵀZ's singular values and vectors follow)."""
+    p = n_features + int(bias)
+    order = [n_features, *range(n_features)] if bias else list(range(n_features))
+    return R[:p, :p][:, order]
+
+
+def meat_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
+              bias: bool, cov_type: str, pinv: Any) -> np.ndarray:
+    """The robust covariance's Σ ωᵢ zᵢzᵢᵀ per target (:func:`trainer.stats.robust_meat`),
+    summed over every rank's train rows: the one pass HC0-HC3 need beyond the fit."""
+    from trainer.stats import robust_meat
+
+    t, p = len(rows.targets), len(rows.features) + int(bias)
+    meat = np.zeros((t, p, p))
+    for X, Y in rows.train():
+        Z = np.hstack([np.ones((len(X), 1)), X]) if bias else X
+        meat += robust_meat(Z, Y - (X @ coef.T + intercept), cov_type, pinv)
+    return group.sum(meat.ravel()).reshape(meat.shape)
 
 
 # ------------------------------------------------------------------ 3. SGD

@@ -109,10 +109,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
             manifest["statistics"] = stats.per_target
             for name in ("model.pt", "history.csv"):
                 record_artifact(manifest, tmp, name)
-            if stats.cov is not None:  # for prediction intervals at export
-                np.savez(tmp / INFERENCE, cov=stats.cov, sigma=stats.sigma,
-                         df_resid=np.array(stats.per_target[0]["df_resid"]))
-                record_artifact(manifest, tmp, INFERENCE)
+            _write_inference(tmp, manifest, stats)
             if plot:
                 from trainer.plots import PlotData, write_plots
                 pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
@@ -123,6 +120,14 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                     record_artifact(manifest, tmp, name)
             write_manifest(tmp, manifest)
     return out, manifest
+
+
+def _write_inference(folder: Path, manifest: dict[str, Any], stats: Any) -> None:
+    """``inference.npz``: the covariance of the estimates and σ̂, for intervals at export."""
+    if stats.cov is not None:
+        np.savez(folder / INFERENCE, cov=stats.cov, sigma=stats.sigma,
+                 df_resid=np.array(stats.per_target[0]["df_resid"]))
+        record_artifact(manifest, folder, INFERENCE)
 
 
 CHECKPOINT, RUN = "checkpoint.pt", "run.json"
@@ -418,9 +423,8 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
 
 # ------------------------------------------------------------------ streamed and distributed
 
-STREAMED_NO_STATISTICS = ("trained streamed (--nproc, --batch-rows, --val-data, a folder or "
-                          "glob, or data over --max-memory), and the statistics need every row "
-                          "in memory: train from one file without those flags to get them")
+STREAMED_NO_STATISTICS = ("trained streamed by an older linreg, which kept no statistics of "
+                          "streamed fits: train it again")
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
 
 
@@ -441,6 +445,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                    features: Sequence[str] = (), exclude: Sequence[str] = (),
                    val_fraction: float | None = None, val_data: str | Path | None = None,
                    batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
+                   cov: str = "nonrobust", confidence: float = 0.95,
                    log: Callable[[str], None] | None = None,
                    progress: Callable[[float], None] | None = None,
                    group: Any = None) -> tuple[Path, dict[str, Any] | None]:
@@ -450,7 +455,17 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     every rank is done; other ranks return ``(out, None)``."""
     from trainer.dataset import Dataset
     from trainer.distributed import Group
-    from trainer.stream import Rows, metrics_pass, moments, regression_metrics, sgd, tsqr
+    from trainer.stats import Sufficient, statistics
+    from trainer.stream import (
+        Rows,
+        design_r,
+        meat_pass,
+        metrics_pass,
+        moments,
+        regression_metrics,
+        sgd,
+        tsqr,
+    )
 
     group = group or Group(device=resolve_device(config.device))
     out = Path(out) if out is not None else Path("models") / Path(str(data_path).rstrip("/*")
@@ -458,6 +473,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     config.validate()
     if val_fraction:
         check_setting("val_fraction", val_fraction)
+    check_setting("confidence", confidence)
+    if cov not in CHOICES["cov"]:
+        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     if val_fraction and val_data is not None:
         raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
     if group.rank == 0:
@@ -491,7 +509,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     # 3. The fit.
     start = time.perf_counter()
     if config.solver == "lstsq":
-        coef, intercept = tsqr(rows, group, bias=config.bias)
+        coef, intercept, R = tsqr(rows, group, bias=config.bias)
         state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
         coef, intercept = _saved_values(state, len(targets))
         result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
@@ -508,11 +526,25 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                validation=True)["sse"]
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
     if config.solver == "sgd":
-        exact = tsqr(rows, group, bias=config.bias)
+        *exact, R = tsqr(rows, group, bias=config.bias)
         optimum = regression_metrics(metrics_pass(rows, *exact, group, validation=False)["sse"],
                                      summary.y)
         optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
         metrics["exact_least_squares"] = optimum
+    # 5. Statistics at the saved parameters: the design's R from the QR pass, the residual sums
+    # from the metrics pass, and (robust covariances only) one more pass for the meat.
+    def gather() -> Sufficient:
+        suff = Sufficient(n=int(summary.x.n), R=design_r(R, len(features), bias=config.bias),
+                          ssr=sse, tss=summary.y.m2)
+        if cov != "nonrobust":
+            suff.meat = meat_pass(rows, result.coef_, result.intercept_, group,
+                                  bias=config.bias, cov_type=cov, pinv=suff.pinv())
+        return suff
+
+    stats = statistics(gather, result.coef_, result.intercept_, bias=config.bias,
+                       names=features, cov_type=cov, confidence=confidence,
+                       penalized=_not_least_squares(config), n_targets=len(targets),
+                       n_rows=int(summary.x.n))
     if group.rank != 0:
         return out, None
     # 5. Rank 0 writes the artifact folder, atomically.
@@ -521,8 +553,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         _write_history(tmp / "history.csv", result)
         manifest = _streamed_manifest(ds, result, config, features, targets, summary, metrics,
                                       out.name, val_data, batch_rows, cache, group)
+        manifest["statistics"] = stats.per_target
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
+        _write_inference(tmp, manifest, stats)
         write_manifest(tmp, manifest)
     return out, manifest
 

@@ -82,7 +82,42 @@ def test_one_process_in_small_chunks_equals_numpy(shards, tmp_path, batch_rows):
     assert m["training"]["streamed"]["batch_rows"] == batch_rows
 
 
-def test_a_streamed_model_exports_and_says_why_it_has_no_statistics(shards, tmp_path):
+def _in_memory_twin(folder: Path, tmp_path: Path) -> Path:
+    """The shards as one Parquet file, small enough to train in memory."""
+    table = pa.concat_tables([pq.read_table(f) for f in sorted(folder.glob("*.parquet"))])
+    pq.write_table(table, tmp_path / "all.parquet")
+    return tmp_path / "all.parquet"
+
+
+STAT_KEYS = ("std_err", "t", "p_value", "conf_int", "coef", "sigma", "r2", "adj_r2", "f_stat",
+             "f_p_value", "log_likelihood", "aic", "bic", "condition_number", "df_resid",
+             "df_model", "n_obs")
+
+
+@pytest.mark.parametrize("cov", ["nonrobust", "HC0", "HC1", "HC2", "HC3"])
+@pytest.mark.parametrize("how", [["--batch-rows", "333"], ["--nproc", "2"]])
+def test_streamed_statistics_equal_the_in_memory_ones(shards, tmp_path, cov, how):
+    """The statistics of a streamed fit (the design's R from the QR pass, the residual sums
+    from the metrics pass, one more pass for a robust covariance) equal the in-memory ones."""
+    folder, _ = shards
+    common = ["--solver", "lstsq", "--dtype", "float64", "--cov", cov, "-q"]
+    train(_in_memory_twin(folder, tmp_path), *common, "--out", tmp_path / "mem")
+    if how[0] == "--nproc":
+        res = run_script("linreg-train", folder, *how, *common, "--out", tmp_path / "str")
+        assert res.returncode == 0, res.stderr.decode()
+    else:
+        train(folder, *how, *common, "--out", tmp_path / "str")
+    mem = manifest(tmp_path / "mem")["statistics"][0]
+    streamed = manifest(tmp_path / "str")["statistics"][0]
+    assert streamed["not_defined"] == mem["not_defined"] == {}
+    for key in STAT_KEYS:
+        np.testing.assert_allclose(streamed[key], mem[key], rtol=1e-8, atol=1e-12, err_msg=key)
+    with np.load(tmp_path / "str" / "inference.npz") as a, \
+            np.load(tmp_path / "mem" / "inference.npz") as b:
+        np.testing.assert_allclose(a["cov"], b["cov"], rtol=1e-8, atol=1e-15)
+
+
+def test_a_streamed_model_has_a_summary_and_intervals(shards, tmp_path):
     from click.testing import CliRunner
 
     from serve import Predictor
@@ -90,16 +125,37 @@ def test_a_streamed_model_exports_and_says_why_it_has_no_statistics(shards, tmp_
     from trainer.cli import summary_main
 
     folder, exact = shards
-    train(folder, "--solver", "lstsq", "--dtype", "float64", "--out", tmp_path / "m", "-q")
-    export(tmp_path / "m", "-q")
-    X = np.array([[1.0, 2.0, 3.0]])
-    np.testing.assert_allclose(Predictor.load(tmp_path / "m").predict(X)[0, 0],
-                               X[0] @ exact[:3] + exact[3], rtol=1e-10)
+    res = train(folder, "--solver", "lstsq", "--dtype", "float64", "--out", tmp_path / "m",
+                "--batch-rows", "500", "--summary")
+    assert "Intercept" in res.output and "std err" in res.output
+    train(_in_memory_twin(folder, tmp_path), "--solver", "lstsq", "--dtype", "float64", "--out",
+          tmp_path / "mem", "-q")
+    for model in ("m", "mem"):
+        export(tmp_path / model, "--intervals", "0.9", "-q")
+    X = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 2.0]])
+    streamed = Predictor.load(tmp_path / "m").predict_intervals(X)
+    in_memory = Predictor.load(tmp_path / "mem").predict_intervals(X)
+    for name, values in streamed.items():
+        np.testing.assert_allclose(values, in_memory[name], rtol=1e-9, err_msg=name)
+    np.testing.assert_allclose(streamed["prediction"][0, 0], X[0] @ exact[:3] + exact[3],
+                               rtol=1e-10)
     res = CliRunner().invoke(summary_main, [str(tmp_path / "m")])
-    assert res.exit_code == 1 and "no statistics: trained streamed (--nproc" in res.stderr
-    res = export(tmp_path / "m", "--intervals", "0.95", "--force", code=1)
-    assert "no covariance of the estimates to build intervals from (trained streamed" in \
-        res.stderr
+    assert res.exit_code == 0 and "std err" in res.output, res.stderr
+
+
+def test_streamed_statistics_equal_statsmodels(shards, tmp_path):
+    sm = pytest.importorskip("statsmodels.api")
+    folder, _ = shards
+    X, y = make_shards(tmp_path / "again")  # the same rows, in the same order, as the shards
+    train(folder, "--solver", "lstsq", "--dtype", "float64", "--batch-rows", "700", "--cov",
+          "HC3", "--out", tmp_path / "m", "-q")
+    got = manifest(tmp_path / "m")["statistics"][0]
+    ols = sm.OLS(y, sm.add_constant(X)).fit(cov_type="HC3")
+    np.testing.assert_allclose(got["coef"], ols.params, rtol=1e-9)
+    np.testing.assert_allclose(got["std_err"], ols.bse, rtol=1e-8)
+    np.testing.assert_allclose(got["p_value"], ols.pvalues, rtol=1e-6, atol=1e-300)
+    np.testing.assert_allclose(got["log_likelihood"], ols.llf, rtol=1e-10)
+    np.testing.assert_allclose(got["r2"], ols.rsquared, rtol=1e-10)
 
 
 def test_tsqr_keeps_the_digits_the_normal_equations_lose(tmp_path):
@@ -241,7 +297,7 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
 
 @pytest.mark.parametrize("flag", [["--penalty", "l2"], ["--optimizer", "lbfgs"],
                                   ["--early-stopping", "--val-fraction", "0.2"],
-                                  ["--sample-weight", "a"], ["--summary"]])
+                                  ["--sample-weight", "a"]])
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
     res = train(folder, *flag, "--out", tmp_path / "m", code=2)
@@ -249,7 +305,7 @@ def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag)
     assert res.stderr.splitlines()[-1] == (
         f"linreg-train: error: {name} needs every row in memory; streamed training ({folder} is "
         "a folder or glob) takes numeric columns, --solver lstsq or sgd/adam, --standardize, "
-        f"--val-fraction/--val-data: drop {name}")
+        f"--val-fraction/--val-data, --cov, --summary: drop {name}")
 
 
 def test_val_fraction_and_val_data_together_are_refused(shards, tmp_path):
