@@ -276,7 +276,7 @@ IN_MEMORY_ONLY = {
     "--categorical": lambda s: s["encoding"].categorical,
     "--impute": lambda s: s["encoding"].impute is not None,
     "--sample-weight": lambda s: s.get("sample_weight") is not None,
-    "--penalty": lambda s: s["config"].penalty != "none",
+    "--penalty (with SGD)": lambda s: s["config"].penalty != "none" and s["config"].solver == "sgd",
     "--loss huber": lambda s: s["config"].loss != "mse",
     "--optimizer lbfgs": lambda s: s["config"].optimizer == "lbfgs",
     "--lr-schedule": lambda s: s["config"].lr_schedule != "constant",
@@ -306,9 +306,9 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     for flag, given in IN_MEMORY_ONLY.items():
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
-                                   f"({why}) takes numeric columns, --solver lstsq or sgd/adam, "
-                                   "--standardize, --val-fraction/--val-data, --cov, --summary: "
-                                   "drop " + flag)
+                                   f"({why}) takes numeric columns, --solver lstsq (with "
+                                   "--penalty) or sgd/adam, --standardize, --val-fraction/"
+                                   "--val-data, --cov, --summary: drop " + flag)
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"))
         return

@@ -557,29 +557,39 @@ def penalized(X: np.ndarray, Y: np.ndarray, *, bias: bool, penalty: str, alpha: 
         B = np.vstack([Yc, np.zeros((p, Y.shape[1]))])
         coef = np.linalg.lstsq(A, B, rcond=None)[0].T
     else:
-        G, C = Xc.T @ Xc / n, Xc.T @ Yc / n
-        coef = np.zeros((Y.shape[1], p))
-        l1, l2 = alpha * ratio, alpha * (1 - ratio)
-        for t in range(Y.shape[1]):
-            beta = coef[t]
-            for _ in range(max_iter):
-                biggest, size = 0.0, 0.0
-                for j in range(p):
-                    if G[j, j] == 0:
-                        continue
-                    rho = C[j, t] - G[j] @ beta + G[j, j] * beta[j]
-                    new = np.sign(rho) * max(abs(rho) - l1, 0.0) / (G[j, j] + l2)
-                    biggest = max(biggest, abs(new - beta[j]))
-                    size = max(size, abs(new))
-                    beta[j] = new
-                if biggest <= tol * max(size, 1e-300):
-                    break
-            else:
-                raise TrainingError(f"--penalty {penalty}: coordinate descent did not converge "
-                                    f"in {max_iter:,} sweeps; standardise the data "
-                                    "(--standardize) or use a larger --alpha")
+        coef = coordinate_descent(Xc.T @ Xc / n, Xc.T @ Yc / n, penalty=penalty, alpha=alpha,
+                                  ratio=ratio, tol=tol, max_iter=max_iter)
     intercept = y_mean - coef @ x_mean if bias else np.zeros(Y.shape[1])  # 3.
     return coef, intercept
+
+
+def coordinate_descent(G: np.ndarray, C: np.ndarray, *, penalty: str, alpha: float,
+                       ratio: float, tol: float = 1e-14, max_iter: int = 100_000) -> np.ndarray:
+    """``coef`` (targets, features) minimising ½wᵀGw − Cᵀw + α·R·‖w‖₁ + ½·α·(1 − R)·‖w‖² per
+    target: cyclic coordinate descent on the (centred, /n) Gram matrix ``G`` and ``C`` = Xᵀy/n,
+    scikit-learn's precomputed-Gram path; rows in memory and streamed rows share it."""
+    p, targets = C.shape
+    coef = np.zeros((targets, p))
+    l1, l2 = alpha * ratio, alpha * (1 - ratio)
+    for t in range(targets):
+        beta = coef[t]
+        for _ in range(max_iter):
+            biggest, size = 0.0, 0.0
+            for j in range(p):
+                if G[j, j] == 0:
+                    continue
+                rho = C[j, t] - G[j] @ beta + G[j, j] * beta[j]
+                new = np.sign(rho) * max(abs(rho) - l1, 0.0) / (G[j, j] + l2)
+                biggest = max(biggest, abs(new - beta[j]))
+                size = max(size, abs(new))
+                beta[j] = new
+            if biggest <= tol * max(size, 1e-300):
+                break
+        else:
+            raise TrainingError(f"--penalty {penalty}: coordinate descent did not converge "
+                                f"in {max_iter:,} sweeps; standardise the data "
+                                "(--standardize) or use a larger --alpha")
+    return coef
 
 
 def _saved_values(state: dict[str, torch.Tensor], n_targets: int) -> tuple[np.ndarray, np.ndarray]:

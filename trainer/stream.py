@@ -183,7 +183,7 @@ def moments(rows: Rows, group: Group) -> Summary:
 
 def standardization(summary: Summary, config: TrainConfig):
     """As :func:`trainer.fit._standardization`, from the streamed moments."""
-    if not config.standardize or config.solver == "lstsq":
+    if not config.standardize or (config.solver == "lstsq" and config.penalty == "none"):
         return None, None
     scale = np.sqrt(summary.x.m2 / max(summary.x.n, 1))
     scale[scale == 0] = 1.0
@@ -209,6 +209,45 @@ def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarra
     coef = sol[:len(rows.features)].T.copy()
     intercept = sol[len(rows.features)].copy() if bias else np.zeros(len(rows.targets))
     return coef, intercept, R
+
+
+def penalized_from_r(R: np.ndarray, n: float, n_features: int, *, bias: bool, penalty: str,
+                     alpha: float, l1_ratio: float, mean: np.ndarray | None,
+                     scale: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ElasticNet objective (:func:`trainer.fit.penalized`) from TSQR's R of
+    [X, 1 | Y] over ``n`` rows, on the features standardised by ``mean``/``scale`` when given
+    (then folded back): the R rows stand in for the data rows, since every sum of squares of the
+    rows is one of R's.
+
+    - l2: least squares on R stacked over √(nα)·I under the feature columns (the intercept
+      column is not penalised: centring, implied), as the in-memory closed form;
+    - l1/elasticnet: coordinate descent on the centred Gram matrix RᵀR/n − x̄x̄ᵀ.
+    """
+    from trainer.fit import _fold, coordinate_descent
+
+    p, k = n_features, n_features + int(bias)
+    A = R.copy()
+    if scale is not None:  # Xs = (X − 1·meanᵀ)/scale, in R's terms (R's rows stand for rows)
+        A[:, :p] = R[:, :p] / scale
+        if bias:
+            A[:, :p] -= np.outer(R[:, p], mean / scale)
+    ratio = {"l2": 0.0, "l1": 1.0}.get(penalty, l1_ratio)
+    if ratio == 0.0:
+        lhs = np.vstack([A[:, :k], np.hstack([np.sqrt(n * alpha) * np.eye(p),
+                                              np.zeros((p, k - p))])])
+        rhs = np.vstack([A[:, k:], np.zeros((p, A.shape[1] - k))])
+        sol = np.linalg.lstsq(lhs, rhs, rcond=None)[0]
+        coef = sol[:p].T.copy()
+        intercept = sol[p].copy() if bias else np.zeros(A.shape[1] - k)
+    else:
+        M = A.T @ A / n  # the Gram matrix of [X, 1, Y] over n rows
+        x_mean = M[:p, p] if bias else np.zeros(p)
+        y_mean = M[k:, p] if bias else np.zeros(A.shape[1] - k)
+        G = M[:p, :p] - np.outer(x_mean, x_mean)
+        C = M[:p, k:] - np.outer(x_mean, y_mean)
+        coef = coordinate_descent(G, C, penalty=penalty, alpha=alpha, ratio=ratio)
+        intercept = y_mean - coef @ x_mean if bias else np.zeros(A.shape[1] - k)
+    return _fold(coef, intercept, mean, scale)
 
 
 def design_r(R: np.ndarray, n_features: int, *, bias: bool) -> np.ndarray:

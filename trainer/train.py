@@ -462,8 +462,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         meat_pass,
         metrics_pass,
         moments,
+        penalized_from_r,
         regression_metrics,
         sgd,
+        standardization,
         tsqr,
     )
 
@@ -510,6 +512,11 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     start = time.perf_counter()
     if config.solver == "lstsq":
         coef, intercept, R = tsqr(rows, group, bias=config.bias)
+        if config.penalty != "none":  # the same R, the penalised objective
+            mean, scale = standardization(summary, config)
+            coef, intercept = penalized_from_r(
+                R, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
+                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale)
         state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
         coef, intercept = _saved_values(state, len(targets))
         result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
