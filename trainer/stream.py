@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from serve.errors import DataError
 from trainer.config import TrainConfig
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
@@ -96,45 +97,65 @@ class Rows:
 
     def __init__(self, ds: Dataset, parts: list[Part], features: list[str], targets: list[str],
                  *, batch_rows: int, cache: bool, val_fraction: float | None, seed: int,
-                 val: Rows | None = None) -> None:
+                 val: Rows | None = None, weight: str | None = None) -> None:
         self.ds, self.parts, self.features, self.targets = ds, parts, features, targets
         self.batch_rows, self.cache, self.val_fraction, self.seed = batch_rows, cache, \
             val_fraction, seed
         self.val = val  # --val-data: another dataset's rows are the validation rows
-        self._kept: list[tuple[Pair, Pair]] | None = None
+        self.weight = weight  # --sample-weight: a column of the train rows' weights
+        self._kept: list[tuple[Pair, Pair, np.ndarray | None]] | None = None
 
-    def _split(self, order: list[Part] | None = None) -> Iterator[tuple[Pair, Pair]]:
-        p = len(self.features)
+    def _split(self, order: list[Part] | None = None
+               ) -> Iterator[tuple[Pair, Pair, np.ndarray | None]]:
+        """(train rows, validation rows, the train rows' weights or None) chunk by chunk."""
+        p, t = len(self.features), len(self.targets)
         if self._kept is not None:
             yield from self._kept
             return
-        kept: list[tuple[Pair, Pair]] = []
-        for chunk in self.ds.chunks(order or self.parts, self.features + self.targets,
-                                    batch_rows=self.batch_rows):
+        kept: list[tuple[Pair, Pair, np.ndarray | None]] = []
+        columns = self.features + self.targets + ([self.weight] if self.weight else [])
+        for chunk in self.ds.chunks(order or self.parts, columns, batch_rows=self.batch_rows):
             v = chunk.values
+            if self.weight:
+                self._check_weights(chunk)
             if self.val_fraction:
                 is_val = validation_mask(self.seed, self.val_fraction, chunk.file,
                                          chunk.first_row, len(v))
                 train, val = v[~is_val], v[is_val]
             else:
                 train, val = v, v[:0]
-            pair = ((train[:, :p], train[:, p:]), (val[:, :p], val[:, p:]))
+            item = ((train[:, :p], train[:, p:p + t]), (val[:, :p], val[:, p:p + t]),
+                    train[:, p + t] if self.weight else None)
             if self.cache and order is None:
-                kept.append(pair)
-            yield pair
+                kept.append(item)
+            yield item
         if self.cache and order is None:
             self._kept = kept
 
+    def _check_weights(self, chunk: Any) -> None:
+        w = chunk.values[:, -1]
+        if (w < 0).any():
+            r = int(np.flatnonzero(w < 0)[0])
+            raise DataError(f"{self.ds.files[chunk.file]}: row {chunk.first_row + r + 1}, column "
+                            f"{self.weight!r}: the sample weight {w[r]:g} is negative; weights "
+                            "must be >= 0")
+
     def train(self, order: list[Part] | None = None) -> Iterator[Pair]:
-        for pair, _ in self._split(order):
+        for pair, _, _ in self._split(order):
             if len(pair[0]):
                 yield pair
+
+    def weighted_train(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The train rows with their weights (ones without ``--sample-weight``)."""
+        for (X, Y), _, w in self._split():
+            if len(X):
+                yield X, Y, np.ones(len(X)) if w is None else w
 
     def validation(self) -> Iterator[Pair]:
         if self.val is not None:
             yield from self.val.train()
             return
-        for _, pair in self._split():
+        for _, pair, _ in self._split():
             if len(pair[0]):
                 yield pair
 
@@ -197,10 +218,13 @@ def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarra
     """Exact least squares by a streamed tall-skinny QR of [X, 1 | Y] (float64): the
     coefficients, the intercepts, and the merged R factor (the statistics read the design's
     Gram matrix from its first block, never forming XᵀX). The caller checks there are at
-    least as many rows as parameters."""
+    least as many rows as parameters. With ``--sample-weight``, rows are scaled by √w
+    (weighted least squares, as statsmodels' WLS)."""
     R: np.ndarray | None = None
-    for X, Y in rows.train():
+    for X, Y, w in rows.weighted_train():
         block = np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
+        if rows.weight:
+            block *= np.sqrt(w)[:, None]
         R = np.linalg.qr(block if R is None else np.vstack([R, block]), mode="r")
     p = len(rows.features) + int(bias)
     mine = R if R is not None else np.zeros((0, p + len(rows.targets)))
@@ -266,10 +290,35 @@ def meat_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group,
 
     t, p = len(rows.targets), len(rows.features) + int(bias)
     meat = np.zeros((t, p, p))
-    for X, Y in rows.train():
+    for X, Y, w in rows.weighted_train():
         Z = np.hstack([np.ones((len(X), 1)), X]) if bias else X
-        meat += robust_meat(Z, Y - (X @ coef.T + intercept), cov_type, pinv)
+        root = np.sqrt(w)[:, None]
+        meat += robust_meat(Z * root, (Y - (X @ coef.T + intercept)) * root, cov_type, pinv)
     return group.sum(meat.ravel()).reshape(meat.shape)
+
+
+def wls_sums(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group
+             ) -> dict[str, Any]:
+    """What weighted least squares' statistics need beyond R, over every rank's train rows:
+    per target Σw·e² at the saved parameters and Σw·(y − ȳ_w)² (from Σw, Σwy, Σwy², merged in
+    float64), the total weight, and Σ log w (NaN when a weight is 0, as statsmodels)."""
+    t = len(rows.targets)
+    sums = np.zeros(3 * t + 3)  # Σwe², Σwy, Σwy², Σw, Σ log w, zero weights
+    for X, Y, w in rows.weighted_train():
+        e = Y - (X @ coef.T + intercept)
+        sums[:t] += w @ e**2
+        sums[t:2 * t] += w @ Y
+        sums[2 * t:3 * t] += w @ Y**2
+        sums[3 * t] += w.sum()
+        positive = w > 0
+        sums[3 * t + 1] += np.log(w[positive]).sum()
+        sums[3 * t + 2] += (~positive).sum()
+    sums = group.sum(sums)
+    total = sums[3 * t]
+    mean = sums[t:2 * t] / total if total > 0 else np.zeros(t)
+    return {"ssr": sums[:t], "tss": sums[2 * t:3 * t] - total * mean**2,
+            "total_weight": float(total),
+            "log_weights": float(sums[3 * t + 1]) if sums[3 * t + 2] == 0 else float("nan")}
 
 
 # ------------------------------------------------------------------ 3. SGD

@@ -446,6 +446,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                    val_fraction: float | None = None, val_data: str | Path | None = None,
                    batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
                    cov: str = "nonrobust", confidence: float = 0.95,
+                   sample_weight: str | None = None,
                    log: Callable[[str], None] | None = None,
                    progress: Callable[[float], None] | None = None,
                    group: Any = None) -> tuple[Path, dict[str, Any] | None]:
@@ -467,6 +468,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         sgd,
         standardization,
         tsqr,
+        wls_sums,
     )
 
     group = group or Group(device=resolve_device(config.device))
@@ -485,7 +487,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     # 1. The dataset, its columns, this rank's share.
     ds = Dataset.open(data_path)
     targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
-                                     exclude=exclude)
+                                     exclude=exclude, weight=sample_weight)
     parts = ds.shard(group.rank, group.world)
     share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
         ds.estimated_rows() // group.world
@@ -497,7 +499,11 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         pick_columns(vds.shown, vds.columns, targets=targets, features=features)
         val = Rows(vds, vds.shard(group.rank, group.world), features, targets,
                    val_fraction=None, **rows_kw)
-    rows = Rows(ds, parts, features, targets, val_fraction=val_fraction, val=val, **rows_kw)
+    rows = Rows(ds, parts, features, targets, val_fraction=val_fraction, val=val,
+                weight=sample_weight, **rows_kw)
+    if sample_weight is not None and config.solver != "lstsq":
+        raise TrainingError("--sample-weight streams with --solver lstsq; weighted SGD still "
+                            "needs every row in memory")
     # 2. Moments: row counts, means, spreads over every rank.
     summary = moments(rows, group)
     n_params = len(features) + int(config.bias)
@@ -512,10 +518,17 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     start = time.perf_counter()
     if config.solver == "lstsq":
         coef, intercept, R = tsqr(rows, group, bias=config.bias)
+        wls = None
+        if sample_weight is not None:
+            wls = wls_sums(rows, coef, intercept, group)
+            if not wls["total_weight"] > 0:
+                raise TrainingError("every training row has sample weight 0")
         if config.penalty != "none":  # the same R, the penalised objective
             mean, scale = standardization(summary, config)
+            # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
+            Rn = R if wls is None else R * np.sqrt(summary.x.n / wls["total_weight"])
             coef, intercept = penalized_from_r(
-                R, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
+                Rn, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
                 alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale)
         state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
         coef, intercept = _saved_values(state, len(targets))
@@ -533,6 +546,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                validation=True)["sse"]
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
     if config.solver == "sgd":
+        wls = None
         *exact, R = tsqr(rows, group, bias=config.bias)
         optimum = regression_metrics(metrics_pass(rows, *exact, group, validation=False)["sse"],
                                      summary.y)
@@ -543,6 +557,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     def gather() -> Sufficient:
         suff = Sufficient(n=int(summary.x.n), R=design_r(R, len(features), bias=config.bias),
                           ssr=sse, tss=summary.y.m2)
+        if wls is not None:  # weighted least squares: sums at the saved parameters
+            w = wls_sums(rows, result.coef_, result.intercept_, group)
+            suff.ssr, suff.tss, suff.log_weights = w["ssr"], w["tss"], w["log_weights"]
         if cov != "nonrobust":
             suff.meat = meat_pass(rows, result.coef_, result.intercept_, group,
                                   bias=config.bias, cov_type=cov, pinv=suff.pinv())
@@ -561,6 +578,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         manifest = _streamed_manifest(ds, result, config, features, targets, summary, metrics,
                                       out.name, val_data, batch_rows, cache, group)
         manifest["statistics"] = stats.per_target
+        manifest["data"]["sample_weight"] = sample_weight
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
         _write_inference(tmp, manifest, stats)

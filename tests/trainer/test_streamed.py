@@ -142,6 +142,66 @@ def test_streamed_penalised_fits_equal_the_in_memory_ones(shards, tmp_path, pena
     assert stats["not_defined"]["std_err"].startswith("the estimates are penalized")
 
 
+def _weighted_shards(folder: Path) -> Path:
+    """The shards with a weight column (zeros included), one Parquet file per shard."""
+    out = folder.parent / "weighted"
+    out.mkdir(exist_ok=True)
+    for i, f in enumerate(sorted(folder.glob("*.parquet"))):
+        t = pq.read_table(f)
+        w = (np.arange(t.num_rows) % 5) * 0.5 + (i % 2)  # 0, 0.5, ... 2 (+1 on odd shards)
+        pq.write_table(t.append_column("w", pa.array(w)), out / f.name, row_group_size=300)
+    return out
+
+
+@pytest.mark.parametrize("extra", [["--cov", "HC1"], ["--penalty", "l2", "--alpha", "0.2"],
+                                   ["--penalty", "elasticnet", "--alpha", "0.05",
+                                    "--standardize"]])
+@pytest.mark.parametrize("how", [["--batch-rows", "333"], ["--nproc", "2"]])
+def test_streamed_sample_weights_equal_the_in_memory_fit(shards, tmp_path, extra, how):
+    """--sample-weight streams with the exact solver: rows scaled by √w in the QR pass, the
+    penalised objective with weights summing to n, WLS statistics from the weighted sums."""
+    folder = _weighted_shards(shards[0])
+    common = ["--solver", "lstsq", "--dtype", "float64", "--sample-weight", "w", "--target", "y",
+              *extra, "-q"]
+    train(_in_memory_twin(folder, tmp_path), *common, "--out", tmp_path / "mem")
+    if how[0] == "--nproc":
+        res = run_script("linreg-train", folder, *how, *common, "--out", tmp_path / "str")
+        assert res.returncode == 0, res.stderr.decode()
+    else:
+        train(folder, *how, *common, "--out", tmp_path / "str")
+    np.testing.assert_allclose(params(tmp_path / "str"), params(tmp_path / "mem"), rtol=1e-9,
+                               atol=1e-12)
+    mem, streamed = (manifest(tmp_path / m)["statistics"][0] for m in ("mem", "str"))
+    assert streamed["not_defined"] == mem["not_defined"]
+    for key in STAT_KEYS:
+        if mem.get(key) is None:  # (the log-likelihood of WLS with zero weights: NaN, null)
+            assert streamed.get(key) is None, key
+        else:
+            np.testing.assert_allclose(streamed[key], mem[key], rtol=1e-8, atol=1e-12,
+                                       err_msg=key)
+    assert manifest(tmp_path / "str")["data"]["sample_weight"] == "w"
+
+
+def test_streamed_weights_refuse_what_in_memory_refuses(shards, tmp_path):
+    folder = _weighted_shards(shards[0])
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in sorted(folder.glob("*.parquet")):
+        t = pq.read_table(f)
+        if f.name == "part-2.parquet":
+            w = t.column("w").to_numpy().copy()
+            w[7] = -1.0
+            t = t.set_column(t.schema.get_field_index("w"), "w", pa.array(w))
+        pq.write_table(t, bad / f.name, row_group_size=300)
+    res = train(bad, "--solver", "lstsq", "--sample-weight", "w", "--target", "y", "--out",
+                tmp_path / "m",
+                code=1)
+    assert res.stderr == (f"linreg-train: error: {bad}/part-2.parquet: row 8, column 'w': the "
+                          "sample weight -1 is negative; weights must be >= 0\n")
+    res = train(folder, "--sample-weight", "w", "--target", "y", "--out", tmp_path / "m", code=2)
+    assert "--sample-weight (with SGD) needs every row in memory" in res.stderr
+
+
 def test_a_streamed_model_has_a_summary_and_intervals(shards, tmp_path):
     from click.testing import CliRunner
 
@@ -326,12 +386,13 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
     res = train(folder, *flag, "--out", tmp_path / "m", code=2)
-    name = {"--optimizer": "--optimizer lbfgs", "--penalty": "--penalty (with SGD)"}.get(
-        flag[0], flag[0])
+    name = {"--optimizer": "--optimizer lbfgs", "--penalty": "--penalty (with SGD)",
+            "--sample-weight": "--sample-weight (with SGD)"}.get(flag[0], flag[0])
     assert res.stderr.splitlines()[-1] == (
         f"linreg-train: error: {name} needs every row in memory; streamed training ({folder} is "
-        "a folder or glob) takes numeric columns, --solver lstsq (with --penalty) or sgd/adam, "
-        f"--standardize, --val-fraction/--val-data, --cov, --summary: drop {name}")
+        "a folder or glob) takes numeric columns, --solver lstsq (with --penalty, "
+        "--sample-weight) or sgd/adam, --standardize, --val-fraction/--val-data, --cov, "
+        f"--summary: drop {name}")
 
 
 def test_val_fraction_and_val_data_together_are_refused(shards, tmp_path):
