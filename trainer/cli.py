@@ -273,8 +273,6 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
 # Flags the streamed fit does not take (they need every row in memory), and how to tell they
 # were given.
 IN_MEMORY_ONLY = {
-    "--categorical": lambda s: s["encoding"].categorical,
-    "--impute": lambda s: s["encoding"].impute is not None,
     "--sample-weight (with SGD)": lambda s: s.get("sample_weight") is not None
     and s["config"].solver == "sgd",
     "--penalty (with SGD)": lambda s: s["config"].penalty != "none" and s["config"].solver == "sgd",
@@ -307,9 +305,10 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     for flag, given in IN_MEMORY_ONLY.items():
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
-                                   f"({why}) takes numeric columns, --solver lstsq (with "
-                                   "--penalty, --sample-weight) or sgd/adam, --standardize, "
-                                   "--val-fraction/--val-data, --cov, --summary: drop " + flag)
+                                   f"({why}) takes categorical columns and blanks, --solver "
+                                   "lstsq (with --penalty, --sample-weight) or sgd/adam, "
+                                   "--standardize, --val-fraction/--val-data, --cov, --summary: "
+                                   "drop " + flag)
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"))
         return
@@ -326,7 +325,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                 val_fraction=settings["val_fraction"], val_data=val_data,
                 batch_rows=batch_rows or 65536, max_memory=_memory_budget(max_memory),
                 cov=settings["cov"], confidence=settings["confidence"],
-                sample_weight=settings["sample_weight"],
+                sample_weight=settings["sample_weight"], encoding=settings["encoding"],
                 force=force, log=log, progress=bar.to, group=group)
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line

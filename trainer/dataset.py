@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,20 @@ class Part:
 class Chunk:
     """Rows of one part: ``values`` (rows, columns) float64, from ``file`` at ``first_row``."""
 
+    values: np.ndarray
+    file: int
+    first_row: int
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+@dataclass
+class RawChunk:
+    """Rows of one part as read: ``table`` the raw feature columns (text as text, for the
+    encoding), ``values`` the number columns (targets, weight) as float64."""
+
+    table: Any
     values: np.ndarray
     file: int
     first_row: int
@@ -136,6 +151,43 @@ class Dataset:
                     yield Chunk(to_matrix(batch, columns, source=path, row_offset=row),
                                 part.file, row)
                     row += batch.num_rows
+
+    def has_text(self, columns: Sequence[str]) -> bool:
+        """Whether a Parquet dataset stores one of ``columns`` as text (a CSV's types are
+        known only by reading its cells)."""
+        if self.format != "parquet":
+            return False
+        import pyarrow as pa
+
+        schema = _parquet_metadata(self.files[0]).schema.to_arrow_schema()
+        return any(not (pa.types.is_integer(t) or pa.types.is_floating(t)
+                        or pa.types.is_boolean(t) or pa.types.is_decimal(t)
+                        or pa.types.is_null(t))
+                   for t in (schema.field(c).type for c in columns))
+
+    def raw_chunks(self, parts: Sequence[Part], features: Sequence[str],
+                   numbers: Sequence[str], *, batch_rows: int) -> Iterator[RawChunk]:
+        """The rows of ``parts`` in chunks of at most ``batch_rows``: ``features`` as they are
+        stored (a CSV's as text), ``numbers`` by the number rule (a bad cell names its row)."""
+        features, numbers = list(features), list(numbers)
+        for part in parts:
+            path = self.files[part.file]
+            if part.row_group is None:
+                from serve.tables import csv_batches
+
+                batches = csv_batches(path, numbers, text=features, name=str(path))
+            else:
+                fragment = self._fragment(part.file).subset(row_group_ids=[part.row_group])
+                batches = ((b, None) for b in fragment.to_batches(columns=features + numbers,
+                                                                  batch_size=batch_rows))
+            row = part.first_row
+            for batch, start in batches:
+                row = row if start is None else start
+                for at in range(0, batch.num_rows, batch_rows):
+                    piece = batch.slice(at, batch_rows)
+                    yield RawChunk(piece, to_matrix(piece, numbers, source=path,
+                                                    row_offset=row + at), part.file, row + at)
+                row += batch.num_rows
 
     def _fragment(self, file: int):
         """File ``file`` as a pyarrow dataset fragment, opened once (its footer read once)."""

@@ -97,8 +97,12 @@ class Rows:
 
     def __init__(self, ds: Dataset, parts: list[Part], features: list[str], targets: list[str],
                  *, batch_rows: int, cache: bool, val_fraction: float | None, seed: int,
-                 val: Rows | None = None, weight: str | None = None) -> None:
+                 val: Rows | None = None, weight: str | None = None,
+                 specs: list | None = None) -> None:
         self.ds, self.parts, self.features, self.targets = ds, parts, features, targets
+        # A tabular fit: the raw columns ``specs`` name are read and encoded chunk by chunk
+        # (``features`` are then the encoded columns' names).
+        self.specs = specs
         self.batch_rows, self.cache, self.val_fraction, self.seed = batch_rows, cache, \
             val_fraction, seed
         self.val = val  # --val-data: another dataset's rows are the validation rows
@@ -113,14 +117,20 @@ class Rows:
             yield from self._kept
             return
         kept: list[tuple[Pair, Pair, np.ndarray | None]] = []
-        columns = self.features + self.targets + ([self.weight] if self.weight else [])
-        for chunk in self.ds.chunks(order or self.parts, columns, batch_rows=self.batch_rows):
-            v = chunk.values
+        numbers = self.targets + ([self.weight] if self.weight else [])
+        if self.specs is None:
+            chunks = self.ds.chunks(order or self.parts, self.features + numbers,
+                                    batch_rows=self.batch_rows)
+        else:
+            chunks = self.ds.raw_chunks(order or self.parts, [c.name for c in self.specs],
+                                        numbers, batch_rows=self.batch_rows)
+        for chunk in chunks:
+            is_val = validation_mask(self.seed, self.val_fraction, chunk.file, chunk.first_row,
+                                     len(chunk)) if self.val_fraction else None
+            v = chunk.values if self.specs is None else self._encoded(chunk, is_val)
             if self.weight:
                 self._check_weights(chunk)
-            if self.val_fraction:
-                is_val = validation_mask(self.seed, self.val_fraction, chunk.file,
-                                         chunk.first_row, len(v))
+            if is_val is not None:
                 train, val = v[~is_val], v[is_val]
             else:
                 train, val = v, v[:0]
@@ -131,6 +141,22 @@ class Rows:
             yield item
         if self.cache and order is None:
             self._kept = kept
+
+    def _encoded(self, chunk: Any, is_val: np.ndarray | None) -> np.ndarray:
+        """[design matrix | numbers] of a raw chunk, by the learned specs (an unseen level in
+        a validation row is named by its file and row, as in memory)."""
+        from trainer.encode import design_matrix, raw_columns
+
+        source = str(self.ds.files[chunk.file])
+        categorical = [c.name for c in self.specs if c.kind == "categorical"]
+        raw = raw_columns(chunk.table, [c.name for c in self.specs], categorical=categorical,
+                          source=source)
+        X = np.empty((len(chunk), len(self.features)))
+        for mask in ([slice(None)] if is_val is None else [~is_val, is_val]):
+            rows = np.arange(chunk.first_row, chunk.first_row + len(chunk))[mask]
+            X[mask] = design_matrix({n: a[mask] for n, a in raw.items()}, self.specs,
+                                    source=source, rows=rows)
+        return np.hstack([X, chunk.values])
 
     def _check_weights(self, chunk: Any) -> None:
         w = chunk.values[:, -1]
@@ -183,14 +209,32 @@ class Summary:
     val_rows: int
 
 
+class NeedsEncoding(Exception):
+    """A feature cell is not a number (or is blank): the rows must be read as raw columns and
+    encoded (every rank raises it together, after the moments pass's one collective)."""
+
+
 def moments(rows: Rows, group: Group) -> Summary:
+    """The moments pass. On the numeric path, a feature cell that is text or blank ends it
+    early: every rank then raises :class:`NeedsEncoding` (as in memory, such a column is
+    categorical, or needs --impute: the encoding says which)."""
+    from serve.errors import CellError
+
     p, t = len(rows.features), len(rows.targets)
     x, y, yv = Moments.empty(p), Moments.empty(t), Moments.empty(t)
-    for X, Y in rows.train():
-        x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
-    for _, Y in rows.validation():
-        yv = yv.add(Moments.of(Y))
-    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack()]))
+    switch = 0.0
+    try:
+        for X, Y in rows.train():
+            x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
+        for _, Y in rows.validation():
+            yv = yv.add(Moments.of(Y))
+    except CellError as e:
+        if rows.specs is not None or e.column not in rows.features:
+            raise
+        switch = 1.0
+    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack(), [switch]]))
+    if any(a[-1] for a in packed):
+        raise NeedsEncoding()
     merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t)]
     widths = [1 + 2 * p, 1 + 2 * t, 1 + 2 * t]
     for a in packed:  # in rank order: every rank gets the same numbers
@@ -200,6 +244,22 @@ def moments(rows: Rows, group: Group) -> Summary:
             at += w
     return Summary(merged[0], merged[1], merged[2], [int(a[0]) for a in packed],
                    int(merged[2].n))
+
+
+def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
+                   bias: bool) -> list:
+    """The column specs of a tabular fit (:class:`trainer.encode.StreamLearner`): one pass
+    over this rank's rows, the ranks' learners merged in rank order."""
+    from trainer.encode import StreamLearner
+
+    learner = StreamLearner(features, config)
+    numbers = rows.targets + ([rows.weight] if rows.weight else [])
+    for chunk in rows.ds.raw_chunks(rows.parts, features, numbers, batch_rows=rows.batch_rows):
+        train = ~validation_mask(rows.seed, rows.val_fraction, chunk.file, chunk.first_row,
+                                 len(chunk)) if rows.val_fraction else np.ones(len(chunk), bool)
+        learner.add(chunk.table, train, str(rows.ds.files[chunk.file]), chunk.first_row)
+    everyone = [a.item() for a in group.gather(np.array(learner, dtype=object))]
+    return learner.specs(everyone, bias=bias, source=rows.ds.shown)
 
 
 def standardization(summary: Summary, config: TrainConfig):

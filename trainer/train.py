@@ -446,7 +446,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                    val_fraction: float | None = None, val_data: str | Path | None = None,
                    batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
                    cov: str = "nonrobust", confidence: float = 0.95,
-                   sample_weight: str | None = None,
+                   sample_weight: str | None = None, encoding: EncodeConfig | None = None,
                    log: Callable[[str], None] | None = None,
                    progress: Callable[[float], None] | None = None,
                    group: Any = None) -> tuple[Path, dict[str, Any] | None]:
@@ -454,12 +454,16 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     ``batch_rows`` rows (:mod:`trainer.stream`), on this rank's share of a distributed run
     (``group``, :func:`trainer.distributed.join`). Only rank 0 writes the artifact folder, when
     every rank is done; other ranks return ``(out, None)``."""
+    from serve.columns import is_plain
     from trainer.dataset import Dataset
     from trainer.distributed import Group
+    from trainer.encode import encoded_names
     from trainer.stats import Sufficient, statistics
     from trainer.stream import (
+        NeedsEncoding,
         Rows,
         design_r,
+        learn_encoding,
         meat_pass,
         metrics_pass,
         moments,
@@ -488,24 +492,47 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     ds = Dataset.open(data_path)
     targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
                                      exclude=exclude, weight=sample_weight)
+    encoding = encoding or EncodeConfig()
+    encoding.validate()
+    raw_features = features
+    if unknown := sorted(set(encoding.categorical) - set(raw_features)):
+        raise DataError(f"{ds.shown}: unknown categorical column {unknown[0]!r}; the features "
+                        f"are {', '.join(raw_features)}")
     parts = ds.shard(group.rank, group.world)
     share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
         ds.estimated_rows() // group.world
-    cache = share_rows * (len(features) + len(targets)) * 8 * MEMORY_OVERHEAD <= max_memory
-    rows_kw = dict(batch_rows=batch_rows, cache=cache, seed=config.seed)
-    val = None
+    vds = None
     if val_data is not None:
         vds = Dataset.open(val_data)
-        pick_columns(vds.shown, vds.columns, targets=targets, features=features)
-        val = Rows(vds, vds.shard(group.rank, group.world), features, targets,
-                   val_fraction=None, **rows_kw)
-    rows = Rows(ds, parts, features, targets, val_fraction=val_fraction, val=val,
-                weight=sample_weight, **rows_kw)
+        pick_columns(vds.shown, vds.columns, targets=targets, features=raw_features)
+
+    def rows_of(specs: list | None) -> Rows:
+        """This rank's rows: numbers as they are, or raw columns encoded by ``specs``."""
+        names = raw_features if specs is None else encoded_names(specs)
+        cache = share_rows * (len(names) + len(targets)) * 8 * MEMORY_OVERHEAD <= max_memory
+        kw = dict(batch_rows=batch_rows, cache=cache, seed=config.seed, specs=specs)
+        val = None if vds is None else Rows(vds, vds.shard(group.rank, group.world), names,
+                                             targets, val_fraction=None, **kw)
+        return Rows(ds, parts, names, targets, val_fraction=val_fraction, val=val,
+                    weight=sample_weight, **kw)
+
     if sample_weight is not None and config.solver != "lstsq":
         raise TrainingError("--sample-weight streams with --solver lstsq; weighted SGD still "
                             "needs every row in memory")
-    # 2. Moments: row counts, means, spreads over every rank.
-    summary = moments(rows, group)
+    # 2. The encoding (categorical columns, blanks; as in memory), learned in one pass when a
+    # flag asks for it or a feature cell turns out not to be a number; then the moments: row
+    # counts, means, spreads over every rank.
+    specs = None
+    if not encoding.plain or ds.has_text(raw_features):
+        specs = learn_encoding(rows_of(None), raw_features, encoding, group, bias=config.bias)
+    rows = rows_of(specs)
+    try:
+        summary = moments(rows, group)
+    except NeedsEncoding:
+        specs = learn_encoding(rows, raw_features, encoding, group, bias=config.bias)
+        rows = rows_of(specs)
+        summary = moments(rows, group)
+    features = rows.features
     n_params = len(features) + int(config.bias)
     if summary.x.n < n_params:
         raise TrainingError(f"{int(summary.x.n)} training rows but the model has {n_params} "
@@ -576,7 +603,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
         manifest = _streamed_manifest(ds, result, config, features, targets, summary, metrics,
-                                      out.name, val_data, batch_rows, cache, group)
+                                      out.name, val_data, batch_rows, rows.cache, group)
+        if specs is not None and not is_plain(specs):  # a tabular model, as in memory
+            manifest["columns"] = specs_json(specs)
+            manifest["encoding"] = {**asdict(encoding), "categorical": list(encoding.categorical)}
         manifest["statistics"] = stats.per_target
         manifest["data"]["sample_weight"] = sample_weight
         for name in ("model.pt", "history.csv"):
