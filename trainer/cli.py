@@ -83,7 +83,9 @@ def _range(name: str) -> click.ParamType:
               help="Train in this many local processes with torch.distributed (gloo on the "
               "CPU, nccl on CUDA); each reads its share of DATA's files or row groups.")
 @click.option("--epochs", type=_range("epochs"), default=1000, show_default=True)
-@click.option("--lr", type=_range("lr"), default=0.01, show_default=True, help="Learning rate.")
+@click.option("--lr", type=_range("lr"), default=None,
+              help="Learning rate. Default: the optimiser's own, 0.01 for sgd, 0.001 for adam "
+              "(torch's), 1 for lbfgs (torch's).")
 @click.option("--momentum", type=_range("momentum"), default=0.0, show_default=True)
 @click.option("--weight-decay", type=_range("weight_decay"), default=0.0, show_default=True)
 @click.option("--batch-size", type=_range("batch_size"), default=0, show_default=True,
@@ -277,7 +279,6 @@ IN_MEMORY_ONLY = {
     and s["config"].solver == "sgd",
     "--penalty (with SGD)": lambda s: s["config"].penalty != "none" and s["config"].solver == "sgd",
     "--loss huber": lambda s: s["config"].loss != "mse",
-    "--optimizer lbfgs": lambda s: s["config"].optimizer == "lbfgs",
     "--lr-schedule": lambda s: s["config"].lr_schedule != "constant",
     "--early-stopping": lambda s: s["config"].early_stopping,
     "--tol": lambda s: s["config"].tol is not None,
@@ -306,7 +307,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
                                    f"({why}) takes categorical columns and blanks, --solver "
-                                   "lstsq (with --penalty, --sample-weight) or sgd/adam, "
+                                   "lstsq (with --penalty, --sample-weight) or sgd/adam/lbfgs, "
                                    "--standardize, --val-fraction/--val-data, --cov, --summary: "
                                    "drop " + flag)
     if nproc > 1 and not under_torchrun():

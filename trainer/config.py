@@ -92,6 +92,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "lr_schedule": ("constant", "step", "cosine", "plateau"),
 }
 INIT_NAMES = ("default", "zeros")
+# Each optimiser's learning rate when --lr is not given: torch's own defaults for Adam (1e-3)
+# and L-BFGS (1, the step its line search scales), the tutorials' 0.01 for SGD (torch has none).
+DEFAULT_LR = {"sgd": 0.01, "adam": 0.001, "lbfgs": 1.0}
 
 
 def flag(name: str) -> str:
@@ -156,7 +159,7 @@ class TrainConfig:
     """Every setting of one fit, plain values only (saved as-is in the manifest)."""
 
     epochs: int = 1000
-    lr: float = 0.01
+    lr: float | None = None  # None: the optimiser's DEFAULT_LR (the effective value is kept)
     momentum: float = 0.0
     weight_decay: float = 0.0
     batch_size: int = 0  # 0: full batch, as the tutorials
@@ -183,6 +186,10 @@ class TrainConfig:
     early_stopping: bool = False  # stop when the validation cost stops improving
     patience: int = 10  # early stopping: epochs without an improvement of min_delta
     min_delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
 
     def validate(self) -> None:
         """Reject settings that cannot train, naming the flag and the fix."""

@@ -467,20 +467,37 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     for epoch in range(config.epochs):
         optimizer.zero_grad()
         sse = torch.zeros((), dtype=torch.float64, device=device)
-        if config.batch_size == 0:
-            # 3. The exact gradient: every chunk's share, summed; one all-reduce an epoch.
+
+        def full_gradient() -> torch.Tensor:  # noqa: B023 - called within this epoch only
+            # 3. The exact gradient: every chunk's share, summed; one all-reduce a pass.
+            total = torch.zeros((), dtype=torch.float64, device=device)
             with net.no_sync() if group.distributed else _nothing():
                 for x, y in _prefetch(rows.train(), device, dtype):
                     err = ((net(prep(x)) - y) ** 2).sum()
                     (err * (group.world / (n_global * t))).backward()
-                    sse += err.detach().double()
+                    total += err.detach().double()
             if group.distributed:
                 empty_step().backward()  # outside no_sync: DDP all-reduces the gradients
-            optimizer.step()
+            return total
+
+        if config.optimizer == "lbfgs":
+            # 3'. L-BFGS re-evaluates the cost in its line search: each evaluation is a pass
+            # over every rank's rows, the cost summed across ranks (the same on every rank, so
+            # every rank takes the same steps).
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad()
+                total = full_gradient()
+                summed = float(group.sum(total.cpu().numpy().reshape(1))[0])
+                return torch.tensor(summed / (n_global * t), dtype=dtype)
+            cost = float(optimizer.step(closure))  # the cost its first evaluation found
         else:
-            sse += _minibatch_epoch(net, optimizer, rows, summary, config, group, prep,
-                                    empty_step, rng, t)
-        cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t)
+            if config.batch_size == 0:
+                sse += full_gradient()
+                optimizer.step()
+            else:
+                sse += _minibatch_epoch(net, optimizer, rows, summary, config, group, prep,
+                                        empty_step, rng, t)
+            cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t)
         if not np.isfinite(cost):
             raise DivergenceError(
                 f"training diverged at epoch {epoch}: the cost became {cost} with --lr "

@@ -380,18 +380,18 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flag", [["--penalty", "l2"], ["--optimizer", "lbfgs"],
+@pytest.mark.parametrize("flag", [["--penalty", "l2"], ["--loss", "huber"],
                                   ["--early-stopping", "--val-fraction", "0.2"],
                                   ["--sample-weight", "a"]])
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
     res = train(folder, *flag, "--out", tmp_path / "m", code=2)
-    name = {"--optimizer": "--optimizer lbfgs", "--penalty": "--penalty (with SGD)",
+    name = {"--loss": "--loss huber", "--penalty": "--penalty (with SGD)",
             "--sample-weight": "--sample-weight (with SGD)"}.get(flag[0], flag[0])
     assert res.stderr.splitlines()[-1] == (
         f"linreg-train: error: {name} needs every row in memory; streamed training ({folder} is "
         "a folder or glob) takes categorical columns and blanks, --solver lstsq (with "
-        "--penalty, --sample-weight) or sgd/adam, --standardize, --val-fraction/--val-data, "
+        "--penalty, --sample-weight) or sgd/adam/lbfgs, --standardize, --val-fraction/--val-data, "
         f"--cov, --summary: drop {name}")
 
 
@@ -617,3 +617,48 @@ def test_streamed_encoding_refuses_as_in_memory(tmp_path):
     assert res.stderr.startswith("linreg-train: error: ") and \
         "column 'x2' has more than 1,000 levels (--max-levels 1,000)" in res.stderr
     assert not (tmp_path / "m").exists()
+
+
+# ------------------------------------------------------------------ L-BFGS, its own defaults
+
+@pytest.fixture(scope="module")
+def conditioned(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
+    """500 rows, 6 standardised features (issue #27's well-conditioned case): one file and the
+    same rows as 3 Parquet parts, and the exact answer."""
+    folder = tmp_path_factory.mktemp("conditioned")
+    rng = np.random.default_rng(27)
+    X = rng.normal(size=(500, 6))
+    y = X @ np.array([1.0, -2.0, 0.5, 3.0, 0.0, -1.0]) + 4.0 + rng.normal(size=500)
+    table = pa.table({**{f"x{j}": X[:, j] for j in range(6)}, "y": y})
+    pq.write_table(table, folder / "one.parquet")
+    (folder / "parts").mkdir()
+    for i in range(3):
+        pq.write_table(table.slice(i * 167, 167), folder / "parts" / f"p{i}.parquet")
+    exact = np.linalg.lstsq(np.hstack([X, np.ones((500, 1))]), y, rcond=None)[0]
+    return folder / "one.parquet", folder / "parts", exact
+
+
+@pytest.mark.parametrize("how", [[], ["--batch-rows", "100"], ["--nproc", "2"]])
+def test_lbfgs_with_its_defaults_lands_on_least_squares(conditioned, tmp_path, how):
+    """--optimizer lbfgs without --lr takes torch's lr=1 and lands within 1e-6 of the exact
+    answer, in memory, streamed and over 2 processes (each line-search evaluation a pass)."""
+    one, parts, exact = conditioned
+    source = parts if how[:1] == ["--nproc"] else one
+    res = run_script("linreg-train", source, *how, "--optimizer", "lbfgs", "--dtype", "float64",
+                     "--epochs", "50", "--out", tmp_path / "m", "-q")
+    assert res.returncode == 0, res.stderr.decode()
+    np.testing.assert_allclose(params(tmp_path / "m"), exact, rtol=1e-6, atol=1e-8)
+    assert manifest(tmp_path / "m")["training"]["lr"] == 1.0
+
+
+def test_each_optimiser_has_its_own_default_lr_and_help_says_so(conditioned, tmp_path):
+    one, _, _ = conditioned
+    for optimizer, lr in (("sgd", 0.01), ("adam", 0.001), ("lbfgs", 1.0)):
+        train(one, "--optimizer", optimizer, "--epochs", "2", "--out", tmp_path / optimizer, "-q")
+        assert manifest(tmp_path / optimizer)["training"]["lr"] == lr
+    train(one, "--optimizer", "lbfgs", "--lr", "0.5", "--epochs", "2", "--out",
+          tmp_path / "given", "-q")
+    assert manifest(tmp_path / "given")["training"]["lr"] == 0.5  # an explicit --lr is kept
+    res = run_script("linreg-train", "--help")
+    assert "Default: the optimiser's own, 0.01 for sgd, 0.001 for adam (torch's), 1 for lbfgs" \
+        in " ".join(res.stdout.decode().split())
