@@ -47,6 +47,7 @@ from trainer.fit import (
     _optimizer,
     _params_row,
     _saved_values,
+    _scheduler,
     _state_dict,
 )
 from trainer.model import build_model
@@ -463,7 +464,24 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     def empty_step() -> torch.Tensor:  # a rank with no rows still joins the all-reduce
         return (net(torch.zeros((0, p), dtype=dtype, device=device)).sum() * 0.0)
 
+    # Schedules, early stopping and --tol, as in memory: every rank computes the same costs
+    # (summed across ranks), so every rank takes the same decisions.
+    scheduler = _scheduler(optimizer, config)
+    lrs: list[float] = []
+    val_costs: list[float] = []
+    watch = summary.val_rows > 0 and (config.early_stopping or config.lr_schedule == "plateau")
+    best: tuple[float, int, list | None] = (np.inf, -1, None)
+    stopped = "epochs"
+
+    def validation_cost() -> float:
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for x, y in _prefetch(rows.validation(), device, dtype):
+                total += ((model(prep(x)) - y) ** 2).sum().double()
+        return float(group.sum(total.cpu().numpy().reshape(1))[0]) / (summary.val_rows * t)
+
     start = time.perf_counter()
+    epoch = -1
     for epoch in range(config.epochs):
         optimizer.zero_grad()
         sse = torch.zeros((), dtype=torch.float64, device=device)
@@ -510,7 +528,32 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
             log(layout.log_line(epoch, config.epochs, row, mean, scale))
         if progress is not None and group.rank == 0:
             progress(epoch + 1)
-    epochs_run = config.epochs
+        # 4'. Schedules and early stopping (one validation pass an epoch when watched).
+        if watch:
+            val_costs.append(validation_cost())
+        if scheduler is not None:
+            lrs.append(optimizer.param_groups[0]["lr"])
+            if config.lr_schedule == "plateau":
+                scheduler.step(val_costs[-1] if val_costs else cost)
+            else:
+                scheduler.step()
+        if config.early_stopping:
+            if val_costs[-1] < best[0] - config.min_delta:
+                best = (val_costs[-1], epoch, [q.detach().clone() for q in model.parameters()])
+            elif epoch - best[1] >= config.patience:
+                stopped = "early"
+                break
+        if config.tol is not None and epoch > 0 and \
+                history.costs(epoch - 1, epoch)[0] - cost < config.tol:
+            stopped = "tol"
+            break
+    best_epoch = None
+    if config.early_stopping and best[2] is not None:  # keep the best validation epoch's
+        with torch.no_grad():
+            for q, kept in zip(model.parameters(), best[2]):
+                q.copy_(kept)
+        best_epoch = best[1]
+    epochs_run = epoch + 1
     W_s = W.detach().double().cpu().numpy()
     b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(t)
     coef, intercept = _fold(W_s, b_s, mean, scale)
@@ -521,9 +564,13 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     if log_every:
         log(layout.log_line(epochs_run, config.epochs, np.concatenate(
             [[sse.sum() / (n_global * t)], _params_row(tracked)]), mean, scale))
+    extras = {"lr": np.array(lrs)} if lrs else {}
+    if val_costs:
+        extras["val_cost"] = np.array(val_costs)
     return FitResult(coef, intercept, state, layout.folded(history.rows(epochs_run), mean, scale),
-                     layout.columns(), epochs_run, "epochs", str(device), mean, scale,
-                     seconds=time.perf_counter() - start, config=asdict(config)), sse
+                     layout.columns(), epochs_run, stopped, str(device), mean, scale,
+                     seconds=time.perf_counter() - start, config=asdict(config), extras=extras,
+                     best_epoch=best_epoch), sse
 
 
 def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: TrainConfig,

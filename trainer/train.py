@@ -486,6 +486,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
     if val_fraction and val_data is not None:
         raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
+    if config.early_stopping and not val_fraction and val_data is None:
+        raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
+                            "(e.g. 0.2) or --val-data")
     if group.rank == 0:
         _check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
     # 1. The dataset, its columns, this rank's share.
@@ -641,7 +644,7 @@ def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features
                                 "a seeded hash of (file, row)" if summary.val_rows else None),
                  "validation_indices": None},
         "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
-                     "best_epoch": None, "stopped": result.stopped,
+                     "best_epoch": result.best_epoch, "stopped": result.stopped,
                      "seconds": round(result.seconds, 4), "torch_version": torch.__version__,
                      "streamed": {"batch_rows": batch_rows, "kept_in_memory": cache,
                                   "world_size": group.world, "backend": group.backend,

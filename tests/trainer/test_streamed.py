@@ -381,7 +381,7 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
 
 
 @pytest.mark.parametrize("flag", [["--penalty", "l2"], ["--loss", "huber"],
-                                  ["--early-stopping", "--val-fraction", "0.2"],
+                                  ["--checkpoint-every", "5"],
                                   ["--sample-weight", "a"]])
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
@@ -662,3 +662,45 @@ def test_each_optimiser_has_its_own_default_lr_and_help_says_so(conditioned, tmp
     res = run_script("linreg-train", "--help")
     assert "Default: the optimiser's own, 0.01 for sgd, 0.001 for adam (torch's), 1 for lbfgs" \
         in " ".join(res.stdout.decode().split())
+
+
+# ------------------------------------------------------------------ schedules, early stopping
+
+@pytest.mark.parametrize("control", [["--lr-schedule", "step", "--lr-step-size", "7"],
+                                     ["--lr-schedule", "cosine"],
+                                     ["--lr-schedule", "plateau", "--lr-patience", "2"],
+                                     ["--tol", "1e-6"]])
+def test_streamed_schedules_equal_the_in_memory_ones(shards, tmp_path, control):
+    """Full-batch SGD under a schedule (or --tol): the same lr per epoch and the same model as
+    in memory, to summation order."""
+    folder, _ = shards
+    common = ["--dtype", "float64", "--epochs", "40", "--lr", "0.1", "--standardize", "-q",
+              *control]
+    train(_in_memory_twin(folder, tmp_path), *common, "--out", tmp_path / "mem")
+    train(folder, "--batch-rows", "500", *common, "--out", tmp_path / "str")
+    np.testing.assert_allclose(params(tmp_path / "str"), params(tmp_path / "mem"), rtol=1e-9)
+    import pyarrow.csv as pacsv
+
+    mem, got = (pacsv.read_csv(tmp_path / m / "history.csv") for m in ("mem", "str"))
+    assert got.column_names == mem.column_names and got.num_rows == mem.num_rows
+    for name in mem.column_names:
+        np.testing.assert_allclose(got.column(name).to_numpy(), mem.column(name).to_numpy(),
+                                   rtol=1e-8, atol=1e-12, err_msg=name)
+    m = manifest(tmp_path / "str")["training"]
+    assert m["stopped"] == manifest(tmp_path / "mem")["training"]["stopped"]
+
+
+def test_streamed_early_stopping_keeps_the_best_epoch_on_every_rank(shards, tmp_path):
+    folder, _ = shards
+    common = ["--epochs", "500", "--lr", "0.5", "--standardize", "--early-stopping",
+              "--patience", "3", "--val-fraction", "0.2", "--dtype", "float64", "-q"]
+    train(folder, "--batch-rows", "500", *common, "--out", tmp_path / "one")
+    res = run_script("linreg-train", folder, "--nproc", "2", *common, "--out", tmp_path / "two")
+    assert res.returncode == 0, res.stderr.decode()
+    for m in ("one", "two"):
+        t = manifest(tmp_path / m)["training"]
+        assert t["stopped"] == "early" and t["epochs_run"] < 500
+        assert t["best_epoch"] == t["epochs_run"] - 1 - 3
+    np.testing.assert_allclose(params(tmp_path / "two"), params(tmp_path / "one"), rtol=1e-9)
+    res = train(folder, "--early-stopping", "--out", tmp_path / "x", code=1)
+    assert "--early-stopping watches the validation cost: add --val-fraction" in res.stderr
