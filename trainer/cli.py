@@ -277,8 +277,6 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
 IN_MEMORY_ONLY = {
     "--sample-weight (with SGD)": lambda s: s.get("sample_weight") is not None
     and s["config"].solver == "sgd",
-    "--penalty (with SGD)": lambda s: s["config"].penalty != "none" and s["config"].solver == "sgd",
-    "--loss huber": lambda s: s["config"].loss != "mse",
     "--init-from": lambda s: s.get("init_from") is not None,
     "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
     "--resume": lambda s: s.get("resume") is not None,
@@ -304,7 +302,8 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
                                    f"({why}) takes categorical columns and blanks, --solver "
-                                   "lstsq (with --penalty, --sample-weight) or sgd/adam/lbfgs, "
+                                   "lstsq (with --sample-weight) or sgd/adam/lbfgs, --penalty, "
+                                   "--loss huber, "
                                    "--standardize, --val-fraction/--val-data, --cov, --summary: "
                                    "drop " + flag)
     if nproc > 1 and not under_torchrun():

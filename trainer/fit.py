@@ -130,9 +130,7 @@ def _objective(config: TrainConfig, n_targets: int):
     weighted by rows when weights are given), plus the L2 part of a penalty. Scaled so that
     its minimum is scikit-learn's ElasticNet's: MSE averages over n x targets, which is
     2/targets x (1/2n)‖r‖² summed over targets, so the penalties get the same 2/targets."""
-    l2 = 0.0 if config.penalty in ("none", "l1") else \
-        config.alpha * (1 - (config.l1_ratio if config.penalty == "elasticnet" else 0.0))
-    l2_scale = l2 / n_targets  # (2/T) x ½ α (1 - R)
+    l2_scale = l2_weight(config, n_targets)
 
     def objective(model, x, y, w=None) -> torch.Tensor:
         pred = model(x)
@@ -147,6 +145,13 @@ def _objective(config: TrainConfig, n_targets: int):
             cost = cost + l2_scale * (model.linear.weight ** 2).sum()
         return cost
     return objective
+
+
+def l2_weight(config: TrainConfig, n_targets: int) -> float:
+    """The factor of ‖W‖² in the cost: (2/T) x ½ α (1 - R) (see :func:`_objective`)."""
+    l2 = 0.0 if config.penalty in ("none", "l1") else \
+        config.alpha * (1 - (config.l1_ratio if config.penalty == "elasticnet" else 0.0))
+    return l2 / n_targets
 
 
 def _l1_prox(config: TrainConfig, n_targets: int):

@@ -43,12 +43,14 @@ from trainer.fit import (
     FitResult,
     _fold,
     _History,
+    _l1_prox,
     _Layout,
     _optimizer,
     _params_row,
     _saved_values,
     _scheduler,
     _state_dict,
+    l2_weight,
 )
 from trainer.model import build_model
 
@@ -464,6 +466,22 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     def empty_step() -> torch.Tensor:  # a rank with no rows still joins the all-reduce
         return (net(torch.zeros((0, p), dtype=dtype, device=device)).sum() * 0.0)
 
+    # The cost, as in memory (trainer.fit._objective): the data loss summed over rows (MSE or
+    # Huber), over the global row count, plus the L2 part of a penalty (every rank adds it once
+    # unscaled: DDP's average keeps it once); the L1 part is a proximal step after each step.
+    import torch.nn.functional as F
+
+    def data_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if config.loss == "huber":
+            return F.huber_loss(pred, y, delta=config.huber_delta, reduction="sum")
+        return ((pred - y) ** 2).sum()
+
+    l2_scale, prox = l2_weight(config, t), _l1_prox(config, t)
+
+    def penalty() -> torch.Tensor:
+        return l2_scale * (W ** 2).sum() if l2_scale else torch.zeros((), dtype=dtype,
+                                                                       device=device)
+
     # Schedules, early stopping and --tol, as in memory: every rank computes the same costs
     # (summed across ranks), so every rank takes the same decisions.
     scheduler = _scheduler(optimizer, config)
@@ -491,11 +509,14 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
             total = torch.zeros((), dtype=torch.float64, device=device)
             with net.no_sync() if group.distributed else _nothing():
                 for x, y in _prefetch(rows.train(), device, dtype):
-                    err = ((net(prep(x)) - y) ** 2).sum()
+                    err = data_loss(net(prep(x)), y)
                     (err * (group.world / (n_global * t))).backward()
                     total += err.detach().double()
-            if group.distributed:
-                empty_step().backward()  # outside no_sync: DDP all-reduces the gradients
+            last = penalty()
+            if group.distributed:  # outside no_sync: DDP all-reduces the gradients
+                last = last + empty_step()
+            if last.requires_grad:
+                last.backward()
             return total
 
         if config.optimizer == "lbfgs":
@@ -509,13 +530,16 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
                 return torch.tensor(summed / (n_global * t), dtype=dtype)
             cost = float(optimizer.step(closure))  # the cost its first evaluation found
         else:
+            before = float(penalty())  # the cost's L2 part at the parameters of this epoch
             if config.batch_size == 0:
                 sse += full_gradient()
                 optimizer.step()
+                if prox is not None:
+                    prox(W)
             else:
                 sse += _minibatch_epoch(net, optimizer, rows, summary, config, group, prep,
-                                        empty_step, rng, t)
-            cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t)
+                                        empty_step, rng, t, data_loss, penalty, prox, W)
+            cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t) + before
         if not np.isfinite(cost):
             raise DivergenceError(
                 f"training diverged at epoch {epoch}: the cost became {cost} with --lr "
@@ -575,7 +599,7 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
 
 def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: TrainConfig,
                      group: Group, prep, empty_step, rng: np.random.Generator,
-                     t: int) -> torch.Tensor:
+                     t: int, data_loss, penalty, prox, W) -> torch.Tensor:
     """One epoch of mini-batches: each rank takes ``ceil(batch / world)`` rows a step from a
     shuffle buffer; all ranks run ``max`` steps, each loss weighted by the step's global rows."""
     device, dtype = group.device, next(net.parameters()).dtype
@@ -594,11 +618,13 @@ def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: Train
         else:
             x = torch.as_tensor(batch[0], dtype=dtype).to(device, non_blocking=True)
             y = torch.as_tensor(batch[1], dtype=dtype).to(device, non_blocking=True)
-            err = ((net(prep(x)) - y) ** 2).sum()
+            err = data_loss(net(prep(x)), y)
             loss = err * (group.world / (step_rows * t))
             sse += err.detach().double()
-        loss.backward()
+        (loss + penalty()).backward()
         optimizer.step()
+        if prox is not None:
+            prox(W)
     return sse
 
 

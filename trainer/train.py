@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -327,8 +327,6 @@ def _check_out(out: Path, data_path: Path, force: bool) -> None:
 
 
 def _exact_penalized(X, Y, config: TrainConfig, weights) -> tuple[np.ndarray, np.ndarray]:
-    from dataclasses import replace
-
     result = fit(X, Y, replace(config, solver="lstsq", optimizer="sgd", device="cpu"),
                  weights=weights)
     return result.coef_, result.intercept_
@@ -578,10 +576,16 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     if config.solver == "sgd":
         wls = None
         *exact, R = tsqr(rows, group, bias=config.bias)
-        optimum = regression_metrics(metrics_pass(rows, *exact, group, validation=False)["sse"],
-                                     summary.y)
-        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
-        metrics["exact_least_squares"] = optimum
+        if config.penalty != "none":  # the exact optimum of the same (penalised) objective
+            mean, scale = standardization(summary, replace(config, solver="lstsq"))
+            exact = list(penalized_from_r(
+                R, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
+                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale))
+        if config.loss == "mse":  # (Huber has no closed form to measure against)
+            optimum = regression_metrics(
+                metrics_pass(rows, *exact, group, validation=False)["sse"], summary.y)
+            optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+            metrics["exact_least_squares"] = optimum
     # 5. Statistics at the saved parameters: the design's R from the QR pass, the residual sums
     # from the metrics pass, and (robust covariances only) one more pass for the meat.
     def gather() -> Sufficient:
