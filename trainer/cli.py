@@ -307,7 +307,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                                    "--standardize, --val-fraction/--val-data, --cov, --summary: "
                                    "drop " + flag)
     if nproc > 1 and not under_torchrun():
-        launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"))
+        launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"), _rank)
         return
     config = settings["config"]
     group = join(resolve_device(config.device))
@@ -347,6 +347,12 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         from trainer.stats import summary_text
 
         click.echo(summary_text(manifest).rstrip("\n"))
+
+
+def _rank(argv: list[str]) -> None:
+    """What each ``--nproc`` process runs: linreg-train itself, under the launcher's
+    environment (it exits with the command's status)."""
+    train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
 
 
 def _collective_error(e: BaseException) -> bool:
@@ -394,7 +400,7 @@ def summary_main(model_dir: Path) -> None:
 
     manifest = read_manifest(model_dir)
     if not manifest.get("statistics") and "streamed" in (manifest.get("training") or {}):
-        from trainer.train import STREAMED_NO_STATISTICS
+        from trainer.stats import STREAMED_NO_STATISTICS
 
         raise ModelError(f"{model_dir}: no statistics: {STREAMED_NO_STATISTICS}")
     if not manifest.get("statistics"):

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +115,9 @@ def join(device: torch.device) -> Group:
 
 # ------------------------------------------------------------------ --nproc N
 
-def launch(nproc: int, argv: list[str]) -> None:
-    """Run ``linreg-train argv`` in ``nproc`` local processes, through torch's launcher.
+def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> None:
+    """Run ``entry(argv)`` (linreg-train's command) in ``nproc`` local processes, through
+    torch's launcher; ``entry`` is a module-level function, sent to the processes by name.
 
     Rank 0's standard output is shown (its log lines); every process's standard error goes to
     a log file, and a failed run ends with one TrainingError naming the first rank that failed
@@ -138,7 +140,7 @@ def launch(nproc: int, argv: list[str]) -> None:
         follower = threading.Thread(target=_follow, args=(Path(logs), done), daemon=True)
         follower.start()
         try:
-            elastic_launch(config, _worker)(argv, os.getpid())
+            elastic_launch(config, _worker)(entry, argv, os.getpid())
         except ChildFailedError as e:
             rank, cause = _root_cause(e, nproc, Path(logs))
             raise TrainingError(f"rank {rank} of {nproc} failed: {cause}") from None
@@ -206,14 +208,12 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _worker(argv: list[str], launcher: int) -> None:
-    """One process of ``--nproc``: linreg-train itself, under the launcher's environment.
-    It dies with the launcher (``launcher`` is its pid): no rank outlives a killed run."""
-    from trainer.cli import train_main
-
+def _worker(entry: Callable[[list[str]], None], argv: list[str], launcher: int) -> None:
+    """One process of ``--nproc``: ``entry(argv)``, under the launcher's environment. It dies
+    with the launcher (``launcher`` is its pid): no rank outlives a killed run."""
     _die_with(launcher)
     try:
-        train_main.main(args=argv, prog_name="linreg-train", standalone_mode=True)
+        entry(argv)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1

@@ -39,7 +39,7 @@ from trainer.encode import design_matrix, raw_columns
 from trainer.files import read_table
 from trainer.model import LinearRegression, model_from_state_dict
 from trainer.onnx_tabular import INTERVAL_OUTPUTS, Intervals, needs_opset, tabular_graph
-from trainer.train import INFERENCE
+from trainer.stats import INFERENCE
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
 DEFAULT_OPSET = 18
@@ -450,7 +450,7 @@ def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Interval
     stats = manifest.get("statistics") or []
     path = folder / INFERENCE
     if not stats and "streamed" in (manifest.get("training") or {}):
-        from trainer.train import STREAMED_NO_STATISTICS
+        from trainer.stats import STREAMED_NO_STATISTICS
 
         raise ExportError(f"{folder}: no covariance of the estimates to build intervals from "
                           f"({STREAMED_NO_STATISTICS})")

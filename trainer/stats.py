@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 
 COV_TYPES = ("nonrobust", "HC0", "HC1", "HC2", "HC3")
+INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for intervals at export
+STREAMED_NO_STATISTICS = ("trained streamed by an older linreg, which kept no statistics of "
+                          "streamed fits: train it again")
 
 
 @dataclass

@@ -42,9 +42,7 @@ from trainer.fit import (
     least_squares,
     resolve_device,
 )
-from trainer.stats import inference
-
-INFERENCE = "inference.npz"  # the covariance of the estimates and σ̂, for intervals
+from trainer.stats import INFERENCE, inference
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
@@ -421,8 +419,6 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
 
 # ------------------------------------------------------------------ streamed and distributed
 
-STREAMED_NO_STATISTICS = ("trained streamed by an older linreg, which kept no statistics of "
-                          "streamed fits: train it again")
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
 
 
@@ -654,6 +650,6 @@ def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features
                                   "world_size": group.world, "backend": group.backend,
                                   "rows_per_rank": summary.train_rows}},
         "metrics": metrics,
-        "statistics": None,  # see STREAMED_NO_STATISTICS
+        "statistics": None,  # (the caller adds them)
         "history": "history.csv", "artifacts": {}, "exports": {},
     }
