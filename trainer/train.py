@@ -99,24 +99,23 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                           names=data.feature_names, cov_type=cov, confidence=confidence,
                           penalized=_not_least_squares(config), weights=weights)
-        with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
-            torch.save(result.state_dict, tmp / "model.pt")
-            _write_history(tmp / "history.csv", result)
-            manifest = _manifest(data, result, config, encoding, train_idx, val_idx, out.name)
-            manifest["data"]["sample_weight"] = sample_weight
-            manifest["statistics"] = stats.per_target
-            for name in ("model.pt", "history.csv"):
-                record_artifact(manifest, tmp, name)
-            _write_inference(tmp, manifest, stats)
-            if plot:
-                from trainer.plots import PlotData, write_plots
-                pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
-                                    data.Y[val_idx], result.coef_, result.intercept_, config.bias,
-                                    data.feature_names, data.target_names,
-                                    result.best_epoch)
-                for name in write_plots(tmp, pictures):
-                    record_artifact(manifest, tmp, name)
-            write_manifest(tmp, manifest)
+        pictures = None
+        if plot:
+            from trainer.plots import PlotData
+
+            pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
+                                data.Y[val_idx], result.coef_, result.intercept_, config.bias,
+                                data.feature_names, data.target_names, result.best_epoch)
+        manifest = _write_folder(
+            out, force=force, result=result, config=config, features=data.feature_names,
+            targets=data.target_names, columns=data.columns, encoding=encoding,
+            warnings=data.warnings, metrics=_metrics(data, result, config, train_idx, val_idx),
+            stats=stats, data={
+                "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
+                "rows": data.n_rows, "train_rows": int(len(train_idx)),
+                "validation_rows": int(len(val_idx)),
+                "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
+                "sample_weight": sample_weight}, plots=pictures)
     return out, manifest
 
 
@@ -366,9 +365,9 @@ def _write_history(path: Path, result: FitResult) -> None:
     pacsv.write_csv(pa.table(cols), path)
 
 
-def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
-              encoding: EncodeConfig, train_idx: np.ndarray, val_idx: np.ndarray,
-              name: str) -> dict[str, Any]:
+def _metrics(data: TrainingData, result: FitResult, config: TrainConfig,
+             train_idx: np.ndarray, val_idx: np.ndarray) -> dict[str, Any]:
+    """Train (and validation) MSE and R², and for SGD how far it got from the exact optimum."""
     X, Y = data.X[train_idx], data.Y[train_idx]
     metrics = {"train": regression_metrics(X, Y, result.coef_, result.intercept_)}
     if len(val_idx):
@@ -382,6 +381,40 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         optimum = regression_metrics(X, Y, *exact)
         optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
         metrics["exact_least_squares"] = optimum
+    return metrics
+
+
+def _write_folder(out: Path, *, force: bool, result: FitResult, config: TrainConfig,
+                  features: list[str], targets: list[str], columns: Any,
+                  encoding: EncodeConfig, warnings: list[str], metrics: dict[str, Any],
+                  stats: Any, data: dict[str, Any], training: dict[str, Any] | None = None,
+                  plots: Any = None) -> dict[str, Any]:
+    """The artifact folder of a fit, however it was trained (in memory, streamed, on many
+    ranks): model.pt, history.csv, inference.npz, plots and model.json, built in a temporary
+    folder that replaces ``out`` only when all is written. Returns the manifest."""
+    with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
+        torch.save(result.state_dict, tmp / "model.pt")
+        _write_history(tmp / "history.csv", result)
+        manifest = _manifest_of(result, config, out.name, features, targets, columns, encoding,
+                                warnings, metrics, data, training or {})
+        manifest["statistics"] = stats.per_target
+        for name in ("model.pt", "history.csv"):
+            record_artifact(manifest, tmp, name)
+        _write_inference(tmp, manifest, stats)
+        if plots is not None:
+            from trainer.plots import write_plots
+
+            for name in write_plots(tmp, plots):
+                record_artifact(manifest, tmp, name)
+        write_manifest(tmp, manifest)
+    return manifest
+
+
+def _manifest_of(result: FitResult, config: TrainConfig, name: str, features: list[str],
+                 targets: list[str], columns: Any, encoding: EncodeConfig,
+                 warnings: list[str], metrics: dict[str, Any], data: dict[str, Any],
+                 training: dict[str, Any]) -> dict[str, Any]:
+    """model.json: the one builder of every fit's manifest."""
     std = None
     if result.scale_ is not None:
         std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
@@ -391,25 +424,21 @@ def _manifest(data: TrainingData, result: FitResult, config: TrainConfig,
         "name": name,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "linreg_version": __version__,
-        "model": {"type": "linear", "n_features": len(data.feature_names),
-                  "n_targets": len(data.target_names), "bias": config.bias,
-                  "dtype": config.dtype, "coef_": result.coef_.tolist(),
+        "model": {"type": "linear", "n_features": len(features), "n_targets": len(targets),
+                  "bias": config.bias, "dtype": config.dtype, "coef_": result.coef_.tolist(),
                   "intercept_": result.intercept_.tolist()},
-        "features": data.feature_names,
-        "targets": data.target_names,
-        "columns": specs_json(data.columns) if data.columns else None,
-        "warnings": data.warnings,
+        "features": features,
+        "targets": targets,
+        "columns": specs_json(columns) if columns else None,
+        "warnings": warnings,
         "encoding": {**asdict(encoding), "categorical": list(encoding.categorical)}
-        if data.columns else None,
+        if columns else None,
         "normalization": std,
-        "data": {"path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
-                 "rows": data.n_rows,
-                 "train_rows": int(len(train_idx)), "validation_rows": int(len(val_idx)),
-                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None},
+        "data": data,
         "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
-                     "best_epoch": result.best_epoch,
-                     "stopped": result.stopped, "seconds": round(result.seconds, 4),
-                     "torch_version": torch.__version__},
+                     "best_epoch": result.best_epoch, "stopped": result.stopped,
+                     "seconds": round(result.seconds, 4), "torch_version": torch.__version__,
+                     **training},
         "metrics": metrics,
         "history": "history.csv",
         "artifacts": {},
@@ -602,54 +631,18 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     if group.rank != 0:
         return out, None
     # 5. Rank 0 writes the artifact folder, atomically.
-    with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
-        torch.save(result.state_dict, tmp / "model.pt")
-        _write_history(tmp / "history.csv", result)
-        manifest = _streamed_manifest(ds, result, config, features, targets, summary, metrics,
-                                      out.name, val_data, batch_rows, rows.cache, group)
-        if specs is not None and not is_plain(specs):  # a tabular model, as in memory
-            manifest["columns"] = specs_json(specs)
-            manifest["encoding"] = {**asdict(encoding), "categorical": list(encoding.categorical)}
-        manifest["statistics"] = stats.per_target
-        manifest["data"]["sample_weight"] = sample_weight
-        for name in ("model.pt", "history.csv"):
-            record_artifact(manifest, tmp, name)
-        _write_inference(tmp, manifest, stats)
-        write_manifest(tmp, manifest)
+    columns = specs if specs is not None and not is_plain(specs) else None
+    manifest = _write_folder(
+        out, force=force, result=result, config=config, features=features, targets=targets,
+        columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
+            "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
+            "files": [str(f.resolve()) for f in ds.files], "sha256": dataset_sha256(ds.files),
+            "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+            "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
+            "validation": (f"--val-data {val_data}" if val_data else
+                           "a seeded hash of (file, row)" if summary.val_rows else None),
+            "validation_indices": None, "sample_weight": sample_weight},
+        training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
+                               "world_size": group.world, "backend": group.backend,
+                               "rows_per_rank": summary.train_rows}})
     return out, manifest
-
-
-def _streamed_manifest(ds: Any, result: FitResult, config: TrainConfig, features: list[str],
-                       targets: list[str], summary: Any, metrics: dict[str, Any], name: str,
-                       val_data: str | Path | None, batch_rows: int, cache: bool,
-                       group: Any) -> dict[str, Any]:
-    std = None
-    if result.scale_ is not None:
-        std = {"mean": result.mean_.tolist(), "scale": result.scale_.tolist(),
-               "folded_into_weights": True}
-    return {
-        "schema_version": SCHEMA_VERSION, "name": name,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "linreg_version": __version__,
-        "model": {"type": "linear", "n_features": len(features), "n_targets": len(targets),
-                  "bias": config.bias, "dtype": config.dtype, "coef_": result.coef_.tolist(),
-                  "intercept_": result.intercept_.tolist()},
-        "features": features, "targets": targets, "columns": None, "warnings": [],
-        "encoding": None, "normalization": std,
-        "data": {"path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
-                 "files": [str(f.resolve()) for f in ds.files], "sha256": dataset_sha256(ds.files),
-                 "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
-                 "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
-                 "validation": (f"--val-data {val_data}" if val_data else
-                                "a seeded hash of (file, row)" if summary.val_rows else None),
-                 "validation_indices": None},
-        "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
-                     "best_epoch": result.best_epoch, "stopped": result.stopped,
-                     "seconds": round(result.seconds, 4), "torch_version": torch.__version__,
-                     "streamed": {"batch_rows": batch_rows, "kept_in_memory": cache,
-                                  "world_size": group.world, "backend": group.backend,
-                                  "rows_per_rank": summary.train_rows}},
-        "metrics": metrics,
-        "statistics": None,  # (the caller adds them)
-        "history": "history.csv", "artifacts": {}, "exports": {},
-    }
