@@ -530,7 +530,7 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
                 return torch.tensor(summed / (n_global * t), dtype=dtype)
             cost = float(optimizer.step(closure))  # the cost its first evaluation found
         else:
-            before = float(penalty())  # the cost's L2 part at the parameters of this epoch
+            before = float(penalty().detach())  # the cost's L2 part at this epoch's parameters
             if config.batch_size == 0:
                 sse += full_gradient()
                 optimizer.step()
