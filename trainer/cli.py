@@ -277,10 +277,8 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
 IN_MEMORY_ONLY = {
     "--sample-weight (with SGD)": lambda s: s.get("sample_weight") is not None
     and s["config"].solver == "sgd",
-    "--init-from": lambda s: s.get("init_from") is not None,
     "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
     "--resume": lambda s: s.get("resume") is not None,
-    "--plot": lambda s: s.get("plot"),
 }
 
 
@@ -323,6 +321,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                 batch_rows=batch_rows or 65536, max_memory=_memory_budget(max_memory),
                 cov=settings["cov"], confidence=settings["confidence"],
                 sample_weight=settings["sample_weight"], encoding=settings["encoding"],
+                init_from=settings["init_from"], plot=settings["plot"],
                 force=force, log=log, progress=bar.to, group=group)
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line

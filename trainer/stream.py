@@ -433,7 +433,8 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
         log: Callable[[str], None] | None = None,
-        progress: Callable[[float], None] | None = None) -> tuple[FitResult, np.ndarray]:
+        progress: Callable[[float], None] | None = None,
+        start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[FitResult, np.ndarray]:
     """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
     also the train sums of squared errors per target at the saved parameters."""
     device, dtype = group.device, getattr(torch, config.dtype)
@@ -441,7 +442,15 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     n_global = int(summary.x.n)
     mean, scale = standardization(summary, config)
     torch.manual_seed(config.seed)
-    model = build_model(p, t, bias=config.bias, init=config.init, dtype=dtype).to(device)
+    model = build_model(p, t, bias=config.bias, init=config.init, dtype=dtype)
+    if start is not None:  # --init-from: raw-unit parameters, in training units
+        W0, b0 = start
+        with torch.no_grad():
+            model.linear.weight.copy_(torch.as_tensor(W0 if scale is None else W0 * scale))
+            if model.linear.bias is not None:
+                model.linear.bias.copy_(torch.as_tensor(b0 if scale is None
+                                                        else b0 + W0 @ mean))
+    model = model.to(device)
     W, b = model.linear.weight, model.linear.bias
     net = model
     if group.distributed:

@@ -92,7 +92,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         if weights is not None and not weights.sum() > 0:
             raise TrainingError("every training row has sample weight 0")
         validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
-        start = _warm_start(init_from, data, config) if init_from is not None else None
+        start = _warm_start(init_from, data.feature_names, data.target_names, config) \
+            if init_from is not None else None
         result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
                      checkpoint=checkpoint, log=log, progress=progress)
 
@@ -271,13 +272,13 @@ def resume_settings(folder: str | Path) -> dict[str, Any]:
     return settings
 
 
-def _warm_start(folder: str | Path, data: TrainingData,
+def _warm_start(folder: str | Path, features: list[str], targets: list[str],
                 config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """--init-from: a trained model's raw-unit parameters, checked against this run."""
     from trainer.export import load_trained
 
     model, manifest = load_trained(folder)
-    mine = (data.feature_names, data.target_names, config.bias, config.dtype)
+    mine = (features, targets, config.bias, config.dtype)
     theirs = (manifest["features"], manifest["targets"], manifest["model"]["bias"],
               manifest["model"]["dtype"])
     for what, a, b in zip(("features", "targets", "bias", "dtype"), mine, theirs):
@@ -470,6 +471,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                    batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
                    cov: str = "nonrobust", confidence: float = 0.95,
                    sample_weight: str | None = None, encoding: EncodeConfig | None = None,
+                   init_from: str | Path | None = None, plot: bool = False,
                    log: Callable[[str], None] | None = None,
                    progress: Callable[[float], None] | None = None,
                    group: Any = None) -> tuple[Path, dict[str, Any] | None]:
@@ -590,7 +592,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         sse = metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
         result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
     else:
-        result, sse = sgd(rows, summary, config, group, log=log, progress=progress)
+        start_at = _warm_start(init_from, features, targets, config) \
+            if init_from is not None else None
+        result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
+                          start=start_at)
     result.seconds = time.perf_counter() - start
     # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
     metrics = {"train": regression_metrics(sse, summary.y)}
@@ -630,7 +635,17 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                        n_rows=int(summary.x.n))
     if group.rank != 0:
         return out, None
-    # 5. Rank 0 writes the artifact folder, atomically.
+    # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
+    # plots drawn from a sample of rank 0's first rows).
+    pictures = None
+    if plot:
+        from trainer.plots import PlotData
+
+        (X_s, Y_s), (Xv_s, Yv_s) = (_sample(chunks, PLOT_SAMPLE_ROWS, len(features), len(targets))
+                                    for chunks in (rows.train(), rows.validation()))
+        pictures = PlotData(result.history, result.history_columns, X_s, Y_s, Xv_s, Yv_s,
+                            result.coef_, result.intercept_, config.bias, features, targets,
+                            result.best_epoch)
     columns = specs if specs is not None and not is_plain(specs) else None
     manifest = _write_folder(
         out, force=force, result=result, config=config, features=features, targets=targets,
@@ -644,5 +659,21 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             "validation_indices": None, "sample_weight": sample_weight},
         training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
                                "world_size": group.world, "backend": group.backend,
-                               "rows_per_rank": summary.train_rows}})
+                               "rows_per_rank": summary.train_rows}}, plots=pictures)
     return out, manifest
+
+
+PLOT_SAMPLE_ROWS = 10_000  # the rows a streamed fit's data plots draw
+
+
+def _sample(chunks: Any, limit: int, p: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` rows of a stream of (X, Y) chunks."""
+    xs, ys, held = [], [], 0
+    for X, Y in chunks:
+        xs.append(X[:limit - held])
+        ys.append(Y[:limit - held])
+        held += len(xs[-1])
+        if held >= limit:
+            break
+    return (np.concatenate(xs) if xs else np.empty((0, p)),
+            np.concatenate(ys) if ys else np.empty((0, t)))

@@ -380,8 +380,7 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flag", [["--checkpoint-every", "5"], ["--plot"],
-                                  ["--sample-weight", "a"]])
+@pytest.mark.parametrize("flag", [["--checkpoint-every", "5"], ["--sample-weight", "a"]])
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
     res = train(folder, *flag, "--out", tmp_path / "m", code=2)
@@ -730,3 +729,24 @@ def test_streamed_sgd_objectives_equal_the_in_memory_ones(shards, tmp_path, obje
                                rtol=1e-9)
     assert manifest(tmp_path / "str")["metrics"].keys() == manifest(tmp_path / "mem")[
         "metrics"].keys()
+
+
+def test_streamed_warm_start_and_plots(shards, tmp_path):
+    """--init-from starts a streamed fit where a model left off (the same as in memory); --plot
+    draws the history and a sample of the rows."""
+    folder, _ = shards
+    common = ["--dtype", "float64", "--lr", "0.05", "--standardize", "-q"]
+    train(folder, "--batch-rows", "900", *common, "--epochs", "30", "--out", tmp_path / "first")
+    twin = _in_memory_twin(folder, tmp_path)
+    train(twin, *common, "--epochs", "20", "--init-from", tmp_path / "first", "--out",
+          tmp_path / "mem")
+    train(folder, "--batch-rows", "900", *common, "--epochs", "20", "--init-from",
+          tmp_path / "first", "--plot", "--out", tmp_path / "str")
+    np.testing.assert_allclose(params(tmp_path / "str"), params(tmp_path / "mem"), rtol=1e-9)
+    artifacts = manifest(tmp_path / "str")["artifacts"]
+    assert {"loss.png", "theta.png"} <= set(artifacts)
+    assert all((tmp_path / "str" / name).stat().st_size > 1000 for name in artifacts
+               if name.endswith(".png"))
+    res = train(folder, "--init-from", tmp_path / "first", "--no-bias", "--out", tmp_path / "x",
+                code=1)
+    assert "--init-from" in res.stderr and "bias" in res.stderr
