@@ -434,7 +434,8 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[FitResult, np.ndarray]:
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+        R: np.ndarray | None = None) -> tuple[FitResult, np.ndarray]:
     """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
     also the train sums of squared errors per target at the saved parameters."""
     device, dtype = group.device, getattr(torch, config.dtype)
@@ -592,8 +593,10 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     coef, intercept = _fold(W_s, b_s, mean, scale)
     state = _state_dict(coef, intercept if config.bias else None, dtype)
     coef, intercept = _saved_values(state, t)
-    # The saved model's train error: the tutorial's last line, and the caller's metrics.
-    sse = metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
+    # The saved model's train error: the tutorial's last line, and the caller's metrics (from
+    # TSQR's R when the caller has it: no pass over the rows).
+    sse = sse_from_r(R, coef, intercept, bias=config.bias) if R is not None else \
+        metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
     if log_every:
         log(layout.log_line(epochs_run, config.epochs, np.concatenate(
             [[sse.sum() / (n_global * t)], _params_row(tracked)]), mean, scale))
@@ -675,6 +678,20 @@ class _nothing:
 
 
 # ------------------------------------------------------------------ 4. metrics
+
+def sse_from_r(R: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
+               bias: bool) -> np.ndarray:
+    """The train sums of squared errors per target at any parameters, from TSQR's R of
+    [X, 1 | Y] alone: the residuals are [X, 1 | Y]·M with M = [-coefᵀ; -intercept; I], and
+    ‖QRM‖ = ‖RM‖ (no pass over the rows)."""
+    t, p = coef.shape
+    M = np.zeros((R.shape[1], t))
+    M[:p] = -coef.T
+    if bias:
+        M[p] = -intercept
+    M[p + int(bias):] = np.eye(t)
+    return ((R @ M) ** 2).sum(axis=0)
+
 
 def metrics_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
                  validation: bool) -> dict[str, np.ndarray]:

@@ -495,6 +495,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         penalized_from_r,
         regression_metrics,
         sgd,
+        sse_from_r,
         standardization,
         tsqr,
         wls_sums,
@@ -589,13 +590,16 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         coef, intercept = _saved_values(state, len(targets))
         result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
                            str(group.device), config=asdict(config))
-        sse = metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
+        # the train error at the saved parameters: from R, unless R is of weighted rows
+        sse = sse_from_r(R, coef, intercept, bias=config.bias) if sample_weight is None else \
+            metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
         result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
     else:
         start_at = _warm_start(init_from, features, targets, config) \
             if init_from is not None else None
+        *exact, R = tsqr(rows, group, bias=config.bias)  # the optimum, and R for the metrics
         result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
-                          start=start_at)
+                          start=start_at, R=R)
     result.seconds = time.perf_counter() - start
     # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
     metrics = {"train": regression_metrics(sse, summary.y)}
@@ -605,7 +609,6 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
     if config.solver == "sgd":
         wls = None
-        *exact, R = tsqr(rows, group, bias=config.bias)
         if config.penalty != "none":  # the exact optimum of the same (penalised) objective
             mean, scale = standardization(summary, replace(config, solver="lstsq"))
             exact = list(penalized_from_r(
@@ -613,7 +616,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                 alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale))
         if config.loss == "mse":  # (Huber has no closed form to measure against)
             optimum = regression_metrics(
-                metrics_pass(rows, *exact, group, validation=False)["sse"], summary.y)
+                sse_from_r(R, *exact, bias=config.bias), summary.y)
             optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
             metrics["exact_least_squares"] = optimum
     # 5. Statistics at the saved parameters: the design's R from the QR pass, the residual sums
