@@ -750,3 +750,57 @@ def test_streamed_warm_start_and_plots(shards, tmp_path):
     res = train(folder, "--init-from", tmp_path / "first", "--no-bias", "--out", tmp_path / "x",
                 code=1)
     assert "--init-from" in res.stderr and "bias" in res.stderr
+
+
+# ------------------------------------------------------------------ certified answers, streamed
+
+@pytest.mark.parametrize("how", [["--batch-rows", "3"], ["--nproc", "2"]])
+def test_longley_to_nist_certified_digits_streamed(tmp_path, how):
+    """NIST StRD Longley (condition number ~5e9) through the streamed QR in chunks of 3 rows,
+    and over 2 processes (two files, their R factors merged): the certified estimates and
+    standard errors to 7 digits, as in memory."""
+    longley = pytest.importorskip("statsmodels.datasets.longley")
+    data = longley.load_pandas().data
+    folder = tmp_path / "longley"
+    folder.mkdir()
+    data.iloc[:8].to_csv(folder / "a.csv", index=False)
+    data.iloc[8:].to_csv(folder / "b.csv", index=False)
+    res = run_script("linreg-train", folder, *how, "--target", "TOTEMP", "--solver", "lstsq",
+                     "--dtype", "float64", "--out", tmp_path / "m", "-q")
+    assert res.returncode == 0, res.stderr.decode()
+    s = manifest(tmp_path / "m")["statistics"][0]
+    certified_sd = [890420.383607373, 84.9149257747669, 0.334910077722432e-01,
+                    0.488399681651699, 0.214274163161675, 0.226073200069370,
+                    455.478499142212]
+    certified = [-3482258.63459582, 15.0618722713733, -0.358191792925910e-01,
+                 -2.02022980381683, -1.03322686717359, -0.511041056535807e-01,
+                 1829.15146461355]
+    assert s["names"] == ["Intercept", "GNPDEFL", "GNP", "UNEMP", "ARMED", "POP", "YEAR"]
+    np.testing.assert_allclose(s["std_err"], certified_sd, rtol=1e-7)
+    np.testing.assert_allclose(s["coef"], certified, rtol=1e-7)
+    assert s["sigma"] == pytest.approx(304.854073561965, rel=1e-7)
+    assert s["r2"] == pytest.approx(0.995479004577296, rel=1e-9)
+
+
+@pytest.mark.parametrize("cov", ["nonrobust", "HC1"])
+def test_streamed_intervals_equal_statsmodels_summary_frame(shards, tmp_path, cov):
+    """A streamed (2-process) model exported with --intervals predicts statsmodels'
+    get_prediction().summary_frame() on new rows."""
+    sm = pytest.importorskip("statsmodels.api")
+    from serve import Predictor
+    from tests.trainer.commands import export
+
+    folder, _ = shards
+    X, y = make_shards(tmp_path / "again")  # the shards' rows, in order
+    res = run_script("linreg-train", folder, "--nproc", "2", "--solver", "lstsq", "--dtype",
+                     "float64", "--cov", cov, "--out", tmp_path / "m", "-q")
+    assert res.returncode == 0, res.stderr.decode()
+    export(tmp_path / "m", "--intervals", "0.9", "-q")
+    fit = sm.OLS(y, sm.add_constant(X)).fit(cov_type=cov)
+    new = np.random.default_rng(2).normal(size=(40, 3)) * 2
+    frame = fit.get_prediction(sm.add_constant(new)).summary_frame(alpha=0.1)
+    got = Predictor.load(tmp_path / "m").predict_intervals(new)
+    for name, col in [("prediction", "mean"), ("prediction_lower", "obs_ci_lower"),
+                      ("prediction_upper", "obs_ci_upper"), ("mean_lower", "mean_ci_lower"),
+                      ("mean_upper", "mean_ci_upper")]:
+        np.testing.assert_allclose(got[name][:, 0], frame[col], rtol=1e-8, err_msg=name)
