@@ -275,8 +275,8 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
 # Flags the streamed fit does not take (they need every row in memory), and how to tell they
 # were given.
 IN_MEMORY_ONLY = {
-    "--sample-weight (with SGD)": lambda s: s.get("sample_weight") is not None
-    and s["config"].solver == "sgd",
+    "--sample-weight (with mini-batches)": lambda s: s.get("sample_weight") is not None
+    and s["config"].solver == "sgd" and s["config"].batch_size != 0,
     "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
     "--resume": lambda s: s.get("resume") is not None,
 }
@@ -300,7 +300,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         if given(settings):
             raise click.UsageError(f"{flag} needs every row in memory; streamed training "
                                    f"({why}) takes categorical columns and blanks, --solver "
-                                   "lstsq (with --sample-weight) or sgd/adam/lbfgs, --penalty, "
+                                   "lstsq or sgd/adam/lbfgs, --sample-weight, --penalty, "
                                    "--loss huber, "
                                    "--standardize, --val-fraction/--val-data, --cov, --summary: "
                                    "drop " + flag)

@@ -210,6 +210,7 @@ class Summary:
     y_val: Moments
     train_rows: list[int]  # per rank
     val_rows: int
+    weight: float = 0.0  # the train rows' total --sample-weight (their count without one)
 
 
 class NeedsEncoding(Exception):
@@ -225,17 +226,18 @@ def moments(rows: Rows, group: Group) -> Summary:
 
     p, t = len(rows.features), len(rows.targets)
     x, y, yv = Moments.empty(p), Moments.empty(t), Moments.empty(t)
-    switch = 0.0
+    switch, weight = 0.0, 0.0
     try:
-        for X, Y in rows.train():
+        for X, Y, w in rows.weighted_train():
             x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
+            weight += float(w.sum())
         for _, Y in rows.validation():
             yv = yv.add(Moments.of(Y))
     except CellError as e:
         if rows.specs is not None or e.column not in rows.features:
             raise
         switch = 1.0
-    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack(), [switch]]))
+    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack(), [weight, switch]]))
     if any(a[-1] for a in packed):
         raise NeedsEncoding()
     merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t)]
@@ -246,7 +248,7 @@ def moments(rows: Rows, group: Group) -> Summary:
             merged[i] = merged[i].add(Moments.unpack(a[at:at + w]))
             at += w
     return Summary(merged[0], merged[1], merged[2], [int(a[0]) for a in packed],
-                   int(merged[2].n))
+                   int(merged[2].n), float(sum(a[-2] for a in packed)))
 
 
 def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
@@ -440,7 +442,8 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     also the train sums of squared errors per target at the saved parameters."""
     device, dtype = group.device, getattr(torch, config.dtype)
     p, t = len(rows.features), len(rows.targets)
-    n_global = int(summary.x.n)
+    # The loss is over the train rows' count, or their total weight (--sample-weight)
+    n_global = summary.weight if rows.weight else int(summary.x.n)
     mean, scale = standardization(summary, config)
     torch.manual_seed(config.seed)
     model = build_model(p, t, bias=config.bias, init=config.init, dtype=dtype)
@@ -482,9 +485,19 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     import torch.nn.functional as F
 
     def data_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if rows.weight:  # (y carries the rows' weights as its last column)
+            y, w = y[:, :t], y[:, t:]
+            each = F.huber_loss(pred, y, delta=config.huber_delta, reduction="none") \
+                if config.loss == "huber" else (pred - y) ** 2
+            return (each * w).sum()
         if config.loss == "huber":
             return F.huber_loss(pred, y, delta=config.huber_delta, reduction="sum")
         return ((pred - y) ** 2).sum()
+
+    def train_chunks() -> Iterator[Pair]:
+        if not rows.weight:
+            return rows.train()
+        return ((X, np.column_stack([Y, w])) for X, Y, w in rows.weighted_train())
 
     l2_scale, prox = l2_weight(config, t), _l1_prox(config, t)
 
@@ -518,7 +531,7 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
             # 3. The exact gradient: every chunk's share, summed; one all-reduce a pass.
             total = torch.zeros((), dtype=torch.float64, device=device)
             with net.no_sync() if group.distributed else _nothing():
-                for x, y in _prefetch(rows.train(), device, dtype):
+                for x, y in _prefetch(train_chunks(), device, dtype):
                     err = data_loss(net(prep(x)), y)
                     (err * (group.world / (n_global * t))).backward()
                     total += err.detach().double()

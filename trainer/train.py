@@ -545,9 +545,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         return Rows(ds, parts, names, targets, val_fraction=val_fraction, val=val,
                     weight=sample_weight, **kw)
 
-    if sample_weight is not None and config.solver != "lstsq":
-        raise TrainingError("--sample-weight streams with --solver lstsq; weighted SGD still "
-                            "needs every row in memory")
+    if sample_weight is not None and config.solver == "sgd" and config.batch_size:
+        raise TrainingError("--sample-weight streams with --solver lstsq or the full batch "
+                            "(--batch-size 0); weighted mini-batches still need every row in "
+                            "memory")
     # 2. The encoding (categorical columns, blanks; as in memory), learned in one pass when a
     # flag asks for it or a feature cell turns out not to be a number; then the moments: row
     # counts, means, spreads over every rank.
@@ -597,9 +598,11 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     else:
         start_at = _warm_start(init_from, features, targets, config) \
             if init_from is not None else None
+        if sample_weight is not None and not summary.weight > 0:
+            raise TrainingError("every training row has sample weight 0")
         *exact, R = tsqr(rows, group, bias=config.bias)  # the optimum, and R for the metrics
         result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
-                          start=start_at, R=R)
+                          start=start_at, R=None if sample_weight else R)
     result.seconds = time.perf_counter() - start
     # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
     metrics = {"train": regression_metrics(sse, summary.y)}
@@ -608,15 +611,17 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                validation=True)["sse"]
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
     if config.solver == "sgd":
-        wls = None
+        wls = None if sample_weight is None else {}  # (the statistics' weighted sums, below)
         if config.penalty != "none":  # the exact optimum of the same (penalised) objective
             mean, scale = standardization(summary, replace(config, solver="lstsq"))
+            Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
             exact = list(penalized_from_r(
-                R, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
+                Rn, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
                 alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale))
         if config.loss == "mse":  # (Huber has no closed form to measure against)
             optimum = regression_metrics(
-                sse_from_r(R, *exact, bias=config.bias), summary.y)
+                sse_from_r(R, *exact, bias=config.bias) if sample_weight is None else
+                metrics_pass(rows, *exact, group, validation=False)["sse"], summary.y)
             optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
             metrics["exact_least_squares"] = optimum
     # 5. Statistics at the saved parameters: the design's R from the QR pass, the residual sums

@@ -198,8 +198,9 @@ def test_streamed_weights_refuse_what_in_memory_refuses(shards, tmp_path):
                 code=1)
     assert res.stderr == (f"linreg-train: error: {bad}/part-2.parquet: row 8, column 'w': the "
                           "sample weight -1 is negative; weights must be >= 0\n")
-    res = train(folder, "--sample-weight", "w", "--target", "y", "--out", tmp_path / "m", code=2)
-    assert "--sample-weight (with SGD) needs every row in memory" in res.stderr
+    res = train(folder, "--sample-weight", "w", "--target", "y", "--batch-size", "16", "--out",
+                tmp_path / "m", code=2)
+    assert "--sample-weight (with mini-batches) needs every row in memory" in res.stderr
 
 
 def test_a_streamed_model_has_a_summary_and_intervals(shards, tmp_path):
@@ -380,15 +381,16 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("flag", [["--checkpoint-every", "5"], ["--sample-weight", "a"]])
+@pytest.mark.parametrize("flag", [["--checkpoint-every", "5"],
+                                  ["--sample-weight", "a", "--batch-size", "32"]])
 def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
     folder, _ = shards
     res = train(folder, *flag, "--out", tmp_path / "m", code=2)
-    name = {"--sample-weight": "--sample-weight (with SGD)"}.get(flag[0], flag[0])
+    name = {"--sample-weight": "--sample-weight (with mini-batches)"}.get(flag[0], flag[0])
     assert res.stderr.splitlines()[-1] == (
         f"linreg-train: error: {name} needs every row in memory; streamed training ({folder} is "
-        "a folder or glob) takes categorical columns and blanks, --solver lstsq (with "
-        "--sample-weight) or sgd/adam/lbfgs, --penalty, --loss huber, --standardize, "
+        "a folder or glob) takes categorical columns and blanks, --solver lstsq or "
+        "sgd/adam/lbfgs, --sample-weight, --penalty, --loss huber, --standardize, "
         f"--val-fraction/--val-data, --cov, --summary: drop {name}")
 
 
@@ -804,3 +806,26 @@ def test_streamed_intervals_equal_statsmodels_summary_frame(shards, tmp_path, co
                       ("prediction_upper", "obs_ci_upper"), ("mean_lower", "mean_ci_lower"),
                       ("mean_upper", "mean_ci_upper")]:
         np.testing.assert_allclose(got[name][:, 0], frame[col], rtol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("objective", [[], ["--loss", "huber"], ["--penalty", "l2", "--alpha",
+                                                                 "0.1"]])
+def test_streamed_weighted_full_batch_sgd_equals_in_memory(shards, tmp_path, objective):
+    """--sample-weight with full-batch SGD (and L-BFGS) streams: each row's loss weighted, over
+    the total weight, as in memory; WLS statistics at the saved parameters."""
+    folder = _weighted_shards(shards[0])
+    common = ["--dtype", "float64", "--epochs", "40", "--lr", "0.1", "--standardize",
+              "--sample-weight", "w", "--target", "y", "-q", *objective]
+    train(_in_memory_twin(folder, tmp_path), *common, "--out", tmp_path / "mem")
+    train(folder, "--batch-rows", "700", *common, "--out", tmp_path / "str")
+    res = run_script("linreg-train", folder, "--nproc", "2", *common, "--out", tmp_path / "two")
+    assert res.returncode == 0, res.stderr.decode()
+    for m in ("str", "two"):
+        np.testing.assert_allclose(params(tmp_path / m), params(tmp_path / "mem"), rtol=1e-9,
+                                   atol=1e-12, err_msg=m)
+    mem, got = (manifest(tmp_path / m) for m in ("mem", "str"))
+    np.testing.assert_allclose(got["metrics"]["train"]["mse"], mem["metrics"]["train"]["mse"],
+                               rtol=1e-9)
+    if not objective:
+        np.testing.assert_allclose(got["statistics"][0]["std_err"],
+                                   mem["statistics"][0]["std_err"], rtol=1e-8)
