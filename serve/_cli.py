@@ -186,19 +186,16 @@ class FiniteFloat(click.ParamType):
         return f"the range {lo}, {hi}"
 
 
-PROCESSES_PER_CORE = 4  # past this, more local processes only share the same cores
-
-
 def max_processes() -> int:
-    """The most local processes a flag may start here: ``PROCESSES_PER_CORE`` per core, and no
+    """The most local processes a flag may start here: ``PER_CORE`` per usable core, and no
     more than the open-file limit allows (each process holds a few pipes)."""
     import resource
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
+    from serve.formats import PER_CORE, usable_cores
+
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     by_files = soft // 16 if soft != resource.RLIM_INFINITY else 1 << 20
-    return max(1, min(PROCESSES_PER_CORE * cores, by_files))
+    return max(1, min(PER_CORE * usable_cores(), by_files))
 
 
 class ProcessCount(click.ParamType):
@@ -212,6 +209,8 @@ class ProcessCount(click.ParamType):
         n = click.IntRange(min=1).convert(value, param, ctx)
         limit = max_processes()
         if n > limit:
+            from serve.formats import PER_CORE
+
             self.fail(f"{n} processes is more than this machine can run well: use 1 to {limit} "
-                      f"({PROCESSES_PER_CORE} per core)", param, ctx)
+                      f"({PER_CORE} per core)", param, ctx)
         return n

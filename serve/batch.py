@@ -482,8 +482,9 @@ def _check_predictions(folder: Path) -> None:
     except (OSError, ValueError, KeyError, TypeError):
         raise OutputError(f"{folder}: not a folder of linreg-predict's predictions; --force "
                           "replaces only those: choose another -o") from None
+    own_names = {Path(o).name for o in own}
     found = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
-             and not own_temporary(p.name, {Path(o).name for o in own})}
+             and not own_temporary(p.name, own_names)}
     if found - own:
         raise OutputError(f"{folder}: holds files linreg-predict did not write "
                           f"({sorted(found - own)[0]}); choose another -o")

@@ -13,7 +13,15 @@ SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npy": "npy
             ".jsonl": "jsonl", ".ndjson": "jsonl"}
 INPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
 OUTPUT_FORMATS = ("csv", "parquet", "npy", "jsonl")
-MAX_THREADS = 4 * (os.cpu_count() or 1)  # onnxruntime threads; more only adds contention
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or taskset
+    narrows), read where it runs: a cluster worker sizes itself on its own machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+
+
+PER_CORE = 4  # threads or local processes per core at most; more only adds contention
+MAX_THREADS = PER_CORE * (os.cpu_count() or 1)  # onnxruntime threads
 
 
 def file_format(path: str | Path, *, allowed: Sequence[str] | None = None) -> str:

@@ -90,9 +90,9 @@ def predict_part(payload: ModelPayload, source: str, target: str, options: dict[
 
 def fair_threads(processes: int) -> int:
     """onnxruntime threads per worker process when ``processes`` share this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
-        (os.cpu_count() or 1)
-    return max(1, cores // max(1, processes))
+    from serve.formats import usable_cores
+
+    return max(1, usable_cores() // max(1, processes))
 
 
 def predict_batch(model: Predictor, batch: Any, *, source: str = "batch") -> Any:

@@ -366,7 +366,7 @@ def wls_sums(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group
              ) -> dict[str, Any]:
     """What weighted least squares' statistics need beyond R, over every rank's train rows:
     per target Σw·e² at the saved parameters and Σw·(y − ȳ_w)² (from Σw, Σwy, Σwy², merged in
-    float64), the total weight, and Σ log w (NaN when a weight is 0, as statsmodels)."""
+    float64), and Σ log w (NaN when a weight is 0, as statsmodels)."""
     t = len(rows.targets)
     sums = np.zeros(3 * t + 3)  # Σwe², Σwy, Σwy², Σw, Σ log w, zero weights
     for X, Y, w in rows.weighted_train():
@@ -382,7 +382,6 @@ def wls_sums(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group
     total = sums[3 * t]
     mean = sums[t:2 * t] / total if total > 0 else np.zeros(t)
     return {"ssr": sums[:t], "tss": sums[2 * t:3 * t] - total * mean**2,
-            "total_weight": float(total),
             "log_weights": float(sums[3 * t + 1]) if sums[3 * t + 2] == 0 else float("nan")}
 
 

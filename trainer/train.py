@@ -571,19 +571,16 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     if val_fraction and summary.val_rows == 0:
         raise DataError(f"--val-fraction {val_fraction} picks no validation row among "
                         f"{int(summary.x.n):,}; use a larger fraction")
+    if sample_weight is not None and not summary.weight > 0:
+        raise TrainingError("every training row has sample weight 0")
     # 3. The fit.
     start = time.perf_counter()
     if config.solver == "lstsq":
         coef, intercept, R = tsqr(rows, group, bias=config.bias)
-        wls = None
-        if sample_weight is not None:
-            wls = wls_sums(rows, coef, intercept, group)
-            if not wls["total_weight"] > 0:
-                raise TrainingError("every training row has sample weight 0")
         if config.penalty != "none":  # the same R, the penalised objective
             mean, scale = standardization(summary, config)
             # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
-            Rn = R if wls is None else R * np.sqrt(summary.x.n / wls["total_weight"])
+            Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
             coef, intercept = penalized_from_r(
                 Rn, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
                 alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale)
@@ -598,8 +595,6 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     else:
         start_at = _warm_start(init_from, features, targets, config) \
             if init_from is not None else None
-        if sample_weight is not None and not summary.weight > 0:
-            raise TrainingError("every training row has sample weight 0")
         *exact, R = tsqr(rows, group, bias=config.bias)  # the optimum, and R for the metrics
         result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
                           start=start_at, R=None if sample_weight else R)
@@ -611,7 +606,6 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                validation=True)["sse"]
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
     if config.solver == "sgd":
-        wls = None if sample_weight is None else {}  # (the statistics' weighted sums, below)
         if config.penalty != "none":  # the exact optimum of the same (penalised) objective
             mean, scale = standardization(summary, replace(config, solver="lstsq"))
             Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
@@ -629,7 +623,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     def gather() -> Sufficient:
         suff = Sufficient(n=int(summary.x.n), R=design_r(R, len(features), bias=config.bias),
                           ssr=sse, tss=summary.y.m2)
-        if wls is not None:  # weighted least squares: sums at the saved parameters
+        if sample_weight is not None:  # weighted least squares: sums at the saved parameters
             w = wls_sums(rows, result.coef_, result.intercept_, group)
             suff.ssr, suff.tss, suff.log_weights = w["ssr"], w["tss"], w["log_weights"]
         if cov != "nonrobust":
