@@ -72,6 +72,7 @@ class Dataset:
     def __init__(self, files: list[Path], fmt: str, columns: list[str], shown: str) -> None:
         self.files, self.format, self.columns, self.shown = files, fmt, columns, shown
         self._fragments: list | None = None
+        self.reads = 0  # passes started over the files (a streamed fit reports its count)
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
@@ -139,6 +140,7 @@ class Dataset:
         """The rows of ``parts``, as float64 chunks of at most ``batch_rows`` rows; a missing or
         non-numeric cell is a DataError naming the file, its row and the column."""
         columns = list(columns)
+        self.reads += 1
         for part in parts:
             path = self.files[part.file]
             if part.row_group is None:
@@ -170,6 +172,7 @@ class Dataset:
         """The rows of ``parts`` in chunks of at most ``batch_rows``: ``features`` as they are
         stored (a CSV's as text), ``numbers`` by the number rule (a bad cell names its row)."""
         features, numbers = list(features), list(numbers)
+        self.reads += 1
         for part in parts:
             path = self.files[part.file]
             if part.row_group is None:

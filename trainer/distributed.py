@@ -60,6 +60,16 @@ class Group:
         dist.all_gather_object(out, np.asarray(array))
         return out
 
+    def gather_object(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (any picklable object), in rank order, on every rank."""
+        if not self.distributed:
+            return [value]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, value)
+        return out
+
     def sum(self, array: np.ndarray) -> np.ndarray:
         """The element-wise sum of every rank's float64 ``array``, summed in rank order (so
         every rank gets the same bits whatever the backend's reduction order)."""

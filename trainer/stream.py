@@ -2,20 +2,21 @@
 torch.distributed run. Memory holds one chunk (``--batch-rows`` rows) at a time, or every chunk
 when the rank's share fits ``--max-memory`` (read once, then kept).
 
-1. **Moments**: one pass counts the train and validation rows and their means and sums of
-   squared deviations (merged chunk by chunk, then rank by rank, with Chan's update): the
-   standardisation, R² and the global row counts every later step is weighted by.
-2. **Exact least squares** (``--solver lstsq``), float64, one pass: a tall-skinny QR. Each chunk
-   [Z | Y] (Z = [X, 1]) is stacked under the running R factor and factored again, so R stays
-   (p + targets) square; the ranks' R factors are gathered and factored once more; then
-   R₁₁ β = R₁₂. The normal equations are never formed (they square the condition number).
+1. **The scan**: one pass counts the train and validation rows, their means and sums of
+   squared deviations (merged chunk by chunk, then rank by rank, with Chan's update), and
+   factors them by a tall-skinny QR in float64: each chunk [X, 1 | Y] is stacked under the
+   running R factor and factored again, so R stays (p + targets) square; the ranks' factors are
+   gathered and factored once more.
+2. **Exact least squares** (``--solver lstsq``) from R alone: R₁₁ β = R₁₂ (the normal
+   equations are never formed: they square the condition number); penalties from R too.
 3. **SGD**: full batch (``--batch-size 0``) is the exact gradient of all rows, accumulated chunk
    by chunk (each chunk's loss is its sum of squares over the global row count) and, across
    ranks, summed by DistributedDataParallel in one all-reduce an epoch, so an update equals the
    in-memory one up to summation order. Mini-batches come from a bounded shuffle buffer over
    chunks taken in a seeded order; every rank runs the same number of steps, each rank's loss
    weighted by its share of the step's rows (a rank out of rows adds nothing).
-4. **Metrics**: one more pass for the train and validation MSE at the saved parameters.
+4. **Metrics** at any parameters from the R factors (the residuals' norm is ‖R·M‖): no pass.
+   Only robust covariances (HC0-HC3) read the rows once more, for their per-row weights.
 
 On CUDA a reader thread fills pinned host memory with the next chunk while the device works on
 this one, and chunks are copied with ``non_blocking=True``.
@@ -79,11 +80,18 @@ class Moments:
         return Moments(n, mean, m2)
 
     @classmethod
-    def of(cls, values: np.ndarray) -> Moments:
-        if not len(values):
+    def of(cls, values: np.ndarray, weights: np.ndarray | None = None) -> Moments:
+        """The moments of ``values`` (rows, columns); with ``weights``, weighted (n = Σw)."""
+        if weights is None:
+            if not len(values):
+                return cls.empty(values.shape[1])
+            mean = values.mean(axis=0)
+            return cls(float(len(values)), mean, ((values - mean) ** 2).sum(axis=0))
+        n = float(weights.sum())
+        if n == 0:
             return cls.empty(values.shape[1])
-        mean = values.mean(axis=0)
-        return cls(float(len(values)), mean, ((values - mean) ** 2).sum(axis=0))
+        mean = weights @ values / n
+        return cls(n, mean, weights @ (values - mean) ** 2)
 
     def pack(self) -> np.ndarray:
         return np.concatenate([[self.n], self.mean, self.m2])
@@ -112,7 +120,7 @@ class Rows:
         self.weight = weight  # --sample-weight: a column of the train rows' weights
         self._kept: list[tuple[Pair, Pair, np.ndarray | None]] | None = None
 
-    def _split(self, order: list[Part] | None = None
+    def split(self, order: list[Part] | None = None
                ) -> Iterator[tuple[Pair, Pair, np.ndarray | None]]:
         """(train rows, validation rows, the train rows' weights or None) chunk by chunk."""
         p, t = len(self.features), len(self.targets)
@@ -170,13 +178,13 @@ class Rows:
                             "must be >= 0")
 
     def train(self, order: list[Part] | None = None) -> Iterator[Pair]:
-        for pair, _, _ in self._split(order):
+        for pair, _, _ in self.split(order):
             if len(pair[0]):
                 yield pair
 
     def weighted_train(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The train rows with their weights (ones without ``--sample-weight``)."""
-        for (X, Y), _, w in self._split():
+        for (X, Y), _, w in self.split():
             if len(X):
                 yield X, Y, np.ones(len(X)) if w is None else w
 
@@ -184,7 +192,9 @@ class Rows:
         if self.val is not None:
             yield from self.val.train()
             return
-        for _, pair, _ in self._split():
+        if not self.val_fraction:  # no split: no pass
+            return
+        for _, pair, _ in self.split():
             if len(pair[0]):
                 yield pair
 
@@ -199,56 +209,110 @@ class Rows:
         yield from self.train(order)
 
 
-# ------------------------------------------------------------------ 1. moments
+# ------------------------------------------------------------------ 1. the scan
 
 @dataclass
 class Summary:
-    """What the moments pass learned, merged over every rank."""
+    """What the one scan of the rows learned, merged over every rank."""
 
     x: Moments  # train features
     y: Moments  # train targets
     y_val: Moments
     train_rows: list[int]  # per rank
     val_rows: int
-    weight: float = 0.0  # the train rows' total --sample-weight (their count without one)
+    R: np.ndarray  # TSQR's R of [X, 1 | Y] over the train rows (scaled by √w with weights)
+    R_val: np.ndarray  # ... of the validation rows (unweighted)
+    R_plain: np.ndarray | None = None  # with --sample-weight: the unweighted train rows'
+    y_w: Moments | None = None  # with --sample-weight: the targets' weighted moments
+    log_weights: float = 0.0  # Σ log w (NaN when a weight is 0, as statsmodels)
+
+    @property
+    def weight(self) -> float:
+        """The train rows' total --sample-weight (their count without one)."""
+        return self.y_w.n if self.y_w is not None else self.x.n
+
+    @property
+    def unweighted_r(self) -> np.ndarray:
+        return self.R_plain if self.R_plain is not None else self.R
 
 
 class NeedsEncoding(Exception):
     """A feature cell is not a number (or is blank): the rows must be read as raw columns and
-    encoded (every rank raises it together, after the moments pass's one collective)."""
+    encoded (every rank raises it together, after the scan's one collective)."""
 
 
-def moments(rows: Rows, group: Group) -> Summary:
-    """The moments pass. On the numeric path, a feature cell that is text or blank ends it
-    early: every rank then raises :class:`NeedsEncoding` (as in memory, such a column is
-    categorical, or needs --impute: the encoding says which)."""
+class _Tsqr:
+    """A running R factor: each block [X, 1 | Y] is stacked under R and factored again, so R
+    stays (p + targets) square and memory holds one chunk."""
+
+    def __init__(self, width: int) -> None:
+        self.R = np.zeros((0, width))
+
+    def add(self, block: np.ndarray) -> None:
+        if len(block):
+            self.R = np.linalg.qr(np.vstack([self.R, block]), mode="r")
+
+
+def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
+    """The one pass a streamed fit starts with: row counts, means and spreads (the
+    standardisation, R², the weights of later steps) and TSQR's R factors of the train and
+    validation rows (the exact fit, its metrics and its statistics come from them, with no
+    further pass). On the numeric path, a feature cell that is text or blank ends it early:
+    every rank then raises :class:`NeedsEncoding` (as in memory, such a column is categorical,
+    or needs --impute: the encoding says which)."""
     from serve.errors import CellError
 
     p, t = len(rows.features), len(rows.targets)
-    x, y, yv = Moments.empty(p), Moments.empty(t), Moments.empty(t)
-    switch, weight = 0.0, 0.0
+    width = p + int(bias) + t
+    x, y, yv, yw = Moments.empty(p), Moments.empty(t), Moments.empty(t), Moments.empty(t)
+    train, val, plain = _Tsqr(width), _Tsqr(width), _Tsqr(width)
+    log_w, zeros, switch = 0.0, 0, False
+
+    def block(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+        return np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
+
     try:
-        for X, Y, w in rows.weighted_train():
-            x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
-            weight += float(w.sum())
-        for _, Y in rows.validation():
-            yv = yv.add(Moments.of(Y))
+        for (X, Y), (Xv, Yv), w in rows.split():
+            if len(X):
+                x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
+                if w is None:
+                    train.add(block(X, Y))
+                else:  # weighted least squares: rows scaled by √w (as statsmodels' WLS)
+                    yw = yw.add(Moments.of(Y, w))
+                    plain.add(block(X, Y))
+                    train.add(block(X, Y) * np.sqrt(w)[:, None])
+                    log_w += float(np.log(w[w > 0]).sum())
+                    zeros += int((w == 0).sum())
+            if len(Xv):
+                yv = yv.add(Moments.of(Yv))
+                val.add(block(Xv, Yv))
+        if rows.val is not None:  # --val-data: another dataset's rows
+            for Xv, Yv in rows.val.train():
+                yv = yv.add(Moments.of(Yv))
+                val.add(block(Xv, Yv))
     except CellError as e:
         if rows.specs is not None or e.column not in rows.features:
             raise
-        switch = 1.0
-    packed = group.gather(np.concatenate([x.pack(), y.pack(), yv.pack(), [weight, switch]]))
-    if any(a[-1] for a in packed):
+        switch = True
+    mine = (switch, x.pack(), y.pack(), yv.pack(), yw.pack(), train.R, val.R, plain.R, log_w,
+            zeros)
+    everyone = group.gather_object(mine)
+    if any(e[0] for e in everyone):
         raise NeedsEncoding()
-    merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t)]
-    widths = [1 + 2 * p, 1 + 2 * t, 1 + 2 * t]
-    for a in packed:  # in rank order: every rank gets the same numbers
-        at = 0
-        for i, w in enumerate(widths):
-            merged[i] = merged[i].add(Moments.unpack(a[at:at + w]))
-            at += w
-    return Summary(merged[0], merged[1], merged[2], [int(a[0]) for a in packed],
-                   int(merged[2].n), float(sum(a[-2] for a in packed)))
+    merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t), Moments.empty(t)]
+    for e in everyone:  # in rank order: every rank gets the same numbers
+        merged = [m.add(Moments.unpack(a)) for m, a in zip(merged, e[1:5])]
+
+    def r_of(i: int) -> np.ndarray:  # the ranks' factors, merged
+        return np.linalg.qr(np.vstack([e[i] for e in everyone]), mode="r")
+
+    weighted = rows.weight is not None
+    return Summary(merged[0], merged[1], merged[2], [int(Moments.unpack(e[1]).n)
+                                                     for e in everyone],
+                   int(merged[2].n), r_of(5), r_of(6), r_of(7) if weighted else None,
+                   merged[3] if weighted else None,
+                   float(sum(e[8] for e in everyone)) if not sum(e[9] for e in everyone)
+                   else float("nan"))
 
 
 def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
@@ -263,7 +327,7 @@ def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *
         train = ~validation_mask(rows.seed, rows.val_fraction, chunk.file, chunk.first_row,
                                  len(chunk)) if rows.val_fraction else np.ones(len(chunk), bool)
         learner.add(chunk.table, train, str(rows.ds.files[chunk.file]), chunk.first_row)
-    everyone = [a.item() for a in group.gather(np.array(learner, dtype=object))]
+    everyone = group.gather_object(learner)
     return learner.specs(everyone, bias=bias, source=rows.ds.shown)
 
 
@@ -279,25 +343,16 @@ def standardization(summary: Summary, config: TrainConfig):
 
 # ------------------------------------------------------------------ 2. exact least squares
 
-def tsqr(rows: Rows, group: Group, *, bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Exact least squares by a streamed tall-skinny QR of [X, 1 | Y] (float64): the
-    coefficients, the intercepts, and the merged R factor (the statistics read the design's
-    Gram matrix from its first block, never forming XᵀX). The caller checks there are at
-    least as many rows as parameters. With ``--sample-weight``, rows are scaled by √w
-    (weighted least squares, as statsmodels' WLS)."""
-    R: np.ndarray | None = None
-    for X, Y, w in rows.weighted_train():
-        block = np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
-        if rows.weight:
-            block *= np.sqrt(w)[:, None]
-        R = np.linalg.qr(block if R is None else np.vstack([R, block]), mode="r")
-    p = len(rows.features) + int(bias)
-    mine = R if R is not None else np.zeros((0, p + len(rows.targets)))
-    R = np.linalg.qr(np.vstack(group.gather(mine)), mode="r")  # the ranks' factors, merged
-    sol = np.linalg.lstsq(R[:p, :p], R[:p, p:], rcond=None)[0]  # min-norm, as numpy's lstsq
-    coef = sol[:len(rows.features)].T.copy()
-    intercept = sol[len(rows.features)].copy() if bias else np.zeros(len(rows.targets))
-    return coef, intercept, R
+def least_squares_from_r(R: np.ndarray, n_features: int, *, bias: bool
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact (weighted) least squares from TSQR's R of [X, 1 | Y]: R₁₁ β = R₁₂, the minimum-norm
+    solution as numpy's lstsq (the normal equations are never formed: they square the condition
+    number). The caller checks there are at least as many rows as parameters."""
+    p = n_features + int(bias)
+    sol = np.linalg.lstsq(R[:p, :p], R[:p, p:], rcond=None)[0]
+    coef = sol[:n_features].T.copy()
+    intercept = sol[n_features].copy() if bias else np.zeros(R.shape[1] - p)
+    return coef, intercept
 
 
 def penalized_from_r(R: np.ndarray, n: float, n_features: int, *, bias: bool, penalty: str,
@@ -362,29 +417,6 @@ def meat_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group,
     return group.sum(meat.ravel()).reshape(meat.shape)
 
 
-def wls_sums(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group
-             ) -> dict[str, Any]:
-    """What weighted least squares' statistics need beyond R, over every rank's train rows:
-    per target Σw·e² at the saved parameters and Σw·(y − ȳ_w)² (from Σw, Σwy, Σwy², merged in
-    float64), and Σ log w (NaN when a weight is 0, as statsmodels)."""
-    t = len(rows.targets)
-    sums = np.zeros(3 * t + 3)  # Σwe², Σwy, Σwy², Σw, Σ log w, zero weights
-    for X, Y, w in rows.weighted_train():
-        e = Y - (X @ coef.T + intercept)
-        sums[:t] += w @ e**2
-        sums[t:2 * t] += w @ Y
-        sums[2 * t:3 * t] += w @ Y**2
-        sums[3 * t] += w.sum()
-        positive = w > 0
-        sums[3 * t + 1] += np.log(w[positive]).sum()
-        sums[3 * t + 2] += (~positive).sum()
-    sums = group.sum(sums)
-    total = sums[3 * t]
-    mean = sums[t:2 * t] / total if total > 0 else np.zeros(t)
-    return {"ssr": sums[:t], "tss": sums[2 * t:3 * t] - total * mean**2,
-            "log_weights": float(sums[3 * t + 1]) if sums[3 * t + 2] == 0 else float("nan")}
-
-
 # ------------------------------------------------------------------ 3. SGD
 
 def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
@@ -435,8 +467,7 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        start: tuple[np.ndarray, np.ndarray] | None = None,
-        R: np.ndarray | None = None) -> tuple[FitResult, np.ndarray]:
+        start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[FitResult, np.ndarray]:
     """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
     also the train sums of squared errors per target at the saved parameters."""
     device, dtype = group.device, getattr(torch, config.dtype)
@@ -602,16 +633,22 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
     epochs_run = epoch + 1
     W_s = W.detach().double().cpu().numpy()
     b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(t)
-    coef, intercept = _fold(W_s, b_s, mean, scale)
-    state = _state_dict(coef, intercept if config.bias else None, dtype)
+    raw = _fold(W_s, b_s, mean, scale)
+    state = _state_dict(raw[0], raw[1] if config.bias else None, dtype)
     coef, intercept = _saved_values(state, t)
-    # The saved model's train error: the tutorial's last line, and the caller's metrics (from
-    # TSQR's R when the caller has it: no pass over the rows).
-    sse = sse_from_r(R, coef, intercept, bias=config.bias) if R is not None else \
-        metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
-    if log_every:
+    if log_every:  # the tutorial's last line: the final parameters and their cost
+        if config.loss == "mse":  # from R: no pass over the rows
+            data = sse_from_r(summary.R, *raw, bias=config.bias).sum()
+        else:
+            with torch.no_grad():
+                data = sum(float(data_loss(model(prep(x)), y))
+                           for x, y in _prefetch(train_chunks(), device, dtype))
+            data = float(group.sum(np.array([data]))[0])
+        final = data / (n_global * t) + float(penalty().detach())
         log(layout.log_line(epochs_run, config.epochs, np.concatenate(
-            [[sse.sum() / (n_global * t)], _params_row(tracked)]), mean, scale))
+            [[final], _params_row(tracked)]), mean, scale))
+    # The saved model's train error, for the caller's metrics: from R as well.
+    sse = sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
     extras = {"lr": np.array(lrs)} if lrs else {}
     if val_costs:
         extras["val_cost"] = np.array(val_costs)

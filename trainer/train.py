@@ -489,16 +489,14 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         Rows,
         design_r,
         learn_encoding,
+        least_squares_from_r,
         meat_pass,
-        metrics_pass,
-        moments,
         penalized_from_r,
         regression_metrics,
+        scan,
         sgd,
         sse_from_r,
         standardization,
-        tsqr,
-        wls_sums,
     )
 
     group = group or Group(device=resolve_device(config.device))
@@ -550,18 +548,19 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                             "(--batch-size 0); weighted mini-batches still need every row in "
                             "memory")
     # 2. The encoding (categorical columns, blanks; as in memory), learned in one pass when a
-    # flag asks for it or a feature cell turns out not to be a number; then the moments: row
-    # counts, means, spreads over every rank.
+    # flag asks for it or a feature cell turns out not to be a number; then the scan: row
+    # counts, means, spreads and the R factors, over every rank (the only pass an exact fit
+    # makes over numeric data).
     specs = None
     if not encoding.plain or ds.has_text(raw_features):
         specs = learn_encoding(rows_of(None), raw_features, encoding, group, bias=config.bias)
     rows = rows_of(specs)
     try:
-        summary = moments(rows, group)
+        summary = scan(rows, group, bias=config.bias)
     except NeedsEncoding:
         specs = learn_encoding(rows, raw_features, encoding, group, bias=config.bias)
         rows = rows_of(specs)
-        summary = moments(rows, group)
+        summary = scan(rows, group, bias=config.bias)
     features = rows.features
     n_params = len(features) + int(config.bias)
     if summary.x.n < n_params:
@@ -573,59 +572,56 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                         f"{int(summary.x.n):,}; use a larger fraction")
     if sample_weight is not None and not summary.weight > 0:
         raise TrainingError("every training row has sample weight 0")
+    R, p = summary.R, len(features)
+    # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
+    Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
+
+    def exact_fit(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The exact optimum from R: least squares, or the penalised objective."""
+        if config.penalty == "none":
+            return least_squares_from_r(R, p, bias=config.bias)
+        mean, scale = standardization(summary, replace(config, solver="lstsq"))
+        return penalized_from_r(Rn, summary.x.n, p, bias=config.bias, penalty=config.penalty,
+                                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean,
+                                scale=scale)
+
     # 3. The fit.
     start = time.perf_counter()
+    exact = exact_fit(config)
     if config.solver == "lstsq":
-        coef, intercept, R = tsqr(rows, group, bias=config.bias)
-        if config.penalty != "none":  # the same R, the penalised objective
-            mean, scale = standardization(summary, config)
-            # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
-            Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
-            coef, intercept = penalized_from_r(
-                Rn, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
-                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale)
-        state = _state_dict(coef, intercept if config.bias else None, getattr(torch, config.dtype))
+        state = _state_dict(exact[0], exact[1] if config.bias else None,
+                            getattr(torch, config.dtype))
         coef, intercept = _saved_values(state, len(targets))
         result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
                            str(group.device), config=asdict(config))
-        # the train error at the saved parameters: from R, unless R is of weighted rows
-        sse = sse_from_r(R, coef, intercept, bias=config.bias) if sample_weight is None else \
-            metrics_pass(rows, coef, intercept, group, validation=False)["sse"]
-        result.history[0, 0] = float(sse.sum() / (summary.x.n * len(targets)))
+        sse = sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
+        result.history[0, 0] = float(sse_from_r(R, coef, intercept, bias=config.bias).sum()
+                                     / (summary.weight * len(targets)))
     else:
         start_at = _warm_start(init_from, features, targets, config) \
             if init_from is not None else None
-        *exact, R = tsqr(rows, group, bias=config.bias)  # the optimum, and R for the metrics
         result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
-                          start=start_at, R=None if sample_weight else R)
+                          start=start_at)
     result.seconds = time.perf_counter() - start
-    # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's).
+    # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's), from R.
     metrics = {"train": regression_metrics(sse, summary.y)}
     if summary.val_rows:
-        val_sse = metrics_pass(rows, result.coef_, result.intercept_, group,
-                               validation=True)["sse"]
+        val_sse = sse_from_r(summary.R_val, result.coef_, result.intercept_, bias=config.bias)
         metrics["validation"] = regression_metrics(val_sse, summary.y_val)
-    if config.solver == "sgd":
-        if config.penalty != "none":  # the exact optimum of the same (penalised) objective
-            mean, scale = standardization(summary, replace(config, solver="lstsq"))
-            Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
-            exact = list(penalized_from_r(
-                Rn, summary.x.n, len(features), bias=config.bias, penalty=config.penalty,
-                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean, scale=scale))
-        if config.loss == "mse":  # (Huber has no closed form to measure against)
-            optimum = regression_metrics(
-                sse_from_r(R, *exact, bias=config.bias) if sample_weight is None else
-                metrics_pass(rows, *exact, group, validation=False)["sse"], summary.y)
-            optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
-            metrics["exact_least_squares"] = optimum
-    # 5. Statistics at the saved parameters: the design's R from the QR pass, the residual sums
-    # from the metrics pass, and (robust covariances only) one more pass for the meat.
+    if config.solver == "sgd" and config.loss == "mse":  # (Huber has no closed form)
+        optimum = regression_metrics(sse_from_r(summary.unweighted_r, *exact, bias=config.bias),
+                                     summary.y)
+        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        metrics["exact_least_squares"] = optimum
+
+    # 5. Statistics at the saved parameters: the design's R and the residual sums from the
+    # scan, and (robust covariances only) one more pass for the meat.
     def gather() -> Sufficient:
-        suff = Sufficient(n=int(summary.x.n), R=design_r(R, len(features), bias=config.bias),
-                          ssr=sse, tss=summary.y.m2)
-        if sample_weight is not None:  # weighted least squares: sums at the saved parameters
-            w = wls_sums(rows, result.coef_, result.intercept_, group)
-            suff.ssr, suff.tss, suff.log_weights = w["ssr"], w["tss"], w["log_weights"]
+        suff = Sufficient(n=int(summary.x.n), R=design_r(R, p, bias=config.bias), ssr=sse,
+                          tss=summary.y.m2)
+        if sample_weight is not None:  # weighted least squares: Σw·e² and Σw·(y − ȳ_w)²
+            suff.ssr = sse_from_r(R, result.coef_, result.intercept_, bias=config.bias)
+            suff.tss, suff.log_weights = summary.y_w.m2, summary.log_weights
         if cov != "nonrobust":
             suff.meat = meat_pass(rows, result.coef_, result.intercept_, group,
                                   bias=config.bias, cov_type=cov, pinv=suff.pinv())
@@ -635,6 +631,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                        names=features, cov_type=cov, confidence=confidence,
                        penalized=_not_least_squares(config), n_targets=len(targets),
                        n_rows=int(summary.x.n))
+    passes = ds.reads  # over this rank's share of the files (the encoding's, the scan, ...)
     if group.rank != 0:
         return out, None
     # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
@@ -660,6 +657,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                            "a seeded hash of (file, row)" if summary.val_rows else None),
             "validation_indices": None, "sample_weight": sample_weight},
         training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
+                               "passes": passes,
                                "world_size": group.world, "backend": group.backend,
                                "rows_per_rank": summary.train_rows}}, plots=pictures)
     return out, manifest

@@ -829,3 +829,38 @@ def test_streamed_weighted_full_batch_sgd_equals_in_memory(shards, tmp_path, obj
     if not objective:
         np.testing.assert_allclose(got["statistics"][0]["std_err"],
                                    mem["statistics"][0]["std_err"], rtol=1e-8)
+
+
+def _epoch_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Epoch")]
+
+
+@pytest.mark.parametrize("objective", [[], ["--loss", "huber"], ["--penalty", "l2", "--alpha",
+                                                                 "0.1"]])
+def test_a_streamed_weighted_fit_logs_the_in_memory_lines(shards, tmp_path, objective):
+    """Every log line, the last (the saved parameters and their cost, from R or one pass for
+    Huber) included, reads as in memory: the weighted cost, plus the L2 part."""
+    folder = _weighted_shards(shards[0])
+    common = ["--dtype", "float64", "--epochs", "20", "--lr", "0.1", "--standardize",
+              "--sample-weight", "w", "--target", "y", "--log-every", "5",
+              *objective]
+    mem = train(_in_memory_twin(folder, tmp_path), *common, "--out", tmp_path / "mem").output
+    got = train(folder, "--batch-rows", "700", *common, "--out", tmp_path / "str").output
+    assert len(_epoch_lines(got)) == 5 and _epoch_lines(got) == _epoch_lines(mem)
+
+
+@pytest.mark.parametrize("extra, passes", [
+    ([], 1), (["--val-fraction", "0.2"], 1), (["--sample-weight", "w"], 1),
+    (["--cov", "HC3"], 2), (["--impute", "mean"], 2)])
+def test_a_streamed_exact_fit_reads_the_data_once(shards, tmp_path, extra, passes):
+    """The scan gives the fit, its metrics (train and validation) and its statistics from R;
+    only an encoding (one pass before) and a robust covariance (one pass after) read more."""
+    folder = _weighted_shards(shards[0])
+    weights = extra if "--sample-weight" in extra else ["--exclude", "w", *extra]
+    train(folder, "--solver", "lstsq", "--target", "y", "--batch-rows", "500", "--max-memory",
+          "1K", *weights, "--out", tmp_path / "m", "-q")
+    m = manifest(tmp_path / "m")
+    assert m["training"]["streamed"]["passes"] == passes
+    assert not m["training"]["streamed"]["kept_in_memory"]
+    if "--val-fraction" in extra:
+        assert m["metrics"]["validation"]["rows"] == m["data"]["validation_rows"] > 0
