@@ -171,14 +171,19 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                device: str, dtype: str, out: Path | None, force: bool, plot: bool,
                log_every: int, log_before_step: bool, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
-    from serve.tables import estimate_rows
     from trainer.encode import EncodeConfig
-    from trainer.train import checkpoint_dir, resume_settings, train
+    from trainer.train import checkpoint_dir, resume_settings
 
     if resume is not None:  # the interrupted run's data and settings
         settings = resume_settings(resume)
         data = Path(settings.pop("data_path"))
         settings["resume"] = resume
+        # ... and how it streamed, if it did (the same shares and chunks: the same run)
+        val_data = Path(settings["val_data"]) if settings["val_data"] is not None else None
+        batch_rows, max_memory, nproc = (settings[k] for k in ("batch_rows", "max_memory",
+                                                               "nproc"))
+        for key in ("val_data", "batch_rows", "max_memory", "nproc"):
+            del settings[key]
     elif data is None:
         raise click.UsageError("missing DATA (a CSV, Parquet, .npy or .npz file), or --resume "
                                "DIR")
@@ -202,10 +207,29 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)
     config = settings["config"]
-    if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
-        _train_streamed(data, settings, nproc=nproc, val_data=val_data, batch_rows=batch_rows,
-                        max_memory=max_memory, summary=summary, force=force, quiet=quiet)
-        return
+    folder_of_checkpoint = resume or (checkpoint_dir(settings["out"] or Path("models") / Path(
+        str(data).rstrip("/*")).stem) if settings.get("checkpoint_every") else None)
+    try:
+        if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
+            _train_streamed(data, settings, nproc=nproc, val_data=val_data,
+                            batch_rows=batch_rows, max_memory=max_memory, summary=summary,
+                            force=force, quiet=quiet)
+        else:
+            _train_in_memory(data, settings, summary=summary, force=force, quiet=quiet)
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
+        if folder_of_checkpoint is not None and (folder_of_checkpoint / "checkpoint.pt").is_file():
+            raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "
+                             f"with linreg-train --resume {folder_of_checkpoint}") from None
+        raise
+
+
+def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
+                     quiet: bool) -> None:
+    """The fit of a table that fits in memory, with its progress bars."""
+    from serve.tables import estimate_rows
+    from trainer.train import train
+
+    config = settings["config"]
     size = data.stat().st_size if data.is_file() else 0
     if not quiet and size > 64 << 20:
         click.echo(f"Reading {data} ({size / 2**20:,.0f} MiB) ...", err=True)
@@ -218,19 +242,10 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
         reading.close()  # the data is in: its bar ends where the fit's begins
         bar.to(done)
 
-    folder_of_checkpoint = resume or (checkpoint_dir(settings["out"] or
-                                                     Path("models") / data.stem)
-                                      if settings.get("checkpoint_every") else None)
-    try:
-        with reading, bar:
-            log = None if quiet or config.log_every == 0 else bar.echo
-            folder, manifest = train(data, force=force, log=log, progress=fitting,
-                                     read_progress=reading.to, **settings)
-    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
-        if folder_of_checkpoint is not None and (folder_of_checkpoint / "checkpoint.pt").is_file():
-            raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "
-                             f"with linreg-train --resume {folder_of_checkpoint}") from None
-        raise
+    with reading, bar:
+        log = None if quiet or config.log_every == 0 else bar.echo
+        folder, manifest = train(data, force=force, log=log, progress=fitting,
+                                 read_progress=reading.to, **settings)
     if not quiet:
         _summary(folder, manifest)
     if summary:
@@ -272,38 +287,14 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
         _memory_budget(max_memory)
 
 
-# Flags the streamed fit does not take (they need every row in memory), and how to tell they
-# were given.
-IN_MEMORY_ONLY = {
-    "--sample-weight (with mini-batches)": lambda s: s.get("sample_weight") is not None
-    and s["config"].solver == "sgd" and s["config"].batch_size != 0,
-    "--checkpoint-every": lambda s: s.get("checkpoint_every") is not None,
-    "--resume": lambda s: s.get("resume") is not None,
-}
-
-
 def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | None,
                     batch_rows: int | None, max_memory: int | None, summary: bool, force: bool,
                     quiet: bool) -> None:
-    """The streamed (and distributed) fit: refuse what it cannot do, start ``--nproc``
-    processes, or run this rank."""
+    """The streamed (and distributed) fit: start ``--nproc`` processes, or run this rank."""
     from trainer.distributed import join, launch, under_torchrun
     from trainer.fit import resolve_device
     from trainer.train import train_streamed
 
-    why = (f"--nproc {nproc}" if nproc > 1 else "torchrun" if under_torchrun() else
-           f"--val-data {val_data}" if val_data is not None else
-           f"--batch-rows {batch_rows}" if batch_rows is not None else
-           f"{data} is a folder or glob" if not data.is_file() else
-           "the data is over --max-memory")
-    for flag, given in IN_MEMORY_ONLY.items():
-        if given(settings):
-            raise click.UsageError(f"{flag} needs every row in memory; streamed training "
-                                   f"({why}) takes categorical columns and blanks, --solver "
-                                   "lstsq or sgd/adam/lbfgs, --sample-weight, --penalty, "
-                                   "--loss huber, "
-                                   "--standardize, --val-fraction/--val-data, --cov, --summary: "
-                                   "drop " + flag)
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"), _rank)
         return
@@ -322,6 +313,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                 cov=settings["cov"], confidence=settings["confidence"],
                 sample_weight=settings["sample_weight"], encoding=settings["encoding"],
                 init_from=settings["init_from"], plot=settings["plot"],
+                checkpoint_every=settings["checkpoint_every"], resume=settings.get("resume"),
                 force=force, log=log, progress=bar.to, group=group)
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line

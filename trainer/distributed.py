@@ -134,7 +134,7 @@ def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> N
     and what it said (its last error line), or the signal that killed it."""
     import logging
 
-    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -154,6 +154,13 @@ def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> N
         except ChildFailedError as e:
             rank, cause = _root_cause(e, nproc, Path(logs))
             raise TrainingError(f"rank {rank} of {nproc} failed: {cause}") from None
+        except SignalException as e:  # Ctrl-C or SIGTERM: the launcher stopped the ranks
+            import signal
+
+            from serve._cli import Terminated
+
+            raise (KeyboardInterrupt() if e.sigval == signal.SIGINT else
+                   Terminated(int(e.sigval))) from None
         finally:
             done.set()
             follower.join()

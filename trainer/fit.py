@@ -213,6 +213,10 @@ class Checkpoint:
             torch.save(state, tmp)
         self.saved_epoch = state["epoch"]
 
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Is a save due after ``epoch`` (every ``every`` epochs, never after the last)?"""
+        return (epoch + 1) % self.every == 0 and epoch + 1 < epochs
+
     @classmethod
     def load(cls, path: Path, every: int) -> Checkpoint:
         try:
@@ -273,10 +277,8 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
     initial = _params_row(tracked)  # what epoch 0's forward pass used
     first_epoch = 0
     if checkpoint is not None and checkpoint.state is not None:  # resume where it stopped
-        first_epoch, initial = _restore(checkpoint.state, model, optimizer, scheduler, history)
-        lrs, val_costs = list(checkpoint.state["lrs"]), list(checkpoint.state["val_costs"])
-        kept = checkpoint.state["best"]
-        best = (kept[0], kept[1], kept[2] if kept[2] else None)
+        first_epoch, initial, lrs, val_costs, best = _restore(checkpoint.state, model,
+                                                              optimizer, scheduler, history)
         last_checked = first_epoch - 1
 
     def log_epoch(e: int) -> None:
@@ -325,15 +327,9 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
             elif epoch - best[1] >= config.patience:
                 stopped = "early"
 
-        if checkpoint is not None and (epoch + 1) % checkpoint.every == 0 and epoch + 1 < epochs:
-            checkpoint.save({"epoch": epoch, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(),
-                             "scheduler": scheduler.state_dict() if scheduler else {},
-                             "rng": torch.get_rng_state(),
-                             "history": torch.as_tensor(history.rows(epoch + 1)),
-                             "initial": torch.as_tensor(initial), "lrs": lrs,
-                             "val_costs": val_costs,
-                             "best": [best[0], best[1], best[2] or []]})
+        if checkpoint is not None and checkpoint.due(epoch, epochs):
+            checkpoint.save(_state_of(epoch, model, optimizer, scheduler, history, initial, lrs,
+                                      val_costs, best))
 
         # 5. At check points: divergence, tolerance, logging, progress.
         logging_now = log_every and epoch % log_every == 0
@@ -385,9 +381,22 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
                      best_epoch=best_epoch)
 
 
+def _state_of(epoch: int, model, optimizer, scheduler, history: _History,
+              initial: np.ndarray, lrs: list[float], val_costs: list[float],
+              best: tuple) -> dict:
+    """A resumable state after ``epoch`` (a ``torch.save`` dict of tensors and plain values,
+    loadable with ``weights_only=True``): what :func:`_restore` puts back."""
+    return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else {},
+            "rng": torch.get_rng_state(), "history": torch.as_tensor(history.rows(epoch + 1)),
+            "initial": torch.as_tensor(initial), "lrs": lrs, "val_costs": val_costs,
+            "best": [best[0], best[1], best[2] or []]}
+
+
 def _restore(state: dict, model, optimizer, scheduler, history: _History):
     """Put a checkpoint's state back: parameters, optimiser, scheduler, torch's RNG, history.
-    Returns the epoch to continue from and the initial parameters row."""
+    Returns the epoch to continue from, the initial parameters row, the learning rates and
+    validation costs so far, and early stopping's best (cost, epoch, parameters or None)."""
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -395,10 +404,13 @@ def _restore(state: dict, model, optimizer, scheduler, history: _History):
             scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
         history.restore(state["history"].numpy())
-    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        kept = state["best"]
+        best = (kept[0], kept[1], kept[2] if kept[2] else None)
+        return (int(state["epoch"]) + 1, state["initial"].numpy(), list(state["lrs"]),
+                list(state["val_costs"]), best)
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise TrainingError(f"the checkpoint does not fit this run ({first_line(e)}); start "
                             "again without --resume") from None
-    return int(state["epoch"]) + 1, state["initial"].numpy()
 
 
 def _params_row(tracked: list[torch.Tensor]) -> np.ndarray:

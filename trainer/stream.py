@@ -35,11 +35,12 @@ import numpy as np
 import torch
 
 from serve.errors import DataError
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, TrainingError
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
 from trainer.fit import (
     MAX_HISTORY_PARAMS,
+    Checkpoint,
     DivergenceError,
     FitResult,
     _fold,
@@ -48,9 +49,11 @@ from trainer.fit import (
     _Layout,
     _optimizer,
     _params_row,
+    _restore,
     _saved_values,
     _scheduler,
     _state_dict,
+    _state_of,
     l2_weight,
 )
 from trainer.model import build_model
@@ -199,14 +202,15 @@ class Rows:
                 yield pair
 
     def shuffled_train(self, rng: np.random.Generator) -> Iterator[Pair]:
-        """The train rows in a seeded order of chunks (kept) or parts (re-read)."""
+        """The train rows in a seeded order of chunks (kept) or parts (re-read); with
+        ``--sample-weight`` each Y carries the rows' weights as its last column."""
         if self._kept is not None:
-            for i in rng.permutation(len(self._kept)):
-                if len(self._kept[i][0][0]):
-                    yield self._kept[i][0]
-            return
-        order = [self.parts[i] for i in rng.permutation(len(self.parts))]
-        yield from self.train(order)
+            items = (self._kept[i] for i in rng.permutation(len(self._kept)))
+        else:
+            items = self.split([self.parts[i] for i in rng.permutation(len(self.parts))])
+        for (X, Y), _, w in items:
+            if len(X):
+                yield (X, Y) if w is None else (X, np.column_stack([Y, w]))
 
 
 # ------------------------------------------------------------------ 1. the scan
@@ -467,9 +471,12 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
         log: Callable[[str], None] | None = None,
         progress: Callable[[float], None] | None = None,
-        start: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[FitResult, np.ndarray]:
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+        checkpoint: Checkpoint | None = None) -> tuple[FitResult, np.ndarray]:
     """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
-    also the train sums of squared errors per target at the saved parameters."""
+    also the train sums of squared errors per target at the saved parameters. ``checkpoint``
+    saves a resumable state every few epochs (rank 0 writes it, with every rank's seeded
+    chunk order) and, when it holds one, continues from it: the resumed run is the same."""
     device, dtype = group.device, getattr(torch, config.dtype)
     p, t = len(rows.features), len(rows.targets)
     # The loss is over the train rows' count, or their total weight (--sample-weight)
@@ -551,9 +558,24 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
                 total += ((model(prep(x)) - y) ** 2).sum().double()
         return float(group.sum(total.cpu().numpy().reshape(1))[0]) / (summary.val_rows * t)
 
+    first_epoch = 0
+    if checkpoint is not None and checkpoint.state is not None:  # resume where it stopped
+        state = checkpoint.state
+        if state.get("world", 1) != group.world or "chunk_order" not in state:
+            raise TrainingError(f"the checkpoint is of a run with {state.get('world', 1)} "
+                                f"process(es){'' if 'chunk_order' in state else ' in memory'}, "
+                                f"not of this streamed run with {group.world}; start again "
+                                "without --resume")
+        first_epoch, initial, lrs, val_costs, best = _restore(state, model, optimizer,
+                                                              scheduler, history)
+        try:
+            rng.bit_generator.state = state["chunk_order"][group.rank]
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            raise TrainingError(f"the checkpoint does not fit this run ({e}); start again "
+                                "without --resume") from None
     start = time.perf_counter()
-    epoch = -1
-    for epoch in range(config.epochs):
+    epoch = first_epoch - 1
+    for epoch in range(first_epoch, config.epochs):
         optimizer.zero_grad()
         sse = torch.zeros((), dtype=torch.float64, device=device)
 
@@ -620,6 +642,12 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
             elif epoch - best[1] >= config.patience:
                 stopped = "early"
                 break
+        if checkpoint is not None and checkpoint.due(epoch, config.epochs):
+            orders = group.gather_object(rng.bit_generator.state)  # each rank's chunk order
+            if group.rank == 0:
+                checkpoint.save({**_state_of(epoch, model, optimizer, scheduler, history,
+                                             initial, lrs, val_costs, best),
+                                 "chunk_order": orders, "world": group.world})
         if config.tol is not None and epoch > 0 and \
                 history.costs(epoch - 1, epoch)[0] - cost < config.tol:
             stopped = "tol"
@@ -662,8 +690,10 @@ def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: Train
                      group: Group, prep, empty_step, rng: np.random.Generator,
                      t: int, data_loss, penalty, prox, W) -> torch.Tensor:
     """One epoch of mini-batches: each rank takes ``ceil(batch / world)`` rows a step from a
-    shuffle buffer; all ranks run ``max`` steps, each loss weighted by the step's global rows."""
+    shuffle buffer; all ranks run ``max`` steps, each loss weighted by the step's global rows
+    (with ``--sample-weight``, by the step's global weight: one more all-reduce a step)."""
     device, dtype = group.device, next(net.parameters()).dtype
+    weighted = rows.weight is not None
     local = -(-config.batch_size // group.world)
     counts = summary.train_rows
     steps = max(-(-n // local) for n in counts)
@@ -674,6 +704,10 @@ def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: Train
         step_rows = sum(min(local, max(0, n - step * local)) for n in counts)
         optimizer.zero_grad()
         batch = next(batches, None)
+        if weighted:  # the step's rows weigh their total weight, over every rank
+            mine = float(batch[1][:, t:].sum()) if batch is not None else 0.0
+            total = float(group.sum(np.array([mine]))[0]) if group.distributed else mine
+            step_rows = total if total > 0 else 1.0  # (all weights 0: every loss is 0)
         if batch is None:
             loss = empty_step()
         else:

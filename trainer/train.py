@@ -74,13 +74,11 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     if resume is not None:  # (the CLI read checkpoint_every with the rest of run.json)
         checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
     elif checkpoint_every:
-        checkpoint = _new_checkpoint(out, force, checkpoint_every, {
-            "data_path": str(Path(data_path).resolve()), "out": str(out),
-            "config": asdict(config), "encoding": asdict(encoding), "targets": list(targets),
-            "features": list(features), "exclude": list(exclude),
-            "sample_weight": sample_weight, "init_from": None if init_from is None
-            else str(init_from), "val_fraction": val_fraction, "cov": cov,
-            "confidence": confidence, "plot": plot, "checkpoint_every": checkpoint_every})
+        checkpoint = _new_checkpoint(out, force, checkpoint_every, _run_record(
+            data_path, out=out, config=config, encoding=encoding, targets=targets,
+            features=features, exclude=exclude, sample_weight=sample_weight,
+            init_from=init_from, val_fraction=val_fraction, cov=cov, confidence=confidence,
+            plot=plot, checkpoint_every=checkpoint_every))
     with _checkpoint_scope(checkpoint, resumed=resume is not None):
         data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                                   categorical=encoding.categorical, weight=sample_weight,
@@ -198,12 +196,37 @@ def _new_checkpoint(out: Path, force: bool, every: int, run: dict[str, Any]) -> 
     return Checkpoint(folder / CHECKPOINT, every)
 
 
+def _run_record(data_path: str | Path, *, out: Path, config: TrainConfig,
+                encoding: EncodeConfig, targets: Sequence[str], features: Sequence[str],
+                exclude: Sequence[str], sample_weight: str | None,
+                init_from: str | Path | None, val_fraction: float | None, cov: str,
+                confidence: float, plot: bool, checkpoint_every: int,
+                val_data: str | Path | None = None, batch_rows: int | None = None,
+                max_memory: int | None = None, nproc: int = 1) -> dict[str, Any]:
+    """run.json: what ``--resume`` needs to run the same training again (streamed runs add
+    how they streamed: ``batch_rows``, ``max_memory``, ``val_data``, ``nproc``)."""
+    return {"data_path": str(Path(data_path).resolve()) if Path(data_path).exists()
+            else str(data_path), "out": str(out), "config": asdict(config),
+            "encoding": asdict(encoding), "targets": list(targets), "features": list(features),
+            "exclude": list(exclude), "sample_weight": sample_weight,
+            "init_from": None if init_from is None else str(init_from),
+            "val_fraction": val_fraction, "cov": cov, "confidence": confidence, "plot": plot,
+            "checkpoint_every": checkpoint_every,
+            "val_data": None if val_data is None else str(val_data), "batch_rows": batch_rows,
+            "max_memory": max_memory, "nproc": nproc}
+
+
 # run.json's fields and their kinds (besides "config" and "encoding", checked as dataclasses).
 _RUN_FIELDS: dict[str, str] = {
     "data_path": "str", "out": "str | None", "targets": "tuple[str, ...]",
     "features": "tuple[str, ...]", "exclude": "tuple[str, ...]", "sample_weight": "str | None",
     "init_from": "str | None", "val_fraction": "float | None", "cov": "str",
     "confidence": "float", "plot": "bool", "checkpoint_every": "int",
+}
+# ... and how a streamed run streamed (absent from an older run.json: it ran in memory).
+_STREAM_FIELDS: dict[str, tuple[str, Any]] = {
+    "val_data": ("str | None", None), "batch_rows": ("int | None", None),
+    "max_memory": ("int | None", None), "nproc": ("int", 1),
 }
 
 
@@ -250,8 +273,13 @@ def resume_settings(folder: str | Path) -> dict[str, Any]:
             raise bad(f"{RUN}: {key!r} must be {kind.replace('tuple[str, ...]', 'a list of names')}"
                       f", not {run[key]!r}"[:200])
         settings[key] = run[key]
-    if settings["checkpoint_every"] < 1:
-        raise bad(f"{RUN}: 'checkpoint_every' must be 1 or more")
+    for key, (kind, default) in _STREAM_FIELDS.items():
+        settings[key] = run.get(key, default)
+        if not _kind_ok(kind, settings[key]):
+            raise bad(f"{RUN}: {key!r} must be {kind}, not {settings[key]!r}"[:200])
+    for key in ("checkpoint_every", "batch_rows", "max_memory", "nproc"):
+        if settings[key] is not None and settings[key] < 1:
+            raise bad(f"{RUN}: {key!r} must be 1 or more")
     for key, cls in (("config", TrainConfig), ("encoding", EncodeConfig)):
         values = run.get(key)
         if not isinstance(values, dict):
@@ -472,13 +500,15 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                    cov: str = "nonrobust", confidence: float = 0.95,
                    sample_weight: str | None = None, encoding: EncodeConfig | None = None,
                    init_from: str | Path | None = None, plot: bool = False,
+                   checkpoint_every: int | None = None, resume: str | Path | None = None,
                    log: Callable[[str], None] | None = None,
                    progress: Callable[[float], None] | None = None,
                    group: Any = None) -> tuple[Path, dict[str, Any] | None]:
     """Train from ``data_path`` (a file, folder or glob; :mod:`trainer.dataset`) in chunks of
     ``batch_rows`` rows (:mod:`trainer.stream`), on this rank's share of a distributed run
     (``group``, :func:`trainer.distributed.join`). Only rank 0 writes the artifact folder, when
-    every rank is done; other ranks return ``(out, None)``."""
+    every rank is done; other ranks return ``(out, None)``. ``checkpoint_every`` and ``resume``
+    are as :func:`train`'s (rank 0 writes the checkpoint; every rank resumes from it)."""
     from serve.columns import is_plain
     from trainer.dataset import Dataset
     from trainer.distributed import Group
@@ -515,152 +545,163 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                             "(e.g. 0.2) or --val-data")
     if group.rank == 0:
         _check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
-    # 1. The dataset, its columns, this rank's share.
-    ds = Dataset.open(data_path)
-    targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
-                                     exclude=exclude, weight=sample_weight)
-    encoding = encoding or EncodeConfig()
-    encoding.validate()
-    raw_features = features
-    if unknown := sorted(set(encoding.categorical) - set(raw_features)):
-        raise DataError(f"{ds.shown}: unknown categorical column {unknown[0]!r}; the features "
-                        f"are {', '.join(raw_features)}")
-    parts = ds.shard(group.rank, group.world)
-    share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
-        ds.estimated_rows() // group.world
-    vds = None
-    if val_data is not None:
-        vds = Dataset.open(val_data)
-        pick_columns(vds.shown, vds.columns, targets=targets, features=raw_features)
+    checkpoint = None
+    if resume is not None:  # every rank reads the same state
+        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
+    elif checkpoint_every and group.rank == 0:
+        checkpoint = _new_checkpoint(out, force, checkpoint_every, _run_record(
+            data_path, out=out, config=config, encoding=encoding or EncodeConfig(),
+            targets=targets, features=features, exclude=exclude, sample_weight=sample_weight,
+            init_from=init_from, val_fraction=val_fraction, cov=cov, confidence=confidence,
+            plot=plot, checkpoint_every=checkpoint_every, val_data=val_data,
+            batch_rows=batch_rows, max_memory=max_memory, nproc=group.world))
+    elif checkpoint_every:  # the other ranks take part in each save, rank 0 writes it
+        checkpoint = Checkpoint(checkpoint_dir(out) / CHECKPOINT, checkpoint_every)
+    with _checkpoint_scope(checkpoint if group.rank == 0 else None, resumed=resume is not None):
+        # 1. The dataset, its columns, this rank's share.
+        ds = Dataset.open(data_path)
+        targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
+                                         exclude=exclude, weight=sample_weight)
+        encoding = encoding or EncodeConfig()
+        encoding.validate()
+        raw_features = features
+        if unknown := sorted(set(encoding.categorical) - set(raw_features)):
+            raise DataError(f"{ds.shown}: unknown categorical column {unknown[0]!r}; the features "
+                            f"are {', '.join(raw_features)}")
+        parts = ds.shard(group.rank, group.world)
+        share_rows = sum(p.rows or 0 for p in parts) if ds.format == "parquet" else \
+            ds.estimated_rows() // group.world
+        vds = None
+        if val_data is not None:
+            vds = Dataset.open(val_data)
+            pick_columns(vds.shown, vds.columns, targets=targets, features=raw_features)
 
-    def rows_of(specs: list | None) -> Rows:
-        """This rank's rows: numbers as they are, or raw columns encoded by ``specs``."""
-        names = raw_features if specs is None else encoded_names(specs)
-        cache = share_rows * (len(names) + len(targets)) * 8 * MEMORY_OVERHEAD <= max_memory
-        kw = dict(batch_rows=batch_rows, cache=cache, seed=config.seed, specs=specs)
-        val = None if vds is None else Rows(vds, vds.shard(group.rank, group.world), names,
-                                             targets, val_fraction=None, **kw)
-        return Rows(ds, parts, names, targets, val_fraction=val_fraction, val=val,
-                    weight=sample_weight, **kw)
+        def rows_of(specs: list | None) -> Rows:
+            """This rank's rows: numbers as they are, or raw columns encoded by ``specs``."""
+            names = raw_features if specs is None else encoded_names(specs)
+            cache = share_rows * (len(names) + len(targets)) * 8 * MEMORY_OVERHEAD <= max_memory
+            kw = dict(batch_rows=batch_rows, cache=cache, seed=config.seed, specs=specs)
+            val = None if vds is None else Rows(vds, vds.shard(group.rank, group.world), names,
+                                                 targets, val_fraction=None, **kw)
+            return Rows(ds, parts, names, targets, val_fraction=val_fraction, val=val,
+                        weight=sample_weight, **kw)
 
-    if sample_weight is not None and config.solver == "sgd" and config.batch_size:
-        raise TrainingError("--sample-weight streams with --solver lstsq or the full batch "
-                            "(--batch-size 0); weighted mini-batches still need every row in "
-                            "memory")
-    # 2. The encoding (categorical columns, blanks; as in memory), learned in one pass when a
-    # flag asks for it or a feature cell turns out not to be a number; then the scan: row
-    # counts, means, spreads and the R factors, over every rank (the only pass an exact fit
-    # makes over numeric data).
-    specs = None
-    if not encoding.plain or ds.has_text(raw_features):
-        specs = learn_encoding(rows_of(None), raw_features, encoding, group, bias=config.bias)
-    rows = rows_of(specs)
-    try:
-        summary = scan(rows, group, bias=config.bias)
-    except NeedsEncoding:
-        specs = learn_encoding(rows, raw_features, encoding, group, bias=config.bias)
+        # 2. The encoding (categorical columns, blanks; as in memory), learned in one pass when a
+        # flag asks for it or a feature cell turns out not to be a number; then the scan: row
+        # counts, means, spreads and the R factors, over every rank (the only pass an exact fit
+        # makes over numeric data).
+        specs = None
+        if not encoding.plain or ds.has_text(raw_features):
+            specs = learn_encoding(rows_of(None), raw_features, encoding, group, bias=config.bias)
         rows = rows_of(specs)
-        summary = scan(rows, group, bias=config.bias)
-    features = rows.features
-    n_params = len(features) + int(config.bias)
-    if summary.x.n < n_params:
-        raise TrainingError(f"{int(summary.x.n)} training rows but the model has {n_params} "
-                            f"parameters per target; need at least {n_params} rows (or fewer "
-                            "features)")
-    if val_fraction and summary.val_rows == 0:
-        raise DataError(f"--val-fraction {val_fraction} picks no validation row among "
-                        f"{int(summary.x.n):,}; use a larger fraction")
-    if sample_weight is not None and not summary.weight > 0:
-        raise TrainingError("every training row has sample weight 0")
-    R, p = summary.R, len(features)
-    # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
-    Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
+        try:
+            summary = scan(rows, group, bias=config.bias)
+        except NeedsEncoding:
+            specs = learn_encoding(rows, raw_features, encoding, group, bias=config.bias)
+            rows = rows_of(specs)
+            summary = scan(rows, group, bias=config.bias)
+        features = rows.features
+        n_params = len(features) + int(config.bias)
+        if summary.x.n < n_params:
+            raise TrainingError(f"{int(summary.x.n)} training rows but the model has {n_params} "
+                                f"parameters per target; need at least {n_params} rows (or fewer "
+                                "features)")
+        if val_fraction and summary.val_rows == 0:
+            raise DataError(f"--val-fraction {val_fraction} picks no validation row among "
+                            f"{int(summary.x.n):,}; use a larger fraction")
+        if sample_weight is not None and not summary.weight > 0:
+            raise TrainingError("every training row has sample weight 0")
+        R, p = summary.R, len(features)
+        # weights scaled to sum to n, as scikit-learn does: R of √(w·n/Σw)·[X, 1 | Y]
+        Rn = R if sample_weight is None else R * np.sqrt(summary.x.n / summary.weight)
 
-    def exact_fit(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
-        """The exact optimum from R: least squares, or the penalised objective."""
-        if config.penalty == "none":
-            return least_squares_from_r(R, p, bias=config.bias)
-        mean, scale = standardization(summary, replace(config, solver="lstsq"))
-        return penalized_from_r(Rn, summary.x.n, p, bias=config.bias, penalty=config.penalty,
-                                alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean,
-                                scale=scale)
+        def exact_fit(config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+            """The exact optimum from R: least squares, or the penalised objective."""
+            if config.penalty == "none":
+                return least_squares_from_r(R, p, bias=config.bias)
+            mean, scale = standardization(summary, replace(config, solver="lstsq"))
+            return penalized_from_r(Rn, summary.x.n, p, bias=config.bias, penalty=config.penalty,
+                                    alpha=config.alpha, l1_ratio=config.l1_ratio, mean=mean,
+                                    scale=scale)
 
-    # 3. The fit.
-    start = time.perf_counter()
-    exact = exact_fit(config)
-    if config.solver == "lstsq":
-        state = _state_dict(exact[0], exact[1] if config.bias else None,
-                            getattr(torch, config.dtype))
-        coef, intercept = _saved_values(state, len(targets))
-        result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
-                           str(group.device), config=asdict(config))
-        sse = sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
-        result.history[0, 0] = float(sse_from_r(R, coef, intercept, bias=config.bias).sum()
-                                     / (summary.weight * len(targets)))
-    else:
-        start_at = _warm_start(init_from, features, targets, config) \
-            if init_from is not None else None
-        result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
-                          start=start_at)
-    result.seconds = time.perf_counter() - start
-    # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's), from R.
-    metrics = {"train": regression_metrics(sse, summary.y)}
-    if summary.val_rows:
-        val_sse = sse_from_r(summary.R_val, result.coef_, result.intercept_, bias=config.bias)
-        metrics["validation"] = regression_metrics(val_sse, summary.y_val)
-    if config.solver == "sgd" and config.loss == "mse":  # (Huber has no closed form)
-        optimum = regression_metrics(sse_from_r(summary.unweighted_r, *exact, bias=config.bias),
-                                     summary.y)
-        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
-        metrics["exact_least_squares"] = optimum
+        # 3. The fit.
+        start = time.perf_counter()
+        exact = exact_fit(config)
+        if config.solver == "lstsq":
+            state = _state_dict(exact[0], exact[1] if config.bias else None,
+                                getattr(torch, config.dtype))
+            coef, intercept = _saved_values(state, len(targets))
+            result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact",
+                               str(group.device), config=asdict(config))
+            sse = sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
+            result.history[0, 0] = float(sse_from_r(R, coef, intercept, bias=config.bias).sum()
+                                         / (summary.weight * len(targets)))
+        else:
+            start_at = _warm_start(init_from, features, targets, config) \
+                if init_from is not None else None
+            result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
+                              start=start_at, checkpoint=checkpoint)
+        result.seconds = time.perf_counter() - start
+        # 4. Metrics at the saved parameters (and, for SGD, the exact optimum's), from R.
+        metrics = {"train": regression_metrics(sse, summary.y)}
+        if summary.val_rows:
+            val_sse = sse_from_r(summary.R_val, result.coef_, result.intercept_, bias=config.bias)
+            metrics["validation"] = regression_metrics(val_sse, summary.y_val)
+        if config.solver == "sgd" and config.loss == "mse":  # (Huber has no closed form)
+            optimum = regression_metrics(sse_from_r(summary.unweighted_r, *exact, bias=config.bias),
+                                         summary.y)
+            optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+            metrics["exact_least_squares"] = optimum
 
-    # 5. Statistics at the saved parameters: the design's R and the residual sums from the
-    # scan, and (robust covariances only) one more pass for the meat.
-    def gather() -> Sufficient:
-        suff = Sufficient(n=int(summary.x.n), R=design_r(R, p, bias=config.bias), ssr=sse,
-                          tss=summary.y.m2)
-        if sample_weight is not None:  # weighted least squares: Σw·e² and Σw·(y − ȳ_w)²
-            suff.ssr = sse_from_r(R, result.coef_, result.intercept_, bias=config.bias)
-            suff.tss, suff.log_weights = summary.y_w.m2, summary.log_weights
-        if cov != "nonrobust":
-            suff.meat = meat_pass(rows, result.coef_, result.intercept_, group,
-                                  bias=config.bias, cov_type=cov, pinv=suff.pinv())
-        return suff
+        # 5. Statistics at the saved parameters: the design's R and the residual sums from the
+        # scan, and (robust covariances only) one more pass for the meat.
+        def gather() -> Sufficient:
+            suff = Sufficient(n=int(summary.x.n), R=design_r(R, p, bias=config.bias), ssr=sse,
+                              tss=summary.y.m2)
+            if sample_weight is not None:  # weighted least squares: Σw·e² and Σw·(y − ȳ_w)²
+                suff.ssr = sse_from_r(R, result.coef_, result.intercept_, bias=config.bias)
+                suff.tss, suff.log_weights = summary.y_w.m2, summary.log_weights
+            if cov != "nonrobust":
+                suff.meat = meat_pass(rows, result.coef_, result.intercept_, group,
+                                      bias=config.bias, cov_type=cov, pinv=suff.pinv())
+            return suff
 
-    stats = statistics(gather, result.coef_, result.intercept_, bias=config.bias,
-                       names=features, cov_type=cov, confidence=confidence,
-                       penalized=_not_least_squares(config), n_targets=len(targets),
-                       n_rows=int(summary.x.n))
-    passes = ds.reads  # over this rank's share of the files (the encoding's, the scan, ...)
-    if group.rank != 0:
-        return out, None
-    # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
-    # plots drawn from a sample of rank 0's first rows).
-    pictures = None
-    if plot:
-        from trainer.plots import PlotData
+        stats = statistics(gather, result.coef_, result.intercept_, bias=config.bias,
+                           names=features, cov_type=cov, confidence=confidence,
+                           penalized=_not_least_squares(config), n_targets=len(targets),
+                           n_rows=int(summary.x.n))
+        passes = ds.reads  # over this rank's share of the files (the encoding's, the scan, ...)
+        if group.rank != 0:
+            return out, None
+        # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
+        # plots drawn from a sample of rank 0's first rows).
+        pictures = None
+        if plot:
+            from trainer.plots import PlotData
 
-        (X_s, Y_s), (Xv_s, Yv_s) = (_sample(chunks, PLOT_SAMPLE_ROWS, len(features), len(targets))
-                                    for chunks in (rows.train(), rows.validation()))
-        pictures = PlotData(result.history, result.history_columns, X_s, Y_s, Xv_s, Yv_s,
-                            result.coef_, result.intercept_, config.bias, features, targets,
-                            result.best_epoch)
-    columns = specs if specs is not None and not is_plain(specs) else None
-    manifest = _write_folder(
-        out, force=force, result=result, config=config, features=features, targets=targets,
-        columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
-            "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
-            "files": [str(f.resolve()) for f in ds.files], "sha256": dataset_sha256(ds.files),
-            "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
-            "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
-            "validation": (f"--val-data {val_data}" if val_data else
-                           "a seeded hash of (file, row)" if summary.val_rows else None),
-            "validation_indices": None, "sample_weight": sample_weight},
-        training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
-                               "passes": passes,
-                               "world_size": group.world, "backend": group.backend,
-                               "rows_per_rank": summary.train_rows}}, plots=pictures)
-    return out, manifest
+            (X_s, Y_s), (Xv_s, Yv_s) = (
+                _sample(chunks, PLOT_SAMPLE_ROWS, len(features), len(targets))
+                for chunks in (rows.train(), rows.validation()))
+            pictures = PlotData(result.history, result.history_columns, X_s, Y_s, Xv_s, Yv_s,
+                                result.coef_, result.intercept_, config.bias, features, targets,
+                                result.best_epoch)
+        columns = specs if specs is not None and not is_plain(specs) else None
+        manifest = _write_folder(
+            out, force=force, result=result, config=config, features=features, targets=targets,
+            columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
+                "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
+                "files": [str(f.resolve()) for f in ds.files],
+                "sha256": dataset_sha256(ds.files),
+                "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+                "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
+                "validation": (f"--val-data {val_data}" if val_data else
+                               "a seeded hash of (file, row)" if summary.val_rows else None),
+                "validation_indices": None, "sample_weight": sample_weight},
+            training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
+                                   "passes": passes,
+                                   "world_size": group.world, "backend": group.backend,
+                                   "rows_per_rank": summary.train_rows}}, plots=pictures)
+        return out, manifest
 
 
 PLOT_SAMPLE_ROWS = 10_000  # the rows a streamed fit's data plots draw

@@ -198,9 +198,32 @@ def test_streamed_weights_refuse_what_in_memory_refuses(shards, tmp_path):
                 code=1)
     assert res.stderr == (f"linreg-train: error: {bad}/part-2.parquet: row 8, column 'w': the "
                           "sample weight -1 is negative; weights must be >= 0\n")
-    res = train(folder, "--sample-weight", "w", "--target", "y", "--batch-size", "16", "--out",
-                tmp_path / "m", code=2)
-    assert "--sample-weight (with mini-batches) needs every row in memory" in res.stderr
+
+
+@pytest.mark.parametrize("how", [["--batch-rows", "700"], ["--nproc", "2"]])
+def test_streamed_weighted_minibatches_reach_weighted_least_squares(shards, tmp_path, how):
+    """Each step's loss is its rows' weighted mean (the step's total weight summed over the
+    ranks), so mini-batch SGD lands on the WLS answer."""
+    rng = np.random.default_rng(5)  # two relations; the weights favour the first
+    x = rng.normal(size=4000)
+    first = np.arange(4000) % 2 == 0
+    y = np.where(first, 2 * x + 1, -x + 5) + rng.normal(size=4000) * 0.1
+    w = np.where(first, 1.0, 0.05)
+    folder = tmp_path / "d"
+    folder.mkdir()
+    for i in range(4):
+        s = slice(i * 1000, (i + 1) * 1000)
+        pq.write_table(pa.table({"x": x[s], "w": w[s], "y": y[s]}), folder / f"p{i}.parquet",
+                       row_group_size=250)
+    common = ["--sample-weight", "w", "--target", "y", "--dtype", "float64", "-q"]
+    train(folder, "--solver", "lstsq", *common, "--out", tmp_path / "wls")
+    res = run_script("linreg-train", folder, *how, "--epochs", "30", "--lr", "0.01",
+                     "--batch-size", "64", "--standardize", *common, "--out", tmp_path / "m")
+    assert res.returncode == 0, res.stderr.decode()
+    wls = params(tmp_path / "wls")
+    ols = np.linalg.lstsq(np.column_stack([x, np.ones(4000)]), y, rcond=None)[0]
+    assert np.abs(wls - ols).max() > 1  # the weights matter here
+    np.testing.assert_allclose(params(tmp_path / "m"), wls, atol=0.05)
 
 
 def test_a_streamed_model_has_a_summary_and_intervals(shards, tmp_path):
@@ -379,19 +402,6 @@ def test_bad_datasets_are_one_line(tmp_path, case, message):
     res = train(d, "--out", tmp_path / "m", code=1)
     assert res.stderr == f"linreg-train: error: {message.format(d=d)}\n"
     assert not (tmp_path / "m").exists()
-
-
-@pytest.mark.parametrize("flag", [["--checkpoint-every", "5"],
-                                  ["--sample-weight", "a", "--batch-size", "32"]])
-def test_in_memory_only_flags_are_refused_when_streaming(shards, tmp_path, flag):
-    folder, _ = shards
-    res = train(folder, *flag, "--out", tmp_path / "m", code=2)
-    name = {"--sample-weight": "--sample-weight (with mini-batches)"}.get(flag[0], flag[0])
-    assert res.stderr.splitlines()[-1] == (
-        f"linreg-train: error: {name} needs every row in memory; streamed training ({folder} is "
-        "a folder or glob) takes categorical columns and blanks, --solver lstsq or "
-        "sgd/adam/lbfgs, --sample-weight, --penalty, --loss huber, --standardize, "
-        f"--val-fraction/--val-data, --cov, --summary: drop {name}")
 
 
 def test_val_fraction_and_val_data_together_are_refused(shards, tmp_path):
@@ -864,3 +874,73 @@ def test_a_streamed_exact_fit_reads_the_data_once(shards, tmp_path, extra, passe
     assert not m["training"]["streamed"]["kept_in_memory"]
     if "--val-fraction" in extra:
         assert m["metrics"]["validation"]["rows"] == m["data"]["validation_rows"] > 0
+
+
+# ------------------------------------------------------------------ checkpoints and --resume
+
+class _Stop(KeyboardInterrupt):
+    """Ctrl-C, raised from inside the loop (the progress callback runs every epoch)."""
+
+
+@pytest.mark.parametrize("batch, extra", [(0, {}), (64, {"momentum": 0.9}),
+                                          (64, {"optimizer": "adam", "early_stopping": True,
+                                                "patience": 100})])
+def test_a_resumed_streamed_run_ends_byte_identical(shards, tmp_path, batch, extra):
+    """The seeded chunk order is part of the state: a run stopped after a checkpoint and
+    resumed ends with the very bytes of the run that was never stopped."""
+    from click.testing import CliRunner
+
+    from trainer.cli import train_main
+    from trainer.fit import TrainConfig
+    from trainer.train import train_streamed
+
+    folder, _ = shards
+    config = TrainConfig(epochs=30, lr=0.02, batch_size=batch, lr_schedule="step",
+                         lr_step_size=7, standardize=True, log_every=0, **extra)
+    kw = dict(config=config, val_fraction=0.2, batch_rows=500, max_memory=1024)
+    train_streamed(folder, out=tmp_path / "whole", **kw)
+
+    def stop_after_epoch_20(done: float) -> None:
+        if done >= 21:
+            raise _Stop()
+    with pytest.raises(_Stop):
+        train_streamed(folder, out=tmp_path / "cut", checkpoint_every=10,
+                       progress=stop_after_epoch_20, **kw)
+    checkpoint = tmp_path / "cut.checkpoint"
+    assert not (tmp_path / "cut").exists() and (checkpoint / "checkpoint.pt").is_file()
+    run = json.loads((checkpoint / "run.json").read_text())
+    assert (run["batch_rows"], run["max_memory"], run["nproc"]) == (500, 1024, 1)
+    res = CliRunner().invoke(train_main, ["--resume", str(checkpoint), "-q"])
+    assert res.exit_code == 0, res.stderr
+    for name in ("model.pt", "history.csv"):
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert manifest(tmp_path / "cut")["training"]["streamed"]["kept_in_memory"] is False
+    assert not checkpoint.exists()  # a finished run leaves no checkpoint behind
+
+
+def test_ctrl_c_on_two_processes_keeps_the_checkpoint_and_resumes_the_same(shards, tmp_path):
+    folder, _ = shards
+    common = ["--nproc", "2", "--batch-rows", "500", "--epochs", "150", "--batch-size", "512",
+              "--lr", "0.01", "--standardize", "-q"]
+    res = run_script("linreg-train", folder, *common, "--out", tmp_path / "whole")
+    assert res.returncode == 0, res.stderr.decode()
+    out = tmp_path / "cut"
+    proc = subprocess.Popen([str(BIN / "linreg-train"), str(folder), *common,
+                             "--checkpoint-every", "10", "--out", str(out)],
+                            stderr=subprocess.PIPE)
+    checkpoint = tmp_path / "cut.checkpoint"
+    deadline = time.monotonic() + 120
+    while not (checkpoint / "checkpoint.pt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err
+    assert err.splitlines()[-1] == (
+        f"linreg-train: error: interrupted; the last checkpoint is in {checkpoint}: continue "
+        f"with linreg-train --resume {checkpoint}")
+    assert (checkpoint / "checkpoint.pt").is_file() and not out.exists()
+    res = run_script("linreg-train", "--resume", checkpoint, "-q")
+    assert res.returncode == 0, res.stderr.decode()
+    assert manifest(out)["training"]["streamed"]["world_size"] == 2
+    assert (out / "model.pt").read_bytes() == (tmp_path / "whole" / "model.pt").read_bytes()
+    assert not checkpoint.exists()
