@@ -7,6 +7,11 @@
 The loop is the tutorial's (forward, ``F.mse_loss``, ``zero_grad``, ``backward``, ``step``) with
 the bookkeeping kept off the hot path: the per-epoch cost and parameters are written into a
 history tensor on the device, and the host only looks at it (a GPU sync) at check points.
+
+It is the one loop at every size (:func:`sgd_loop`): a :class:`Source` gives it what touches
+rows, :class:`InMemory` for a table on the device, :class:`trainer.stream.Streamed` for chunks
+read from files over ranks; steps, schedules, early stopping, checkpoints, history and logs are
+the loop's own, so a flag means the same thing in memory and streamed.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -98,8 +104,11 @@ def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
     if config.solver == "lstsq":
         result = _fit_lstsq(X, Y, config, weights)
     else:
-        result = _fit_sgd(X, Y, config, mean, scale, log, progress, weights, validation,
-                          warm_start, checkpoint)
+        source = InMemory(X, Y, config, mean=mean, scale=scale, weights=weights,
+                          validation=validation)
+        result = sgd_loop(source, config, X.shape[1], Y.shape[1], mean=mean, scale=scale,
+                          log=log, progress=progress, warm_start=warm_start,
+                          checkpoint=checkpoint)
     result.seconds = time.perf_counter() - start
     result.config = asdict(config)
     return result
@@ -117,7 +126,7 @@ def _standardization(X: np.ndarray, config: TrainConfig) -> tuple[np.ndarray | N
     return mean, scale
 
 
-def _fold(W: np.ndarray, b: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None):
+def unstandardize(W: np.ndarray, b: np.ndarray, mean: np.ndarray | None, scale: np.ndarray | None):
     """W, b learned on (x - mean) / scale, re-expressed for raw x. Works on stacked rows too."""
     if scale is None:
         return W, b
@@ -229,41 +238,72 @@ class Checkpoint:
         return cls(path, every, state, state["epoch"])
 
 
-def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=None,
-             start=None, checkpoint=None) -> FitResult:
-    device = resolve_device(config.device)
-    dtype = getattr(torch, config.dtype)
-    n_rows, n_features = X.shape
-    n_targets = Y.shape[1]
-    epochs, batch_size = config.epochs, config.batch_size
-    full_batch = batch_size == 0 or batch_size >= n_rows
+class Source(Protocol):
+    """Where an SGD fit's rows come from: a table on the device (:class:`InMemory`) or chunks
+    streamed over ranks (:class:`trainer.stream.Streamed`). The one loop (:func:`sgd_loop`)
+    asks it for what touches rows; the steps, schedules, early stopping, checkpoints, history
+    and logs are the loop's, the same at every size."""
+
+    device: torch.device
+    rank: int  # only rank 0 logs, reports progress and writes checkpoints
+    check_every: int  # epochs between the host's reads of the history (a GPU sync)
+    watches: bool  # are there validation rows to watch (early stopping, plateau)?
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The module the steps run through (DistributedDataParallel over ranks)."""
+
+    def gradient(self, net: torch.nn.Module) -> torch.Tensor:
+        """The full-batch cost (data loss + the L2 part) at the current parameters, its
+        gradient accumulated into them (every rank's rows)."""
+
+    def minibatch_epoch(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        prox: Callable | None, on_batch: Callable[[float], None] | None
+                        ) -> torch.Tensor:
+        """One epoch of mini-batch steps; its cost."""
+
+    def validation_cost(self, model: torch.nn.Module) -> float:
+        """The validation rows' MSE."""
+
+    def final_cost(self, model: torch.nn.Module) -> float:
+        """The cost at the final parameters (the last log line)."""
+
+    def saved(self) -> dict:
+        """What a checkpoint keeps beyond the loop's state (every rank takes part)."""
+
+    def restore(self, state: dict) -> None:
+        """Put :meth:`saved`'s part of a checkpoint back."""
+
+
+def sgd_loop(source: Source, config: TrainConfig, n_features: int, n_targets: int, *,
+             mean: np.ndarray | None, scale: np.ndarray | None,
+             log: Callable[[str], None] | None = None,
+             progress: Callable[[float], None] | None = None,
+             warm_start: tuple[np.ndarray, np.ndarray] | None = None,
+             checkpoint: Checkpoint | None = None) -> FitResult:
+    """The SGD loop of the tutorials, for every optimiser, objective and size: the model
+    learns on features standardised by ``mean``/``scale`` (None: raw), and the result is
+    folded back to raw units."""
+    device, dtype, epochs = source.device, getattr(torch, config.dtype), config.epochs
 
     # 1. Seed, then build the model before any other random draw, as a plain script would.
     torch.manual_seed(config.seed)
     model = build_model(n_features, n_targets, bias=config.bias, init=config.init, dtype=dtype)
-    if start is not None:  # a warm start: raw-unit parameters, in training units
-        W0, b0 = start
+    if warm_start is not None:  # raw-unit parameters, in training units
+        W0, b0 = warm_start
         with torch.no_grad():
             model.linear.weight.copy_(torch.as_tensor(W0 if scale is None else W0 * scale))
             if model.linear.bias is not None:
                 model.linear.bias.copy_(torch.as_tensor(b0 if scale is None else b0 + W0 @ mean))
     model.to(device)
     W, b = model.linear.weight, model.linear.bias
-    Xs = X if scale is None else (X - mean) / scale
-    x_all = torch.as_tensor(Xs, dtype=dtype, device=device)
-    y_all = torch.as_tensor(Y, dtype=dtype, device=device)
-    w_all = None if weights is None else torch.as_tensor(weights, dtype=dtype, device=device)
+    net = source.wrap(model)
     optimizer = _optimizer(model, config)
-    objective, prox = _objective(config, n_targets), _l1_prox(config, n_targets)
+    prox = _l1_prox(config, n_targets)
     scheduler = _scheduler(optimizer, config)
     lrs: list[float] = []
-    watch = None
-    if validation is not None and (config.early_stopping or config.lr_schedule == "plateau"):
-        Xv = validation[0] if scale is None else (validation[0] - mean) / scale
-        watch = (torch.as_tensor(Xv, dtype=dtype, device=device),
-                 torch.as_tensor(validation[1], dtype=dtype, device=device))
     val_costs: list[float] = []
-    best = (np.inf, -1, None)  # validation cost, epoch, parameters
+    best: tuple = (np.inf, -1, None)  # validation cost, epoch, parameters
+    watch = source.watches and (config.early_stopping or config.lr_schedule == "plateau")
 
     # 2. History lives where the model does; the host reads it only at check points.
     keep_params = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
@@ -271,12 +311,14 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
     tracked = [W, b] if keep_params and b is not None else [W] if keep_params else []
     history = _History(epochs, tracked, device, dtype)
     # Divergence is found at its exact epoch whatever the interval; --tol checks every epoch.
-    check_every = 1 if config.tol is not None else 50 if device.type == "cpu" else 100
-    log_every = config.log_every if log is not None else 0
+    check_every = 1 if config.tol is not None else source.check_every
+    log_every = config.log_every if log is not None and source.rank == 0 else 0
+    progress = progress if source.rank == 0 else None
     last_checked, stopped, epoch = -1, "epochs", -1
     initial = _params_row(tracked)  # what epoch 0's forward pass used
     first_epoch = 0
     if checkpoint is not None and checkpoint.state is not None:  # resume where it stopped
+        source.restore(checkpoint.state)
         first_epoch, initial, lrs, val_costs, best = _restore(checkpoint.state, model,
                                                               optimizer, scheduler, history)
         last_checked = first_epoch - 1
@@ -288,33 +330,28 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
         log(layout.log_line(e, epochs, row, mean, scale))
 
     for epoch in range(first_epoch, epochs):
-        if full_batch and config.optimizer == "lbfgs":
-            # 3'. L-BFGS re-evaluates the cost in its line search: give it a closure.
+        if config.optimizer == "lbfgs":
+            # 3'. L-BFGS re-evaluates the cost in its line search: give it a closure (each
+            # evaluation is the full batch: a pass over every rank's rows when streamed).
             def closure() -> torch.Tensor:
                 optimizer.zero_grad()
-                c = objective(model, x_all, y_all, w_all)
-                c.backward()
-                return c
+                return source.gradient(net)
             cost = optimizer.step(closure)
-        elif full_batch:
-            # 3. Forward pass and cost; zero the old gradients; backward; step.
-            cost = objective(model, x_all, y_all, w_all)
+        elif config.batch_size == 0:
+            # 3. Zero the old gradients; forward pass, cost and backward; step.
             optimizer.zero_grad()
-            cost.backward()
+            cost = source.gradient(net)
             optimizer.step()
             if prox is not None:
                 prox(W)
         else:
-            cost = _minibatch_epoch(model, optimizer, x_all, y_all, batch_size,
-                                    None if progress is None else
-                                    lambda f, e=epoch: progress(e + f),
-                                    objective=objective, w_all=w_all, prox=prox)
+            cost = source.minibatch_epoch(net, optimizer, prox, None if progress is None else
+                                          lambda f, e=epoch: progress(e + f))
         # 4. Record this epoch's cost and the parameters after its step (no GPU sync).
         history.record(epoch, cost)
         # 4'. Schedules and early stopping (these read one number back each epoch).
-        if watch is not None:
-            with torch.no_grad():
-                val_costs.append(float(F.mse_loss(model(watch[0]), watch[1])))
+        if watch:
+            val_costs.append(source.validation_cost(model))
         if scheduler is not None:
             lrs.append(optimizer.param_groups[0]["lr"])
             if config.lr_schedule == "plateau":
@@ -328,8 +365,10 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
                 stopped = "early"
 
         if checkpoint is not None and checkpoint.due(epoch, epochs):
-            checkpoint.save(_state_of(epoch, model, optimizer, scheduler, history, initial, lrs,
-                                      val_costs, best))
+            extra = source.saved()
+            if source.rank == 0:
+                checkpoint.save({**_state_of(epoch, model, optimizer, scheduler, history,
+                                             initial, lrs, val_costs, best), **extra})
 
         # 5. At check points: divergence, tolerance, logging, progress.
         logging_now = log_every and epoch % log_every == 0
@@ -360,17 +399,15 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
     # 6. As the tutorials' range(epochs + 1) does, one last line: the saved model and its cost.
     epochs_run = epoch + 1
     if log_every:
-        with torch.no_grad():
-            final = objective(model, x_all, y_all, w_all).detach().double().cpu().numpy() \
-                .reshape(1)
-        log(layout.log_line(epochs_run, epochs, np.concatenate([final, _params_row(tracked)]),
+        final = source.final_cost(model)
+        log(layout.log_line(epochs_run, epochs, np.concatenate([[final], _params_row(tracked)]),
                             mean, scale))
 
     # 7. Raw-unit results: fold the standardisation back into W and b.
     hist = history.rows(epochs_run)
     W_s = W.detach().double().cpu().numpy()
     b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(n_targets)
-    coef, intercept = _fold(W_s, b_s, mean, scale)
+    coef, intercept = unstandardize(W_s, b_s, mean, scale)
     state = _state_dict(coef, intercept if config.bias else None, dtype)
     coef, intercept = _saved_values(state, n_targets)
     extras = {"lr": np.array(lrs)} if lrs else {}
@@ -379,6 +416,64 @@ def _fit_sgd(X, Y, config, mean, scale, log, progress, weights=None, validation=
     return FitResult(coef, intercept, state, layout.folded(hist, mean, scale), layout.columns(),
                      epochs_run, stopped, str(device), mean, scale, extras=extras,
                      best_epoch=best_epoch)
+
+
+class InMemory:
+    """A table on the device: one forward pass is the full batch; mini-batches are drawn by
+    torch's global RNG (the seed decides the order)."""
+
+    check_every: int
+    rank = 0
+
+    def __init__(self, X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
+                 mean: np.ndarray | None, scale: np.ndarray | None,
+                 weights: np.ndarray | None = None,
+                 validation: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        self.device = resolve_device(config.device)
+        dtype = getattr(torch, config.dtype)
+        self.check_every = 50 if self.device.type == "cpu" else 100
+
+        def tensor(a: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(a, dtype=dtype, device=self.device)
+
+        self.x = tensor(X if scale is None else (X - mean) / scale)
+        self.y = tensor(Y)
+        self.w = None if weights is None else tensor(weights)
+        self.objective = _objective(config, Y.shape[1])
+        self.batch_size = config.batch_size
+        self.watches = validation is not None
+        if validation is not None:
+            self.x_val = tensor(validation[0] if scale is None else
+                                (validation[0] - mean) / scale)
+            self.y_val = tensor(validation[1])
+        if self.batch_size >= len(X):  # one batch of every row is the full batch
+            self.batch_size = 0
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def gradient(self, net: torch.nn.Module) -> torch.Tensor:
+        cost = self.objective(net, self.x, self.y, self.w)
+        cost.backward()
+        return cost
+
+    def minibatch_epoch(self, net, optimizer, prox, on_batch) -> torch.Tensor:
+        return _minibatch_epoch(net, optimizer, self.x, self.y, self.batch_size, on_batch,
+                                objective=self.objective, w_all=self.w, prox=prox)
+
+    def validation_cost(self, model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(F.mse_loss(model(self.x_val), self.y_val))
+
+    def final_cost(self, model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            return float(self.objective(model, self.x, self.y, self.w).double())
+
+    def saved(self) -> dict:
+        return {}
+
+    def restore(self, state: dict) -> None:
+        return None
 
 
 def _state_of(epoch: int, model, optimizer, scheduler, history: _History,
@@ -540,7 +635,7 @@ def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig,
         coef, intercept = penalized(Xs, Y, bias=config.bias, penalty=config.penalty,
                                     alpha=config.alpha, l1_ratio=config.l1_ratio,
                                     weights=weights)
-        coef, intercept = _fold(coef, intercept, mean, scale)
+        coef, intercept = unstandardize(coef, intercept, mean, scale)
     resid = X @ coef.T + intercept - Y
     cost = float(np.mean(resid**2) if weights is None else
                  np.sum(weights[:, None] * resid**2) / (weights.sum() * Y.shape[1]))
@@ -655,11 +750,11 @@ class _Layout:
 
     def folded(self, rows: np.ndarray, mean: np.ndarray | None,
                scale: np.ndarray | None) -> np.ndarray:
-        """Rows with W and b re-expressed for raw features (see :func:`_fold`)."""
+        """Rows with W and b re-expressed for raw features (see :func:`unstandardize`)."""
         if scale is None or not self.params:
             return rows
         cost, W, b = self.split(rows)
-        return self.join(cost, *_fold(W, b, mean, scale))
+        return self.join(cost, *unstandardize(W, b, mean, scale))
 
     def log_line(self, epoch: int, epochs: int, row: np.ndarray, mean: np.ndarray | None,
                  scale: np.ndarray | None) -> str:

@@ -9,7 +9,8 @@ when the rank's share fits ``--max-memory`` (read once, then kept).
    gathered and factored once more.
 2. **Exact least squares** (``--solver lstsq``) from R alone: R₁₁ β = R₁₂ (the normal
    equations are never formed: they square the condition number); penalties from R too.
-3. **SGD**: full batch (``--batch-size 0``) is the exact gradient of all rows, accumulated chunk
+3. **SGD**, through the one loop of :func:`trainer.fit.sgd_loop` (:class:`Streamed` is its
+   source): full batch (``--batch-size 0``) is the exact gradient of all rows, accumulated chunk
    by chunk (each chunk's loss is its sum of squares over the global row count) and, across
    ranks, summed by DistributedDataParallel in one all-reduce an epoch, so an update equals the
    in-memory one up to summation order. Mini-batches come from a bounded shuffle buffer over
@@ -24,6 +25,7 @@ this one, and chunks are copied with ``non_blocking=True``.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -38,25 +40,7 @@ from serve.errors import DataError
 from trainer.config import TrainConfig, TrainingError
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
-from trainer.fit import (
-    MAX_HISTORY_PARAMS,
-    Checkpoint,
-    DivergenceError,
-    FitResult,
-    _fold,
-    _History,
-    _l1_prox,
-    _Layout,
-    _optimizer,
-    _params_row,
-    _restore,
-    _saved_values,
-    _scheduler,
-    _state_dict,
-    _state_of,
-    l2_weight,
-)
-from trainer.model import build_model
+from trainer.fit import Checkpoint, FitResult, l2_weight, sgd_loop
 
 Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), float64
 
@@ -371,7 +355,7 @@ def penalized_from_r(R: np.ndarray, n: float, n_features: int, *, bias: bool, pe
       column is not penalised: centring, implied), as the in-memory closed form;
     - l1/elasticnet: coordinate descent on the centred Gram matrix RᵀR/n − x̄x̄ᵀ.
     """
-    from trainer.fit import _fold, coordinate_descent
+    from trainer.fit import coordinate_descent, unstandardize
 
     p, k = n_features, n_features + int(bias)
     A = R.copy()
@@ -395,7 +379,7 @@ def penalized_from_r(R: np.ndarray, n: float, n_features: int, *, bias: bool, pe
         C = M[:p, k:] - np.outer(x_mean, y_mean)
         coef = coordinate_descent(G, C, penalty=penalty, alpha=alpha, ratio=ratio)
         intercept = y_mean - coef @ x_mean if bias else np.zeros(A.shape[1] - k)
-    return _fold(coef, intercept, mean, scale)
+    return unstandardize(coef, intercept, mean, scale)
 
 
 def design_r(R: np.ndarray, n_features: int, *, bias: bool) -> np.ndarray:
@@ -468,62 +452,44 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
         thread.join()
 
 
-def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
-        log: Callable[[str], None] | None = None,
-        progress: Callable[[float], None] | None = None,
-        start: tuple[np.ndarray, np.ndarray] | None = None,
-        checkpoint: Checkpoint | None = None) -> tuple[FitResult, np.ndarray]:
-    """SGD (or Adam) from the stream, through DistributedDataParallel when there are ranks;
-    also the train sums of squared errors per target at the saved parameters. ``checkpoint``
-    saves a resumable state every few epochs (rank 0 writes it, with every rank's seeded
-    chunk order) and, when it holds one, continues from it: the resumed run is the same."""
-    device, dtype = group.device, getattr(torch, config.dtype)
-    p, t = len(rows.features), len(rows.targets)
-    # The loss is over the train rows' count, or their total weight (--sample-weight)
-    n_global = summary.weight if rows.weight else int(summary.x.n)
-    mean, scale = standardization(summary, config)
-    torch.manual_seed(config.seed)
-    model = build_model(p, t, bias=config.bias, init=config.init, dtype=dtype)
-    if start is not None:  # --init-from: raw-unit parameters, in training units
-        W0, b0 = start
-        with torch.no_grad():
-            model.linear.weight.copy_(torch.as_tensor(W0 if scale is None else W0 * scale))
-            if model.linear.bias is not None:
-                model.linear.bias.copy_(torch.as_tensor(b0 if scale is None
-                                                        else b0 + W0 @ mean))
-    model = model.to(device)
-    W, b = model.linear.weight, model.linear.bias
-    net = model
-    if group.distributed:
-        from torch.nn.parallel import DistributedDataParallel
+class Streamed:
+    """This rank's rows as a stream of chunks (:class:`Rows`), for :func:`trainer.fit.sgd_loop`:
+    full-batch gradients summed chunk by chunk (one all-reduce a pass, by DDP), mini-batches
+    from a bounded shuffle buffer over chunks in a seeded order, costs summed over ranks so
+    every rank takes the same decisions."""
 
-        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
-                                      else None)
-    optimizer = _optimizer(model, config)
-    mean_t = None if mean is None else torch.as_tensor(mean, dtype=dtype, device=device)
-    scale_t = None if scale is None else torch.as_tensor(scale, dtype=dtype, device=device)
-    keep = W.numel() + (b.numel() if b is not None else 0) <= MAX_HISTORY_PARAMS
-    layout = _Layout(p, t, config.bias, keep)
-    tracked = [W, b] if keep and b is not None else [W] if keep else []
-    history = _History(config.epochs, tracked, device, dtype)
-    rng = np.random.default_rng(config.seed)
-    log_every = config.log_every if log is not None and group.rank == 0 else 0
-    initial = _params_row(tracked)
+    check_every = 1  # an epoch is a pass over the data: the host reads its cost anyway
 
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        return x if scale_t is None else (x - mean_t) / scale_t
+    def __init__(self, rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
+                 mean: np.ndarray | None, scale: np.ndarray | None) -> None:
+        import torch.nn.functional as F
 
-    def empty_step() -> torch.Tensor:  # a rank with no rows still joins the all-reduce
-        return (net(torch.zeros((0, p), dtype=dtype, device=device)).sum() * 0.0)
+        self.rows, self.summary, self.config, self.group = rows, summary, config, group
+        self.device, self.rank = group.device, group.rank
+        self.dtype = getattr(torch, config.dtype)
+        self.t = len(rows.targets)
+        self.full_batch = config.batch_size == 0
+        self.watches = summary.val_rows > 0
+        # The loss is over the train rows' count, or their total weight (--sample-weight)
+        self.n = summary.weight if rows.weight else int(summary.x.n)
+        self.rng = np.random.default_rng(config.seed)  # the chunk order
+        self.l2 = l2_weight(config, self.t)
+        self.mean = None if mean is None else torch.as_tensor(mean, dtype=self.dtype,
+                                                              device=self.device)
+        self.scale = None if scale is None else torch.as_tensor(scale, dtype=self.dtype,
+                                                                device=self.device)
+        self._F = F
+        self.W: torch.Tensor | None = None
 
-    # The cost, as in memory (trainer.fit._objective): the data loss summed over rows (MSE or
-    # Huber), over the global row count, plus the L2 part of a penalty (every rank adds it once
-    # unscaled: DDP's average keeps it once); the L1 part is a proximal step after each step.
-    import torch.nn.functional as F
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.scale is None else (x - self.mean) / self.scale
 
-    def data_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if rows.weight:  # (y carries the rows' weights as its last column)
-            y, w = y[:, :t], y[:, t:]
+    def data_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The chunk's loss summed over its rows (MSE or Huber; with --sample-weight, y
+        carries the rows' weights as its last column)."""
+        config, F = self.config, self._F
+        if self.rows.weight:
+            y, w = y[:, :self.t], y[:, self.t:]
             each = F.huber_loss(pred, y, delta=config.huber_delta, reduction="none") \
                 if config.loss == "huber" else (pred - y) ** 2
             return (each * w).sum()
@@ -531,196 +497,159 @@ def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
             return F.huber_loss(pred, y, delta=config.huber_delta, reduction="sum")
         return ((pred - y) ** 2).sum()
 
-    def train_chunks() -> Iterator[Pair]:
-        if not rows.weight:
-            return rows.train()
-        return ((X, np.column_stack([Y, w])) for X, Y, w in rows.weighted_train())
+    def train_chunks(self) -> Iterator[Pair]:
+        if not self.rows.weight:
+            return self.rows.train()
+        return ((X, np.column_stack([Y, w])) for X, Y, w in self.rows.weighted_train())
 
-    l2_scale, prox = l2_weight(config, t), _l1_prox(config, t)
+    def penalty(self) -> torch.Tensor:
+        """The cost's L2 part (every rank adds it once unscaled: DDP's average keeps it
+        once); the L1 part is a proximal step after each step."""
+        if not self.l2:
+            return torch.zeros((), dtype=self.dtype, device=self.device)
+        return self.l2 * (self.W ** 2).sum()
 
-    def penalty() -> torch.Tensor:
-        return l2_scale * (W ** 2).sum() if l2_scale else torch.zeros((), dtype=dtype,
-                                                                       device=device)
+    def empty_step(self, net) -> torch.Tensor:
+        """A rank with no rows still joins the all-reduce."""
+        p = self.W.shape[1]
+        return net(torch.zeros((0, p), dtype=self.dtype, device=self.device)).sum() * 0.0
 
-    # Schedules, early stopping and --tol, as in memory: every rank computes the same costs
-    # (summed across ranks), so every rank takes the same decisions.
-    scheduler = _scheduler(optimizer, config)
-    lrs: list[float] = []
-    val_costs: list[float] = []
-    watch = summary.val_rows > 0 and (config.early_stopping or config.lr_schedule == "plateau")
-    best: tuple[float, int, list | None] = (np.inf, -1, None)
-    stopped = "epochs"
+    def total(self, value: torch.Tensor) -> float:
+        """A rank's float64 sum, summed over every rank."""
+        return float(self.group.sum(value.cpu().numpy().reshape(1))[0])
 
-    def validation_cost() -> float:
-        total = torch.zeros((), dtype=torch.float64, device=device)
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        self.W = model.linear.weight
+        if not self.group.distributed:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device]
+                                       if self.device.type == "cuda" else None)
+
+    def gradient(self, net: torch.nn.Module) -> torch.Tensor:
+        # 3. The exact gradient: every chunk's share, summed; one all-reduce a pass.
+        group, t = self.group, self.t
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with net.no_sync() if group.distributed else contextlib.nullcontext():
+            for x, y in _prefetch(self.train_chunks(), self.device, self.dtype):
+                err = self.data_loss(net(self.prep(x)), y)
+                (err * (group.world / (self.n * t))).backward()
+                total += err.detach().double()
+        last = self.penalty()
+        l2 = float(last.detach())
+        if group.distributed:  # outside no_sync: DDP all-reduces the gradients
+            last = last + self.empty_step(net)
+        if last.requires_grad:
+            last.backward()
+        return torch.tensor(self.total(total) / (self.n * t) + l2, dtype=self.dtype,
+                            device=self.device)
+
+    def minibatch_epoch(self, net, optimizer, prox, on_batch) -> torch.Tensor:
+        """Each rank takes ``ceil(batch / world)`` rows a step from a shuffle buffer; all ranks
+        run ``max`` steps, each loss weighted by the step's global rows (with
+        ``--sample-weight``, by the step's global weight: one more all-reduce a step)."""
+        group, config, t, rows = self.group, self.config, self.t, self.rows
+        before = float(self.penalty().detach())  # the cost's L2 part at the epoch's start
+        local = -(-config.batch_size // group.world)
+        counts = self.summary.train_rows
+        steps = max(-(-n // local) for n in counts)
+        buffer_rows = max(4 * local, rows.batch_rows)
+        batches = _shuffled_batches(rows.shuffled_train(self.rng), local, buffer_rows,
+                                    self.rng)
+        sse = torch.zeros((), dtype=torch.float64, device=self.device)
+        for step in range(steps):
+            step_rows = sum(min(local, max(0, n - step * local)) for n in counts)
+            optimizer.zero_grad()
+            batch = next(batches, None)
+            if rows.weight:  # the step's rows weigh their total weight, over every rank
+                mine = float(batch[1][:, t:].sum()) if batch is not None else 0.0
+                weight = float(group.sum(np.array([mine]))[0]) if group.distributed else mine
+                step_rows = weight if weight > 0 else 1.0  # (all weights 0: every loss is 0)
+            if batch is None:
+                loss = self.empty_step(net)
+            else:
+                x = torch.as_tensor(batch[0], dtype=self.dtype).to(self.device,
+                                                                   non_blocking=True)
+                y = torch.as_tensor(batch[1], dtype=self.dtype).to(self.device,
+                                                                   non_blocking=True)
+                err = self.data_loss(net(self.prep(x)), y)
+                loss = err * (group.world / (step_rows * t))
+                sse += err.detach().double()
+            (loss + self.penalty()).backward()
+            optimizer.step()
+            if prox is not None:
+                prox(self.W)
+        return torch.tensor(self.total(sse) / (self.n * t) + before, dtype=self.dtype,
+                            device=self.device)
+
+    def validation_cost(self, model: torch.nn.Module) -> float:
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
         with torch.no_grad():
-            for x, y in _prefetch(rows.validation(), device, dtype):
-                total += ((model(prep(x)) - y) ** 2).sum().double()
-        return float(group.sum(total.cpu().numpy().reshape(1))[0]) / (summary.val_rows * t)
+            for x, y in _prefetch(self.rows.validation(), self.device, self.dtype):
+                total += ((model(self.prep(x)) - y) ** 2).sum().double()
+        return self.total(total) / (self.summary.val_rows * self.t)
 
-    first_epoch = 0
-    if checkpoint is not None and checkpoint.state is not None:  # resume where it stopped
-        state = checkpoint.state
-        if state.get("world", 1) != group.world or "chunk_order" not in state:
-            raise TrainingError(f"the checkpoint is of a run with {state.get('world', 1)} "
-                                f"process(es){'' if 'chunk_order' in state else ' in memory'}, "
-                                f"not of this streamed run with {group.world}; start again "
+    def final_cost(self, model: torch.nn.Module) -> float:
+        if self.config.loss == "mse":  # from R: no pass over the rows
+            coef, intercept = self._raw(model)
+            data = float(sse_from_r(self.summary.R, coef, intercept,
+                                    bias=self.config.bias).sum())
+        else:
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            with torch.no_grad():
+                for x, y in _prefetch(self.train_chunks(), self.device, self.dtype):
+                    total += self.data_loss(model(self.prep(x)), y).double()
+            data = self.total(total)
+        return data / (self.n * self.t) + float(self.penalty().detach())
+
+    def _raw(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        W = model.linear.weight.detach().double().cpu().numpy()
+        b = model.linear.bias.detach().double().cpu().numpy() if model.linear.bias is not None \
+            else np.zeros(self.t)
+        if self.scale is None:
+            return W, b
+        scale, mean = self.scale.double().cpu().numpy(), self.mean.double().cpu().numpy()
+        return W / scale, b - (W / scale) @ mean
+
+    def saved(self) -> dict:
+        orders = self.group.gather_object(self.rng.bit_generator.state)  # each rank's
+        return {"chunk_order": orders, "world": self.group.world}
+
+    def restore(self, state: dict) -> None:
+        world = state.get("world", 1)
+        if world != self.group.world or "chunk_order" not in state:
+            raise TrainingError(f"the checkpoint is of a run with {world} process(es)"
+                                f"{'' if 'chunk_order' in state else ' in memory'}, not of "
+                                f"this streamed run with {self.group.world}; start again "
                                 "without --resume")
-        first_epoch, initial, lrs, val_costs, best = _restore(state, model, optimizer,
-                                                              scheduler, history)
         try:
-            rng.bit_generator.state = state["chunk_order"][group.rank]
+            self.rng.bit_generator.state = state["chunk_order"][self.group.rank]
         except (TypeError, ValueError, KeyError, IndexError) as e:
             raise TrainingError(f"the checkpoint does not fit this run ({e}); start again "
                                 "without --resume") from None
-    start = time.perf_counter()
-    epoch = first_epoch - 1
-    for epoch in range(first_epoch, config.epochs):
-        optimizer.zero_grad()
-        sse = torch.zeros((), dtype=torch.float64, device=device)
-
-        def full_gradient() -> torch.Tensor:  # noqa: B023 - called within this epoch only
-            # 3. The exact gradient: every chunk's share, summed; one all-reduce a pass.
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            with net.no_sync() if group.distributed else _nothing():
-                for x, y in _prefetch(train_chunks(), device, dtype):
-                    err = data_loss(net(prep(x)), y)
-                    (err * (group.world / (n_global * t))).backward()
-                    total += err.detach().double()
-            last = penalty()
-            if group.distributed:  # outside no_sync: DDP all-reduces the gradients
-                last = last + empty_step()
-            if last.requires_grad:
-                last.backward()
-            return total
-
-        if config.optimizer == "lbfgs":
-            # 3'. L-BFGS re-evaluates the cost in its line search: each evaluation is a pass
-            # over every rank's rows, the cost summed across ranks (the same on every rank, so
-            # every rank takes the same steps).
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad()
-                total = full_gradient()
-                summed = float(group.sum(total.cpu().numpy().reshape(1))[0])
-                return torch.tensor(summed / (n_global * t), dtype=dtype)
-            cost = float(optimizer.step(closure))  # the cost its first evaluation found
-        else:
-            before = float(penalty().detach())  # the cost's L2 part at this epoch's parameters
-            if config.batch_size == 0:
-                sse += full_gradient()
-                optimizer.step()
-                if prox is not None:
-                    prox(W)
-            else:
-                sse += _minibatch_epoch(net, optimizer, rows, summary, config, group, prep,
-                                        empty_step, rng, t, data_loss, penalty, prox, W)
-            cost = float(group.sum(sse.cpu().numpy().reshape(1))[0]) / (n_global * t) + before
-        if not np.isfinite(cost):
-            raise DivergenceError(
-                f"training diverged at epoch {epoch}: the cost became {cost} with --lr "
-                f"{config.lr:g}; try a smaller --lr (e.g. {config.lr / 10:g}) or --standardize")
-        history.record(epoch, torch.tensor(cost, dtype=dtype, device=device))
-        if log_every and epoch % log_every == 0:
-            row = history.row(epoch)
-            if config.log_before_step:
-                row = np.concatenate([row[:1], history.row(epoch - 1)[1:] if epoch else initial])
-            log(layout.log_line(epoch, config.epochs, row, mean, scale))
-        if progress is not None and group.rank == 0:
-            progress(epoch + 1)
-        # 4'. Schedules and early stopping (one validation pass an epoch when watched).
-        if watch:
-            val_costs.append(validation_cost())
-        if scheduler is not None:
-            lrs.append(optimizer.param_groups[0]["lr"])
-            if config.lr_schedule == "plateau":
-                scheduler.step(val_costs[-1] if val_costs else cost)
-            else:
-                scheduler.step()
-        if config.early_stopping:
-            if val_costs[-1] < best[0] - config.min_delta:
-                best = (val_costs[-1], epoch, [q.detach().clone() for q in model.parameters()])
-            elif epoch - best[1] >= config.patience:
-                stopped = "early"
-                break
-        if checkpoint is not None and checkpoint.due(epoch, config.epochs):
-            orders = group.gather_object(rng.bit_generator.state)  # each rank's chunk order
-            if group.rank == 0:
-                checkpoint.save({**_state_of(epoch, model, optimizer, scheduler, history,
-                                             initial, lrs, val_costs, best),
-                                 "chunk_order": orders, "world": group.world})
-        if config.tol is not None and epoch > 0 and \
-                history.costs(epoch - 1, epoch)[0] - cost < config.tol:
-            stopped = "tol"
-            break
-    best_epoch = None
-    if config.early_stopping and best[2] is not None:  # keep the best validation epoch's
-        with torch.no_grad():
-            for q, kept in zip(model.parameters(), best[2]):
-                q.copy_(kept)
-        best_epoch = best[1]
-    epochs_run = epoch + 1
-    W_s = W.detach().double().cpu().numpy()
-    b_s = b.detach().double().cpu().numpy() if b is not None else np.zeros(t)
-    raw = _fold(W_s, b_s, mean, scale)
-    state = _state_dict(raw[0], raw[1] if config.bias else None, dtype)
-    coef, intercept = _saved_values(state, t)
-    if log_every:  # the tutorial's last line: the final parameters and their cost
-        if config.loss == "mse":  # from R: no pass over the rows
-            data = sse_from_r(summary.R, *raw, bias=config.bias).sum()
-        else:
-            with torch.no_grad():
-                data = sum(float(data_loss(model(prep(x)), y))
-                           for x, y in _prefetch(train_chunks(), device, dtype))
-            data = float(group.sum(np.array([data]))[0])
-        final = data / (n_global * t) + float(penalty().detach())
-        log(layout.log_line(epochs_run, config.epochs, np.concatenate(
-            [[final], _params_row(tracked)]), mean, scale))
-    # The saved model's train error, for the caller's metrics: from R as well.
-    sse = sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
-    extras = {"lr": np.array(lrs)} if lrs else {}
-    if val_costs:
-        extras["val_cost"] = np.array(val_costs)
-    return FitResult(coef, intercept, state, layout.folded(history.rows(epochs_run), mean, scale),
-                     layout.columns(), epochs_run, stopped, str(device), mean, scale,
-                     seconds=time.perf_counter() - start, config=asdict(config), extras=extras,
-                     best_epoch=best_epoch), sse
 
 
-def _minibatch_epoch(net, optimizer, rows: Rows, summary: Summary, config: TrainConfig,
-                     group: Group, prep, empty_step, rng: np.random.Generator,
-                     t: int, data_loss, penalty, prox, W) -> torch.Tensor:
-    """One epoch of mini-batches: each rank takes ``ceil(batch / world)`` rows a step from a
-    shuffle buffer; all ranks run ``max`` steps, each loss weighted by the step's global rows
-    (with ``--sample-weight``, by the step's global weight: one more all-reduce a step)."""
-    device, dtype = group.device, next(net.parameters()).dtype
-    weighted = rows.weight is not None
-    local = -(-config.batch_size // group.world)
-    counts = summary.train_rows
-    steps = max(-(-n // local) for n in counts)
-    buffer_rows = max(4 * local, rows.batch_rows)
-    batches = _shuffled_batches(rows.shuffled_train(rng), local, buffer_rows, rng)
-    sse = torch.zeros((), dtype=torch.float64, device=device)
-    for step in range(steps):
-        step_rows = sum(min(local, max(0, n - step * local)) for n in counts)
-        optimizer.zero_grad()
-        batch = next(batches, None)
-        if weighted:  # the step's rows weigh their total weight, over every rank
-            mine = float(batch[1][:, t:].sum()) if batch is not None else 0.0
-            total = float(group.sum(np.array([mine]))[0]) if group.distributed else mine
-            step_rows = total if total > 0 else 1.0  # (all weights 0: every loss is 0)
-        if batch is None:
-            loss = empty_step()
-        else:
-            x = torch.as_tensor(batch[0], dtype=dtype).to(device, non_blocking=True)
-            y = torch.as_tensor(batch[1], dtype=dtype).to(device, non_blocking=True)
-            err = data_loss(net(prep(x)), y)
-            loss = err * (group.world / (step_rows * t))
-            sse += err.detach().double()
-        (loss + penalty()).backward()
-        optimizer.step()
-        if prox is not None:
-            prox(W)
-    return sse
+def sgd(rows: Rows, summary: Summary, config: TrainConfig, group: Group, *,
+        log: Callable[[str], None] | None = None,
+        progress: Callable[[float], None] | None = None,
+        start: tuple[np.ndarray, np.ndarray] | None = None,
+        checkpoint: Checkpoint | None = None) -> tuple[FitResult, np.ndarray]:
+    """SGD (or Adam, L-BFGS) from the stream, through :func:`trainer.fit.sgd_loop` (the one
+    loop, as in memory); also the train sums of squared errors per target at the saved
+    parameters (from R). ``checkpoint`` saves a resumable state every few epochs (rank 0
+    writes it, with every rank's seeded chunk order) and, when it holds one, continues from
+    it: the resumed run is the same."""
+    mean, scale = standardization(summary, config)
+    source = Streamed(rows, summary, config, group, mean=mean, scale=scale)
+    start_time = time.perf_counter()
+    result = sgd_loop(source, config, len(rows.features), len(rows.targets), mean=mean,
+                      scale=scale, log=log, progress=progress, warm_start=start,
+                      checkpoint=checkpoint)
+    result.seconds = time.perf_counter() - start_time
+    result.config = asdict(config)
+    sse = sse_from_r(summary.unweighted_r, result.coef_, result.intercept_, bias=config.bias)
+    return result, sse
 
 
 def _shuffled_batches(chunks: Iterator[Pair], size: int, buffer_rows: int,
@@ -750,14 +679,6 @@ def _shuffled_batches(chunks: Iterator[Pair], size: int, buffer_rows: int,
         keep[take] = False
         yield X[take], Y[take]
         xs, ys, held = [X[keep]], [Y[keep]], int(keep.sum())
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ------------------------------------------------------------------ 4. metrics
