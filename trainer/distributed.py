@@ -15,6 +15,7 @@ ends with one line naming the rank and its cause.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import socket
@@ -23,7 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> N
         follower = threading.Thread(target=_follow, args=(Path(logs), done), daemon=True)
         follower.start()
         try:
-            elastic_launch(config, _worker)(entry, argv, os.getpid())
+            with _threads_per_rank(nproc):
+                elastic_launch(config, _worker)(entry, argv, os.getpid())
         except ChildFailedError as e:
             rank, cause = _root_cause(e, nproc, Path(logs))
             raise TrainingError(f"rank {rank} of {nproc} failed: {cause}") from None
@@ -164,6 +166,26 @@ def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> N
         finally:
             done.set()
             follower.join()
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _threads_per_rank(nproc: int) -> Iterator[None]:
+    """The ranks share this machine's cores: each one's math libraries (torch's OpenMP,
+    numpy's BLAS, set before they load in the spawned process) get ``cores // nproc`` threads,
+    as torchrun does, unless the user set them."""
+    from serve.formats import usable_cores
+
+    threads = str(max(1, usable_cores() // nproc))
+    unset = [name for name in THREAD_VARIABLES if name not in os.environ]
+    os.environ.update({name: threads for name in unset})
+    try:
+        yield
+    finally:
+        for name in unset:
+            os.environ.pop(name, None)
 
 
 def _follow(logs: Path, done: threading.Event) -> None:

@@ -2,11 +2,11 @@
 torch.distributed run. Memory holds one chunk (``--batch-rows`` rows) at a time, or every chunk
 when the rank's share fits ``--max-memory`` (read once, then kept).
 
-1. **The scan**: one pass counts the train and validation rows, their means and sums of
-   squared deviations (merged chunk by chunk, then rank by rank, with Chan's update), and
-   factors them by a tall-skinny QR in float64: each chunk [X, 1 | Y] is stacked under the
-   running R factor and factored again, so R stays (p + targets) square; the ranks' factors are
-   gathered and factored once more.
+1. **The scan**: one pass factors the train and validation rows by a tall-skinny QR in
+   float64: each chunk [X, 1 | Y] is stacked under the running R factor and factored again
+   (LAPACK on a column-major block, while a reader thread parses the next chunk), so R stays
+   (p + 1 + targets) square; the ranks' factors are gathered and factored once more. The row
+   counts, means and sums of squared deviations come from R (:func:`moments_from_r`).
 2. **Exact least squares** (``--solver lstsq``) from R alone: R₁₁ β = R₁₂ (the normal
    equations are never formed: they square the condition number); penalties from R too.
 3. **SGD**, through the one loop of :func:`trainer.fit.sgd_loop` (:class:`Streamed` is its
@@ -47,7 +47,7 @@ Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), f
 
 @dataclass
 class Moments:
-    """Row count, mean and sum of squared deviations per column (Chan's parallel update)."""
+    """Row count (or total weight), mean and sum of squared deviations per column."""
 
     n: float
     mean: np.ndarray
@@ -56,37 +56,6 @@ class Moments:
     @classmethod
     def empty(cls, width: int) -> Moments:
         return cls(0.0, np.zeros(width), np.zeros(width))
-
-    def add(self, other: Moments) -> Moments:
-        n = self.n + other.n
-        if n == 0:
-            return self
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.n / n)
-        m2 = self.m2 + other.m2 + delta**2 * (self.n * other.n / n)
-        return Moments(n, mean, m2)
-
-    @classmethod
-    def of(cls, values: np.ndarray, weights: np.ndarray | None = None) -> Moments:
-        """The moments of ``values`` (rows, columns); with ``weights``, weighted (n = Σw)."""
-        if weights is None:
-            if not len(values):
-                return cls.empty(values.shape[1])
-            mean = values.mean(axis=0)
-            return cls(float(len(values)), mean, ((values - mean) ** 2).sum(axis=0))
-        n = float(weights.sum())
-        if n == 0:
-            return cls.empty(values.shape[1])
-        mean = weights @ values / n
-        return cls(n, mean, weights @ (values - mean) ** 2)
-
-    def pack(self) -> np.ndarray:
-        return np.concatenate([[self.n], self.mean, self.m2])
-
-    @classmethod
-    def unpack(cls, a: np.ndarray) -> Moments:
-        w = (len(a) - 1) // 2
-        return cls(float(a[0]), a[1:1 + w], a[1 + w:])
 
 
 class Rows:
@@ -230,77 +199,114 @@ class NeedsEncoding(Exception):
 
 
 class _Tsqr:
-    """A running R factor: each block [X, 1 | Y] is stacked under R and factored again, so R
-    stays (p + targets) square and memory holds one chunk."""
+    """A running R factor of [X, 1 | Y]: each chunk is stacked under R and factored again (by
+    LAPACK's Householder QR, ``dgeqrf``, on a column-major block: no copies), so R stays
+    (p + 1 + targets) square and memory holds one chunk."""
 
     def __init__(self, width: int) -> None:
         self.R = np.zeros((0, width))
+        self.rows = 0
 
-    def add(self, block: np.ndarray) -> None:
-        if len(block):
-            self.R = np.linalg.qr(np.vstack([self.R, block]), mode="r")
+    def add(self, X: np.ndarray, Y: np.ndarray, root: np.ndarray | None = None) -> None:
+        """Stack the rows [X, 1 | Y] (scaled by ``root``, √w, when given) under R."""
+        if not len(X):
+            return
+        r, p = len(self.R), X.shape[1]
+        block = np.empty((r + len(X), self.R.shape[1]), order="F")
+        block[:r] = self.R
+        block[r:, :p] = X
+        block[r:, p] = 1.0
+        block[r:, p + 1:] = Y
+        if root is not None:
+            block[r:] *= root[:, None]
+        self.R = r_factor(block)
+        self.rows += len(X)
+
+
+def r_factor(block: np.ndarray) -> np.ndarray:
+    """R of a column-major ``block``'s QR (``min(rows, columns)`` rows), overwriting it."""
+    from scipy.linalg import lapack
+
+    qr, _, _, info = lapack.dgeqrf(block, lwork=max(1, 64 * block.shape[1]), overwrite_a=True)
+    if info != 0:  # only for an illegal argument: a bug, not the data
+        raise RuntimeError(f"LAPACK dgeqrf failed (info {info})")
+    return np.triu(qr[:min(block.shape)])
+
+
+def moments_from_r(R: np.ndarray, n_features: int) -> tuple[Moments, Moments]:
+    """The moments of X and of Y from R of [X, 1 | Y]: factored again with the constant
+    column first, its first row holds √n and each column's mean times √n, and the rows below
+    are the centred columns' factor (their squared norms are the sums of squared deviations,
+    with no cancellation). With rows scaled by √w, the weighted moments (n = Σw)."""
+    p, width = n_features, R.shape[1]
+    if not len(R) or not R[:, p].any():  # no rows (or every weight 0)
+        return Moments.empty(p), Moments.empty(width - p - 1)
+    C = np.linalg.qr(R[:, [p, *range(p), *range(p + 1, width)]], mode="r")
+    n, mean, m2 = C[0, 0] ** 2, C[0, 1:] / C[0, 0], (C[1:, 1:] ** 2).sum(axis=0)
+    return Moments(float(n), mean[:p], m2[:p]), Moments(float(n), mean[p:], m2[p:])
+
+
+def without_constant(R: np.ndarray, n_features: int) -> np.ndarray:
+    """R of [X | Y] from R of [X, 1 | Y] (a model without a bias): RᵀR is the Gram matrix of
+    every column, so R's columns stand for the rows' for any subset of them."""
+    keep = [j for j in range(R.shape[1]) if j != n_features]
+    return np.linalg.qr(R[:, keep], mode="r")
 
 
 def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
-    """The one pass a streamed fit starts with: row counts, means and spreads (the
-    standardisation, R², the weights of later steps) and TSQR's R factors of the train and
-    validation rows (the exact fit, its metrics and its statistics come from them, with no
-    further pass). On the numeric path, a feature cell that is text or blank ends it early:
-    every rank then raises :class:`NeedsEncoding` (as in memory, such a column is categorical,
-    or needs --impute: the encoding says which)."""
+    """The one pass a streamed fit starts with: TSQR's R factors of the train and validation
+    rows, each chunk [X, 1 | Y] stacked under the running factor; then, from R alone, row
+    counts, means and spreads (the standardisation, R², the weights of later steps), the exact
+    fit, its metrics and its statistics, with no further pass. On the numeric path, a feature
+    cell that is text or blank ends it early: every rank then raises :class:`NeedsEncoding`
+    (as in memory, such a column is categorical, or needs --impute: the encoding says
+    which)."""
     from serve.errors import CellError
 
     p, t = len(rows.features), len(rows.targets)
-    width = p + int(bias) + t
-    x, y, yv, yw = Moments.empty(p), Moments.empty(t), Moments.empty(t), Moments.empty(t)
+    width = p + 1 + t
     train, val, plain = _Tsqr(width), _Tsqr(width), _Tsqr(width)
     log_w, zeros, switch = 0.0, 0, False
-
-    def block(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
-        return np.hstack([X, np.ones((len(X), 1)), Y] if bias else [X, Y])
-
     try:
-        for (X, Y), (Xv, Yv), w in rows.split():
-            if len(X):
-                x, y = x.add(Moments.of(X)), y.add(Moments.of(Y))
-                if w is None:
-                    train.add(block(X, Y))
-                else:  # weighted least squares: rows scaled by √w (as statsmodels' WLS)
-                    yw = yw.add(Moments.of(Y, w))
-                    plain.add(block(X, Y))
-                    train.add(block(X, Y) * np.sqrt(w)[:, None])
-                    log_w += float(np.log(w[w > 0]).sum())
-                    zeros += int((w == 0).sum())
-            if len(Xv):
-                yv = yv.add(Moments.of(Yv))
-                val.add(block(Xv, Yv))
+        for (X, Y), (Xv, Yv), w in read_ahead(rows.split()):
+            if w is None:
+                train.add(X, Y)
+            elif len(X):  # weighted least squares: rows scaled by √w (as statsmodels' WLS)
+                plain.add(X, Y)
+                train.add(X, Y, np.sqrt(w))
+                log_w += float(np.log(w[w > 0]).sum())
+                zeros += int((w == 0).sum())
+            val.add(Xv, Yv)
         if rows.val is not None:  # --val-data: another dataset's rows
             for Xv, Yv in rows.val.train():
-                yv = yv.add(Moments.of(Yv))
-                val.add(block(Xv, Yv))
+                val.add(Xv, Yv)
     except CellError as e:
         if rows.specs is not None or e.column not in rows.features:
             raise
         switch = True
-    mine = (switch, x.pack(), y.pack(), yv.pack(), yw.pack(), train.R, val.R, plain.R, log_w,
-            zeros)
-    everyone = group.gather_object(mine)
+    counted = plain if rows.weight else train
+    everyone = group.gather_object((switch, counted.rows, val.rows, train.R, val.R, plain.R,
+                                    log_w, zeros))
     if any(e[0] for e in everyone):
         raise NeedsEncoding()
-    merged = [Moments.empty(p), Moments.empty(t), Moments.empty(t), Moments.empty(t)]
-    for e in everyone:  # in rank order: every rank gets the same numbers
-        merged = [m.add(Moments.unpack(a)) for m, a in zip(merged, e[1:5])]
 
-    def r_of(i: int) -> np.ndarray:  # the ranks' factors, merged
+    def merged(i: int) -> np.ndarray:  # the ranks' factors, in rank order
         return np.linalg.qr(np.vstack([e[i] for e in everyone]), mode="r")
 
-    weighted = rows.weight is not None
-    return Summary(merged[0], merged[1], merged[2], [int(Moments.unpack(e[1]).n)
-                                                     for e in everyone],
-                   int(merged[2].n), r_of(5), r_of(6), r_of(7) if weighted else None,
-                   merged[3] if weighted else None,
-                   float(sum(e[8] for e in everyone)) if not sum(e[9] for e in everyone)
-                   else float("nan"))
+    R, R_val = merged(3), merged(4)
+    R_plain = merged(5) if rows.weight else None
+    x, y = moments_from_r(R if R_plain is None else R_plain, p)
+    y_w = moments_from_r(R, p)[1] if rows.weight else None
+    # exact counts (the moments' n is a float from R)
+    x.n = y.n = float(sum(e[1] for e in everyone))
+    y_val = moments_from_r(R_val, p)[1]
+    y_val.n = float(sum(e[2] for e in everyone))
+    if not bias:
+        R, R_val = without_constant(R, p), without_constant(R_val, p)
+        R_plain = None if R_plain is None else without_constant(R_plain, p)
+    return Summary(x, y, y_val, [int(e[1]) for e in everyone], int(y_val.n), R, R_val,
+                   R_plain, y_w, float(sum(e[6] for e in everyone))
+                   if not sum(e[7] for e in everyone) else float("nan"))
 
 
 def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
@@ -412,6 +418,28 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
     """Chunks as tensors on ``device``; a reader thread prepares the next ones meanwhile
     (pinned host memory and non-blocking copies on CUDA)."""
     pin = device.type == "cuda"
+
+    def tensors(X: np.ndarray, Y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = torch.from_numpy(X).to(dtype), torch.from_numpy(Y).to(dtype)
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    def converted() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        try:
+            for X, Y in chunks:
+                yield tensors(X, Y)
+        finally:  # (in the reader's thread: the files and their threads end there)
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    for x, y in read_ahead(converted(), depth):
+        yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+
+def read_ahead(items: Iterator[Any], depth: int = 2) -> Iterator[Any]:
+    """``items``, produced by a reader thread up to ``depth`` ahead of the consumer (reading
+    and parsing overlap the work on the previous chunk: pyarrow, numpy and LAPACK release the
+    GIL). An error in the reader is raised here; leaving early stops and joins the reader."""
     box: queue.Queue = queue.Queue(maxsize=depth)
     done, stop = object(), threading.Event()
 
@@ -426,15 +454,14 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
 
     def read() -> None:
         try:
-            for X, Y in chunks:
-                x, y = torch.from_numpy(X).to(dtype), torch.from_numpy(Y).to(dtype)
-                if not put((x.pin_memory(), y.pin_memory()) if pin else (x, y)):
+            for item in items:
+                if not put(item):
                     return  # the consumer stopped early (an error, a signal)
         except BaseException as e:  # handed to the consumer, raised there
-            put(e)
+            put(_Raised(e))
             return
         finally:
-            close = getattr(chunks, "close", None)
+            close = getattr(items, "close", None)
             if close is not None:  # the readers' files and threads end here, in this thread
                 close()
         put(done)
@@ -443,13 +470,17 @@ def _prefetch(chunks: Iterator[Pair], device: torch.device, dtype: torch.dtype,
     thread.start()
     try:
         while (item := box.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            x, y = item
-            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+            if isinstance(item, _Raised):
+                raise item.error
+            yield item
     finally:  # every way out stops and joins the reader: no thread outlives the fit
         stop.set()
         thread.join()
+
+
+@dataclass
+class _Raised:
+    error: BaseException
 
 
 class Streamed:

@@ -480,6 +480,31 @@ def _manifest_of(result: FitResult, config: TrainConfig, name: str, features: li
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
 
 
+class _Background:
+    """``fn(*args)`` run in a daemon thread from now on (hashing releases the GIL, so it
+    overlaps the fit); :meth:`result` waits for it."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # raised to the caller of result()
+                self._error = e
+        self._thread = threading.Thread(target=run, daemon=True, name="linreg-background")
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 def dataset_sha256(files: Sequence[Path]) -> str:
     """One file's sha256; for several, the sha256 of their names and sha256s, in order."""
     if len(files) == 1:
@@ -558,8 +583,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     elif checkpoint_every:  # the other ranks take part in each save, rank 0 writes it
         checkpoint = Checkpoint(checkpoint_dir(out) / CHECKPOINT, checkpoint_every)
     with _checkpoint_scope(checkpoint if group.rank == 0 else None, resumed=resume is not None):
-        # 1. The dataset, its columns, this rank's share.
+        # 1. The dataset, its columns, this rank's share (rank 0 hashes the files meanwhile).
         ds = Dataset.open(data_path)
+        digest = _Background(dataset_sha256, ds.files) if group.rank == 0 else None
         targets, features = pick_columns(ds.shown, ds.columns, targets=targets, features=features,
                                          exclude=exclude, weight=sample_weight)
         encoding = encoding or EncodeConfig()
@@ -691,7 +717,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
                 "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
                 "files": [str(f.resolve()) for f in ds.files],
-                "sha256": dataset_sha256(ds.files),
+                "sha256": digest.result(),
                 "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
                 "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
                 "validation": (f"--val-data {val_data}" if val_data else
