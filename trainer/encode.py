@@ -245,18 +245,60 @@ def design_matrix(raw: Mapping[str, np.ndarray], specs: Sequence[ColumnSpec], *,
         for u in uniques:
             if u not in spec.levels and spec.unknown == "error":
                 r = int(np.flatnonzero(values == u)[0])
-                row = int(rows[r]) if rows is not None else r
-                raise DataError(f"{source}: row {row + 1} (a validation row), column "
-                                f"{spec.name!r}: level {shown(u)} is not in the training rows; "
-                                "pass --unknown reference to predict it as the reference "
-                                "level, or train without --val-fraction")
+                raise _unseen(spec, u, int(rows[r]) if rows is not None else r, source)
         codes = np.array([index.get(u, -1) for u in uniques], dtype=np.int64)[inverse]
-        onehot = np.zeros((len(values), len(index)))
-        hit = codes >= 0
-        onehot[np.flatnonzero(hit), codes[hit]] = 1.0
-        blocks.append(onehot)
+        blocks.append(_one_hot(codes, len(index)))
     X = np.hstack(blocks) if blocks else np.empty((0, 0))
     return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def _unseen(spec: ColumnSpec, level: str, row: int, source: str) -> DataError:
+    return DataError(f"{source}: row {row + 1} (a validation row), column {spec.name!r}: level "
+                     f"{shown(level)} is not in the training rows; pass --unknown reference to "
+                     "predict it as the reference level, or train without --val-fraction")
+
+
+def _one_hot(codes: np.ndarray, width: int) -> np.ndarray:
+    """Indicator columns of level codes (-1: no indicator, the reference level's row)."""
+    onehot = np.zeros((len(codes), width))
+    hit = codes >= 0
+    onehot[np.flatnonzero(hit), codes[hit]] = 1.0
+    return onehot
+
+
+def table_design(table, specs: Sequence[ColumnSpec], *, source: str, rows: np.ndarray,
+                 out: np.ndarray) -> None:
+    """:func:`design_matrix` of an Arrow table's raw columns, written into ``out`` (rows,
+    encoded columns): a text column of a categorical spec stays in Arrow (its cells are looked
+    up among the levels by Arrow's hash table, no Python string per cell); other columns go
+    through :func:`raw_columns` and :func:`design_matrix`, as in memory. ``rows`` are the
+    table's data rows (for messages)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    at = 0
+    for spec in specs:
+        col = table.column(spec.name)
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        if pa.types.is_dictionary(col.type):
+            col = col.cast(col.type.value_type)
+        width = len(spec.encoded_names())
+        if spec.kind == "categorical" and (pa.types.is_string(col.type) or
+                                           pa.types.is_large_string(col.type)):
+            cells = pc.fill_null(col, MISSING)
+            if spec.unknown == "error":
+                known = pc.is_in(cells, value_set=pa.array(list(spec.levels), col.type))
+                if not pc.all(known).as_py():
+                    r = int(np.flatnonzero(~known.to_numpy(zero_copy_only=False))[0])
+                    raise _unseen(spec, cells[r].as_py(), int(rows[r]), source)
+            codes = pc.index_in(cells, value_set=pa.array(spec.coded_levels, col.type))
+            codes = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+            out[:, at:at + width] = _one_hot(codes, width)
+        else:
+            raw = raw_columns(table.select([spec.name]), [spec.name], source=source,
+                              categorical=[spec.name] if spec.kind == "categorical" else [])
+            out[:, at:at + width] = design_matrix(raw, [spec], source=source, rows=rows)
+        at += width
 
 
 def encoded_names(specs: Sequence[ColumnSpec]) -> list[str]:

@@ -94,7 +94,7 @@ class Rows:
         for chunk in chunks:
             is_val = validation_mask(self.seed, self.val_fraction, chunk.file, chunk.first_row,
                                      len(chunk)) if self.val_fraction else None
-            v = chunk.values if self.specs is None else self._encoded(chunk, is_val)
+            v = chunk.values if self.specs is None else self._encoded(chunk)
             if self.weight:
                 self._check_weights(chunk)
             if is_val is not None:
@@ -109,21 +109,18 @@ class Rows:
         if self.cache and order is None:
             self._kept = kept
 
-    def _encoded(self, chunk: Any, is_val: np.ndarray | None) -> np.ndarray:
+    def _encoded(self, chunk: Any) -> np.ndarray:
         """[design matrix | numbers] of a raw chunk, by the learned specs (an unseen level in
         a validation row is named by its file and row, as in memory)."""
-        from trainer.encode import design_matrix, raw_columns
+        from trainer.encode import table_design
 
-        source = str(self.ds.files[chunk.file])
-        categorical = [c.name for c in self.specs if c.kind == "categorical"]
-        raw = raw_columns(chunk.table, [c.name for c in self.specs], categorical=categorical,
-                          source=source)
-        X = np.empty((len(chunk), len(self.features)))
-        for mask in ([slice(None)] if is_val is None else [~is_val, is_val]):
-            rows = np.arange(chunk.first_row, chunk.first_row + len(chunk))[mask]
-            X[mask] = design_matrix({n: a[mask] for n, a in raw.items()}, self.specs,
-                                    source=source, rows=rows)
-        return np.hstack([X, chunk.values])
+        p = len(self.features)
+        out = np.empty((len(chunk), p + chunk.values.shape[1]))
+        table_design(chunk.table, self.specs, source=str(self.ds.files[chunk.file]),
+                     rows=np.arange(chunk.first_row, chunk.first_row + len(chunk)),
+                     out=out[:, :p])
+        out[:, p:] = chunk.values
+        return out
 
     def _check_weights(self, chunk: Any) -> None:
         w = chunk.values[:, -1]

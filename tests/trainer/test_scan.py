@@ -52,3 +52,51 @@ def test_no_rows_and_zero_weights_have_empty_moments():
     assert empty.R.shape == (0, 5) and moments_from_r(empty.R, 3)[0].n == 0
     zero = _factor(np.ones((10, 3)), np.ones((10, 1)), np.zeros(10))
     assert moments_from_r(zero.R, 3)[1].n == 0
+
+
+# ------------------------------------------------------------------ encoding a chunk in Arrow
+
+def _specs(**unknown):
+    from serve.columns import ColumnSpec
+
+    return [ColumnSpec("x", "numeric", fill=0.5, indicator=True),
+            ColumnSpec("city", "categorical", levels=("", "Lyon", "Paris"), reference="Lyon",
+                       **unknown),
+            ColumnSpec("n", "categorical", levels=("1", "2"), reference="1")]
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string", "dictionary"])
+def test_table_design_equals_the_in_memory_design_matrix(kind):
+    """The Arrow path (text looked up by Arrow's hash table) writes what raw_columns +
+    design_matrix write: blanks as the blank level, an unseen level as the reference."""
+    import pyarrow as pa
+
+    from trainer.encode import design_matrix, raw_columns, table_design
+
+    city = pa.array(["Paris", None, "Lyon", "Nice", "Paris"],
+                    pa.large_string() if kind == "large_string" else pa.string())
+    if kind == "dictionary":
+        city = city.dictionary_encode()
+    table = pa.table({"x": [1.0, None, 3.0, 4.0, None], "city": city, "n": [1, 2, 2, 1, 1]})
+    specs = _specs(unknown="reference")
+    raw = raw_columns(table, ["x", "city", "n"], categorical=["city", "n"], source="d")
+    want = design_matrix(raw, specs, source="d")
+    got = np.full(want.shape, np.nan)
+    table_design(table, specs, source="d", rows=np.arange(5), out=got)
+    np.testing.assert_array_equal(got, want)
+    assert got[3].tolist() == [4.0, 0.0, 0.0, 0.0, 0.0]  # Nice: the reference, Lyon's row
+
+
+def test_table_design_names_an_unseen_level_as_in_memory():
+    import pyarrow as pa
+
+    from serve.errors import DataError
+    from trainer.encode import table_design
+
+    table = pa.table({"x": [1.0, 2.0], "city": ["Paris", "Nice"], "n": [1, 2]})
+    with pytest.raises(DataError) as e:
+        table_design(table, _specs(), source="d.csv", rows=np.array([10, 11]),
+                     out=np.empty((2, 5)))
+    assert str(e.value) == ("d.csv: row 12 (a validation row), column 'city': level 'Nice' is "
+                            "not in the training rows; pass --unknown reference to predict it "
+                            "as the reference level, or train without --val-fraction")
