@@ -442,7 +442,7 @@ def _tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[s
 
 def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Intervals:
     """What the interval outputs need, from the training's statistics (``inference.npz``)."""
-    from scipy import stats as st
+    from trainer.stats import Distribution
 
     if not SETTINGS["confidence"].contains(level):  # the same range as --confidence
         raise ExportError(f"--intervals {level}: a level in {SETTINGS['confidence'].describe()},"
@@ -468,7 +468,7 @@ def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Interval
     entry = stats[0]
     try:
         df = entry["df_resid"]
-        dist = st.norm() if entry.get("distribution") == "normal" else st.t(df)
+        dist = Distribution() if entry.get("distribution") == "normal" else Distribution(df)
         quantile = float(dist.ppf(0.5 + level / 2))
         if not (isinstance(df, int) and df > 0 and math.isfinite(quantile)):
             raise ValueError(df)

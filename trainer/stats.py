@@ -161,9 +161,35 @@ def statistics(gather: Callable[[], Sufficient], coef: np.ndarray, intercept: np
         return Inference(entries, None, None)
 
 
+@dataclass(frozen=True)
+class Distribution:
+    """Student's t (``df`` given) or the standard normal: the survival function and quantile
+    the statistics need, from ``scipy.special`` (what ``scipy.stats`` calls inside, without its
+    second of import)."""
+
+    df: float | None = None
+
+    def sf(self, x: Any) -> Any:
+        from scipy import special
+
+        x = np.asarray(x, dtype=float)
+        return special.ndtr(-x) if self.df is None else special.stdtr(self.df, -x)
+
+    def ppf(self, q: float) -> float:
+        from scipy import special
+
+        return float(special.ndtri(q) if self.df is None else special.stdtrit(self.df, q))
+
+
+def f_sf(x: float, dfn: float, dfd: float) -> float:
+    """The F distribution's survival function (``scipy.stats.f.sf``)."""
+    from scipy import special
+
+    return float(special.fdtrc(dfn, dfd, x))
+
+
 def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[str],
                 cov_type: str, confidence: float, penalized: str | None) -> Inference:
-    from scipy import stats as st
 
     n, p = suff.n, suff.R.shape[1]
     pinv = suff.pinv()
@@ -227,7 +253,7 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
                                   "so t is infinite and the p-value 0, as statsmodels reports")
         # Student's t for the classical covariance; the normal for a robust one (asymptotic),
         # as statsmodels does by default (use_t).
-        dist = st.t(df_resid) if cov_type == "nonrobust" else st.norm()
+        dist = Distribution(df_resid) if cov_type == "nonrobust" else Distribution()
         q = float(dist.ppf(0.5 + confidence / 2))
         entry["distribution"] = "t" if cov_type == "nonrobust" else "normal"
         entry.update(std_err=se.tolist(), t=tval.tolist(),
@@ -245,7 +271,7 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
                 wald = math.nan
             if math.isfinite(wald):
                 entry["f_stat"] = wald
-                entry["f_p_value"] = float(st.f.sf(wald, df_model, df_resid))
+                entry["f_p_value"] = f_sf(wald, df_model, df_resid)
             else:
                 for k in ("f_stat", "f_p_value"):
                     why[k] = ("the covariance of the slopes is singular (an exact fit, or too "
