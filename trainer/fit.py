@@ -247,6 +247,7 @@ class Source(Protocol):
     device: torch.device
     rank: int  # only rank 0 logs, reports progress and writes checkpoints
     check_every: int  # epochs between the host's reads of the history (a GPU sync)
+    full_batch: bool  # one step an epoch over every row (else mini-batch epochs)
     watches: bool  # are there validation rows to watch (early stopping, plateau)?
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -337,7 +338,7 @@ def sgd_loop(source: Source, config: TrainConfig, n_features: int, n_targets: in
                 optimizer.zero_grad()
                 return source.gradient(net)
             cost = optimizer.step(closure)
-        elif config.batch_size == 0:
+        elif source.full_batch:
             # 3. Zero the old gradients; forward pass, cost and backward; step.
             optimizer.zero_grad()
             cost = source.gradient(net)
@@ -441,13 +442,13 @@ class InMemory:
         self.w = None if weights is None else tensor(weights)
         self.objective = _objective(config, Y.shape[1])
         self.batch_size = config.batch_size
+        # one batch of every row is the full batch
+        self.full_batch = self.batch_size == 0 or self.batch_size >= len(X)
         self.watches = validation is not None
         if validation is not None:
             self.x_val = tensor(validation[0] if scale is None else
                                 (validation[0] - mean) / scale)
             self.y_val = tensor(validation[1])
-        if self.batch_size >= len(X):  # one batch of every row is the full batch
-            self.batch_size = 0
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model

@@ -40,7 +40,14 @@ from serve.errors import DataError
 from trainer.config import TrainConfig, TrainingError
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
-from trainer.fit import Checkpoint, FitResult, l2_weight, sgd_loop
+from trainer.fit import (
+    Checkpoint,
+    FitResult,
+    coordinate_descent,
+    l2_weight,
+    sgd_loop,
+    unstandardize,
+)
 
 Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), float64
 
@@ -358,8 +365,6 @@ def penalized_from_r(R: np.ndarray, n: float, n_features: int, *, bias: bool, pe
       column is not penalised: centring, implied), as the in-memory closed form;
     - l1/elasticnet: coordinate descent on the centred Gram matrix RᵀR/n − x̄x̄ᵀ.
     """
-    from trainer.fit import coordinate_descent, unstandardize
-
     p, k = n_features, n_features + int(bias)
     A = R.copy()
     if scale is not None:  # Xs = (X − 1·meanᵀ)/scale, in R's terms (R's rows stand for rows)
@@ -502,6 +507,7 @@ class Streamed:
         self.n = summary.weight if rows.weight else int(summary.x.n)
         self.rng = np.random.default_rng(config.seed)  # the chunk order
         self.l2 = l2_weight(config, self.t)
+        self.standardization = mean, scale  # float64, as the result is folded back
         self.mean = None if mean is None else torch.as_tensor(mean, dtype=self.dtype,
                                                               device=self.device)
         self.scale = None if scale is None else torch.as_tensor(scale, dtype=self.dtype,
@@ -620,7 +626,10 @@ class Streamed:
 
     def final_cost(self, model: torch.nn.Module) -> float:
         if self.config.loss == "mse":  # from R: no pass over the rows
-            coef, intercept = self._raw(model)
+            W = model.linear.weight.detach().double().cpu().numpy()
+            b = model.linear.bias.detach().double().cpu().numpy() \
+                if model.linear.bias is not None else np.zeros(self.t)
+            coef, intercept = unstandardize(W, b, *self.standardization)
             data = float(sse_from_r(self.summary.R, coef, intercept,
                                     bias=self.config.bias).sum())
         else:
@@ -630,15 +639,6 @@ class Streamed:
                     total += self.data_loss(model(self.prep(x)), y).double()
             data = self.total(total)
         return data / (self.n * self.t) + float(self.penalty().detach())
-
-    def _raw(self, model: torch.nn.Module) -> tuple[np.ndarray, np.ndarray]:
-        W = model.linear.weight.detach().double().cpu().numpy()
-        b = model.linear.bias.detach().double().cpu().numpy() if model.linear.bias is not None \
-            else np.zeros(self.t)
-        if self.scale is None:
-            return W, b
-        scale, mean = self.scale.double().cpu().numpy(), self.mean.double().cpu().numpy()
-        return W / scale, b - (W / scale) @ mean
 
     def saved(self) -> dict:
         orders = self.group.gather_object(self.rng.bit_generator.state)  # each rank's
@@ -723,15 +723,6 @@ def sse_from_r(R: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
         M[p] = -intercept
     M[p + int(bias):] = np.eye(t)
     return ((R @ M) ** 2).sum(axis=0)
-
-
-def metrics_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
-                 validation: bool) -> dict[str, np.ndarray]:
-    """Sums of squared errors per target, over every rank's train (or validation) rows."""
-    sse = np.zeros(len(rows.targets))
-    for X, Y in (rows.validation() if validation else rows.train()):
-        sse += (((X @ coef.T + intercept) - Y) ** 2).sum(axis=0)
-    return {"sse": group.sum(sse)}
 
 
 def regression_metrics(sse: np.ndarray, y: Moments) -> dict:

@@ -101,3 +101,16 @@ def test_cuda_matches_cpu(synth):  # runs on a GPU machine only
     assert gpu.device.startswith("cuda")
     np.testing.assert_allclose(gpu.coef_, cpu.coef_, rtol=1e-4)
     np.testing.assert_allclose(gpu.history[:, 0], cpu.history[:, 0], rtol=1e-4)
+
+
+def test_a_batch_as_large_as_the_data_is_the_full_batch():
+    """--batch-size at or past the row count is one step of every row an epoch: the same
+    model as --batch-size 0 (the mini-batch path never sees a batch of 0)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(40, 2))
+    Y = X @ [[1.0], [-2.0]] + 0.5
+    full = fit(X, Y, TrainConfig(epochs=30, lr=0.1, batch_size=0))
+    for size in (40, 1000):
+        got = fit(X, Y, TrainConfig(epochs=30, lr=0.1, batch_size=size))
+        np.testing.assert_array_equal(got.coef_, full.coef_)
+        np.testing.assert_array_equal(got.history, full.history)
