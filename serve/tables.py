@@ -86,8 +86,10 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
               dtype: np.dtype | type = np.float64, row_offset: int = 0,
-              finite: bool = True, blanks: bool = False) -> np.ndarray:
-    """The named columns as one C-ordered ``(rows, len(columns))`` matrix of ``dtype``.
+              finite: bool = True, blanks: bool = False, order: str = "C") -> np.ndarray:
+    """The named columns as one ``(rows, len(columns))`` matrix of ``dtype``, C-ordered, or
+    column-major with ``order="F"`` (each column then one contiguous copy: what a streamed QR
+    wants).
 
     Raises a DataError naming the source, the 1-based data row and the column of the first cell
     that is missing or not a number, and (with ``finite``) NaN or infinite. ``row_offset`` is
@@ -96,7 +98,7 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
     ``blanks``: a missing cell is NaN, not an error (a tabular model's numeric columns).
     """
     n = table.num_rows
-    out = np.empty((n, len(columns)), dtype=dtype)
+    out = np.empty((n, len(columns)), dtype=dtype, order=order)
     for j, name in enumerate(columns):
         col = table.column(name)
         if isinstance(col, pa.ChunkedArray):

@@ -150,8 +150,9 @@ class Dataset:
             for batch in self._fragment(part.file).subset(row_group_ids=[part.row_group]) \
                     .to_batches(columns=columns, batch_size=batch_rows):
                 if batch.num_rows:
-                    yield Chunk(to_matrix(batch, columns, source=path, row_offset=row),
-                                part.file, row)
+                    values = to_matrix(batch, columns, source=path, row_offset=row,
+                                       order="F")
+                    yield Chunk(values, part.file, row)
                     row += batch.num_rows
 
     def has_text(self, columns: Sequence[str]) -> bool:
@@ -189,7 +190,7 @@ class Dataset:
                 for at in range(0, batch.num_rows, batch_rows):
                     piece = batch.slice(at, batch_rows)
                     yield RawChunk(piece, to_matrix(piece, numbers, source=path,
-                                                    row_offset=row + at), part.file, row + at)
+                                                    row_offset=row + at, order="F"), part.file, row + at)
                 row += batch.num_rows
 
     def _fragment(self, file: int):
@@ -208,7 +209,7 @@ class Dataset:
         pending: list[np.ndarray] = []
         held, first = 0, 0
         for batch, start in csv_batches(path, columns, name=str(path)):
-            values = to_matrix(batch, columns, source=path, row_offset=start)
+            values = to_matrix(batch, columns, source=path, row_offset=start, order="F")
             while len(values):
                 take = values[:batch_rows - held]
                 values = values[len(take):]

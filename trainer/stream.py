@@ -26,6 +26,7 @@ this one, and chunks are copied with ``non_blocking=True``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -122,7 +123,7 @@ class Rows:
         from trainer.encode import table_design
 
         p = len(self.features)
-        out = np.empty((len(chunk), p + chunk.values.shape[1]))
+        out = np.empty((len(chunk), p + chunk.values.shape[1]), order="F")
         table_design(chunk.table, self.specs, source=str(self.ds.files[chunk.file]),
                      rows=np.arange(chunk.first_row, chunk.first_row + len(chunk)),
                      out=out[:, :p])
@@ -228,13 +229,28 @@ class _Tsqr:
 
 
 def r_factor(block: np.ndarray) -> np.ndarray:
-    """R of a column-major ``block``'s QR (``min(rows, columns)`` rows), overwriting it."""
+    """R of a column-major ``block``'s QR (``min(rows, columns)`` rows), overwriting it.
+
+    On one BLAS thread: a thin block's QR is LAPACK's unblocked ``dgeqr2``, a column at a time,
+    and OpenBLAS's threads cost more than they give there (65,536 x 18: 110 ns a row on two
+    threads, 52 on one); the reader thread has the other core."""
     from scipy.linalg import lapack
 
-    qr, _, _, info = lapack.dgeqrf(block, lwork=max(1, 64 * block.shape[1]), overwrite_a=True)
+    with _blas().limit(limits=1, user_api="blas"):
+        qr, _, _, info = lapack.dgeqrf(block, lwork=max(1, 64 * block.shape[1]),
+                                       overwrite_a=True)
     if info != 0:  # only for an illegal argument: a bug, not the data
         raise RuntimeError(f"LAPACK dgeqrf failed (info {info})")
     return np.triu(qr[:min(block.shape)])
+
+
+@functools.cache
+def _blas() -> Any:
+    """The process's BLAS libraries (threadpoolctl's controller, made once: it scans them)."""
+    from scipy.linalg import lapack  # noqa: F401  (loaded first, so it is found)
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def moments_from_r(R: np.ndarray, n_features: int) -> tuple[Moments, Moments]:

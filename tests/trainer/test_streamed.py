@@ -283,7 +283,9 @@ def test_tsqr_keeps_the_digits_the_normal_equations_lose(tmp_path):
 
 # ------------------------------------------------------------------ SGD
 
-@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-12)])
+# float32: a few ulps (the ranks' sums are added in another order; one ulp at a cost of 0.15
+# is 1e-6 of it)
+@pytest.mark.parametrize("dtype, rtol", [("float32", 4e-6), ("float64", 1e-12)])
 def test_full_batch_sgd_two_processes_equals_one(shards, tmp_path, dtype, rtol):
     folder, _ = shards
     runs = {}
