@@ -76,3 +76,6 @@ proto:
 	.venv-proto/bin/python -m grpc_tools.protoc -I serve/proto --python_out=serve/proto \
 	  --grpc_python_out=serve/proto serve/proto/inference.proto
 	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' serve/proto/inference_pb2_grpc.py
+	# a descriptor pool of its own: tritonclient.grpc defines the same names in the default one
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
+	  serve/proto/inference_pb2.py

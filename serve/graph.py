@@ -24,6 +24,7 @@ ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "I
                          "Constant", "Where", "IsNaN", "Equal", "Sqrt", "Max"})
 # linreg-export --intervals adds these outputs beside "prediction", same type and shape.
 PREDICTION = "prediction"
+FEATURES = "features"  # a plain model's one input: [rows, n_features]
 INTERVAL_OUTPUTS = ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper")
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {1: "float", 11: "double"}

@@ -2,14 +2,14 @@
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), as Triton and KServe serve
 it, so ``tritonclient.grpc`` works unchanged. Needs the ``grpc`` extra.
 
-A request is turned into the same header + binary parts as the HTTP binary extension and read
-by :func:`serve.protocols.v2_rows`, so both transports accept and refuse exactly the same
-tensors with the same messages; a refusal is a gRPC status (INVALID_ARGUMENT, NOT_FOUND, ...)
-whose details are that message. Outputs go back as ``raw_output_contents``, as Triton does.
+A thin converter over :mod:`serve.dataplane`: a ``ModelInferRequest`` becomes the same
+``InferRequest`` an HTTP body does, is checked and predicted the same way, and the response is
+encoded as ``raw_output_contents``, as Triton does; a refusal is a gRPC status
+(INVALID_ARGUMENT, NOT_FOUND, ...) whose details are the HTTP message.
 
-The messages live in package ``inference``, as the protocol says. protobuf allows one
-definition of a name per process: do not import this module where ``tritonclient.grpc`` (which
-defines the same names) is imported; clients and servers run in separate processes.
+The messages live in package ``inference``, as the protocol says, in a descriptor pool of their
+own (see ``make proto``), so this module and ``tritonclient.grpc`` (which defines the same
+names) can share a process.
 """
 
 from __future__ import annotations
@@ -20,15 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-import numpy as np
 
-from serve import protocols as proto
+from serve import dataplane
 from serve.errors import LinregError, ModelError
 from serve.proto import inference_pb2 as pb
 from serve.proto import inference_pb2_grpc as pb_grpc  # the servicer's base class
 from serve.protocols import RequestError
 from serve.serving import Serving
-from serve.version import __version__
 
 log = logging.getLogger("linreg.serve")
 
@@ -36,7 +34,6 @@ CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
          408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
          413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
          422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
-_CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -59,16 +56,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        from serve.routes.v2 import EXTENSIONS
-
-        return pb.ServerMetadataResponse(name="linreg", version=__version__,
-                                         extensions=EXTENSIONS)
+        return pb.ServerMetadataResponse(**dataplane.server_metadata())
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         def answer() -> tuple[Any, int]:
             v = self.serving.version(request.name, request.version or None)
-            meta = proto.v2_model_metadata(v.predictor, request.name,
-                                           self.serving.repository.versions(request.name))
+            meta = dataplane.model_metadata(v.predictor, request.name,
+                                            self.serving.repository.versions(request.name))
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"],
@@ -78,24 +72,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
         def answer() -> tuple[Any, int]:
-            serving = self.serving
-            v = serving.version(request.model_name, request.model_version or None)
-            header, binary = _as_v2(request)
-            rows = proto.v2_rows(v.predictor, header, memoryview(binary),
-                                 max_rows=serving.limits.max_rows)
-            outputs = serving.predict_now(v, rows)
-            asked = [o.name for o in request.outputs]
-            proto.check_outputs(asked, outputs)
-            names = asked or list(outputs)
-            response = pb.ModelInferResponse(model_name=request.model_name,
-                                             model_version=v.version, id=request.id)
-            for name in names:
-                out = outputs[name]
-                response.outputs.add(name=name, datatype=proto.V2_NAMES[out.dtype],
-                                     shape=list(out.shape))
-                response.raw_output_contents.append(
-                    np.ascontiguousarray(out, dtype=out.dtype.newbyteorder("<")).tobytes())
-            return response, len(rows)
+            v = self.serving.version(request.model_name, request.model_version or None)
+            asked = dataplane.from_protobuf(request)
+            rows = dataplane.request_rows(v.predictor, asked,
+                                          max_rows=self.serving.limits.max_rows)
+            outputs = self.serving.predict_now(v, rows)
+            return dataplane.to_protobuf(dataplane.response(asked, outputs, request.model_name,
+                                                            v.version), pb), len(rows)
         return self._call("grpc_infer", request.model_name, context, answer)
 
     def _call(self, label: str, model: str, context: grpc.ServicerContext, answer: Any) -> Any:
@@ -120,38 +103,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self.serving.metrics.observe(label, status, time.perf_counter() - start, rows,
                                          model)
-
-
-def _as_v2(request: Any) -> tuple[dict[str, Any], bytes]:
-    """A ModelInferRequest as the v2 JSON header and binary part it would be over HTTP."""
-    raw = list(request.raw_input_contents)
-    if raw and len(raw) != len(request.inputs):
-        raise RequestError(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs; "
-                           "give one per input, in order")
-    inputs = []
-    for i, tensor in enumerate(request.inputs):
-        item: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
-                                "shape": list(tensor.shape)}
-        if raw:
-            if tensor.HasField("contents"):
-                raise RequestError(f"input {tensor.name!r}: give raw_input_contents or "
-                                   "contents, not both")
-            item["parameters"] = {"binary_data_size": len(raw[i])}
-        else:
-            field = _CONTENTS.get(tensor.datatype)
-            if field is None:
-                raise RequestError(f"input {tensor.name!r}: datatype {tensor.datatype!r} is "
-                                   "not supported; send FP32, FP64 or BYTES")
-            values = list(getattr(tensor.contents, field))
-            if tensor.datatype == "BYTES":
-                try:
-                    values = [b.decode("utf-8") for b in values]
-                except UnicodeDecodeError:
-                    raise RequestError(f"input {tensor.name!r}: a BYTES element is not UTF-8 "
-                                       "text") from None
-            item["data"] = values
-        inputs.append(item)
-    return {"inputs": inputs}, b"".join(raw)
 
 
 class _Malformed:

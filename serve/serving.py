@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from serve.batching import Batcher, Outputs, Rows
 from serve.errors import DataError
+from serve.graph import PREDICTION
 from serve.metrics import Metrics
 from serve.predictor import Cancel, Predictor
-from serve.protocols import OUTPUT_NAME, RequestError
+from serve.protocols import RequestError
 from serve.repository import NotReady, Repository, UnknownModel, Version
 
 
@@ -38,7 +39,7 @@ def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
     the model has them)."""
     if predictor.intervals is not None:
         return predictor.predict_intervals
-    return lambda rows, cancel=None: {OUTPUT_NAME: predictor.predict(rows, cancel=cancel)}
+    return lambda rows, cancel=None: {PREDICTION: predictor.predict(rows, cancel=cancel)}
 
 
 class Serving:

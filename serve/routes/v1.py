@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from serve import protocols as proto
+from serve.dataplane import model_metadata
+from serve.graph import FEATURES, PREDICTION
 from serve.repository import Version
 from serve.routes.common import RECORDS, ROWS, Http, body_schema, json_response
 
@@ -51,10 +53,10 @@ def register(app: FastAPI, http: Http) -> None:
         return json_response({
             "name": v.name, "version": v.version, "features": p.feature_names,
             "targets": p.target_names, "dtype": str(p.dtype),
-            "input": {"name": proto.INPUT_NAME, "shape": [-1, p.n_features]}
+            "input": {"name": FEATURES, "shape": [-1, p.n_features]}
             if p.columns is None else
-            {"columns": proto.v2_model_metadata(p, v.name)["inputs"]},
-            "output": {"name": proto.OUTPUT_NAME, "shape": [-1, p.n_targets]},
+            {"columns": model_metadata(p, v.name)["inputs"]},
+            "output": {"name": PREDICTION, "shape": [-1, p.n_targets]},
             "limits": {"max_body_bytes": serving.limits.max_body_bytes,
                        "max_rows": serving.limits.max_rows},
             "metadata": p.metadata}), 0, v.name

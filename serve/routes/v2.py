@@ -9,12 +9,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from serve import protocols as proto
+from serve import dataplane
 from serve.routes.common import Http, body_schema, json_response
 from serve.triton import model_config
-from serve.version import __version__
-
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 
 
 def register(app: FastAPI, http: Http) -> None:
@@ -23,8 +20,7 @@ def register(app: FastAPI, http: Http) -> None:
     @app.get("/v2", tags=["v2"], summary="Server metadata")
     @http.endpoint("v2_metadata")
     async def v2_server() -> tuple[Response, int, str]:
-        return json_response({"name": "linreg", "version": __version__,
-                              "extensions": EXTENSIONS}), 0, ""
+        return json_response(dataplane.server_metadata()), 0, ""
 
     @app.get("/v2/health/live", tags=["v2"], summary="Liveness")
     @http.endpoint("v2_health")
@@ -41,7 +37,7 @@ def register(app: FastAPI, http: Http) -> None:
     @http.endpoint("v2_model_metadata")
     async def v2_model(model: str, version: str | None = None) -> tuple[Response, int, str]:
         v = serving.version(model, version)
-        return json_response(proto.v2_model_metadata(
+        return json_response(dataplane.model_metadata(
             v.predictor, model, serving.repository.versions(model))), 0, model
 
     @app.get("/v2/models/{model}/ready", tags=["v2"], summary="Model readiness")
@@ -72,11 +68,11 @@ def register(app: FastAPI, http: Http) -> None:
                        version: str | None = None) -> tuple[Response, int, str]:
         v = serving.version(model, version)
         body = await http.read_body(request)
-        header, rows = proto.v2_parse(v.predictor, body,
-                                      request.headers.get("inference-header-content-length"),
-                                      max_rows=serving.limits.max_rows)
-        content, json_length = proto.v2_response(header, await serving.predict(v, rows), model,
-                                                 v.version)
+        asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
+        rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.limits.max_rows)
+        outputs = await serving.predict(v, rows)
+        content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,
+                                                                    v.version))
         if json_length is None:
             return Response(content, media_type="application/json"), len(rows), model
         return Response(content, media_type="application/octet-stream", headers={

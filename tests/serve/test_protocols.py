@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from serve import dataplane
 from serve import protocols as proto
 from serve.errors import DataError
 from serve.predictor import Predictor
@@ -29,8 +30,10 @@ def answer(predictor: Predictor, path: str, body, content_type: str = "applicati
                                                 else body).encode()
     try:
         if path.startswith("/v2/"):
-            header, rows = proto.v2_parse(predictor, raw, None, max_rows=MAX_ROWS)
-            proto.v2_response(header, predictor.predict(rows), "multi")
+            request = dataplane.from_json(raw, None)
+            rows = dataplane.request_rows(predictor, request, max_rows=MAX_ROWS)
+            dataplane.to_json(dataplane.response(request, {"prediction": predictor.predict(rows)},
+                                                 "multi", "1"))
         elif path == "/invocations":
             predictor.predict(proto.mlflow_parse(predictor, raw, content_type,
                                                  max_rows=MAX_ROWS))
