@@ -22,18 +22,14 @@ from typing import Any
 import grpc
 
 from serve import dataplane
-from serve.errors import LinregError, ModelError
+from serve.errors import GRPC_CODES, LinregError
 from serve.proto import inference_pb2 as pb
 from serve.proto import inference_pb2_grpc as pb_grpc  # the servicer's base class
-from serve.protocols import RequestError
 from serve.serving import Serving
 
 log = logging.getLogger("linreg.serve")
 
-CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 404: grpc.StatusCode.NOT_FOUND,
-         408: grpc.StatusCode.DEADLINE_EXCEEDED, 409: grpc.StatusCode.FAILED_PRECONDITION,
-         413: grpc.StatusCode.RESOURCE_EXHAUSTED, 415: grpc.StatusCode.INVALID_ARGUMENT,
-         422: grpc.StatusCode.INVALID_ARGUMENT, 503: grpc.StatusCode.UNAVAILABLE}
+CODES = {status: getattr(grpc.StatusCode, name) for status, name in GRPC_CODES.items()}
 
 
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
@@ -51,7 +47,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             self.serving.version(request.name, request.version or None)
-        except RequestError:
+        except LinregError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
@@ -82,20 +78,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return self._call("grpc_infer", request.model_name, context, answer)
 
     def _call(self, label: str, model: str, context: grpc.ServicerContext, answer: Any) -> Any:
-        """Run ``answer``; a client's mistake aborts with its status and message, never a
-        traceback; every call is counted as its HTTP twin would be."""
+        """Run ``answer``: a :class:`LinregError` aborts with its status's gRPC code and its
+        message, anything else is INTERNAL and logged, never a traceback to the client; every
+        call is counted as its HTTP twin would be."""
         start, status, rows = time.perf_counter(), 200, 0
         try:
             response, rows = answer()
             return response
-        except RequestError as e:
+        except LinregError as e:
             status = e.status
-            log.warning("%s %s: %s", e.status, label, e.message)
-            context.abort(CODES.get(e.status, grpc.StatusCode.INVALID_ARGUMENT), e.message)
-        except ModelError as e:
-            status = 500
-            log.error("500 %s: %s", label, e)
-            context.abort(grpc.StatusCode.INTERNAL, str(e))
+            (log.error if status >= 500 else log.warning)("%s %s: %s", status, label, e)
+            context.abort(CODES[status], str(e))
         except Exception:  # a bug of ours, not the client's
             status = 500
             log.exception("internal error on %s", label)

@@ -18,21 +18,12 @@ from typing import Any
 import numpy as np
 
 from serve.columns import Frame
-from serve.errors import DataError
+from serve.errors import DataError, RequestError
 from serve.graph import PREDICTION
 from serve.jsontext import JSONTextError
 from serve.jsontext import loads as json_loads
 from serve.predictor import Predictor
 from serve.tables import check_unique, csv_batches, to_matrix
-
-
-class RequestError(Exception):
-    """A client's mistake: answered with ``status`` and ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def parse_json(body: bytes) -> Any:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serve.errors import LinregError, ModelError
+from serve.errors import LinregError, ModelError, NotReady, UnknownModel
 from serve.jsontext import text_problem
 from serve.manifest import MANIFEST
 from serve.predictor import Predictor
@@ -42,14 +42,6 @@ log = logging.getLogger("linreg.serve")
 
 READY, UNAVAILABLE = "READY", "UNAVAILABLE"  # the states Triton's repository index reports
 UNLOADED = "unloaded"  # the reason of a model unloaded through the API
-
-
-class UnknownModel(LinregError):
-    """A request named a model or version the server does not have (HTTP 404)."""
-
-
-class NotReady(LinregError):
-    """The model exists but no version of it is ready (HTTP 503)."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.repository import Repository, model_name
 from serve.routes import PROTOCOLS
-from serve.routes.common import Http
+from serve.routes.common import Http, install
 from serve.serving import Limits, Serving
 from serve.version import __version__
 
@@ -65,6 +65,7 @@ def create_app(repository: Repository, *, limits: Limits | None = None,
         return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
                             status_code=exc.status_code)
 
+    install(app, serving.metrics)
     http = Http(serving, control=options.control)
     for protocol in PROTOCOLS:
         protocol.register(app, http)

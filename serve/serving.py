@@ -15,12 +15,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from serve.batching import Batcher, Outputs, Rows
-from serve.errors import DataError
+from serve.errors import DataError, RequestError
 from serve.graph import PREDICTION
 from serve.metrics import Metrics
 from serve.predictor import Cancel, Predictor
-from serve.protocols import RequestError
-from serve.repository import NotReady, Repository, UnknownModel, Version
+from serve.repository import Repository, Version
 
 
 @dataclass(frozen=True)
@@ -54,13 +53,9 @@ class Serving:
         repository.on_swap = self.retire
 
     def version(self, name: str, version: str | None = None) -> Version:
-        """The model version a request names, or a 404 (unknown) / 503 (not ready)."""
-        try:
-            return self.repository.get(name, version)
-        except UnknownModel as e:
-            raise RequestError(str(e), 404) from None
-        except NotReady as e:
-            raise RequestError(str(e), 503) from None
+        """The model version a request names (:class:`UnknownModel`, 404, or
+        :class:`NotReady`, 503, when there is none to serve)."""
+        return self.repository.get(name, version)
 
     # ------------------------------------------------------------------ predicting
 

@@ -1,29 +1,27 @@
-"""The HTTP plumbing every protocol shares: bounded, decompressed bodies; handlers whose
-client mistakes become 4xx JSON (never a 500, never a traceback), counted in the metrics."""
+"""The HTTP plumbing every protocol shares: bounded, decompressed bodies; one exception handler
+(a :class:`LinregError` becomes its status with ``{"error": message}``, never a traceback); one
+middleware that counts every routed request in the metrics and answers an unexpected
+exception with a 500. Routes are plain FastAPI functions: one that predicts sets
+``request.state.rows``, one that serves the server's only model ``request.state.model``."""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serve.errors import ModelError
-from serve.protocols import RequestError
+from serve.errors import LinregError, RequestError
+from serve.metrics import Metrics
 from serve.repository import Version
 from serve.serving import Serving
 
 log = logging.getLogger("linreg.serve")
-
-# A handler answers its response, the rows it predicted and the model it served ("" if none).
-Handler = Callable[..., Awaitable[tuple[Response, int, str]]]
 
 
 class Http:
@@ -67,51 +65,67 @@ class Http:
                                "deflate or none", status=415)
         return body
 
-    def default(self) -> Version:
+    def default(self, request: Request) -> Version:
         """The model of the routes that name none (``/predict``, ``/invocations``): the only
-        one the server holds."""
+        one the server holds (and the model the metrics count the request under)."""
         names = self.serving.repository.names()
+        if len(names) == 1:
+            request.state.model = names[0]
         if len(names) != 1:
             raise RequestError(f"this server serves {len(names)} models "
                                f"({', '.join(names) or 'none yet'}); name one: POST "
                                "/v1/models/NAME:predict or /v2/models/NAME/infer")
         return self.serving.version(names[0])
 
-    def endpoint(self, label: str, *, default_model: bool = False
-                 ) -> Callable[[Handler], Callable[..., Awaitable[Response]]]:
-        """Turn RequestErrors into 4xx JSON, unexpected errors into 500, and count it all
-        under the model the route names (``default_model``: the server's only model)."""
-        metrics = self.serving.metrics
-        repository = self.serving.repository
 
-        def wrap(handler: Handler):
-            @functools.wraps(handler)
-            async def run(*args: Any, **kwargs: Any) -> Response:
-                start, rows, model = time.perf_counter(), 0, kwargs.get("model") or ""
-                if default_model:
-                    names = repository.names()
-                    model = names[0] if len(names) == 1 else ""
-                try:
-                    response, rows, model = await handler(*args, **kwargs)
-                except RequestError as e:
-                    log.warning("%s %s: %s", e.status, label, e.message)
-                    response = JSONResponse({"error": e.message}, status_code=e.status,
-                                            headers={"Connection": "close"}
-                                            if e.status in (408, 413) else None)
-                except ModelError as e:  # the model's fault (a foreign graph), not the client's
-                    log.error("500 %s: %s", label, e)
-                    response = JSONResponse({"error": str(e)}, status_code=500)
-                except Exception:  # a bug of ours, not the client's
-                    log.exception("internal error on %s", label)
-                    response = JSONResponse({"error": "internal server error"}, status_code=500)
-                metrics.observe(label, response.status_code, time.perf_counter() - start, rows,
-                                model)
-                return response
-            # FastAPI reads the route's parameters from this signature; the return is ours.
-            run.__signature__ = inspect.signature(handler).replace(return_annotation=Response)
-            run.__annotations__ = {**handler.__annotations__, "return": Response}
-            return run
-        return wrap
+def install(app: FastAPI, metrics: Metrics) -> None:
+    """The error model and the metrics of every route of ``app``."""
+    app.add_exception_handler(LinregError, _error_response)
+    app.add_middleware(Observed, metrics=metrics)
+
+
+async def _error_response(request: Request, e: Exception) -> Response:
+    status = getattr(e, "status", 400)
+    route = request.scope.get("route")
+    (log.error if status >= 500 else log.warning)("%s %s: %s", status,
+                                                  getattr(route, "name", "?"), e)
+    return JSONResponse({"error": str(e)}, status_code=status,
+                        headers={"Connection": "close"} if status in (408, 413) else None)
+
+
+class Observed:
+    """ASGI middleware: every request that reached a route is counted under the route's name,
+    with its status, time, rows and model; an exception no handler took (a bug of ours, not
+    the client's) is logged and answered 500."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status, started = time.perf_counter(), 500, False
+
+        async def sending(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                status, started = message["status"], True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:  # nothing more can be said
+                raise
+            log.exception("internal error on %s", getattr(scope.get("route"), "name", "?"))
+            await JSONResponse({"error": "internal server error"}, status_code=500)(
+                scope, receive, send)
+        route = scope.get("route")
+        if route is not None:
+            state = scope.get("state") or {}
+            model = scope.get("path_params", {}).get("model") or state.get("model", "")
+            self.metrics.observe(route.name, status, time.perf_counter() - start,
+                                 state.get("rows", 0), model)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -16,20 +16,19 @@ def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
     @app.post("/invocations", tags=["mlflow"], summary="Predict (MLflow scoring format)",
-              openapi_extra=body_schema(_MLFLOW_SCHEMA, csv=True))
-    @http.endpoint("invocations", default_model=True)
-    async def invocations(request: Request) -> tuple[Response, int, str]:
-        v = http.default()
+              openapi_extra=body_schema(_MLFLOW_SCHEMA, csv=True), name="invocations")
+    async def invocations(request: Request) -> Response:
+        v = http.default(request)
         rows = proto.mlflow_parse(v.predictor, await http.read_body(request),
                                   request.headers.get("content-type", ""),
                                   max_rows=serving.limits.max_rows)
         pred = await serving.predict(v, rows)
-        return json_response(proto.predictions_body(pred)), len(rows), v.name
+        request.state.rows = len(rows)
+        return json_response(proto.predictions_body(pred))
 
-    @app.get("/ping", tags=["mlflow"], summary="Health (MLflow)")
-    @http.endpoint("health")
-    async def ping() -> tuple[Response, int, str]:
-        return json_response({"status": "ok"}), 0, ""
+    @app.get("/ping", tags=["mlflow"], summary="Health (MLflow)", name="health")
+    async def ping() -> Response:
+        return json_response({"status": "ok"})
 
 
 _MLFLOW_SCHEMA: dict[str, Any] = {"type": "object", "properties": {

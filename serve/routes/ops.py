@@ -13,9 +13,8 @@ from serve.version import __version__
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
-    @app.get("/", tags=["ops"], summary="Index of the endpoints")
-    @http.endpoint("index")
-    async def index() -> tuple[Response, int, str]:
+    @app.get("/", tags=["ops"], summary="Index of the endpoints", name="index")
+    async def index() -> Response:
         ready = serving.repository.ready()
         models = {v.name: {"version": v.version, "features": v.predictor.feature_names,
                            "targets": v.predictor.target_names} for v in ready}
@@ -38,9 +37,9 @@ def register(app: FastAPI, http: Http) -> None:
                            f"POST /v2/repository/models/{name}/load",
                            f"POST /v2/repository/models/{name}/unload"],
             "ops": ["GET /metrics", "GET /openapi.json", "GET /docs"]}
-        return json_response(page), 0, ""
+        return json_response(page)
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", name="metrics")
     async def prometheus() -> Response:
         return PlainTextResponse(serving.metrics.render(),
                                  media_type="text/plain; version=0.0.4")

@@ -12,9 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from serve import protocols as proto
-from serve.errors import ModelError
-from serve.protocols import RequestError
-from serve.repository import UnknownModel
+from serve.errors import ModelError, RequestError
 from serve.routes.common import Http, json_response
 
 
@@ -31,37 +29,34 @@ def register(app: FastAPI, http: Http) -> None:
             raise RequestError("expected a JSON object (or no body)")
         return payload
 
-    @app.post("/v2/repository/index", tags=["repository"], summary="Models and their state")
-    @http.endpoint("repository_index")
-    async def index(request: Request) -> tuple[Response, int, str]:
+    @app.post("/v2/repository/index", tags=["repository"], summary="Models and their state",
+              name="repository_index")
+    async def index(request: Request) -> Response:
         ready = (await options(request)).get("ready", False)
         if not isinstance(ready, bool):
             raise RequestError("'ready' must be true or false")
-        return json_response(repo.index(ready_only=ready)), 0, ""
+        return json_response(repo.index(ready_only=ready))
 
-    async def control(request: Request, model: str, action) -> tuple[Response, int, str]:
+    async def control(request: Request, model: str, action) -> Response:
         """Load or unload ``model``: off the event loop (loading builds onnxruntime
-        sessions); an unknown model is a 404, one that does not load a 400."""
+        sessions); an unknown model is a 404, one that does not load a 400 (the request
+        asked for it)."""
         if not http.control:
             raise RequestError("load and unload are refused with --workers above 1: each "
                                "worker holds its own models; use --poll-seconds instead", 409)
         await options(request)
         try:
             await asyncio.get_running_loop().run_in_executor(None, action, model)
-        except UnknownModel as e:
-            raise RequestError(str(e), 404) from None
         except ModelError as e:
             raise RequestError(str(e), 400) from None
-        return json_response({}), 0, model
+        return json_response({})
 
     @app.post("/v2/repository/models/{model}/load", tags=["repository"],
-              summary="Load or reload a model from the repository")
-    @http.endpoint("repository_load")
-    async def load(request: Request, model: str) -> tuple[Response, int, str]:
+              summary="Load or reload a model from the repository", name="repository_load")
+    async def load(request: Request, model: str) -> Response:
         return await control(request, model, repo.load)
 
     @app.post("/v2/repository/models/{model}/unload", tags=["repository"],
-              summary="Stop serving a model")
-    @http.endpoint("repository_unload")
-    async def unload(request: Request, model: str) -> tuple[Response, int, str]:
+              summary="Stop serving a model", name="repository_unload")
+    async def unload(request: Request, model: str) -> Response:
         return await control(request, model, repo.unload)

@@ -19,36 +19,34 @@ from serve.routes.common import RECORDS, ROWS, Http, body_schema, json_response
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
-    async def v1(request: Request, v: Version) -> tuple[Response, int, str]:
+    async def v1(request: Request, v: Version) -> Response:
         rows = proto.v1_parse(v.predictor, await http.read_body(request),
                               max_rows=serving.limits.max_rows)
         pred = await serving.predict(v, rows)
-        return json_response(proto.predictions_body(pred)), len(rows), v.name
+        request.state.rows = len(rows)
+        return json_response(proto.predictions_body(pred))
 
     @app.post("/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
-              openapi_extra=body_schema(_V1_SCHEMA))
-    @http.endpoint("v1_predict")
-    async def v1_predict(request: Request, model: str) -> tuple[Response, int, str]:
+              openapi_extra=body_schema(_V1_SCHEMA), name="v1_predict")
+    async def v1_predict(request: Request, model: str) -> Response:
         return await v1(request, serving.version(model))
 
     @app.post("/predict", tags=["v1"], summary="Predict (the only model)",
-              openapi_extra=body_schema(_V1_SCHEMA))
-    @http.endpoint("predict", default_model=True)
-    async def plain_predict(request: Request) -> tuple[Response, int, str]:
-        return await v1(request, http.default())
+              openapi_extra=body_schema(_V1_SCHEMA), name="predict")
+    async def plain_predict(request: Request) -> Response:
+        return await v1(request, http.default(request))
 
-    @app.get("/health", tags=["v1"], summary="Health")
-    @http.endpoint("health")
-    async def health() -> tuple[Response, int, str]:
+    @app.get("/health", tags=["v1"], summary="Health", name="health")
+    async def health() -> Response:
         names = serving.repository.names()
         if len(names) == 1:
-            return json_response({"status": "ok", "model": names[0]}), 0, ""
-        return json_response({"status": "ok", "models": names}), 0, ""
+            return json_response({"status": "ok", "model": names[0]})
+        return json_response({"status": "ok", "models": names})
 
-    @app.get("/metadata", tags=["v1"], summary="The model's contract and manifest facts")
-    @http.endpoint("metadata", default_model=True)
-    async def metadata() -> tuple[Response, int, str]:
-        v = http.default()
+    @app.get("/metadata", tags=["v1"], summary="The model's contract and manifest facts",
+             name="metadata")
+    async def metadata(request: Request) -> Response:
+        v = http.default(request)
         p = v.predictor
         return json_response({
             "name": v.name, "version": v.version, "features": p.feature_names,
@@ -59,7 +57,7 @@ def register(app: FastAPI, http: Http) -> None:
             "output": {"name": PREDICTION, "shape": [-1, p.n_targets]},
             "limits": {"max_body_bytes": serving.limits.max_body_bytes,
                        "max_rows": serving.limits.max_rows},
-            "metadata": p.metadata}), 0, v.name
+            "metadata": p.metadata})
 
 
 _V1_SCHEMA: dict[str, Any] = {"type": "object", "properties": {

@@ -17,66 +17,62 @@ from serve.triton import model_config
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
-    @app.get("/v2", tags=["v2"], summary="Server metadata")
-    @http.endpoint("v2_metadata")
-    async def v2_server() -> tuple[Response, int, str]:
-        return json_response(dataplane.server_metadata()), 0, ""
+    @app.get("/v2", tags=["v2"], summary="Server metadata", name="v2_metadata")
+    async def v2_server() -> Response:
+        return json_response(dataplane.server_metadata())
 
-    @app.get("/v2/health/live", tags=["v2"], summary="Liveness")
-    @http.endpoint("v2_health")
-    async def v2_live() -> tuple[Response, int, str]:
-        return json_response({"live": True}), 0, ""
+    @app.get("/v2/health/live", tags=["v2"], summary="Liveness", name="v2_health")
+    async def v2_live() -> Response:
+        return json_response({"live": True})
 
-    @app.get("/v2/health/ready", tags=["v2"], summary="Readiness")
-    @http.endpoint("v2_health")
-    async def v2_ready() -> tuple[Response, int, str]:
-        return json_response({"ready": True}), 0, ""
+    @app.get("/v2/health/ready", tags=["v2"], summary="Readiness", name="v2_health")
+    async def v2_ready() -> Response:
+        return json_response({"ready": True})
 
-    @app.get("/v2/models/{model}", tags=["v2"], summary="Model metadata")
-    @app.get("/v2/models/{model}/versions/{version}", tags=["v2"], include_in_schema=False)
-    @http.endpoint("v2_model_metadata")
-    async def v2_model(model: str, version: str | None = None) -> tuple[Response, int, str]:
+    @app.get("/v2/models/{model}", tags=["v2"], summary="Model metadata",
+             name="v2_model_metadata")
+    @app.get("/v2/models/{model}/versions/{version}", tags=["v2"], include_in_schema=False,
+             name="v2_model_metadata")
+    async def v2_model(model: str, version: str | None = None) -> Response:
         v = serving.version(model, version)
-        return json_response(dataplane.model_metadata(
-            v.predictor, model, serving.repository.versions(model))), 0, model
+        return json_response(dataplane.model_metadata(v.predictor, model,
+                                                      serving.repository.versions(model)))
 
-    @app.get("/v2/models/{model}/ready", tags=["v2"], summary="Model readiness")
+    @app.get("/v2/models/{model}/ready", tags=["v2"], summary="Model readiness",
+             name="v2_health")
     @app.get("/v2/models/{model}/versions/{version}/ready", tags=["v2"],
-             include_in_schema=False)
-    @http.endpoint("v2_health")
-    async def v2_model_ready(model: str, version: str | None = None) -> tuple[Response, int, str]:
+             include_in_schema=False, name="v2_health")
+    async def v2_model_ready(model: str, version: str | None = None) -> Response:
         serving.version(model, version)
-        return json_response({"name": model, "ready": True}), 0, model
+        return json_response({"name": model, "ready": True})
 
-    @app.get("/v2/models/{model}/config", tags=["v2"], summary="Model configuration (Triton)")
+    @app.get("/v2/models/{model}/config", tags=["v2"], summary="Model configuration (Triton)",
+             name="v2_model_config")
     @app.get("/v2/models/{model}/versions/{version}/config", tags=["v2"],
-             include_in_schema=False)
-    @http.endpoint("v2_model_config")
-    async def v2_model_config(model: str,
-                              version: str | None = None) -> tuple[Response, int, str]:
+             include_in_schema=False, name="v2_model_config")
+    async def v2_model_config(model: str, version: str | None = None) -> Response:
         v = serving.version(model, version)
         limits = serving.limits
         return json_response(model_config(v.predictor, model, max_batch_size=limits.max_rows,
-                                          max_queue_delay_us=limits.max_batch_delay_us)), 0, model
+                                          max_queue_delay_us=limits.max_batch_delay_us))
 
     @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
-              openapi_extra=body_schema(_V2_SCHEMA))
+              openapi_extra=body_schema(_V2_SCHEMA), name="v2_infer")
     @app.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"],
-              include_in_schema=False)
-    @http.endpoint("v2_infer")
-    async def v2_infer(request: Request, model: str,
-                       version: str | None = None) -> tuple[Response, int, str]:
+              include_in_schema=False, name="v2_infer")
+    async def v2_infer(request: Request, model: str, version: str | None = None) -> Response:
         v = serving.version(model, version)
         body = await http.read_body(request)
         asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
         rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.limits.max_rows)
         outputs = await serving.predict(v, rows)
+        request.state.rows = len(rows)
         content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,
                                                                     v.version))
         if json_length is None:
-            return Response(content, media_type="application/json"), len(rows), model
-        return Response(content, media_type="application/octet-stream", headers={
-            "Inference-Header-Content-Length": str(json_length)}), len(rows), model
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
 
 
 _V2_SCHEMA: dict[str, Any] = {"type": "object", "required": ["inputs"], "properties": {

@@ -14,8 +14,8 @@ import pytest
 
 from serve.batching import Batcher
 from serve.columns import Frame
-from serve.errors import ModelError
-from serve.repository import NotReady, Repository, UnknownModel
+from serve.errors import ModelError, NotReady, UnknownModel
+from serve.repository import Repository
 from tests.serve.conftest import MODELS, expected
 
 X3 = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]])
