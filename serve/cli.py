@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
-from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, ProcessCount
+from serve._cli import CONTEXT, OneLineErrors, ProcessCount
 from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
 from serve.progress import Progress
+from serve.settings import ServerSettings, click_options
 from serve.version import __version__
 
 
@@ -112,44 +114,8 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
 @click.argument("path", metavar="PATH", type=click.Path(path_type=Path))
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind (HTTP and gRPC). The default is loopback only.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--grpc-port", type=click.IntRange(0, 65535), default=None,
-              help="Also serve the Open Inference Protocol over gRPC on this port.")
-@click.option("--workers", type=ProcessCount(), default=1, show_default=True,
-              help="Worker processes.")
-@click.option("--name", default=None, help="Model name in URLs, for a single model. Default: "
-              "the folder's name.")
-@click.option("--poll-seconds", type=FiniteFloat(0, 86400, min_open=True), default=None,
-              help="Rescan PATH this often and load added or changed models, drop removed "
-              "ones. Default: load once at start (and on POST .../load).")
-@click.option("--max-batch-delay-us", type=click.IntRange(0, 1_000_000), default=None,
-              help="Dynamic batching: merge requests for the same model that arrive within "
-              "this many microseconds into one run. Default: off.")
-@click.option("--max-batch-rows", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Dynamic batching: most rows in one merged run.")
-@click.option("--max-body-bytes", type=click.IntRange(min=1), default=32 << 20,
-              show_default=True, help="Largest request body accepted (413 above).")
-@click.option("--max-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Most rows per request (413 above).")
-@click.option("--max-header-bytes", type=click.IntRange(1024, 1 << 20), default=64 << 10,
-              show_default=True, help="Largest request line + headers accepted (431 above).")
-@click.option("--request-timeout", type=FiniteFloat(0, 3600, min_open=True), default=30.0,
-              show_default=True, help="Seconds a client has to send its headers, and a request "
-              "to be read and predicted (408/503 after).")
-@click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
-              help="onnxruntime threads per worker. Default: picked per batch size.")
-@click.option("--allow-foreign-graph", is_flag=True, help="Serve an ONNX graph linreg did not "
-              "make (other operators, control flow). Only for files you trust.")
-@click.option("--access-log", is_flag=True, help="Log every request.")
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors (no start line, no "
-              "log line per bad request).")
-def serve_main(path: Path, host: str, port: int, grpc_port: int | None, workers: int,
-               name: str | None, poll_seconds: float | None, max_batch_delay_us: int | None,
-               max_batch_rows: int, max_body_bytes: int, max_rows: int, max_header_bytes: int,
-               request_timeout: float, threads: int | None, allow_foreign_graph: bool,
-               access_log: bool, quiet: bool) -> None:
+@click_options
+def serve_main(path: Path, **options: Any) -> None:
     """Serve PATH over HTTP until SIGTERM or Ctrl-C: a model folder, a .onnx file, or a
     repository (a folder of model folders, optionally with version folders 1/, 2/, ... as
     Triton lays them out)."""
@@ -158,40 +124,52 @@ def serve_main(path: Path, host: str, port: int, grpc_port: int | None, workers:
 
     from serve.repository import Repository
 
+    settings = ServerSettings(path=str(path), **options)
     try:
         import uvicorn
 
-        import serve.server  # noqa: F401  (the http extra is all there)
-        if grpc_port is not None:
+        from serve.server import create_app, log_to_stderr
+        if settings.grpc_port is not None:
             import serve.grpc_service  # noqa: F401
     except ImportError as e:
         extra = "grpc" if "grpc" in str(e.name) or "proto" in str(e.name) else "http"
         raise click.ClickException(f"linreg-serve{' --grpc-port' if extra == 'grpc' else ''} "
                                    f"needs the {extra} extra: pip install "
                                    f"'linreg[{extra}]'") from None
-    if grpc_port is not None and grpc_port == port:
-        raise click.BadParameter(f"{grpc_port} is also --port; give gRPC its own port",
+    if settings.grpc_port is not None and settings.grpc_port == settings.port:
+        raise click.BadParameter(f"{settings.grpc_port} is also --port; give gRPC its own port",
                                  param_hint="'--grpc-port'")
     # Fail here, clearly, not in a worker.
-    repository = Repository.open(path, threads=threads, allow_foreign_graph=allow_foreign_graph,
-                                 name=name)
-    for port_ in (port, grpc_port):
-        if port_ is not None:
-            _check_port(host, port_)
-    env = {"LINREG_SERVE_MODEL": str(path), "LINREG_SERVE_NAME": name or "",
-           "LINREG_SERVE_HOST": host, "LINREG_SERVE_WORKERS": str(workers),
-           "LINREG_SERVE_MAX_BODY": str(max_body_bytes), "LINREG_SERVE_MAX_ROWS": str(max_rows),
-           "LINREG_SERVE_MAX_HEADER": str(max_header_bytes),
-           "LINREG_SERVE_TIMEOUT": str(request_timeout),
-           "LINREG_SERVE_FOREIGN": "1" if allow_foreign_graph else "0",
-           "LINREG_SERVE_QUIET": "1" if quiet else "0",
-           "LINREG_SERVE_BATCH_ROWS": str(max_batch_rows)}
-    for key, value in (("LINREG_SERVE_THREADS", threads), ("LINREG_SERVE_POLL", poll_seconds),
-                       ("LINREG_SERVE_GRPC_PORT", grpc_port),
-                       ("LINREG_SERVE_BATCH_DELAY_US", max_batch_delay_us)):
-        if value is not None:
-            env[key] = str(value)
-    os.environ.update(env)
+    repository = Repository.open(path, threads=settings.threads,
+                                 allow_foreign_graph=settings.allow_foreign_graph,
+                                 name=settings.name)
+    for port in (settings.port, settings.grpc_port):
+        if port is not None:
+            _check_port(settings.host, port)
+    os.environ.update(settings.to_env())  # for --workers' processes and the header bounds
+    _announce(settings, repository)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish, each within
+    # --request-timeout), then re-raises the signal under the handlers it found: make those a
+    # clean exit, status 0, that waits for no worker thread (a cancelled run may still be
+    # unwinding inside onnxruntime).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: _exit_now(0))
+    if settings.workers == 1:  # the models loaded above are the ones served
+        log_to_stderr(settings.quiet)
+        app: Any = create_app(repository, settings)
+    else:  # each worker process loads its own
+        app = "serve.server:app_from_env"
+    uvicorn.run(app, factory=settings.workers > 1, host=settings.host, port=settings.port,
+                workers=settings.workers, log_level="warning", access_log=settings.access_log,
+                http="serve.http_limits:BoundedHttpToolsProtocol",
+                timeout_graceful_shutdown=max(1, int(settings.request_timeout) + 1),
+                server_header=False)
+    _exit_now(0)
+
+
+def _announce(settings: ServerSettings, repository: Any) -> None:
+    """Warnings (a public address, models that did not load), then the start line."""
+    host, port, grpc_port = settings.host, settings.port, settings.grpc_port
     if host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"linreg-serve: warning: listening on {host}, reachable from other machines",
                    err=True)
@@ -200,30 +178,20 @@ def serve_main(path: Path, host: str, port: int, grpc_port: int | None, workers:
             version = f" version {entry['version']}" if "version" in entry else ""
             click.echo(f"linreg-serve: warning: model {entry['name']}{version} is unavailable: "
                        f"{entry.get('reason')}", err=True)
-    if not quiet:
-        ready = repository.ready()
-        if repository.kind != "repository" and ready:
-            p = ready[0].predictor
-            what = (f"{ready[0].name!r} ({p.n_features} features -> {p.n_targets} target(s))"
-                    if len(repository.versions(ready[0].name)) == 1 else
-                    f"{ready[0].name!r} (versions {', '.join(repository.versions(ready[0].name))})")
-        else:
-            what = (f"{len(ready)} model(s) from {path}"
-                    + (f" ({', '.join(v.name for v in ready)})" if ready else ""))
-        grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
-        click.echo(f"linreg-serve: serving {what} on http://{host}:{port}{grpc_text} "
-                   f"(OpenAPI at /docs, metrics at /metrics)", err=True)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT (requests in flight finish, each within
-    # --request-timeout), then re-raises the signal under the handlers it found: make those a
-    # clean exit, status 0, that waits for no worker thread (a cancelled run may still be
-    # unwinding inside onnxruntime).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _exit_now(0))
-    uvicorn.run("serve.server:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="warning", access_log=access_log,
-                http="serve.http_limits:BoundedHttpToolsProtocol",
-                timeout_graceful_shutdown=max(1, int(request_timeout) + 1), server_header=False)
-    _exit_now(0)
+    if settings.quiet:
+        return
+    ready = repository.ready()
+    if repository.kind != "repository" and ready:
+        p = ready[0].predictor
+        what = (f"{ready[0].name!r} ({p.n_features} features -> {p.n_targets} target(s))"
+                if len(repository.versions(ready[0].name)) == 1 else
+                f"{ready[0].name!r} (versions {', '.join(repository.versions(ready[0].name))})")
+    else:
+        what = (f"{len(ready)} model(s) from {settings.path}"
+                + (f" ({', '.join(v.name for v in ready)})" if ready else ""))
+    grpc_text = f", gRPC on {host}:{grpc_port}" if grpc_port is not None else ""
+    click.echo(f"linreg-serve: serving {what} on http://{host}:{port}{grpc_text} "
+               f"(OpenAPI at /docs, metrics at /metrics)", err=True)
 
 
 def _check_port(host: str, port: int) -> None:

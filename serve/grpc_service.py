@@ -71,7 +71,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             v = self.serving.version(request.model_name, request.model_version or None)
             asked = dataplane.from_protobuf(request)
             rows = dataplane.request_rows(v.predictor, asked,
-                                          max_rows=self.serving.limits.max_rows)
+                                          max_rows=self.serving.settings.max_rows)
             outputs = self.serving.predict_now(v, rows)
             return dataplane.to_protobuf(dataplane.response(asked, outputs, request.model_name,
                                                             v.version), pb), len(rows)
@@ -138,7 +138,7 @@ def start(serving: Serving, host: str, port: int, *, threads: int = 64) -> grpc.
     server = grpc.server(ThreadPoolExecutor(max_workers=threads,
                                             thread_name_prefix="linreg-grpc"),
                          options=[("grpc.max_receive_message_length",
-                                   serving.limits.max_body_bytes),
+                                   serving.settings.max_body_bytes),
                                   ("grpc.max_send_message_length", 1 << 30)])
     server.add_generic_rpc_handlers((_handlers(InferenceService(serving)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -3,24 +3,31 @@
 uvicorn's ``h11_max_incomplete_event_size`` applies to the h11 parser only; with httptools (the
 faster parser linreg uses) a client may send a 200 MB header, or send its headers one byte a
 minute and hold a connection forever. This subclass counts the request line and header bytes
-as the parser reports them and answers ``431`` past ``LINREG_SERVE_MAX_HEADER`` bytes, and
-closes a connection whose request headers are not complete ``LINREG_SERVE_TIMEOUT`` seconds
-after it opened or after its request began (the body and the prediction have their own
-deadline in the app). Settings come from the environment, as the app's do, so that each
-``--workers`` process has them.
+as the parser reports them and answers ``431`` past ``--max-header-bytes``, and closes a
+connection whose request headers are not complete ``--request-timeout`` seconds after it
+opened or after its request began (the body and the prediction have their own deadline in the
+app). uvicorn makes the protocol itself, so the settings come from the environment
+(:meth:`serve.settings.ServerSettings.from_env`, read once per process).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-import os
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from serve.settings import ServerSettings
+
 log = logging.getLogger("linreg.serve")
+
+
+@functools.cache
+def _settings() -> ServerSettings:
+    return ServerSettings.from_env()
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -28,8 +35,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.max_header_bytes = int(os.environ.get("LINREG_SERVE_MAX_HEADER", 64 << 10))
-        self.header_timeout = float(os.environ.get("LINREG_SERVE_TIMEOUT", 30))
+        settings = _settings()
+        self.max_header_bytes = settings.max_header_bytes
+        self.header_timeout = settings.request_timeout
         self._head_bytes = 0
         self._in_head = False  # between a request's first byte and the end of its headers
         self._head_timer: asyncio.TimerHandle | None = None

@@ -12,7 +12,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
 
 from serve.batching import Batcher, Outputs, Rows
 from serve.errors import DataError, RequestError
@@ -20,17 +19,7 @@ from serve.graph import PREDICTION
 from serve.metrics import Metrics
 from serve.predictor import Cancel, Predictor
 from serve.repository import Repository, Version
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The bounds every request is held to, whatever its protocol."""
-
-    max_body_bytes: int = 32 << 20
-    max_rows: int = 100_000
-    request_timeout: float = 30.0  # seconds to read a request and predict it
-    max_batch_delay_us: int | None = None  # dynamic batching: None is off
-    max_batch_rows: int = 4096
+from serve.settings import ServerSettings
 
 
 def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
@@ -42,10 +31,11 @@ def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
 
 
 class Serving:
-    """The repository served under ``limits``, with the metrics of every protocol."""
+    """The repository served under ``settings`` (:class:`serve.settings.ServerSettings`: the
+    bounds and batching), with the metrics of every protocol."""
 
-    def __init__(self, repository: Repository, limits: Limits) -> None:
-        self.repository, self.limits = repository, limits
+    def __init__(self, repository: Repository, settings: ServerSettings) -> None:
+        self.repository, self.settings = repository, settings
         self.metrics = Metrics(known=repository.has)
         self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)),
                                        thread_name_prefix="linreg-predict")
@@ -60,7 +50,7 @@ class Serving:
     # ------------------------------------------------------------------ predicting
 
     def _batcher(self, version: Version) -> Batcher | None:
-        delay = self.limits.max_batch_delay_us
+        delay = self.settings.max_batch_delay_us
         if delay is None:
             return None
         batcher = version.extras.get("batcher")
@@ -69,7 +59,7 @@ class Serving:
                 batcher = version.extras.get("batcher")
                 if batcher is None:
                     batcher = Batcher(outputs_runner(version.predictor), max_delay=delay / 1e6,
-                                      max_rows=self.limits.max_batch_rows,
+                                      max_rows=self.settings.max_batch_rows,
                                       on_batch=functools.partial(self.metrics.batch,
                                                                  version.name),
                                       name=version.name)
@@ -84,7 +74,7 @@ class Serving:
 
     async def predict(self, version: Version, rows: Rows) -> Outputs:
         """Predict off the event loop (HTTP), within the request timeout."""
-        timeout = self.limits.request_timeout
+        timeout = self.settings.request_timeout
         batcher = self._batcher(version)
         cancel = Cancel()
         if batcher is not None:
@@ -111,9 +101,9 @@ class Serving:
             if batcher is None:
                 return outputs_runner(version.predictor)(rows)
             future: Future = batcher.submit(rows)
-            return future.result(timeout=self.limits.request_timeout)
+            return future.result(timeout=self.settings.request_timeout)
         except FutureTimeout:
-            raise _too_slow(self.limits.request_timeout) from None
+            raise _too_slow(self.settings.request_timeout) from None
         except DataError as e:
             raise RequestError(str(e), status=422) from None
 

@@ -28,14 +28,13 @@ class Http:
     """What a protocol module needs to register its routes: the :class:`Serving` core, and
     the helpers below."""
 
-    def __init__(self, serving: Serving, *, control: bool = True) -> None:
+    def __init__(self, serving: Serving) -> None:
         self.serving = serving
-        self.limits = serving.limits
-        self.control = control  # repository load/unload allowed (one worker process)
+        self.settings = serving.settings
 
     async def read_body(self, request: Request) -> bytes:
         """The body, at most ``--max-body-bytes`` (also once inflated), within the timeout."""
-        limit, timeout = self.limits.max_body_bytes, self.limits.request_timeout
+        limit, timeout = self.settings.max_body_bytes, self.settings.request_timeout
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():

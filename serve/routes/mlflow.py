@@ -21,7 +21,7 @@ def register(app: FastAPI, http: Http) -> None:
         v = http.default(request)
         rows = proto.mlflow_parse(v.predictor, await http.read_body(request),
                                   request.headers.get("content-type", ""),
-                                  max_rows=serving.limits.max_rows)
+                                  max_rows=serving.settings.max_rows)
         pred = await serving.predict(v, rows)
         request.state.rows = len(rows)
         return json_response(proto.predictions_body(pred))

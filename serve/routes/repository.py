@@ -41,7 +41,7 @@ def register(app: FastAPI, http: Http) -> None:
         """Load or unload ``model``: off the event loop (loading builds onnxruntime
         sessions); an unknown model is a 404, one that does not load a 400 (the request
         asked for it)."""
-        if not http.control:
+        if not http.settings.control:
             raise RequestError("load and unload are refused with --workers above 1: each "
                                "worker holds its own models; use --poll-seconds instead", 409)
         await options(request)

@@ -21,7 +21,7 @@ def register(app: FastAPI, http: Http) -> None:
 
     async def v1(request: Request, v: Version) -> Response:
         rows = proto.v1_parse(v.predictor, await http.read_body(request),
-                              max_rows=serving.limits.max_rows)
+                              max_rows=serving.settings.max_rows)
         pred = await serving.predict(v, rows)
         request.state.rows = len(rows)
         return json_response(proto.predictions_body(pred))
@@ -55,8 +55,8 @@ def register(app: FastAPI, http: Http) -> None:
             if p.columns is None else
             {"columns": model_metadata(p, v.name)["inputs"]},
             "output": {"name": PREDICTION, "shape": [-1, p.n_targets]},
-            "limits": {"max_body_bytes": serving.limits.max_body_bytes,
-                       "max_rows": serving.limits.max_rows},
+            "limits": {"max_body_bytes": serving.settings.max_body_bytes,
+                       "max_rows": serving.settings.max_rows},
             "metadata": p.metadata})
 
 

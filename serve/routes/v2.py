@@ -52,9 +52,9 @@ def register(app: FastAPI, http: Http) -> None:
              include_in_schema=False, name="v2_model_config")
     async def v2_model_config(model: str, version: str | None = None) -> Response:
         v = serving.version(model, version)
-        limits = serving.limits
-        return json_response(model_config(v.predictor, model, max_batch_size=limits.max_rows,
-                                          max_queue_delay_us=limits.max_batch_delay_us))
+        settings = serving.settings
+        return json_response(model_config(v.predictor, model, max_batch_size=settings.max_rows,
+                                          max_queue_delay_us=settings.max_batch_delay_us))
 
     @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
               openapi_extra=body_schema(_V2_SCHEMA), name="v2_infer")
@@ -64,7 +64,7 @@ def register(app: FastAPI, http: Http) -> None:
         v = serving.version(model, version)
         body = await http.read_body(request)
         asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
-        rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.limits.max_rows)
+        rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.settings.max_rows)
         outputs = await serving.predict(v, rows)
         request.state.rows = len(rows)
         content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,

@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 from serve.grpc_service import CODES  # noqa: E402
 from serve.proto import inference_pb2 as pb  # noqa: E402
 from serve.repository import Repository  # noqa: E402
-from serve.server import Options, create_app  # noqa: E402
-from serve.serving import Limits  # noqa: E402
+from serve.server import create_app  # noqa: E402
+from serve.settings import ServerSettings  # noqa: E402
 
 ROWS = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.5]])
 CITY = ["Paris", "Rome", "Lyon"]
@@ -173,8 +173,7 @@ def server(tmp_path_factory):
     put("multi", root / "multi" / "1")
     put("intervals", root / "tab")
     port = free_port()
-    app = create_app(Repository.open(root), limits=Limits(max_rows=1000),
-                     options=Options(grpc_port=port))
+    app = create_app(Repository.open(root), ServerSettings(max_rows=1000, grpc_port=port))
     with TestClient(app) as http, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
                                     request_serializer=pb.ModelInferRequest.SerializeToString,
