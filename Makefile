@@ -67,15 +67,15 @@ bench: setup
 clean:
 	rm -rf $(VENV) $(RUNTIME) .venv-proto build *.egg-info examples/*/node_modules
 
-# The gRPC code in serve/proto, generated from serve/proto/inference.proto (committed; run this
+# The gRPC code in serve/server/proto, generated from serve/server/proto/inference.proto (committed; run this
 # after editing the .proto). grpcio-tools 1.81.1 writes protobuf 6.33 code, which protobuf 6.33+
 # and 7 both load; the sed makes the service module import its messages relatively.
 proto:
 	$(PY) -m venv .venv-proto
 	.venv-proto/bin/pip install -q grpcio-tools==1.81.1
-	.venv-proto/bin/python -m grpc_tools.protoc -I serve/proto --python_out=serve/proto \
-	  --grpc_python_out=serve/proto serve/proto/inference.proto
-	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' serve/proto/inference_pb2_grpc.py
+	.venv-proto/bin/python -m grpc_tools.protoc -I serve/server/proto --python_out=serve/server/proto \
+	  --grpc_python_out=serve/server/proto serve/server/proto/inference.proto
+	sed -i 's/^import inference_pb2 as/from . import inference_pb2 as/' serve/server/proto/inference_pb2_grpc.py
 	# a descriptor pool of its own: tritonclient.grpc defines the same names in the default one
 	sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
-	  serve/proto/inference_pb2.py
+	  serve/server/proto/inference_pb2.py

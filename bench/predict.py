@@ -3,7 +3,7 @@
     .venv/bin/python bench/predict.py                 # 5,000,000-row CSV (about 2 GB of disk)
     .venv/bin/python bench/predict.py --rows 500000   # smaller
 
-1. Batch prediction of an N x 16 CSV to CSV (``serve.batch.predict_file``) against the floor of
+1. Batch prediction of an N x 16 CSV to CSV (``serve.batch.files.predict_file``) against the floor of
    streaming the same CSV with pyarrow and writing one column, no model (target >= 0.8x rows/s).
 2. Peak RSS of ``linreg-predict`` at N rows vs N/10 rows (target <= 1.2x).
 3. ``Predictor.predict`` on one row vs a bare ``InferenceSession.run`` (target <= 1.5x).
@@ -30,8 +30,8 @@ import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.batch import _csv_block_size, predict_file  # noqa: E402
-from serve.predictor import Predictor  # noqa: E402
+from serve.batch.files import _csv_block_size, predict_file  # noqa: E402
+from serve.runtime.predictor import Predictor  # noqa: E402
 
 BIN = Path(sys.executable).parent
 N_FEATURES = 16

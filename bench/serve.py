@@ -29,7 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.predictor import Predictor  # noqa: E402
+from serve.runtime.predictor import Predictor  # noqa: E402
 
 BIN = Path(sys.executable).parent
 MODEL = ROOT / "tests" / "fixtures" / "models" / "multi"  # 4 features -> 2 targets
@@ -75,8 +75,8 @@ async def grpc_client(port: int, deadline: float, max_requests: int, latencies: 
                       errors: list[int]) -> None:
     import grpc
 
-    from serve.proto import inference_pb2 as pb
-    from serve.proto import inference_pb2_grpc as pb_grpc
+    from serve.server.proto import inference_pb2 as pb
+    from serve.server.proto import inference_pb2_grpc as pb_grpc
 
     request = pb.ModelInferRequest(model_name="multi", raw_input_contents=[
         np.array([ROW], dtype="<f4").tobytes()])

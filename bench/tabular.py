@@ -27,8 +27,8 @@ import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.batch import predict_file  # noqa: E402
-from serve.predictor import Predictor  # noqa: E402
+from serve.batch.files import predict_file  # noqa: E402
+from serve.runtime.predictor import Predictor  # noqa: E402
 
 BIN = Path(sys.executable).parent
 

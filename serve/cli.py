@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from serve._cli import CONTEXT, OneLineErrors, ProcessCount
-from serve.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
-from serve.progress import Progress
-from serve.settings import ServerSettings, click_options
+from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount
+from serve.core.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
+from serve.core.progress import Progress
+from serve.server.settings import ServerSettings, click_options
 from serve.version import __version__
 
 
@@ -59,9 +59,9 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
     (a model folder or a .onnx file). INPUT may be a folder or a glob of CSV, Parquet or
     JSON-lines parts: -o then names an output folder, with one output file per part."""
-    from serve.batch import input_parts, predict_file, predict_folder
-    from serve.predictor import Predictor
-    from serve.tables import estimate_rows
+    from serve.batch.files import input_parts, predict_file, predict_folder
+    from serve.core.tables import estimate_rows
+    from serve.runtime.predictor import Predictor
 
     predictor = Predictor.load(model, threads=threads, allow_foreign_graph=allow_foreign_graph)
     keep_cols = [k.strip() for v in keep for k in v.split(",") if k.strip()]
@@ -82,12 +82,12 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
         total = sum(estimate_rows(p) for p in parts)
         runner = None
         if engine == "dask":
-            from serve.engines import dask_engine
+            from serve.batch.engines import dask_engine
 
             runner = dask_engine(model, scheduler=scheduler, workers=workers,
                                  allow_foreign_graph=allow_foreign_graph)
         elif engine == "spark":
-            from serve.engines import spark_engine
+            from serve.batch.engines import spark_engine
 
             runner = spark_engine(model, master=master, allow_foreign_graph=allow_foreign_graph)
         with Progress(total or None, desc="predicting", unit="rows",
@@ -122,15 +122,15 @@ def serve_main(path: Path, **options: Any) -> None:
     import os
     import signal
 
-    from serve.repository import Repository
+    from serve.server.repository import Repository
 
     settings = ServerSettings(path=str(path), **options)
     try:
         import uvicorn
 
-        from serve.server import create_app, log_to_stderr
+        from serve.server.app import create_app, log_to_stderr
         if settings.grpc_port is not None:
-            import serve.grpc_service  # noqa: F401
+            import serve.server.grpc_service  # noqa: F401
     except ImportError as e:
         extra = "grpc" if "grpc" in str(e.name) or "proto" in str(e.name) else "http"
         raise click.ClickException(f"linreg-serve{' --grpc-port' if extra == 'grpc' else ''} "
@@ -158,10 +158,10 @@ def serve_main(path: Path, **options: Any) -> None:
         log_to_stderr(settings.quiet)
         app: Any = create_app(repository, settings)
     else:  # each worker process loads its own
-        app = "serve.server:app_from_env"
+        app = "serve.server.app:app_from_env"
     uvicorn.run(app, factory=settings.workers > 1, host=settings.host, port=settings.port,
                 workers=settings.workers, log_level="warning", access_log=settings.access_log,
-                http="serve.http_limits:BoundedHttpToolsProtocol",
+                http="serve.server.http_limits:BoundedHttpToolsProtocol",
                 timeout_graceful_shutdown=max(1, int(settings.request_timeout) + 1),
                 server_header=False)
     _exit_now(0)

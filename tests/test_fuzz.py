@@ -502,7 +502,7 @@ def test_fuzz_metadata_names_into_the_predictor(tmp_path):
     many as the graph's columns) or are refused at load with one ModelError."""
     onnx = pytest.importorskip("onnx")
     from serve import Predictor
-    from serve.errors import ModelError
+    from serve.core.errors import ModelError
 
     base = onnx.load(str(MULTI / "model.onnx"))
 
@@ -554,9 +554,9 @@ def test_fuzz_repository_layouts_scan_load_and_triton_export(tmp_path):
     never touching what it did not write."""
     import shutil
 
-    from serve.errors import LinregError
-    from serve.repository import Repository
-    from serve.triton import write_repository
+    from serve.core.errors import LinregError
+    from serve.runtime.triton import write_repository
+    from serve.server.repository import Repository
 
     @FUZZ
     @given(entries=st.lists(st.tuples(ENTRY, KIND, ENTRY), min_size=1, max_size=5),
@@ -619,8 +619,8 @@ def test_fuzz_repository_layouts_scan_load_and_triton_export(tmp_path):
 
 def test_fuzz_model_names_given_to_the_server(tmp_path):
     """``--name`` (or a folder's name) that is not text is one ModelError; any other serves."""
-    from serve.errors import ModelError
-    from serve.repository import Repository
+    from serve.core.errors import ModelError
+    from serve.server.repository import Repository
 
     @FUZZ
     @given(name=NAME)

@@ -67,3 +67,32 @@ def test_serve_never_imports_trainer():
     offenders = {m: sorted(n for n in deps if n.startswith("trainer"))
                  for m, deps in graph.items() if m.startswith("serve")}
     assert not {m: d for m, d in offenders.items() if d}
+
+
+# What each part of the house may import (inside linreg), counting imports inside functions:
+# the core stands alone, the runtime on the core, the server and batch prediction on both, the
+# trainer on the core and the runtime; the console scripts (serve.cli, serve/__init__) wire.
+LAYERS = {
+    "serve.core": ("serve.core", "serve.version"),
+    "serve.runtime": ("serve.core", "serve.runtime", "serve.version"),
+    "serve.server": ("serve.core", "serve.runtime", "serve.server", "serve.version"),
+    "serve.batch": ("serve.core", "serve.runtime", "serve.batch", "serve.version"),
+    "trainer": ("trainer", "serve.core", "serve.runtime", "serve.version", "serve"),
+}
+
+
+def test_each_part_imports_only_the_parts_below_it():
+    graph = _graph()
+    wrong = {}
+    for module, deps in graph.items():
+        layer = next((k for k in LAYERS if module == k or module.startswith(k + ".")), None)
+        if layer is None:
+            continue
+        allowed = LAYERS[layer]
+        bad = sorted(d for d in deps if not any(
+            d == a or (a != "serve" and d.startswith(a + ".")) for a in allowed))
+        if bad:
+            wrong[module] = bad
+    assert not wrong
+    assert set(graph) >= {"serve.core.errors", "serve.runtime.predictor", "serve.server.dataplane",
+                          "serve.batch.files"}

@@ -349,7 +349,7 @@ def test_export_refuses_a_model_with_nan_weights(tmp_path, data):
 SWALLOWED = '''
 import signal, sys, time, weakref
 import click
-from serve._cli import OneLineErrors, _raise_terminated
+from serve.core.commands import OneLineErrors, _raise_terminated
 
 @click.command("cmd", cls=OneLineErrors)
 @click.argument("which")

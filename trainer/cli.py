@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from serve._cli import CONTEXT, FiniteFloat, OneLineErrors, ProcessCount, stopped
-from serve.progress import Progress
+from serve.core.commands import CONTEXT, FiniteFloat, OneLineErrors, ProcessCount, stopped
+from serve.core.progress import Progress
 from serve.version import __version__
 from trainer.config import (
     CHOICES,
@@ -226,7 +226,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
 def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
                      quiet: bool) -> None:
     """The fit of a table that fits in memory, with its progress bars."""
-    from serve.tables import estimate_rows
+    from serve.core.tables import estimate_rows
     from trainer.train import train
 
     config = settings["config"]
@@ -270,7 +270,7 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
              max_memory: int | None) -> bool:
     """Whether DATA is trained streamed: under torchrun, a folder or glob, --batch-rows or
     --val-data asked for, or a Parquet/CSV file over the memory budget."""
-    from serve.formats import is_many
+    from serve.core.formats import is_many
     from trainer.distributed import under_torchrun
     from trainer.train import MEMORY_OVERHEAD
 
@@ -317,7 +317,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
                 force=force, log=log, progress=bar.to, group=group)
     except Exception as e:
         if group.distributed:  # name the rank: the launcher shows this line
-            from serve.errors import LinregError, first_line
+            from serve.core.errors import LinregError, first_line
             from trainer.distributed import PEER_LOST
 
             if _collective_error(e) or isinstance(e, TrainingError) and LOST_RANK in str(e):
@@ -385,8 +385,8 @@ def _given_args(ctx: click.Context, *, leave_out: str) -> list[str]:
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 def summary_main(model_dir: Path) -> None:
     """Print the statistics of a trained model (MODEL_DIR made by linreg-train) as a table."""
-    from serve.errors import ModelError
-    from serve.manifest import read_manifest
+    from serve.core.errors import ModelError
+    from serve.core.manifest import read_manifest
     from trainer.stats import summary_text
 
     manifest = read_manifest(model_dir)
@@ -474,8 +474,8 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
                force: bool, quiet: bool) -> None:
     """Write the tutorial's synthetic data set (x ~ N(0, 5²), y = 23.4·x + N(3, 10²), generalised)
     to OUT (.csv, .parquet, .npy or .npz), and the true coefficients to OUT.truth.json."""
-    from serve.atomic import resolve_output
-    from serve.errors import OutputExistsError
+    from serve.core.atomic import resolve_output
+    from serve.core.errors import OutputExistsError
     from trainer.synth import make_dataset, write_dataset
 
     final, st = resolve_output(out)
@@ -527,7 +527,7 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
     manifest = export(model_dir, formats=formats, opset=opset, force=force,
                       intervals=intervals) if formats else None
     if triton:
-        from serve.triton import write_repository
+        from serve.runtime.triton import write_repository
 
         folder, version = write_repository(
             model_dir, repository, version=model_version, force=force,

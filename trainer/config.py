@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from serve._cli import FiniteFloat
-from serve.errors import LinregError
+from serve.core.commands import FiniteFloat
+from serve.core.errors import LinregError
 
 LOST_RANK = "stopped: another rank left the run"  # a survivor's error, not the root cause
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.columns import ColumnSpec, is_plain
-from serve.errors import CellError, DataError
-from serve.tables import to_matrix
+from serve.core.columns import ColumnSpec, is_plain
+from serve.core.errors import CellError, DataError
+from serve.core.tables import to_matrix
 from trainer.encode import (
     EncodeConfig,
     RawColumns,

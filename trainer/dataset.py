@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from serve.errors import DataError
-from serve.formats import files_of, is_many
-from serve.tables import to_matrix
+from serve.core.errors import DataError
+from serve.core.formats import files_of, is_many
+from serve.core.tables import to_matrix
 
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -77,7 +77,7 @@ class Dataset:
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
         """``path``: a Parquet or CSV file, a folder (its .parquet/.pq/.csv files) or a glob
-        pattern, listed by :func:`serve.formats.files_of` as linreg-predict lists parts."""
+        pattern, listed by :func:`serve.core.formats.files_of` as linreg-predict lists parts."""
         text = str(path)
         if is_many(text):
             files = files_of(text)
@@ -131,7 +131,7 @@ class Dataset:
         """Rows in the dataset: exact for Parquet (its metadata), estimated for CSV."""
         if self.format == "parquet":
             return sum(p.rows or 0 for p in self.parts())
-        from serve.tables import estimate_rows
+        from serve.core.tables import estimate_rows
 
         return sum(estimate_rows(f) for f in self.files)
 
@@ -177,7 +177,7 @@ class Dataset:
         for part in parts:
             path = self.files[part.file]
             if part.row_group is None:
-                from serve.tables import csv_batches
+                from serve.core.tables import csv_batches
 
                 batches = csv_batches(path, numbers, text=features, name=str(path))
             else:
@@ -204,7 +204,7 @@ class Dataset:
 
     def _csv_chunks(self, part: Part, path: Path, columns: list[str],
                     batch_rows: int) -> Iterator[Chunk]:
-        from serve.tables import csv_batches
+        from serve.core.tables import csv_batches
 
         pending: list[np.ndarray] = []
         held, first = 0, 0
@@ -226,7 +226,7 @@ class Dataset:
 def _columns(path: Path, fmt: str) -> list[str]:
     if fmt == "parquet":
         return list(_parquet_metadata(path).schema.names)
-    from serve.tables import csv_header
+    from serve.core.tables import csv_header
 
     try:
         with open(path, "rb") as f:

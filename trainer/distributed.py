@@ -159,7 +159,7 @@ def launch(nproc: int, argv: list[str], entry: Callable[[list[str]], None]) -> N
         except SignalException as e:  # Ctrl-C or SIGTERM: the launcher stopped the ranks
             import signal
 
-            from serve._cli import Terminated
+            from serve.core.commands import Terminated
 
             raise (KeyboardInterrupt() if e.sigval == signal.SIGINT else
                    Terminated(int(e.sigval))) from None
@@ -176,7 +176,7 @@ def _threads_per_rank(nproc: int) -> Iterator[None]:
     """The ranks share this machine's cores: each one's math libraries (torch's OpenMP,
     numpy's BLAS, set before they load in the spawned process) get ``cores // nproc`` threads,
     as torchrun does, unless the user set them."""
-    from serve.formats import usable_cores
+    from serve.core.formats import usable_cores
 
     threads = str(max(1, usable_cores() // nproc))
     unset = [name for name in THREAD_VARIABLES if name not in os.environ]

@@ -13,7 +13,7 @@
    model has a bias; without a bias the first categorical column gets every level, as patsy
    does, so the matrix keeps full rank).
 
-The learned :class:`serve.columns.ColumnSpec` list goes into the manifest and, by the
+The learned :class:`serve.core.columns.ColumnSpec` list goes into the manifest and, by the
 exporter, into ``model.onnx``, which repeats step 3 on raw values.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.columns import MISSING, ColumnSpec, level_text
-from serve.errors import DataError
-from serve.numbers import BadCell, parse_numbers, shown
+from serve.core.columns import MISSING, ColumnSpec, level_text
+from serve.core.errors import DataError
+from serve.core.numbers import BadCell, parse_numbers, shown
 from trainer.config import CHOICES, TrainingError, check_impute, check_setting
 
 # A raw column: float64 with NaN for blanks (numeric) or level texts, MISSING for blanks.

@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve.columns import ColumnSpec, read_specs
-from serve.errors import LinregError, ModelError, first_line
-from serve.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
-from serve.tables import to_matrix
+from serve.core.columns import ColumnSpec, read_specs
+from serve.core.errors import LinregError, ModelError, first_line
+from serve.core.manifest import read_manifest, record_artifact, sha256_file, verify_artifact, write_manifest
+from serve.core.tables import to_matrix
 from trainer.config import SETTINGS
 from trainer.encode import design_matrix, raw_columns
 from trainer.files import read_table

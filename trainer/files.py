@@ -1,8 +1,8 @@
 """Whole training files read into tables: the columns of a file, and all of its rows.
 
-Training-only (prediction streams files in chunks through :mod:`serve.tables` and
-:mod:`serve.batch`): CSV goes through the same streaming reader and number rule as prediction,
-Parquet keeps its stored types for :func:`serve.tables.to_matrix`, ``.npy`` is a matrix with
+Training-only (prediction streams files in chunks through :mod:`serve.core.tables` and
+:mod:`serve.batch.files`): CSV goes through the same streaming reader and number rule as prediction,
+Parquet keeps its stored types for :func:`serve.core.tables.to_matrix`, ``.npy`` is a matrix with
 columns ``c0, c1, ...`` and ``.npz`` holds ``X`` and ``y`` (with optional names) or one array.
 """
 
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serve.errors import DataError, first_line
-from serve.formats import file_format
-from serve.tables import check_readable, check_unique, csv_batches, csv_header, load_npy, npy_header
+from serve.core.errors import DataError, first_line
+from serve.core.formats import file_format
+from serve.core.tables import check_readable, check_unique, csv_batches, csv_header, load_npy, npy_header
 
 
 def column_names(path: str | Path) -> list[str]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from serve.errors import first_line
+from serve.core.errors import first_line
 from trainer.config import TrainConfig, TrainingError
 from trainer.model import build_model
 
@@ -216,7 +216,7 @@ class Checkpoint:
     saved_epoch: int | None = None
 
     def save(self, state: dict) -> None:
-        from serve.atomic import atomic_file
+        from serve.core.atomic import atomic_file
 
         with atomic_file(self.path) as tmp:
             torch.save(state, tmp)

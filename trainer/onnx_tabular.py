@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from serve.columns import ColumnSpec
-from serve.graph import INTERVAL_OUTPUTS, PREDICTION
+from serve.core.columns import ColumnSpec
+from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION
 
 OUTPUT = PREDICTION
 FEATURES = "features"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.errors import LinregError
+from serve.core.errors import LinregError
 
 MAX_CURVES = 10  # weight curves on theta.png; more is unreadable
 MAX_PANELS = 4  # targets shown on the per-target plots

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve.errors import DataError
+from serve.core.errors import DataError
 from trainer.config import TrainConfig, TrainingError
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
@@ -281,7 +281,7 @@ def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
     cell that is text or blank ends it early: every rank then raises :class:`NeedsEncoding`
     (as in memory, such a column is categorical, or needs --impute: the encoding says
     which)."""
-    from serve.errors import CellError
+    from serve.core.errors import CellError
 
     p, t = len(rows.features), len(rows.targets)
     width = p + 1 + t

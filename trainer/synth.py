@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.atomic import output_file
-from serve.errors import DataError, OutputError
-from serve.formats import file_format
-from serve.tables import csv_write_options
+from serve.core.atomic import output_file
+from serve.core.errors import DataError, OutputError
+from serve.core.formats import file_format
+from serve.core.tables import csv_write_options
 
 
 @dataclass

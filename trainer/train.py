@@ -25,10 +25,16 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import torch
 
-from serve.atomic import atomic_dir, resolve_output
-from serve.columns import specs_json
-from serve.errors import DataError, OutputError, OutputExistsError, first_line
-from serve.manifest import SCHEMA_VERSION, check_replaceable, record_artifact, sha256_file, write_manifest
+from serve.core.atomic import atomic_dir, resolve_output
+from serve.core.columns import specs_json
+from serve.core.errors import DataError, OutputError, OutputExistsError, first_line
+from serve.core.manifest import (
+    SCHEMA_VERSION,
+    check_replaceable,
+    record_artifact,
+    sha256_file,
+    write_manifest,
+)
 from serve.version import __version__
 from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.data import TrainingData, encode, load_training_data, pick_columns, split_rows
@@ -136,7 +142,7 @@ def _checkpoint_scope(checkpoint: Checkpoint | None, *, resumed: bool) -> Iterat
     def remove() -> None:  # linreg's own files only, then the folder if nothing else is left
         if checkpoint is None:
             return
-        from serve.ownership import own_temporary
+        from serve.core.ownership import own_temporary
 
         folder = checkpoint.path.parent
         for entry in list(folder.iterdir()) if folder.is_dir() else []:
@@ -175,8 +181,8 @@ def _is_own_run(path: Path) -> bool:
 
 
 def _new_checkpoint(out: Path, force: bool, every: int, run: dict[str, Any]) -> Checkpoint:
-    from serve.atomic import atomic_file
-    from serve.ownership import check_owned
+    from serve.core.atomic import atomic_file
+    from serve.core.ownership import check_owned
 
     folder = checkpoint_dir(out)
     if folder.exists() or folder.is_symlink():
@@ -534,7 +540,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     (``group``, :func:`trainer.distributed.join`). Only rank 0 writes the artifact folder, when
     every rank is done; other ranks return ``(out, None)``. ``checkpoint_every`` and ``resume``
     are as :func:`train`'s (rank 0 writes the checkpoint; every rank resumes from it)."""
-    from serve.columns import is_plain
+    from serve.core.columns import is_plain
     from trainer.dataset import Dataset
     from trainer.distributed import Group
     from trainer.stream import sgd

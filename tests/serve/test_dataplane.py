@@ -24,11 +24,11 @@ grpc = pytest.importorskip("grpc")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from serve.grpc_service import CODES  # noqa: E402
-from serve.proto import inference_pb2 as pb  # noqa: E402
-from serve.repository import Repository  # noqa: E402
-from serve.server import create_app  # noqa: E402
-from serve.settings import ServerSettings  # noqa: E402
+from serve.server.app import create_app  # noqa: E402
+from serve.server.grpc_service import CODES  # noqa: E402
+from serve.server.proto import inference_pb2 as pb  # noqa: E402
+from serve.server.repository import Repository  # noqa: E402
+from serve.server.settings import ServerSettings  # noqa: E402
 
 ROWS = np.array([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 0.0, 2.5]])
 CITY = ["Paris", "Rome", "Lyon"]

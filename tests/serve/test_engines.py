@@ -2,8 +2,8 @@
 predictions as the local engine, row for row (joined on ``id``), for a numeric and a tabular
 model; every worker process opens the model once; a bad row on a worker is one line naming the
 part and the row, and leaves no output folder. ``linreg-predict`` runs as a subprocess; the
-library entry points (``serve.dask.predict``, ``serve.spark.predict``, ``serve.spark.register``)
-run here, on one Spark session for the whole test session."""
+library entry points (``serve.batch.dask.predict``, ``serve.batch.spark.predict``,
+``serve.batch.spark.register``) run here, on one Spark session for the whole test session."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def test_engine_flags_go_with_a_folder(tmp_path):
 
 def test_serve_dask_predict(tmp_path):
     dd = pytest.importorskip("dask.dataframe")
-    from serve import dask as linreg_dask
+    from serve.batch import dask as linreg_dask
 
     table = _tabular_parts(tmp_path / "in")
     ddf = dd.read_parquet(tmp_path / "in")
@@ -162,7 +162,7 @@ def test_serve_dask_predict(tmp_path):
 @pytest.fixture(scope="module")
 def spark():
     _needs("spark")
-    from serve.engines import spark_session
+    from serve.batch.engines import spark_session
 
     session = spark_session("local[2]", "linreg-tests")
     yield session
@@ -170,7 +170,7 @@ def spark():
 
 
 def test_serve_spark_predict_and_sql_function(spark, tmp_path):
-    from serve import spark as linreg_spark
+    from serve.batch import spark as linreg_spark
 
     table = _numeric_parts(tmp_path / "in", parts=2)
     df = spark.read.parquet(str(tmp_path / "in"))

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from serve import Predictor
-from serve.batch import _check_predictions, predict_folder
-from serve.errors import ModelError, OutputError
-from serve.formats import files_of
-from serve.jsontext import JSONTextError, loads
-from serve.metrics import Metrics
-from serve.repository import Repository
-from serve.workers import ModelPayload, predict_part
+from serve.batch.files import _check_predictions, predict_folder
+from serve.batch.workers import ModelPayload, predict_part
+from serve.core.errors import ModelError, OutputError
+from serve.core.formats import files_of
+from serve.core.jsontext import JSONTextError, loads
+from serve.server.metrics import Metrics
+from serve.server.repository import Repository
 from tests.conftest import run_script, write_csv
 from tests.serve.conftest import MODELS, expected
 
@@ -59,7 +59,7 @@ def test_a_unicode_digit_folder_is_no_version_and_polling_goes_on(tmp_path):
 
 
 def test_a_triton_export_into_a_repository_holding_a_unicode_digit_folder(tmp_path):
-    from serve.triton import write_repository
+    from serve.runtime.triton import write_repository
 
     root = tmp_path / "repo"
     (root / "multi" / "²").mkdir(parents=True)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from serve import Predictor
-from serve.graph import INTERVAL_OUTPUTS
+from serve.core.graph import INTERVAL_OUTPUTS
 from tests.conftest import BIN
 from tests.serve.conftest import MODELS
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from serve import dataplane
-from serve import protocols as proto
-from serve.errors import DataError
-from serve.predictor import Predictor
+from serve.core.errors import DataError
+from serve.runtime.predictor import Predictor
+from serve.server import dataplane
+from serve.server import protocols as proto
 from tests.serve.bad_requests import BAD, CLIENT_MISTAKES, WIRE_ONLY
 from tests.serve.conftest import MODELS
 

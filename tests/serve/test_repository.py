@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serve.batching import Batcher
-from serve.columns import Frame
-from serve.errors import ModelError, NotReady, UnknownModel
-from serve.repository import Repository
+from serve.core.columns import Frame
+from serve.core.errors import ModelError, NotReady, UnknownModel
+from serve.server.batching import Batcher
+from serve.server.repository import Repository
 from tests.serve.conftest import MODELS, expected
 
 X3 = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]])

@@ -3,7 +3,7 @@ with versions, tritonclient (HTTP and gRPC, with their defaults), Triton's repos
 configuration extensions, polling while clients send requests, and dynamic batching.
 
 The server runs as a subprocess (the installed console script). This process imports
-``tritonclient.grpc`` only, never ``serve.grpc_service``: both define the protocol's protobuf
+``tritonclient.grpc`` only, never ``serve.server.grpc_service``: both define the protocol's protobuf
 messages, and protobuf allows one definition of a name per process."""
 
 from __future__ import annotations
@@ -337,18 +337,18 @@ def test_grpc_port_errors_are_one_line(repo):
 
 
 def test_generated_grpc_code_matches_the_proto(tmp_path):
-    """serve/proto's committed code is what `make proto` makes from inference.proto: their
+    """serve/server/proto's committed code is what `make proto` makes from inference.proto: their
     descriptors are equal (compared in a subprocess: see the module docstring)."""
     from grpc_tools import protoc
 
-    proto_dir = Path(__file__).resolve().parents[2] / "serve" / "proto"
+    proto_dir = Path(__file__).resolve().parents[2] / "serve" / "server" / "proto"
     out = tmp_path / "inference.desc"
     assert protoc.main(["protoc", f"-I{proto_dir}", f"--descriptor_set_out={out}",
                         str(proto_dir / "inference.proto")]) == 0
     committed = subprocess.run(
-        [sys.executable, "-c", "import sys; from serve.proto import inference_pb2 as m; "
+        [sys.executable, "-c", "import sys; from serve.server.proto import inference_pb2 as m; "
          "sys.stdout.buffer.write(m.DESCRIPTOR.serialized_pb)"],
-        capture_output=True, check=True, cwd=proto_dir.parents[1]).stdout
+        capture_output=True, check=True, cwd=proto_dir.parents[2]).stdout
     from google.protobuf import descriptor_pb2
 
     compiled = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file[0]

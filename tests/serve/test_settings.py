@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from serve.cli import serve_main
-from serve.settings import ServerSettings
+from serve.server.settings import ServerSettings
 
 
 def test_settings_survive_the_trip_to_a_worker_process():

@@ -1,4 +1,4 @@
-"""serve.tables: the runtime's file reading, with errors that name file, row and column."""
+"""serve.core.tables: the runtime's file reading, with errors that name file, row and column."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from serve.errors import DataError
-from serve.formats import file_format
-from serve.tables import to_matrix
+from serve.core.errors import DataError
+from serve.core.formats import file_format
+from serve.core.tables import to_matrix
 
 
 def test_to_matrix_orders_columns_by_name_and_converts():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from serve import Predictor
-from serve.graph import check_graph
+from serve.core.graph import check_graph
 from tests.conftest import BIN
 from tests.serve.conftest import MODELS
 
@@ -156,7 +156,7 @@ def test_the_graph_passes_the_runtime_check():
      "row 2, column 'city': [\"Rome\"] is not a level (send text or a number)"),
 ])
 def test_a_bad_cell_is_named(bad, message):
-    from serve.predictor import PredictionInputError
+    from serve.runtime.predictor import PredictionInputError
 
     with pytest.raises(PredictionInputError) as e:
         Predictor.load(TAB).predict([NEW[0], bad])

@@ -9,7 +9,7 @@ import pyarrow.csv as pacsv
 import pytest
 import torch
 
-from serve.manifest import sha256_file
+from serve.core.manifest import sha256_file
 from tests.conftest import run_script
 from trainer.fit import TrainConfig
 from trainer.synth import make_dataset, write_dataset

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from serve.errors import DataError
+from serve.core.errors import DataError
 from trainer.data import load_training_data, split_rows
 from trainer.files import read_table
 

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from serve import Predictor
-from serve.manifest import sha256_file
+from serve.core.manifest import sha256_file
 from trainer.cli import export_main
 from trainer.export import export
 from trainer.fit import TrainConfig

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.triton import is_own_config
+from serve.runtime.triton import is_own_config
 from tests.conftest import BIN, run_script, write_csv
 from tests.trainer.commands import export, train
 from tests.trainer.test_export import _trained

@@ -57,7 +57,7 @@ def test_no_rows_and_zero_weights_have_empty_moments():
 # ------------------------------------------------------------------ encoding a chunk in Arrow
 
 def _specs(**unknown):
-    from serve.columns import ColumnSpec
+    from serve.core.columns import ColumnSpec
 
     return [ColumnSpec("x", "numeric", fill=0.5, indicator=True),
             ColumnSpec("city", "categorical", levels=("", "Lyon", "Paris"), reference="Lyon",
@@ -90,7 +90,7 @@ def test_table_design_equals_the_in_memory_design_matrix(kind):
 def test_table_design_names_an_unseen_level_as_in_memory():
     import pyarrow as pa
 
-    from serve.errors import DataError
+    from serve.core.errors import DataError
     from trainer.encode import table_design
 
     table = pa.table({"x": [1.0, 2.0], "city": ["Paris", "Nice"], "n": [1, 2]})

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from serve import Predictor
-from serve.predictor import PredictionInputError
+from serve.runtime.predictor import PredictionInputError
 from tests.serve.conftest import MODELS
 
 pytest.importorskip("torch")

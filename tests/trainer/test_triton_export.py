@@ -9,8 +9,8 @@ import pytest
 from google.protobuf import text_format
 
 from serve import Predictor
-from serve.manifest import sha256_file
-from serve.repository import Repository
+from serve.core.manifest import sha256_file
+from serve.server.repository import Repository
 from tests.serve.conftest import MODELS
 from tests.trainer.commands import export
 from tests.trainer.test_export import _trained

@@ -1,0 +1,568 @@
+"""``Predictor``: load an exported model and predict, with onnxruntime and numpy only.
+
+    from serve import Predictor
+    p = Predictor.load("models/example")          # a folder, a .onnx or a .torchscript.pt
+    p.predict([[1.0, 2.0, 3.0]])                   # -> float32 array (1, n_targets)
+    p.predict({"x0": [1, 2], "x1": [0, 0], "x2": [5, 5]})
+
+Inputs are converted to the model's own dtype (float32 unless trained with --dtype float64) on
+purpose, at this edge: onnxruntime refuses any other input dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serve.core.columns import (
+    ColumnSpec,
+    Frame,
+    FrameError,
+    check_frame,
+    frame_from_arrow,
+    frame_from_values,
+    is_na,
+    specs_from_json,
+)
+from serve.core.errors import DataError, ModelError, first_line
+from serve.core.formats import MAX_THREADS
+from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION, check_graph
+from serve.core.manifest import MANIFEST, names_problem, read_manifest, verify_artifact
+from serve.core.numbers import cell_number, first_non_finite, non_finite_message, shown
+
+SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
+MAX_MODEL_BYTES = 1 << 30  # a linear model is tiny; refuse to read a huge "model" into memory
+
+
+class PredictionInputError(DataError, ValueError):
+    """The rows given to ``predict`` do not fit the model: wrong width, names, values."""
+
+
+class Predictor:
+    """A loaded model: ``feature_names``, ``target_names``, ``metadata`` and ``predict(X)``."""
+
+    def __init__(self, backend: _Backend, *, feature_names: list[str], target_names: list[str],
+                 metadata: dict[str, Any], dtype: np.dtype, source: str,
+                 columns: list[ColumnSpec] | None = None) -> None:
+        self._backend = backend
+        self.columns = columns  # raw-column specs of a tabular model; None: one features matrix
+        self.intervals = _interval_facts(backend, metadata)  # linreg-export --intervals, or None
+        self.feature_names = list(feature_names)
+        self.target_names = list(target_names)
+        self.metadata = metadata
+        self.dtype = np.dtype(dtype)
+        self.source = source
+        self.n_features = len(self.feature_names)
+        self.n_targets = len(self.target_names)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, threads: int | None = None,
+             allow_foreign_graph: bool = False) -> Predictor:
+        """Load a model folder (its ``model.onnx``), a ``.onnx`` file or a ``.torchscript.pt``.
+
+        ``threads=None`` keeps two onnxruntime sessions: one thread, sequential, for small
+        batches (lowest one-row latency) and one per physical core for large batches; an int
+        (0 to ``MAX_THREADS``; 0 is one per core) pins a single session to that many threads.
+
+        The file is read once: every session is built from those bytes, so changes on disk
+        never change a loaded model. Its sha256 is checked against the folder's manifest, and
+        the graph is checked (:mod:`serve.core.graph`) unless ``allow_foreign_graph``.
+        """
+        if threads is not None and not 0 <= threads <= MAX_THREADS:
+            raise ModelError(f"--threads {threads}: use 0 (one per core) to {MAX_THREADS}")
+        path = Path(path)
+        if path.is_dir():
+            onnx_path = path / "model.onnx"
+            if not onnx_path.is_file():
+                raise ModelError(f"{path}: no model.onnx; export it first (linreg-export {path})")
+            return cls._load_onnx(onnx_path, threads, allow_foreign_graph)
+        if not path.exists():
+            raise ModelError(f"{path}: no such model file or folder")
+        if path.name.endswith(".torchscript.pt"):
+            return cls._load_torchscript(path)
+        if path.suffix == ".onnx":
+            return cls._load_onnx(path, threads, allow_foreign_graph)
+        raise ModelError(f"{path}: expected a model folder, a .onnx or a .torchscript.pt file")
+
+    @classmethod
+    def _load_onnx(cls, path: Path, threads: int | None, allow_foreign: bool) -> Predictor:
+        return cls.from_onnx_bytes(_read_model_bytes(path), path, threads=threads,
+                                   allow_foreign_graph=allow_foreign)
+
+    @classmethod
+    def from_onnx_bytes(cls, data: bytes, path: str | os.PathLike, *, threads: int | None = None,
+                        allow_foreign_graph: bool = False) -> Predictor:
+        """A Predictor from a model.onnx's bytes (a cluster worker gets the model this way);
+        ``path`` names it in messages. The graph is checked as :meth:`load` does."""
+        path = Path(path)
+        allow_foreign = allow_foreign_graph
+        check_graph(data, str(path), allow_foreign=allow_foreign)
+        backend = _OnnxBackend(data, path, threads)
+        meta = backend.metadata
+        n_in, n_out = backend.width_in, backend.width_out
+        targets = _meta_names(meta, "target_names", "t", n_out, path)
+        if backend.columns is not None:
+            features = [c.name for c in backend.columns]
+            _check_names(features, "feature_names", path)
+            return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                       dtype=backend.dtype, source=str(path), columns=backend.columns)
+        features = _meta_names(meta, "feature_names", "f", n_in, path)
+        if len(features) != n_in or len(targets) != n_out:
+            raise ModelError(f"{path}: metadata names {len(features)} features and "
+                             f"{len(targets)} targets but the graph has {n_in} and {n_out}")
+        return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                   dtype=backend.dtype, source=str(path))
+
+    @classmethod
+    def _load_torchscript(cls, path: Path) -> Predictor:
+        data = _read_model_bytes(path)
+        backend = _TorchScriptBackend(data, path)
+        meta: dict[str, Any] = {}
+        if (path.parent / MANIFEST).is_file():
+            manifest = read_manifest(path.parent)
+            features, targets = manifest["features"], manifest["targets"]
+            if backend.width_in != len(features) or backend.width_out != len(targets):
+                raise ModelError(f"{path}: model.json names {len(features)} features and "
+                                 f"{len(targets)} targets but the model has {backend.width_in} "
+                                 f"and {backend.width_out}")
+            meta = {"manifest": manifest}
+        else:
+            features = [f"f{i}" for i in range(backend.width_in)]
+            targets = [f"t{i}" for i in range(backend.width_out)]
+        return cls(backend, feature_names=features, target_names=targets, metadata=meta,
+                   dtype=backend.dtype, source=str(path))
+
+    def predict(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
+                source: str | None = None) -> np.ndarray:
+        """Predictions ``(n_rows, n_targets)`` in the model's dtype for rows ``X``.
+
+        ``X``: a 2-D array, a 1-D array (one row), a list of rows, a dict of columns by feature
+        name, a list of dicts (records), or a pandas DataFrame (columns picked by name).
+        ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
+        ``row_offset`` and ``source`` place error messages in a file read in chunks.
+        """
+        return self._run(X, cancel, row_offset, source)[0]
+
+    def predict_intervals(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
+                          source: str | None = None) -> dict[str, np.ndarray]:
+        """``prediction`` and its intervals, ``(n_rows, n_targets)`` each: ``prediction_lower``
+        and ``prediction_upper`` for a new observation, ``mean_lower`` and ``mean_upper`` for
+        the mean, at the level fixed at export (:attr:`intervals`)."""
+        if self.intervals is None:
+            raise ModelError(f"{self.source}: this model has no intervals; export it with "
+                             "linreg-export --intervals 0.95")
+        names = [PREDICTION, *INTERVAL_OUTPUTS]
+        return dict(zip(names, self._run(X, cancel, row_offset, source, names)))
+
+    def _run(self, X: Any, cancel: Cancel | None, row_offset: int, source: str | None,
+             names: list[str] | None = None) -> list[np.ndarray]:
+        if self.columns is not None:
+            rows: np.ndarray | Frame = X if isinstance(X, Frame) else self.as_frame(X)
+            feeds = rows.arrays
+        elif type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
+                and X.shape[1] == self.n_features and X.flags.c_contiguous:
+            rows = feeds = X  # fast path: already the model's own layout
+        else:
+            rows = feeds = self.as_matrix(X)
+        out = self._backend.run(feeds, cancel, names) if names else \
+            [self._backend.run(feeds, cancel)]
+        pred = out[0]
+        if pred.shape != (len(rows), self.n_targets):  # (its dtype was checked at load)
+            raise ModelError(f"{self.source}: the model returned {pred.dtype} {pred.shape} for "
+                             f"{len(rows)} row(s); expected ({len(rows)}, {self.n_targets}) "
+                             f"{self.dtype}")
+        # One finiteness pass, on the (narrower) output: a NaN or inf input always shows there
+        # in a linear model (a tabular graph gives NaN for a blank it cannot fill or an unseen
+        # level), and is then named by its input cell; else the output overflowed.
+        if not _all_finite(pred):
+            self.check_finite(rows, row_offset=row_offset, source=source)
+            r, c, what = first_non_finite(pred)
+            where = f"{source}: " if source else ""
+            raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
+                                       f"{self.target_names[c]!r} overflows {self.dtype} "
+                                       f"({what}); the inputs are too large for this model")
+        return out
+
+    def column_kinds(self) -> tuple[list[str], list[str]]:
+        """``(number columns, text columns)`` a reader should give this model: every feature
+        as numbers, or a tabular model's categorical columns as text (numbers may be blank)."""
+        if self.columns is None:
+            return self.feature_names, []
+        return ([c.name for c in self.columns if c.kind == "numeric"],
+                [c.name for c in self.columns if c.kind == "categorical"])
+
+    def as_inputs(self, X: Any) -> np.ndarray | Frame:
+        """What the model runs on: a matrix (:meth:`as_matrix`) or, for a tabular model, a
+        :class:`serve.core.columns.Frame` of raw columns (:meth:`as_frame`)."""
+        return self.as_frame(X) if self.columns is not None else self.as_matrix(X)
+
+    def as_frame(self, X: Any, *, row_offset: int = 0, source: str | None = None) -> Frame:
+        """Raw values (records, a dict of columns, a DataFrame, rows in column order, an Arrow
+        table) as the tabular model's inputs: strings, ``None`` and NaN welcome."""
+        assert self.columns is not None
+        if hasattr(X, "schema") and hasattr(X, "column"):  # an Arrow table or batch
+            self._check_columns(list(X.schema.names))
+            return frame_from_arrow(X, self.columns, self.dtype, row_offset=row_offset,
+                                    source=source)
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
+            self._check_columns(list(map(str, X.columns)))
+            columns = {n: X[n].tolist() for n in self.feature_names}
+        elif isinstance(X, Mapping):
+            self._check_columns(list(X))
+            columns = {n: _column_list(X[n]) for n in self.feature_names}
+        else:
+            if isinstance(X, np.ndarray):
+                X = X.tolist()
+            if not isinstance(X, (list, tuple)) or not X:
+                raise PredictionInputError("expected rows: records (objects by column name), "
+                                           "lists in column order, or a dict of columns")
+            if isinstance(X[0], Mapping):
+                X = self._records(X)
+            elif not isinstance(X[0], (list, tuple)):
+                X = [X]  # one row
+            for r, row in enumerate(X, start=1):
+                if not isinstance(row, (list, tuple)) or len(row) != self.n_features:
+                    raise PredictionInputError(f"row {r}: expected {self.n_features} values "
+                                               f"({', '.join(self.feature_names)})")
+            columns = {n: [row[j] for row in X] for j, n in enumerate(self.feature_names)}
+        try:
+            return frame_from_values(columns, self.columns, self.dtype, row_offset=row_offset,
+                                     source=source)
+        except FrameError as e:
+            raise PredictionInputError(str(e)) from None
+
+    def as_matrix(self, X: Any) -> np.ndarray:
+        """``X`` as a C-ordered ``(n_rows, n_features)`` array of the model's dtype."""
+        if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
+            self._check_columns(list(map(str, X.columns)))
+            X = X[self.feature_names].to_numpy()
+        elif isinstance(X, Mapping):
+            self._check_columns(list(X))
+            X = _columns_to_rows([X[name] for name in self.feature_names])
+        elif isinstance(X, (list, tuple)) and X and isinstance(X[0], Mapping):
+            X = self._records(X)
+        arr = self._to_array(X)
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2:
+            raise PredictionInputError(f"expected rows of {self.n_features} features, got an "
+                                       f"array of shape {arr.shape}")
+        if arr.shape[1] != self.n_features:
+            raise PredictionInputError(f"expected {self.n_features} features per row "
+                                       f"({', '.join(self.feature_names)}), got {arr.shape[1]}")
+        with np.errstate(over="ignore"):  # overflow shows up as inf, named by check_finite
+            return np.ascontiguousarray(arr, dtype=self.dtype)
+
+    def _to_array(self, X: Any) -> np.ndarray:
+        try:
+            arr = np.asarray(X)
+        except ValueError:  # ragged lists
+            raise PredictionInputError(f"rows have different lengths; each row needs "
+                                       f"{self.n_features} features") from None
+        if arr.dtype.kind in "fiub":
+            return arr
+        if arr.dtype.kind == "c":
+            raise PredictionInputError("complex numbers are not accepted")
+        flat = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+        out = np.empty(flat.shape, dtype=np.float64)
+        for (r, c), v in np.ndenumerate(flat):
+            try:
+                out[r, c] = cell_number(v)
+            except ValueError:
+                what = "missing value" if v is None or is_na(v) else \
+                    f"{shown(v)} is not a number"
+                raise PredictionInputError(f"row {r + 1}, column {self._name(c)!r}: {what}") \
+                    from None
+        return out
+
+    def _records(self, records: Any) -> list[list[Any]]:
+        out = []
+        for r, rec in enumerate(records, start=1):
+            if not isinstance(rec, Mapping):
+                raise PredictionInputError(f"row {r}: expected an object of feature values")
+            missing = [n for n in self.feature_names if n not in rec]
+            if missing:
+                raise PredictionInputError(f"row {r}: missing feature(s) {', '.join(missing)}"
+                                           + self._unknown(list(rec)))
+            out.append([rec[n] for n in self.feature_names])
+        return out
+
+    def _check_columns(self, given: list[str]) -> None:
+        missing = [n for n in self.feature_names if n not in given]
+        if missing:
+            raise PredictionInputError(f"missing feature column(s) {', '.join(missing)}; the "
+                                       f"model needs {', '.join(self.feature_names)}"
+                                       + self._unknown(given))
+
+    def _unknown(self, given: list[str]) -> str:
+        """Names given that the model does not know (other columns are fine, but a typo shows)."""
+        unknown = [str(n) for n in given if n not in self.feature_names]
+        return f" (unknown: {', '.join(unknown[:5])})" if unknown else ""
+
+    def _name(self, c: int) -> str:
+        return self.feature_names[c] if c < self.n_features else str(c)
+
+    def check_finite(self, rows: np.ndarray | Frame, *, row_offset: int = 0,
+                     source: str | None = None) -> None:
+        """Raise a PredictionInputError naming the first cell the model cannot take: NaN or
+        infinite (a tabular model: a blank without a fill, an unseen level), if any.
+
+        ``row_offset`` counts the rows before ``rows`` (files read in chunks); ``source``
+        prefixes the message (a file name)."""
+        if isinstance(rows, Frame):
+            message = check_frame(rows, self.columns or [], row_offset=row_offset,
+                                  source=source)
+        else:
+            message = non_finite_message(rows, self.feature_names, source=source,
+                                         row_offset=row_offset)
+        if message:
+            raise PredictionInputError(message)
+
+    def __repr__(self) -> str:
+        return (f"Predictor({self.source!r}, features={self.feature_names}, "
+                f"targets={self.target_names}, dtype={self.dtype})")
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """``np.isfinite(a).all()``, with a path ~5x faster for the few values of a small batch."""
+    if a.size <= 64:
+        return all(map(math.isfinite, a.ravel().tolist()))
+    return bool(np.isfinite(a).all())
+
+
+def _interval_facts(backend: _Backend, metadata: dict[str, Any]) -> dict[str, Any] | None:
+    """The interval outputs' facts (level, distribution, quantile, names) of a model exported
+    with ``--intervals``, from its metadata; None for any other model."""
+    names = getattr(backend, "interval_names", None)
+    if not names:
+        return None
+    facts = _json_value(metadata.get("linreg.intervals"))
+    return facts if isinstance(facts, dict) else {"outputs": names}
+
+
+def _column_list(values: Any) -> list[Any]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        return [values]  # one row given as {column: value}
+    return list(values.tolist() if hasattr(values, "tolist") else values)
+
+
+def _columns_to_rows(columns: list[Any]) -> np.ndarray:
+    cols = [np.atleast_1d(np.asarray(c)) for c in columns]
+    lengths = {len(c) for c in cols}
+    if len(lengths) > 1:
+        raise PredictionInputError(f"feature columns have different lengths {sorted(lengths)}")
+    try:
+        return np.stack(cols, axis=1) if cols else np.empty((0, 0))
+    except ValueError as e:
+        raise PredictionInputError(f"feature columns cannot form rows: {e}") from None
+
+
+def _json_value(value: str | None) -> Any:
+    """A metadata string as JSON, or None when it is absent or not JSON."""
+    if not value:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return None
+
+
+def _meta_names(meta: dict[str, str], key: str, prefix: str, n: int, path: Path) -> list[str]:
+    """The names a model's metadata gives under ``key`` (``feature_names``, ``target_names``),
+    checked; ``prefix0``, ``prefix1``, ... for a model whose metadata has none."""
+    if not meta.get(key):
+        return [f"{prefix}{i}" for i in range(n)]
+    names = _json_value(meta[key])
+    _check_names(names, key, path)
+    return names
+
+
+def _check_names(names: Any, key: str, path: Path) -> None:
+    problem = names_problem(names)
+    if problem:
+        raise ModelError(f"{path}: its metadata {key} {problem}; the model cannot be used "
+                         "safely (export it again with linreg-export)")
+
+
+def _read_model_bytes(path: Path) -> bytes:
+    """The whole model file, read once; the manifest beside it, if any, must agree (sha256)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise ModelError(f"{path}: {size:,} bytes is too large for a linreg model")
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+    if (path.parent / MANIFEST).is_file():
+        verify_artifact(read_manifest(path.parent), path.parent, path.name, data)
+    return data
+
+
+class Cancel:
+    """Stops a :meth:`Predictor.predict` in flight from another thread (a request past its
+    deadline, a server shutting down): onnxruntime checks the flag between operators."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self._run_options: Any = None
+
+    def run_options(self, ort: Any) -> Any:
+        if self._run_options is None:
+            self._run_options = ort.RunOptions()
+            self._run_options.log_severity_level = 4  # the caller reports a cancel its own way
+            self._run_options.terminate = self.cancelled
+        return self._run_options
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self._run_options is not None:
+            self._run_options.terminate = True
+
+
+class _Backend:
+    dtype: np.dtype
+    width_in: int
+    width_out: int
+
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64}
+
+
+class _OnnxBackend(_Backend):
+    """onnxruntime on the CPU; one or two sessions as :meth:`Predictor.load` explains, both
+    built from the same bytes."""
+
+    def __init__(self, data: bytes, path: Path, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        self._ort, self._data, self._threads = ort, data, threads
+        self._path = path
+        try:
+            self._small = self._session(1 if threads is None else threads)
+        except Exception as e:  # onnxruntime raises its own types for a corrupt file
+            raise ModelError(f"{path}: onnxruntime cannot load it ({first_line(e)})") from None
+        self._large = self._small if threads is not None else None
+        inputs, outputs = self._small.get_inputs(), self._small.get_outputs()
+        self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
+        self.columns = None
+        self.interval_names: list[str] = []
+        names = [o.name for o in outputs]
+        if names == [PREDICTION, *INTERVAL_OUTPUTS] and "linreg.intervals" in self.metadata:
+            if any((o.type, o.shape) != (outputs[0].type, outputs[0].shape) for o in outputs):
+                raise ModelError(f"{path}: the interval outputs differ from 'prediction'")
+            self.interval_names, outputs = list(INTERVAL_OUTPUTS), outputs[:1]
+        if "linreg.columns" in self.metadata:
+            self._raw_columns(inputs, outputs)
+            return
+        if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 2 \
+                or inputs[0].type not in _ORT_TYPES or len(outputs[0].shape) != 2:
+            raise ModelError(f"{path}: not a linreg model (expected one 2-D float input and one "
+                             "2-D output)")
+        if not all(isinstance(d, int) for d in (inputs[0].shape[1], outputs[0].shape[1])):
+            # onnxruntime found the declared widths at odds with what the graph computes
+            raise ModelError(f"{path}: the graph's declared shapes do not match what it "
+                             f"computes (onnxruntime infers {inputs[0].shape} -> "
+                             f"{outputs[0].shape})")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        self.dtype = np.dtype(_ORT_TYPES[inputs[0].type])
+        self.width_in = int(inputs[0].shape[1])
+        self.width_out = int(outputs[0].shape[1])
+        self._outputs = [self.output_name]
+        self._run_small = self._small.run
+        self._feeds = lambda rows: {self.input_name: rows}
+
+    def _raw_columns(self, inputs: list[Any], outputs: list[Any]) -> None:
+        """A tabular model: one input per raw column, as its specs in the metadata say."""
+        path = self._path
+        self.columns = specs_from_json(self.metadata["linreg.columns"], str(path))
+        if len(outputs) != 1 or len(outputs[0].shape) != 2 or outputs[0].type not in _ORT_TYPES \
+                or not isinstance(outputs[0].shape[1], int):
+            raise ModelError(f"{path}: not a linreg model (expected one 2-D float output)")
+        self.dtype = np.dtype(_ORT_TYPES[outputs[0].type])
+        want = {c.name: ("tensor(string)" if c.kind == "categorical" else outputs[0].type)
+                for c in self.columns}
+        got = {i.name: i.type for i in inputs}
+        if got != want:
+            raise ModelError(f"{path}: the graph's inputs {got} do not match its column specs "
+                             f"{want}")
+        self.output_name = outputs[0].name
+        self.width_in, self.width_out = len(self.columns), int(outputs[0].shape[1])
+        self._outputs = [self.output_name]
+        self._run_small = self._small.run
+        self._feeds = lambda arrays: arrays
+
+    def _session(self, threads: int):
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        return ort.InferenceSession(self._data, sess_options=opts,
+                                    providers=["CPUExecutionProvider"])
+
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None,
+            names: list[str] | None = None) -> Any:
+        """The prediction; or, given output ``names``, the list of those outputs."""
+        session_run = self._run_small
+        n = len(rows) if self.columns is None else len(next(iter(rows.values())))
+        if n >= SMALL_BATCH and self._threads is None:
+            if self._large is None:
+                self._large = self._session(0)  # 0: one thread per physical core
+            session_run = self._large.run
+        wanted = names or self._outputs
+        if cancel is None:
+            out = session_run(wanted, self._feeds(rows))
+            return out if names else out[0]
+        try:
+            out = session_run(wanted, self._feeds(rows), cancel.run_options(self._ort))
+            return out if names else out[0]
+        except Exception as e:
+            if cancel.cancelled:
+                raise PredictionCancelled("prediction cancelled") from None
+            raise ModelError(f"{self._path}: onnxruntime failed ({first_line(e)})") from None
+
+
+class PredictionCancelled(ModelError):
+    """A prediction stopped by its :class:`Cancel` (deadline passed, server shutting down)."""
+
+
+class _TorchScriptBackend(_Backend):
+    """TorchScript via torch, imported only here, so the ONNX path never loads torch."""
+
+    def __init__(self, data: bytes, path: Path) -> None:
+        try:  # imported by name, here only: the runtime stays torch-free until asked
+            torch = importlib.import_module("torch")
+        except ImportError:
+            raise ModelError(f"{path}: TorchScript needs torch, which is not installed; load "
+                             "the model's .onnx instead, or pip install 'linreg[train]'") from None
+        import io
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self._module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            except Exception as e:
+                raise ModelError(f"{path}: torch.jit.load cannot load it "
+                                 f"({first_line(e)})") from None
+        self._torch = torch
+        weight = dict(self._module.named_parameters()).get("linear.weight")
+        if weight is None or weight.ndim != 2:
+            raise ModelError(f"{path}: not a linreg TorchScript model (no linear.weight)")
+        self.width_out, self.width_in = weight.shape
+        self.dtype = np.dtype(str(weight.dtype).removeprefix("torch."))
+
+    def run(self, rows: np.ndarray, cancel: Cancel | None = None) -> np.ndarray:
+        with self._torch.no_grad():
+            return self._module(self._torch.from_numpy(rows)).numpy()

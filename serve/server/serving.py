@@ -1,0 +1,118 @@
+"""What every protocol of linreg-serve shares: the repository, the limits, dynamic batching and
+the metrics. HTTP routes (:mod:`serve.server.routes`) and the gRPC service (:mod:`serve.server.grpc_service`)
+both resolve a model and predict through one :class:`Serving`, so they answer alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from serve.core.errors import DataError, RequestError
+from serve.core.graph import PREDICTION
+from serve.runtime.predictor import Cancel, Predictor
+from serve.server.batching import Batcher, Outputs, Rows
+from serve.server.metrics import Metrics
+from serve.server.repository import Repository, Version
+from serve.server.settings import ServerSettings
+
+
+def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
+    """``run(rows, cancel=None)``: every output by name (the prediction, and its intervals when
+    the model has them)."""
+    if predictor.intervals is not None:
+        return predictor.predict_intervals
+    return lambda rows, cancel=None: {PREDICTION: predictor.predict(rows, cancel=cancel)}
+
+
+class Serving:
+    """The repository served under ``settings`` (:class:`serve.server.settings.ServerSettings`: the
+    bounds and batching), with the metrics of every protocol."""
+
+    def __init__(self, repository: Repository, settings: ServerSettings) -> None:
+        self.repository, self.settings = repository, settings
+        self.metrics = Metrics(known=repository.has)
+        self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * (os.cpu_count() or 1)),
+                                       thread_name_prefix="linreg-predict")
+        self._lock = threading.Lock()
+        repository.on_swap = self.retire
+
+    def version(self, name: str, version: str | None = None) -> Version:
+        """The model version a request names (:class:`UnknownModel`, 404, or
+        :class:`NotReady`, 503, when there is none to serve)."""
+        return self.repository.get(name, version)
+
+    # ------------------------------------------------------------------ predicting
+
+    def _batcher(self, version: Version) -> Batcher | None:
+        delay = self.settings.max_batch_delay_us
+        if delay is None:
+            return None
+        batcher = version.extras.get("batcher")
+        if batcher is None:
+            with self._lock:
+                batcher = version.extras.get("batcher")
+                if batcher is None:
+                    batcher = Batcher(outputs_runner(version.predictor), max_delay=delay / 1e6,
+                                      max_rows=self.settings.max_batch_rows,
+                                      on_batch=functools.partial(self.metrics.batch,
+                                                                 version.name),
+                                      name=version.name)
+                    version.extras["batcher"] = batcher
+        return batcher
+
+    def retire(self, version: Version) -> None:
+        """A version was replaced or unloaded: let its batcher finish and stop."""
+        batcher = version.extras.get("batcher")
+        if batcher is not None:
+            batcher.close()
+
+    async def predict(self, version: Version, rows: Rows) -> Outputs:
+        """Predict off the event loop (HTTP), within the request timeout."""
+        timeout = self.settings.request_timeout
+        batcher = self._batcher(version)
+        cancel = Cancel()
+        if batcher is not None:
+            future = asyncio.wrap_future(batcher.submit(rows))
+        else:
+            future = asyncio.get_running_loop().run_in_executor(
+                self.pool, functools.partial(outputs_runner(version.predictor), rows,
+                                             cancel=cancel))
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            cancel.cancel()
+            raise _too_slow(timeout) from None
+        except asyncio.CancelledError:  # the server is shutting down, or the client left
+            cancel.cancel()
+            raise
+        except DataError as e:  # e.g. a prediction that overflows the model's dtype
+            raise RequestError(str(e), status=422) from None
+
+    def predict_now(self, version: Version, rows: Rows) -> Outputs:
+        """Predict on the calling thread (gRPC's worker threads), within the request timeout."""
+        batcher = self._batcher(version)
+        try:
+            if batcher is None:
+                return outputs_runner(version.predictor)(rows)
+            future: Future = batcher.submit(rows)
+            return future.result(timeout=self.settings.request_timeout)
+        except FutureTimeout:
+            raise _too_slow(self.settings.request_timeout) from None
+        except DataError as e:
+            raise RequestError(str(e), status=422) from None
+
+    def close(self) -> None:
+        for version in self.repository.all_versions():
+            self.retire(version)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _too_slow(timeout: float) -> RequestError:
+    return RequestError(f"the prediction took longer than {timeout:g} s (--request-timeout)",
+                        status=503)
