@@ -30,7 +30,8 @@ import pyarrow.csv as pacsv
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serve.batch.files import _csv_block_size, predict_file  # noqa: E402
+from serve.batch.files import predict_file  # noqa: E402
+from serve.batch.readers import _csv_block_size  # noqa: E402
 from serve.runtime.predictor import Predictor  # noqa: E402
 
 BIN = Path(sys.executable).parent

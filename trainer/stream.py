@@ -38,17 +38,14 @@ import numpy as np
 import torch
 
 from serve.core.errors import DataError
+from trainer.checkpoint import Checkpoint
 from trainer.config import TrainConfig, TrainingError
 from trainer.dataset import Dataset, Part, validation_mask
 from trainer.distributed import Group
-from trainer.fit import (
-    Checkpoint,
-    FitResult,
-    coordinate_descent,
-    l2_weight,
-    sgd_loop,
-    unstandardize,
-)
+from trainer.fit import FitResult, sgd_loop
+from trainer.history import unstandardize
+from trainer.solvers import coordinate_descent
+from trainer.steps import l2_weight
 
 Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), float64
 

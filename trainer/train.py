@@ -36,18 +36,12 @@ from serve.core.manifest import (
     write_manifest,
 )
 from serve.version import __version__
+from trainer.checkpoint import Checkpoint
 from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.data import TrainingData, encode, load_training_data, pick_columns, split_rows
 from trainer.encode import EncodeConfig
-from trainer.fit import (
-    Checkpoint,
-    FitResult,
-    _saved_values,
-    _state_dict,
-    fit,
-    least_squares,
-    resolve_device,
-)
+from trainer.fit import FitResult, fit, resolve_device, saved_values, state_dict_of
+from trainer.solvers import least_squares
 from trainer.stats import INFERENCE, inference
 
 
@@ -729,8 +723,8 @@ def _exact_result(exact: tuple[np.ndarray, np.ndarray], summary: Any, config: Tr
     (weighted) cost, and its train sums of squared errors per target."""
     from trainer.stream import sse_from_r
 
-    state = _state_dict(exact[0], exact[1] if config.bias else None, getattr(torch, config.dtype))
-    coef, intercept = _saved_values(state, n_targets)
+    state = state_dict_of(exact[0], exact[1] if config.bias else None, getattr(torch, config.dtype))
+    coef, intercept = saved_values(state, n_targets)
     result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact", device,
                        config=asdict(config))
     result.history[0, 0] = float(sse_from_r(summary.R, coef, intercept, bias=config.bias).sum()

@@ -25,16 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from serve.core.columns import Frame, specs_json
+from serve.core.columns import Frame
 from serve.core.graph import FEATURES, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.numbers import shown
 from serve.runtime.predictor import Predictor
 from serve.server.protocols import RequestError, as_rows, check_rows, parse_json
-from serve.version import __version__
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 DATATYPE_OF = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64"}
-EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
 _CONTENTS = {"FP32": "fp32_contents", "FP64": "fp64_contents", "BYTES": "bytes_contents"}
 
 
@@ -391,31 +389,3 @@ def to_protobuf(answer: InferResponse, pb: Any) -> Any:
 
 def _little_endian(values: np.ndarray) -> bytes:
     return np.ascontiguousarray(values, dtype=values.dtype.newbyteorder("<")).tobytes()
-
-
-# ----------------------------------------------------------------------- metadata
-
-def server_metadata() -> dict[str, Any]:
-    return {"name": "linreg", "version": __version__, "extensions": EXTENSIONS}
-
-
-def model_metadata(predictor: Predictor, name: str,
-                   versions: list[str] | None = None) -> dict[str, Any]:
-    """The v2 model metadata: inputs (``features``, or one per raw column), outputs, and the
-    names, columns and intervals in ``parameters``."""
-    dt = DATATYPE_OF[predictor.dtype]
-    params: dict[str, Any] = {"feature_names": predictor.feature_names,
-                              "target_names": predictor.target_names}
-    outputs = [{"name": n, "datatype": dt, "shape": [-1, predictor.n_targets]}
-               for n in output_names(predictor)]
-    if predictor.intervals is not None:  # linreg-export --intervals
-        params["intervals"] = predictor.intervals
-    if predictor.columns is not None:  # one input per raw column
-        inputs = [{"name": c.name, "datatype": "BYTES" if c.kind == "categorical" else dt,
-                   "shape": [-1, 1]} for c in predictor.columns]
-        params["columns"] = specs_json(predictor.columns)
-    else:
-        inputs = [{"name": FEATURES, "datatype": dt, "shape": [-1, predictor.n_features]}]
-    return {"name": name, "versions": versions or ["1"], "platform": "onnxruntime_onnx",
-            "inputs": inputs, "outputs": outputs, "parameters": params}
-

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from serve.core.errors import GRPC_CODES, LinregError
-from serve.server import dataplane
+from serve.server import dataplane, metadata
 from serve.server.proto import inference_pb2 as pb
 from serve.server.proto import inference_pb2_grpc as pb_grpc  # the servicer's base class
 from serve.server.serving import Serving
@@ -52,12 +52,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=True)
 
     def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return pb.ServerMetadataResponse(**dataplane.server_metadata())
+        return pb.ServerMetadataResponse(**metadata.server_metadata())
 
     def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
         def answer() -> tuple[Any, int]:
             v = self.serving.version(request.name, request.version or None)
-            meta = dataplane.model_metadata(v.predictor, request.name,
+            meta = metadata.model_metadata(v.predictor, request.name,
                                             self.serving.repository.versions(request.name))
             tensors = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(

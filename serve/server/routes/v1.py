@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from serve.core.graph import FEATURES, PREDICTION
 from serve.server import protocols as proto
-from serve.server.dataplane import model_metadata
+from serve.server.metadata import model_metadata
 from serve.server.repository import Version
 from serve.server.routes.common import RECORDS, ROWS, Http, body_schema, json_response
 

@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from serve.runtime.triton import model_config
-from serve.server import dataplane
+from serve.server import dataplane, metadata
 from serve.server.routes.common import Http, body_schema, json_response
 
 
@@ -19,7 +19,7 @@ def register(app: FastAPI, http: Http) -> None:
 
     @app.get("/v2", tags=["v2"], summary="Server metadata", name="v2_metadata")
     async def v2_server() -> Response:
-        return json_response(dataplane.server_metadata())
+        return json_response(metadata.server_metadata())
 
     @app.get("/v2/health/live", tags=["v2"], summary="Liveness", name="v2_health")
     async def v2_live() -> Response:
@@ -35,7 +35,7 @@ def register(app: FastAPI, http: Http) -> None:
              name="v2_model_metadata")
     async def v2_model(model: str, version: str | None = None) -> Response:
         v = serving.version(model, version)
-        return json_response(dataplane.model_metadata(v.predictor, model,
+        return json_response(metadata.model_metadata(v.predictor, model,
                                                       serving.repository.versions(model)))
 
     @app.get("/v2/models/{model}/ready", tags=["v2"], summary="Model readiness",

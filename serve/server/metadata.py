@@ -1,0 +1,40 @@
+"""The Open Inference Protocol's metadata, for HTTP (``GET /v2``, ``GET /v2/models/NAME``) and
+gRPC (ServerMetadata, ModelMetadata) alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serve.core.columns import specs_json
+from serve.core.graph import FEATURES
+from serve.runtime.predictor import Predictor
+from serve.server.dataplane import DATATYPE_OF, output_names
+from serve.version import __version__
+
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+
+
+def server_metadata() -> dict[str, Any]:
+    return {"name": "linreg", "version": __version__, "extensions": EXTENSIONS}
+
+
+def model_metadata(predictor: Predictor, name: str,
+                   versions: list[str] | None = None) -> dict[str, Any]:
+    """The v2 model metadata: inputs (``features``, or one per raw column), outputs, and the
+    names, columns and intervals in ``parameters``."""
+    dt = DATATYPE_OF[predictor.dtype]
+    params: dict[str, Any] = {"feature_names": predictor.feature_names,
+                              "target_names": predictor.target_names}
+    outputs = [{"name": n, "datatype": dt, "shape": [-1, predictor.n_targets]}
+               for n in output_names(predictor)]
+    if predictor.intervals is not None:  # linreg-export --intervals
+        params["intervals"] = predictor.intervals
+    if predictor.columns is not None:  # one input per raw column
+        inputs = [{"name": c.name, "datatype": "BYTES" if c.kind == "categorical" else dt,
+                   "shape": [-1, 1]} for c in predictor.columns]
+        params["columns"] = specs_json(predictor.columns)
+    else:
+        inputs = [{"name": FEATURES, "datatype": dt, "shape": [-1, predictor.n_features]}]
+    return {"name": name, "versions": versions or ["1"], "platform": "onnxruntime_onnx",
+            "inputs": inputs, "outputs": outputs, "parameters": params}
+
