@@ -172,7 +172,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                log_every: int, log_before_step: bool, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from trainer.encode import EncodeConfig
-    from trainer.train import checkpoint_dir, resume_settings
+    from trainer.runs import checkpoint_dir, resume_settings
 
     if resume is not None:  # the interrupted run's data and settings
         settings = resume_settings(resume)
@@ -272,7 +272,7 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
     --val-data asked for, or a Parquet/CSV file over the memory budget."""
     from serve.core.formats import is_many
     from trainer.distributed import under_torchrun
-    from trainer.train import MEMORY_OVERHEAD
+    from trainer.train_streamed import MEMORY_OVERHEAD
 
     if under_torchrun() or val_data is not None or batch_rows is not None or is_many(data):
         return True
@@ -293,7 +293,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     """The streamed (and distributed) fit: start ``--nproc`` processes, or run this rank."""
     from trainer.distributed import join, launch, under_torchrun
     from trainer.fit import resolve_device
-    from trainer.train import train_streamed
+    from trainer.train_streamed import train_streamed
 
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"), _rank)

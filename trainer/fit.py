@@ -9,7 +9,7 @@ the bookkeeping kept off the hot path: the per-epoch cost and parameters are wri
 history tensor on the device, and the host only looks at it (a GPU sync) at check points.
 
 It is the one loop at every size (:func:`sgd_loop`): a :class:`Source` gives it what touches
-rows, :class:`InMemory` for a table on the device, :class:`trainer.stream.Streamed` for chunks
+rows, :class:`InMemory` for a table on the device, :class:`trainer.streamed_sgd.Streamed` for chunks
 read from files over ranks; steps, schedules, early stopping, checkpoints, history and logs are
 the loop's own, so a flag means the same thing in memory and streamed.
 """

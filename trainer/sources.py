@@ -1,5 +1,5 @@
 """Where the SGD loop's rows come from (:class:`Source`): a table on the device
-(:class:`InMemory`) here, chunks streamed over ranks in :class:`trainer.stream.Streamed`. The
+(:class:`InMemory`) here, chunks streamed over ranks in :class:`trainer.streamed_sgd.Streamed`. The
 one loop, :func:`trainer.fit.sgd_loop`, asks a source only for what touches rows."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def resolve_device(name: str) -> torch.device:
 
 class Source(Protocol):
     """Where an SGD fit's rows come from: a table on the device (:class:`InMemory`) or chunks
-    streamed over ranks (:class:`trainer.stream.Streamed`). The one loop (:func:`sgd_loop`)
+    streamed over ranks (:class:`trainer.streamed_sgd.Streamed`). The one loop (:func:`sgd_loop`)
     asks it for what touches rows; the steps, schedules, early stopping, checkpoints, history
     and logs are the loop's, the same at every size."""
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.stream import _Tsqr, moments_from_r, without_constant
+from trainer.tsqr import Tsqr, moments_from_r, without_constant
 
 
 def _factor(X: np.ndarray, Y: np.ndarray, w: np.ndarray | None = None, chunk: int = 37):
-    tsqr = _Tsqr(X.shape[1] + 1 + Y.shape[1])
+    tsqr = Tsqr(X.shape[1] + 1 + Y.shape[1])
     for at in range(0, len(X), chunk):
         root = None if w is None else np.sqrt(w[at:at + chunk])
         tsqr.add(X[at:at + chunk], Y[at:at + chunk], root)
@@ -47,7 +47,7 @@ def test_the_running_factor_is_numpys_and_drops_its_constant():
 
 
 def test_no_rows_and_zero_weights_have_empty_moments():
-    empty = _Tsqr(5)
+    empty = Tsqr(5)
     empty.add(np.empty((0, 3)), np.empty((0, 1)))
     assert empty.R.shape == (0, 5) and moments_from_r(empty.R, 3)[0].n == 0
     zero = _factor(np.ones((10, 3)), np.ones((10, 1)), np.zeros(10))

@@ -894,7 +894,7 @@ def test_a_resumed_streamed_run_ends_byte_identical(shards, tmp_path, batch, ext
 
     from trainer.cli import train_main
     from trainer.fit import TrainConfig
-    from trainer.train import train_streamed
+    from trainer.train_streamed import train_streamed
 
     folder, _ = shards
     config = TrainConfig(epochs=30, lr=0.02, batch_size=batch, lr_schedule="step",

@@ -1,0 +1,365 @@
+"""Training from a stream of chunks, end to end: a folder or glob of files, a file past
+``--max-memory``, ``--batch-rows``, ``--nproc`` or torchrun. The steps, each a function: check
+the settings, open this rank's share, encode and scan (:mod:`trainer.stream`), fit (exactly
+from R, or SGD through :mod:`trainer.streamed_sgd`), metrics and statistics from R, plots from
+a sample, and the same artifact folder as in memory (:mod:`trainer.train`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from serve.core.errors import DataError
+from serve.core.manifest import (
+    sha256_file,
+)
+from trainer.checkpoint import Checkpoint
+from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
+from trainer.data import pick_columns
+from trainer.encode import EncodeConfig
+from trainer.fit import FitResult, resolve_device, saved_values, state_dict_of
+from trainer.runs import (
+    CHECKPOINT,
+    checkpoint_dir,
+    checkpoint_scope,
+    new_checkpoint,
+    run_record,
+    warm_start,
+)
+from trainer.train import check_out, not_least_squares, underfit, write_folder
+
+MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
+
+
+class _Background:
+    """``fn(*args)`` run in a daemon thread from now on (hashing releases the GIL, so it
+    overlaps the fit); :meth:`result` waits for it."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # raised to the caller of result()
+                self._error = e
+        self._thread = threading.Thread(target=run, daemon=True, name="linreg-background")
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def dataset_sha256(files: Sequence[Path]) -> str:
+    """One file's sha256; for several, the sha256 of their names and sha256s, in order."""
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}\0{sha256_file(f)}\n".encode())
+    return h.hexdigest()
+
+
+def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
+                   config: TrainConfig, targets: Sequence[str] = (),
+                   features: Sequence[str] = (), exclude: Sequence[str] = (),
+                   val_fraction: float | None = None, val_data: str | Path | None = None,
+                   batch_rows: int = 65536, max_memory: int = 4 << 30, force: bool = False,
+                   cov: str = "nonrobust", confidence: float = 0.95,
+                   sample_weight: str | None = None, encoding: EncodeConfig | None = None,
+                   init_from: str | Path | None = None, plot: bool = False,
+                   checkpoint_every: int | None = None, resume: str | Path | None = None,
+                   log: Callable[[str], None] | None = None,
+                   progress: Callable[[float], None] | None = None,
+                   group: Any = None) -> tuple[Path, dict[str, Any] | None]:
+    """Train from ``data_path`` (a file, folder or glob; :mod:`trainer.dataset`) in chunks of
+    ``batch_rows`` rows (:mod:`trainer.stream`), on this rank's share of a distributed run
+    (``group``, :func:`trainer.distributed.join`). Only rank 0 writes the artifact folder, when
+    every rank is done; other ranks return ``(out, None)``. ``checkpoint_every`` and ``resume``
+    are as :func:`train`'s (rank 0 writes the checkpoint; every rank resumes from it)."""
+    from serve.core.columns import is_plain
+    from trainer.dataset import Dataset
+    from trainer.distributed import Group
+    from trainer.streamed_sgd import sgd
+
+    group = group or Group(device=resolve_device(config.device))
+    out = Path(out) if out is not None else Path("models") / Path(str(data_path).rstrip("/*")
+                                                                  ).stem
+    encoding = encoding or EncodeConfig()
+    _check_streamed(config, encoding, val_fraction=val_fraction, val_data=val_data, cov=cov,
+                    confidence=confidence)
+    if group.rank == 0:
+        check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
+    checkpoint = None
+    if resume is not None:  # every rank reads the same state
+        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
+    elif checkpoint_every and group.rank == 0:
+        checkpoint = new_checkpoint(out, force, checkpoint_every, run_record(
+            data_path, out=out, config=config, encoding=encoding, targets=targets,
+            features=features, exclude=exclude, sample_weight=sample_weight,
+            init_from=init_from, val_fraction=val_fraction, cov=cov, confidence=confidence,
+            plot=plot, checkpoint_every=checkpoint_every, val_data=val_data,
+            batch_rows=batch_rows, max_memory=max_memory, nproc=group.world))
+    elif checkpoint_every:  # the other ranks take part in each save, rank 0 writes it
+        checkpoint = Checkpoint(checkpoint_dir(out) / CHECKPOINT, checkpoint_every)
+    with checkpoint_scope(checkpoint if group.rank == 0 else None, resumed=resume is not None):
+        # 1. The dataset, its columns, this rank's share (rank 0 hashes the files meanwhile).
+        ds = Dataset.open(data_path)
+        digest = _Background(dataset_sha256, ds.files) if group.rank == 0 else None
+        targets, raw_features = pick_columns(ds.shown, ds.columns, targets=targets,
+                                             features=features, exclude=exclude,
+                                             weight=sample_weight)
+        if unknown := sorted(set(encoding.categorical) - set(raw_features)):
+            raise DataError(f"{ds.shown}: unknown categorical column {unknown[0]!r}; the "
+                            f"features are {', '.join(raw_features)}")
+        share = _Share(ds, raw_features, targets, group, val_data=val_data,
+                       val_fraction=val_fraction, weight=sample_weight, batch_rows=batch_rows,
+                       max_memory=max_memory, seed=config.seed)
+        # 2. The encoding and the scan (the R factors, counts, means, spreads).
+        specs, rows, summary = share.scan(encoding, bias=config.bias)
+        _check_scan(summary, len(rows.features) + int(config.bias), val_fraction=val_fraction,
+                    weighted=sample_weight is not None)
+        features = rows.features
+        # 3. The fit: exact from R, or SGD through the one loop.
+        start = time.perf_counter()
+        exact = _exact_from_r(summary, config, len(features), weighted=sample_weight is not None)
+        if config.solver == "lstsq":
+            result, sse = _exact_result(exact, summary, config, len(targets), str(group.device))
+        else:
+            start_at = warm_start(init_from, features, targets, config) \
+                if init_from is not None else None
+            result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
+                              start=start_at, checkpoint=checkpoint)
+        result.seconds = time.perf_counter() - start
+        # 4. Metrics and statistics at the saved parameters, from R (HC0-HC3: one more pass).
+        metrics = _metrics_from_r(summary, result, sse, exact, config)
+        stats = _streamed_statistics(rows, summary, result, sse, config, group, cov=cov,
+                                     confidence=confidence)
+        passes = ds.reads  # over this rank's share of the files (the encoding's, the scan, ...)
+        if group.rank != 0:
+            return out, None
+        # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
+        # plots drawn from a sample of rank 0's first rows).
+        pictures = _streamed_plots(rows, result, config) if plot else None
+        columns = specs if specs is not None and not is_plain(specs) else None
+        manifest = write_folder(
+            out, force=force, result=result, config=config, features=features, targets=targets,
+            columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
+                "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
+                "files": [str(f.resolve()) for f in ds.files], "sha256": digest.result(),
+                "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+                "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
+                "validation": (f"--val-data {val_data}" if val_data else
+                               "a seeded hash of (file, row)" if summary.val_rows else None),
+                "validation_indices": None, "sample_weight": sample_weight},
+            training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
+                                   "passes": passes, "world_size": group.world,
+                                   "backend": group.backend,
+                                   "rows_per_rank": summary.train_rows}}, plots=pictures)
+        return out, manifest
+
+
+def _check_streamed(config: TrainConfig, encoding: EncodeConfig, *, val_fraction: float | None,
+                    val_data: str | Path | None, cov: str, confidence: float) -> None:
+    """The settings of a streamed fit, checked before anything is read."""
+    config.validate()
+    encoding.validate()
+    if val_fraction:
+        check_setting("val_fraction", val_fraction)
+    check_setting("confidence", confidence)
+    if cov not in CHOICES["cov"]:
+        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
+    if val_fraction and val_data is not None:
+        raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
+    if config.early_stopping and not val_fraction and val_data is None:
+        raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
+                            "(e.g. 0.2) or --val-data")
+
+
+class _Share:
+    """This rank's share of a dataset (and of ``--val-data``'s), read as numbers or encoded."""
+
+    def __init__(self, ds: Any, features: list[str], targets: list[str], group: Any, *,
+                 val_data: str | Path | None, val_fraction: float | None, weight: str | None,
+                 batch_rows: int, max_memory: int, seed: int) -> None:
+        from trainer.dataset import Dataset
+
+        self.ds, self.features, self.targets, self.group = ds, features, targets, group
+        self.val_fraction, self.weight, self.seed = val_fraction, weight, seed
+        self.batch_rows, self.max_memory = batch_rows, max_memory
+        self.parts = ds.shard(group.rank, group.world)
+        self.share_rows = sum(p.rows or 0 for p in self.parts) if ds.format == "parquet" else \
+            ds.estimated_rows() // group.world
+        self.vds = None
+        if val_data is not None:
+            self.vds = Dataset.open(val_data)
+            pick_columns(self.vds.shown, self.vds.columns, targets=targets, features=features)
+
+    def rows(self, specs: list | None) -> Any:
+        """This rank's rows: numbers as they are, or raw columns encoded by ``specs``."""
+        from trainer.encode import encoded_names
+        from trainer.stream import Rows
+
+        names = self.features if specs is None else encoded_names(specs)
+        cache = self.share_rows * (len(names) + len(self.targets)) * 8 * MEMORY_OVERHEAD \
+            <= self.max_memory
+        kw = dict(batch_rows=self.batch_rows, cache=cache, seed=self.seed, specs=specs)
+        group = self.group
+        val = None if self.vds is None else Rows(
+            self.vds, self.vds.shard(group.rank, group.world), names, self.targets,
+            val_fraction=None, **kw)
+        return Rows(self.ds, self.parts, names, self.targets, val_fraction=self.val_fraction,
+                    val=val, weight=self.weight, **kw)
+
+    def scan(self, encoding: EncodeConfig, *, bias: bool) -> tuple[list | None, Any, Any]:
+        """The specs (None: numbers as they are), the rows and their scan: the encoding is
+        learned in one pass first when a flag asks for it or a feature cell turns out not to be
+        a number (categorical columns, blanks; as in memory)."""
+        from trainer.stream import NeedsEncoding, learn_encoding, scan
+
+        specs = None
+        if not encoding.plain or self.ds.has_text(self.features):
+            specs = learn_encoding(self.rows(None), self.features, encoding, self.group,
+                                   bias=bias)
+        rows = self.rows(specs)
+        try:
+            return specs, rows, scan(rows, self.group, bias=bias)
+        except NeedsEncoding:
+            specs = learn_encoding(rows, self.features, encoding, self.group, bias=bias)
+            rows = self.rows(specs)
+            return specs, rows, scan(rows, self.group, bias=bias)
+
+
+def _check_scan(summary: Any, n_params: int, *, val_fraction: float | None,
+                weighted: bool) -> None:
+    """What the scan found that makes a fit impossible: too few rows, no validation row, no
+    weight."""
+    if summary.x.n < n_params:
+        raise TrainingError(f"{int(summary.x.n)} training rows but the model has {n_params} "
+                            f"parameters per target; need at least {n_params} rows (or fewer "
+                            "features)")
+    if val_fraction and summary.val_rows == 0:
+        raise DataError(f"--val-fraction {val_fraction} picks no validation row among "
+                        f"{int(summary.x.n):,}; use a larger fraction")
+    if weighted and not summary.weight > 0:
+        raise TrainingError("every training row has sample weight 0")
+
+
+def _exact_from_r(summary: Any, config: TrainConfig, n_features: int, *,
+                  weighted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The exact optimum of ``config``'s objective from the scan's R: least squares, or the
+    penalised objective (weights scaled to sum to n, as scikit-learn: R of √(w·n/Σw)·[X, 1|Y])."""
+    from trainer.stream import standardization
+    from trainer.tsqr import least_squares_from_r, penalized_from_r
+
+    if config.penalty == "none":
+        return least_squares_from_r(summary.R, n_features, bias=config.bias)
+    Rn = summary.R * np.sqrt(summary.x.n / summary.weight) if weighted else summary.R
+    mean, scale = standardization(summary, replace(config, solver="lstsq"))
+    return penalized_from_r(Rn, summary.x.n, n_features, bias=config.bias,
+                            penalty=config.penalty, alpha=config.alpha,
+                            l1_ratio=config.l1_ratio, mean=mean, scale=scale)
+
+
+def _exact_result(exact: tuple[np.ndarray, np.ndarray], summary: Any, config: TrainConfig,
+                  n_targets: int, device: str) -> tuple[FitResult, np.ndarray]:
+    """An exact fit's result at its saved (dtype-rounded) values, its one-row history the
+    (weighted) cost, and its train sums of squared errors per target."""
+    from trainer.tsqr import sse_from_r
+
+    state = state_dict_of(exact[0], exact[1] if config.bias else None, getattr(torch, config.dtype))
+    coef, intercept = saved_values(state, n_targets)
+    result = FitResult(coef, intercept, state, np.zeros((1, 1)), ["cost"], 0, "exact", device,
+                       config=asdict(config))
+    result.history[0, 0] = float(sse_from_r(summary.R, coef, intercept, bias=config.bias).sum()
+                                 / (summary.weight * n_targets))
+    return result, sse_from_r(summary.unweighted_r, coef, intercept, bias=config.bias)
+
+
+def _metrics_from_r(summary: Any, result: FitResult, sse: np.ndarray,
+                    exact: tuple[np.ndarray, np.ndarray], config: TrainConfig) -> dict:
+    """Train and validation MSE and R² at the saved parameters (and, for SGD, the exact
+    optimum's), from the R factors: no pass over the rows."""
+    from trainer.stream import regression_metrics
+    from trainer.tsqr import sse_from_r
+
+    metrics = {"train": regression_metrics(sse, summary.y)}
+    if summary.val_rows:
+        val_sse = sse_from_r(summary.R_val, result.coef_, result.intercept_, bias=config.bias)
+        metrics["validation"] = regression_metrics(val_sse, summary.y_val)
+    if config.solver == "sgd" and config.loss == "mse":  # (Huber has no closed form)
+        optimum = regression_metrics(sse_from_r(summary.unweighted_r, *exact, bias=config.bias),
+                                     summary.y)
+        optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        metrics["exact_least_squares"] = optimum
+    return metrics
+
+
+def _streamed_statistics(rows: Any, summary: Any, result: FitResult, sse: np.ndarray,
+                         config: TrainConfig, group: Any, *, cov: str, confidence: float) -> Any:
+    """The statistics at the saved parameters: the design's R and the residual sums from the
+    scan, and (robust covariances only) one more pass for the meat."""
+    from trainer.stats import Sufficient, statistics
+    from trainer.stream import meat_pass
+    from trainer.tsqr import design_r, sse_from_r
+
+    p, bias = len(rows.features), config.bias
+
+    def gather() -> Sufficient:
+        suff = Sufficient(n=int(summary.x.n), R=design_r(summary.R, p, bias=bias), ssr=sse,
+                          tss=summary.y.m2)
+        if rows.weight is not None:  # weighted least squares: Σw·e² and Σw·(y − ȳ_w)²
+            suff.ssr = sse_from_r(summary.R, result.coef_, result.intercept_, bias=bias)
+            suff.tss, suff.log_weights = summary.y_w.m2, summary.log_weights
+        if cov != "nonrobust":
+            suff.meat = meat_pass(rows, result.coef_, result.intercept_, group, bias=bias,
+                                  cov_type=cov, pinv=suff.pinv())
+        return suff
+
+    return statistics(gather, result.coef_, result.intercept_, bias=bias, names=rows.features,
+                      cov_type=cov, confidence=confidence,
+                      penalized=not_least_squares(config), n_targets=len(rows.targets),
+                      n_rows=int(summary.x.n))
+
+
+def _streamed_plots(rows: Any, result: FitResult, config: TrainConfig) -> Any:
+    """--plot of a streamed fit: the history, and the data plots from a sample of this rank's
+    first rows."""
+    from trainer.plots import PlotData
+
+    p, t = len(rows.features), len(rows.targets)
+    (X, Y), (Xv, Yv) = (_sample(chunks, PLOT_SAMPLE_ROWS, p, t)
+                        for chunks in (rows.train(), rows.validation()))
+    return PlotData(result.history, result.history_columns, X, Y, Xv, Yv, result.coef_,
+                    result.intercept_, config.bias, rows.features, rows.targets,
+                    result.best_epoch)
+
+
+PLOT_SAMPLE_ROWS = 10_000  # the rows a streamed fit's data plots draw
+
+
+def _sample(chunks: Any, limit: int, p: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` rows of a stream of (X, Y) chunks."""
+    xs, ys, held = [], [], 0
+    for X, Y in chunks:
+        xs.append(X[:limit - held])
+        ys.append(Y[:limit - held])
+        held += len(xs[-1])
+        if held >= limit:
+            break
+    return (np.concatenate(xs) if xs else np.empty((0, p)),
+            np.concatenate(ys) if ys else np.empty((0, t)))
