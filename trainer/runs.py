@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import numpy as np
 
 from serve.core.errors import OutputError, OutputExistsError, first_line
 from trainer.checkpoint import Checkpoint
-from trainer.config import TrainConfig, TrainingError
+from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
 from trainer.encode import EncodeConfig
 
 CHECKPOINT, RUN = "checkpoint.pt", "run.json"
@@ -121,6 +121,34 @@ def run_record(data_path: str | Path, *, out: Path, config: TrainConfig,
             "checkpoint_every": checkpoint_every,
             "val_data": None if val_data is None else str(val_data), "batch_rows": batch_rows,
             "max_memory": max_memory, "nproc": nproc}
+
+
+def check_run(config: TrainConfig, encoding: EncodeConfig, *, val_fraction: float | None,
+              cov: str, confidence: float, val_data: str | Path | None = None) -> None:
+    """A run's settings, checked before anything is read (in memory and streamed alike)."""
+    config.validate()
+    encoding.validate()
+    if val_fraction:  # None or 0: no validation split
+        check_setting("val_fraction", val_fraction)
+    check_setting("confidence", confidence)
+    if cov not in CHOICES["cov"]:
+        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
+    if val_fraction and val_data is not None:
+        raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
+
+
+def open_checkpoint(out: Path, *, resume: str | Path | None, every: int | None, force: bool,
+                    record: Callable[[], dict[str, Any]], rank: int = 0) -> Checkpoint | None:
+    """The run's checkpoint, or None: a resumed run's (every rank reads the same state; the
+    CLI read ``every`` with the rest of run.json), or a new folder with ``record()`` as its
+    run.json (made by rank 0; the other ranks take part in each save, rank 0 writes it)."""
+    if resume is not None:
+        return Checkpoint.load(Path(resume) / CHECKPOINT, every or 1)
+    if not every:
+        return None
+    if rank == 0:
+        return new_checkpoint(out, force, every, record())
+    return Checkpoint(checkpoint_dir(out) / CHECKPOINT, every)
 
 
 def _kind_ok(kind: str, value: Any) -> bool:

@@ -206,35 +206,10 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
                                  "df_model": df_model, "df_resid": df_resid,
                                  "cov_type": cov_type, "confidence": confidence,
                                  "condition_number": cond}
-        why: dict[str, str] = {}
-        if penalized:
-            why = {k: f"the estimates are penalized ({penalized}), not least squares"
-                   for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value",
-                             "sigma", "log_likelihood", "aic", "bic", "adj_r2", "r2")}
-        elif df_resid <= 0:
-            why = {k: f"no residual degrees of freedom ({n} rows for {rank} parameters); "
-                      "it needs more rows than parameters"
-                   for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value",
-                             "sigma", "adj_r2")}
-        if not bias:
-            for k in ("r2", "adj_r2", "f_stat", "f_p_value"):
-                why.setdefault(k, "the model has no intercept (--no-bias): R² and the F test "
-                                  "against a constant are not defined")
-        if rank < p:
-            why.setdefault("std_err", f"the design matrix has rank {rank} < {p} parameters "
-                                      "(collinear columns)")
-        if "std_err" in why:  # everything built on the standard errors goes with them
-            for k in ("t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "adj_r2"):
-                why.setdefault(k, why["std_err"])
+        why = _not_defined(penalized=penalized, n=n, rank=rank, p=p, bias=bias)
         entry["not_defined"] = why
-
-        llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
-        if suff.log_weights is not None:
-            llf = llf + 0.5 * suff.log_weights
         if "log_likelihood" not in why:
-            entry["log_likelihood"] = llf
-            entry["aic"] = -2 * llf + 2 * rank
-            entry["bic"] = -2 * llf + math.log(n) * rank
+            entry.update(_likelihood(ssr, n, rank, suff.log_weights))
         if "r2" not in why:
             entry["r2"] = 1 - ssr / tss if tss > 0 else None
         if "std_err" in why:
@@ -264,25 +239,67 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
         if "adj_r2" not in why and entry.get("r2") is not None:
             entry["adj_r2"] = 1 - (n - 1) / df_resid * (1 - entry["r2"])
         if "f_stat" not in why and df_model > 0:
-            slopes = beta[1:]
-            try:
-                wald = float(slopes @ np.linalg.solve(cov[1:, 1:], slopes)) / df_model
-            except np.linalg.LinAlgError:
-                wald = math.nan
-            if math.isfinite(wald):
-                entry["f_stat"] = wald
-                entry["f_p_value"] = f_sf(wald, df_model, df_resid)
-            else:
-                for k in ("f_stat", "f_p_value"):
-                    why[k] = ("the covariance of the slopes is singular (an exact fit, or too "
-                              "few distinct rows for this covariance): F is infinite or "
-                              "undefined")
+            _f_test(entry, why, beta, cov, df_model, df_resid)
         out.append(_finite(entry))
         covs.append(cov)
         sigmas.append(math.sqrt(sigma2))
     usable = all(np.isfinite(c).all() for c in covs)
     return Inference(out, np.stack(covs) if usable else None,
                      np.array(sigmas) if usable else None)
+
+
+_EVERYTHING_BUT_FIT = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma",
+                       "adj_r2")
+
+
+def _not_defined(*, penalized: str | None, n: int, rank: int, p: int,
+                 bias: bool) -> dict[str, str]:
+    """Each figure that cannot be given for this fit, with the reason."""
+    why: dict[str, str] = {}
+    if penalized:
+        why = {k: f"the estimates are penalized ({penalized}), not least squares"
+               for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma",
+                         "log_likelihood", "aic", "bic", "adj_r2", "r2")}
+    elif n - rank <= 0:
+        why = {k: f"no residual degrees of freedom ({n} rows for {rank} parameters); "
+                  "it needs more rows than parameters" for k in _EVERYTHING_BUT_FIT}
+    if not bias:
+        for k in ("r2", "adj_r2", "f_stat", "f_p_value"):
+            why.setdefault(k, "the model has no intercept (--no-bias): R² and the F test "
+                              "against a constant are not defined")
+    if rank < p:
+        why.setdefault("std_err", f"the design matrix has rank {rank} < {p} parameters "
+                                  "(collinear columns)")
+    if "std_err" in why:  # everything built on the standard errors goes with them
+        for k in ("t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "adj_r2"):
+            why.setdefault(k, why["std_err"])
+    return why
+
+
+def _likelihood(ssr: float, n: int, rank: int, log_weights: float | None) -> dict[str, float]:
+    """The Gaussian log-likelihood at σ̂² = SSR/n (WLS: plus ½·Σ log w), AIC and BIC."""
+    llf = -n / 2 * (math.log(2 * math.pi) + math.log(ssr / n) + 1) if ssr > 0 else math.inf
+    if log_weights is not None:
+        llf = llf + 0.5 * log_weights
+    return {"log_likelihood": llf, "aic": -2 * llf + 2 * rank,
+            "bic": -2 * llf + math.log(n) * rank}
+
+
+def _f_test(entry: dict[str, Any], why: dict[str, str], beta: np.ndarray, cov: np.ndarray,
+            df_model: int, df_resid: int) -> None:
+    """The F test of the slopes against zero, by the Wald form (any covariance)."""
+    slopes = beta[1:]
+    try:
+        wald = float(slopes @ np.linalg.solve(cov[1:, 1:], slopes)) / df_model
+    except np.linalg.LinAlgError:
+        wald = math.nan
+    if math.isfinite(wald):
+        entry["f_stat"] = wald
+        entry["f_p_value"] = f_sf(wald, df_model, df_resid)
+    else:
+        for k in ("f_stat", "f_p_value"):
+            why[k] = ("the covariance of the slopes is singular (an exact fit, or too few "
+                      "distinct rows for this covariance): F is infinite or undefined")
 
 
 def _covariance(cov_type: str, gram_inv: np.ndarray, meat: np.ndarray | None, sigma2: float,

@@ -237,9 +237,9 @@ def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
 
 def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
                    bias: bool) -> list:
-    """The column specs of a tabular fit (:class:`trainer.encode.StreamLearner`): one pass
+    """The column specs of a tabular fit (:class:`trainer.learner.StreamLearner`): one pass
     over this rank's rows, the ranks' learners merged in rank order."""
-    from trainer.encode import StreamLearner
+    from trainer.learner import StreamLearner
 
     learner = StreamLearner(features, config)
     numbers = rows.targets + ([rows.weight] if rows.weight else [])

@@ -32,12 +32,11 @@ from serve.core.manifest import (
     write_manifest,
 )
 from serve.version import __version__
-from trainer.checkpoint import Checkpoint
-from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
+from trainer.config import TrainConfig, TrainingError
 from trainer.data import TrainingData, encode, load_training_data, split_rows
 from trainer.encode import EncodeConfig
 from trainer.fit import FitResult, fit
-from trainer.runs import CHECKPOINT, checkpoint_scope, new_checkpoint, run_record, warm_start
+from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
 from trainer.solvers import least_squares
 from trainer.stats import INFERENCE, inference
 
@@ -58,24 +57,15 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     (removed when the run ends well); ``resume`` continues from such a folder (the CLI reads
     the run's settings back with :func:`resume_settings`)."""
     out = Path(out) if out is not None else Path("models") / Path(data_path).stem
-    config.validate()
     encoding = encoding or EncodeConfig()
-    encoding.validate()
-    if val_fraction:  # None or 0: no validation split
-        check_setting("val_fraction", val_fraction)
-    check_setting("confidence", confidence)
-    if cov not in CHOICES["cov"]:
-        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
+    check_run(config, encoding, val_fraction=val_fraction, cov=cov, confidence=confidence)
     check_out(out, Path(data_path), force)  # fail before the (possibly long) fit, not after it
-    checkpoint = None
-    if resume is not None:  # (the CLI read checkpoint_every with the rest of run.json)
-        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
-    elif checkpoint_every:
-        checkpoint = new_checkpoint(out, force, checkpoint_every, run_record(
-            data_path, out=out, config=config, encoding=encoding, targets=targets,
-            features=features, exclude=exclude, sample_weight=sample_weight,
-            init_from=init_from, val_fraction=val_fraction, cov=cov, confidence=confidence,
-            plot=plot, checkpoint_every=checkpoint_every))
+    checkpoint = open_checkpoint(out, resume=resume, every=checkpoint_every, force=force,
+                                 record=lambda: run_record(
+        data_path, out=out, config=config, encoding=encoding, targets=targets,
+        features=features, exclude=exclude, sample_weight=sample_weight, init_from=init_from,
+        val_fraction=val_fraction, cov=cov, confidence=confidence, plot=plot,
+        checkpoint_every=checkpoint_every))
     with checkpoint_scope(checkpoint, resumed=resume is not None):
         data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                                   categorical=encoding.categorical, weight=sample_weight,

@@ -20,18 +20,11 @@ from serve.core.manifest import (
     sha256_file,
 )
 from trainer.checkpoint import Checkpoint
-from trainer.config import CHOICES, TrainConfig, TrainingError, check_setting
+from trainer.config import TrainConfig, TrainingError
 from trainer.data import pick_columns
 from trainer.encode import EncodeConfig
 from trainer.fit import FitResult, resolve_device, saved_values, state_dict_of
-from trainer.runs import (
-    CHECKPOINT,
-    checkpoint_dir,
-    checkpoint_scope,
-    new_checkpoint,
-    run_record,
-    warm_start,
-)
+from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
 from trainer.train import check_out, not_least_squares, underfit, write_folder
 
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
@@ -94,8 +87,6 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
     from serve.core.columns import is_plain
     from trainer.dataset import Dataset
     from trainer.distributed import Group
-    from trainer.streamed_sgd import sgd
-
     group = group or Group(device=resolve_device(config.device))
     out = Path(out) if out is not None else Path("models") / Path(str(data_path).rstrip("/*")
                                                                   ).stem
@@ -104,18 +95,13 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                     confidence=confidence)
     if group.rank == 0:
         check_out(out, Path(data_path) if Path(data_path).exists() else Path.cwd() / "_", force)
-    checkpoint = None
-    if resume is not None:  # every rank reads the same state
-        checkpoint = Checkpoint.load(Path(resume) / CHECKPOINT, checkpoint_every or 1)
-    elif checkpoint_every and group.rank == 0:
-        checkpoint = new_checkpoint(out, force, checkpoint_every, run_record(
-            data_path, out=out, config=config, encoding=encoding, targets=targets,
-            features=features, exclude=exclude, sample_weight=sample_weight,
-            init_from=init_from, val_fraction=val_fraction, cov=cov, confidence=confidence,
-            plot=plot, checkpoint_every=checkpoint_every, val_data=val_data,
-            batch_rows=batch_rows, max_memory=max_memory, nproc=group.world))
-    elif checkpoint_every:  # the other ranks take part in each save, rank 0 writes it
-        checkpoint = Checkpoint(checkpoint_dir(out) / CHECKPOINT, checkpoint_every)
+    checkpoint = open_checkpoint(out, resume=resume, every=checkpoint_every, force=force,
+                                 rank=group.rank, record=lambda: run_record(
+        data_path, out=out, config=config, encoding=encoding, targets=targets,
+        features=features, exclude=exclude, sample_weight=sample_weight, init_from=init_from,
+        val_fraction=val_fraction, cov=cov, confidence=confidence, plot=plot,
+        checkpoint_every=checkpoint_every, val_data=val_data, batch_rows=batch_rows,
+        max_memory=max_memory, nproc=group.world))
     with checkpoint_scope(checkpoint if group.rank == 0 else None, resumed=resume is not None):
         # 1. The dataset, its columns, this rank's share (rank 0 hashes the files meanwhile).
         ds = Dataset.open(data_path)
@@ -123,9 +109,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         targets, raw_features = pick_columns(ds.shown, ds.columns, targets=targets,
                                              features=features, exclude=exclude,
                                              weight=sample_weight)
-        if unknown := sorted(set(encoding.categorical) - set(raw_features)):
-            raise DataError(f"{ds.shown}: unknown categorical column {unknown[0]!r}; the "
-                            f"features are {', '.join(raw_features)}")
+        _check_categorical(ds.shown, encoding, raw_features)
         share = _Share(ds, raw_features, targets, group, val_data=val_data,
                        val_fraction=val_fraction, weight=sample_weight, batch_rows=batch_rows,
                        max_memory=max_memory, seed=config.seed)
@@ -135,16 +119,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                     weighted=sample_weight is not None)
         features = rows.features
         # 3. The fit: exact from R, or SGD through the one loop.
-        start = time.perf_counter()
         exact = _exact_from_r(summary, config, len(features), weighted=sample_weight is not None)
-        if config.solver == "lstsq":
-            result, sse = _exact_result(exact, summary, config, len(targets), str(group.device))
-        else:
-            start_at = warm_start(init_from, features, targets, config) \
-                if init_from is not None else None
-            result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
-                              start=start_at, checkpoint=checkpoint)
-        result.seconds = time.perf_counter() - start
+        result, sse = _fit(rows, summary, exact, config, group, init_from=init_from, log=log,
+                           progress=progress, checkpoint=checkpoint)
         # 4. Metrics and statistics at the saved parameters, from R (HC0-HC3: one more pass).
         metrics = _metrics_from_r(summary, result, sse, exact, config)
         stats = _streamed_statistics(rows, summary, result, sse, config, group, cov=cov,
@@ -158,14 +135,9 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         columns = specs if specs is not None and not is_plain(specs) else None
         manifest = write_folder(
             out, force=force, result=result, config=config, features=features, targets=targets,
-            columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats, data={
-                "path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
-                "files": [str(f.resolve()) for f in ds.files], "sha256": digest.result(),
-                "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
-                "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
-                "validation": (f"--val-data {val_data}" if val_data else
-                               "a seeded hash of (file, row)" if summary.val_rows else None),
-                "validation_indices": None, "sample_weight": sample_weight},
+            columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats,
+            data=_data_record(ds, summary, digest.result(), val_data=val_data,
+                              sample_weight=sample_weight),
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
                                    "passes": passes, "world_size": group.world,
                                    "backend": group.backend,
@@ -173,18 +145,48 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         return out, manifest
 
 
+def _data_record(ds: Any, summary: Any, sha256: str, *, val_data: str | Path | None,
+                 sample_weight: str | None) -> dict[str, Any]:
+    """The manifest's ``data``: the files, their digest, and how the rows were used."""
+    return {"path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
+            "files": [str(f.resolve()) for f in ds.files], "sha256": sha256,
+            "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+            "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
+            "validation": (f"--val-data {val_data}" if val_data else
+                           "a seeded hash of (file, row)" if summary.val_rows else None),
+            "validation_indices": None, "sample_weight": sample_weight}
+
+
+def _check_categorical(shown: str, encoding: EncodeConfig, features: list[str]) -> None:
+    if unknown := sorted(set(encoding.categorical) - set(features)):
+        raise DataError(f"{shown}: unknown categorical column {unknown[0]!r}; the features are "
+                        f"{', '.join(features)}")
+
+
+def _fit(rows: Any, summary: Any, exact: tuple[np.ndarray, np.ndarray] | None,
+         config: TrainConfig, group: Any, *, init_from: str | Path | None,
+         log: Callable[[str], None] | None, progress: Callable[[float], None] | None,
+         checkpoint: Checkpoint | None) -> tuple[FitResult, np.ndarray]:
+    """The fit and the residual sums of squares at it: exact from R (``exact``), or SGD."""
+    from trainer.streamed_sgd import sgd
+
+    start = time.perf_counter()
+    if config.solver == "lstsq":
+        result, sse = _exact_result(exact, summary, config, len(rows.targets), str(group.device))
+    else:
+        start_at = warm_start(init_from, rows.features, rows.targets, config) \
+            if init_from is not None else None
+        result, sse = sgd(rows, summary, config, group, log=log, progress=progress,
+                          start=start_at, checkpoint=checkpoint)
+    result.seconds = time.perf_counter() - start
+    return result, sse
+
+
 def _check_streamed(config: TrainConfig, encoding: EncodeConfig, *, val_fraction: float | None,
                     val_data: str | Path | None, cov: str, confidence: float) -> None:
     """The settings of a streamed fit, checked before anything is read."""
-    config.validate()
-    encoding.validate()
-    if val_fraction:
-        check_setting("val_fraction", val_fraction)
-    check_setting("confidence", confidence)
-    if cov not in CHOICES["cov"]:
-        raise TrainingError(f"--cov {cov!r}: use one of {', '.join(CHOICES['cov'])}")
-    if val_fraction and val_data is not None:
-        raise TrainingError("--val-fraction and --val-data both pick validation rows; give one")
+    check_run(config, encoding, val_fraction=val_fraction, cov=cov, confidence=confidence,
+              val_data=val_data)
     if config.early_stopping and not val_fraction and val_data is None:
         raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
                             "(e.g. 0.2) or --val-data")
