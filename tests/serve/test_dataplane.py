@@ -231,3 +231,50 @@ def test_bad_requests_are_refused_alike(server, case, status, message):
     assert (answer.status_code, answer.json()) == (status, {"error": message})
     assert isinstance(reply, grpc.RpcError)
     assert (reply.code(), reply.details()) == (CODES[status], message)
+
+
+# ----------------------------------------------------------------- the error model, in process
+
+def metric(http, pattern: str) -> float:
+    import re
+
+    found = re.search("^" + pattern + r" (\S+)$", http.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_every_route_is_counted_under_its_name_model_and_status(server):
+    http, _ = server
+    ok = 'linreg_requests_total{endpoint="v2_infer",model="multi",code="200"}'
+    bad = 'linreg_requests_total{endpoint="v2_infer",model="multi",code="400"}'
+    rows = 'linreg_rows_predicted_total{endpoint="v2_infer",model="multi"}'
+    before = [metric(http, p.replace("{", r"\{").replace("}", r"\}")) for p in (ok, bad, rows)]
+    path, body, headers = http_request(GOOD[0])
+    assert http.post(path, content=body, headers=headers).status_code == 200
+    path, body, headers = http_request(BAD[0][0])
+    assert http.post(path, content=body, headers=headers).status_code == 400
+    after = [metric(http, p.replace("{", r"\{").replace("}", r"\}")) for p in (ok, bad, rows)]
+    assert [a - b for a, b in zip(after, before)] == [1, 1, 2]
+
+
+def test_a_refused_body_closes_the_connection_and_names_the_limit(server):
+    http, _ = server
+    answer = http.post("/v2/models/multi/infer", content=b"x" * 100,
+                       headers={"Content-Length": str(64 << 20)})
+    assert answer.status_code == 413 and answer.headers["connection"] == "close"
+    assert answer.json() == {"error": f"request body of {64 << 20:,} bytes is more than the "
+                             f"limit of {32 << 20:,} (--max-body-bytes)"}
+
+
+def test_a_bug_is_a_500_without_a_traceback_and_is_counted(server, monkeypatch):
+    http, _ = server
+    from serve.server import dataplane
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug of ours")
+
+    monkeypatch.setattr(dataplane, "request_rows", broken)
+    path, body, headers = http_request(GOOD[0])
+    answer = http.post(path, content=body, headers=headers)
+    assert (answer.status_code, answer.json()) == (500, {"error": "internal server error"})
+    assert metric(http, r'linreg_requests_total\{endpoint="v2_infer",model="multi",code="500"\}') \
+        == 1
