@@ -90,11 +90,15 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.option("--intervals", type=SETTINGS["confidence"].click_type(), default=None, metavar="LEVEL",
               help="Add outputs prediction_lower/upper (a new observation) and "
               "mean_lower/upper (the mean) at this level, e.g. 0.95, to model.onnx.")
+@click.option("--onnx-exporter", type=click.Choice(["linreg", "torch"]), default="linreg",
+              show_default=True, help="Who writes model.onnx: linreg builds the graph itself "
+              "(one Gemm, with the encoding and intervals), torch runs torch.onnx.export "
+              "(dynamo; slower, a plain model only). Both are checked against torch eager.")
 @click.option("--force", is_flag=True, help="Overwrite existing exported files.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | None,
                 model_version: int | None, opset: int | None, intervals: float | None,
-                force: bool, quiet: bool) -> None:
+                onnx_exporter: str, force: bool, quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
     from trainer.export import export
 
@@ -108,7 +112,7 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
     if triton and "onnx" not in formats and not (model_dir / "model.onnx").is_file():
         formats += ("onnx",)  # nothing exported yet: export it now
     manifest = export(model_dir, formats=formats, opset=opset, force=force,
-                      intervals=intervals) if formats else None
+                      intervals=intervals, onnx_exporter=onnx_exporter) if formats else None
     if triton:
         from serve.runtime.triton import write_repository
 

@@ -50,6 +50,7 @@ from trainer.stats import INFERENCE
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "pt2": "model.pt2"}
 DEFAULT_OPSET = 18
+ONNX_EXPORTERS = ("linreg", "torch")
 
 
 def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
@@ -93,11 +94,17 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
            opset: int | None = None, force: bool = False,
-           intervals: float | None = None) -> dict[str, Any]:
+           intervals: float | None = None, onnx_exporter: str = "linreg") -> dict[str, Any]:
     """Write the requested formats into ``folder``, check parity, update the manifest.
 
     ``opset`` None: 18, or 19 for a model with categorical columns (string ``Equal``).
-    ``intervals`` (a level such as 0.95) adds prediction and mean intervals to model.onnx."""
+    ``intervals`` (a level such as 0.95) adds prediction and mean intervals to model.onnx.
+    ``onnx_exporter``: ``linreg`` builds the graph itself (one ``Gemm``, with the encoding and
+    the intervals when there are any: milliseconds); ``torch`` runs
+    ``torch.onnx.export(dynamo=True)`` (seconds; a plain model without intervals only)."""
+    if onnx_exporter not in ONNX_EXPORTERS:
+        raise ExportError(f"--onnx-exporter {onnx_exporter!r}: use one of "
+                          f"{', '.join(ONNX_EXPORTERS)}")
     folder = Path(folder)
     model, manifest = load_trained(folder)
     specs = read_specs(manifest, folder / "model.json")
@@ -106,6 +113,10 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     iv = _intervals(folder, manifest, intervals) if intervals is not None else None
     if iv is not None and "onnx" not in formats:
         raise ExportError("--intervals: the intervals go into model.onnx; add --format onnx")
+    if onnx_exporter == "torch" and (specs or iv) and "onnx" in formats:
+        raise ExportError("--onnx-exporter torch exports the numeric core only: this model's "
+                          "encoding and intervals are built by linreg's own exporter (drop "
+                          "--onnx-exporter)")
     lowest = needs_opset(specs) if specs else 13
     if opset is None:
         opset = max(DEFAULT_OPSET, lowest)
@@ -124,7 +135,7 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     results = {}
     with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
         for fmt in formats:
-            if fmt == "onnx" and (specs or iv):  # linreg's own graph: encoding, intervals
+            if fmt == "onnx" and onnx_exporter == "linreg":  # the graph: encoding, Gemm, ...
                 info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset, iv)
                 predict, bounds = tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
                 info["parity"] = parity(model, fmt, predict, raw_rows or rows, rows, manifest)
@@ -283,7 +294,8 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: P
     _save_onnx(proto, manifest, path)
     import onnx
 
-    return {"opset": opset, "exporter": "linreg (onnx.helper: encoding + Gemm)",
+    return {"opset": opset, "exporter": "linreg (onnx.helper: encoding + Gemm)" if specs else
+            "linreg (onnx.helper: Gemm)",
             "onnx_version": onnx.__version__,
             "inputs": [{"name": s.name, "shape": ["batch", 1],
                         "type": "string" if s.kind == "categorical" else

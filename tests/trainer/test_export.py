@@ -93,7 +93,43 @@ def test_onnx_contract(exported):
     assert json.loads(meta["target_names"]) == manifest["targets"]
     assert meta["dtype"] == manifest["model"]["dtype"]
     e = manifest["exports"]["onnx"]
-    assert (e["opset"], e["exporter"]) == (18, "torch.onnx.export(dynamo=True)")
+    assert (e["opset"], e["exporter"]) == (18, "linreg (onnx.helper: Gemm)")
+    assert [n.op_type for n in model.graph.node] == ["Gemm", "Identity"]
+
+
+@pytest.mark.parametrize("name", ["8x2", "nobias", "float64"])
+def test_torch_exporter_and_linregs_own_graph_agree(tmp_path, rng, name):
+    """The graph linreg builds itself and torch.onnx.export(dynamo=True)'s: both one Gemm, the
+    same contract, the same predictions (to the dtype's tolerance); the torch one is kept
+    behind --onnx-exporter torch as the cross-check."""
+    folder = _trained(tmp_path, name, val_fraction=0)
+    own = export(folder, formats=("onnx",))["exports"]["onnx"]
+    mine = onnx.load(folder / "model.onnx")
+    theirs_manifest = export(folder, formats=("onnx",), force=True, onnx_exporter="torch")
+    theirs = onnx.load(folder / "model.onnx")
+    assert theirs_manifest["exports"]["onnx"]["exporter"] == "torch.onnx.export(dynamo=True)"
+    assert own["exporter"] == "linreg (onnx.helper: Gemm)"
+    assert "Gemm" in [n.op_type for n in theirs.graph.node]
+    for a, b in zip([*mine.graph.input, *mine.graph.output],
+                    [*theirs.graph.input, *theirs.graph.output]):
+        assert (a.name, a.type.tensor_type.elem_type) == (b.name, b.type.tensor_type.elem_type)
+    assert {p.key: p.value for p in mine.metadata_props} == \
+        {p.key: p.value for p in theirs.metadata_props}
+    dtype = np.float64 if name == "float64" else np.float32
+    X = rng.normal(0, 5, size=(257, mine.graph.input[0].type.tensor_type.shape.dim[1].dim_value))
+    X = X.astype(dtype)
+    runs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+            .run(["prediction"], {"features": X})[0] for m in (mine, theirs)]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(runs[0], runs[1], rtol=tol, atol=tol)
+
+
+def test_the_torch_exporter_is_refused_for_what_only_linreg_builds(tmp_path):
+    folder = _trained(tmp_path, "1x1", val_fraction=0)
+    with pytest.raises(Exception, match="--onnx-exporter torch exports the numeric core only"):
+        export(folder, formats=("onnx",), intervals=0.95, onnx_exporter="torch")
+    with pytest.raises(Exception, match="--onnx-exporter 'tf': use one of linreg, torch"):
+        export(folder, formats=("onnx",), onnx_exporter="tf")
 
 
 @pytest.mark.slow
