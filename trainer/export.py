@@ -123,6 +123,13 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     elif opset < lowest and "onnx" in formats:
         raise ExportError(f"--opset {opset}: this model's categorical columns need opset "
                           f"{lowest} or later (Equal on strings); drop --opset or pass {lowest}")
+    elif onnx_exporter == "linreg" and "onnx" in formats:
+        import onnx
+
+        if opset > (highest := onnx.defs.onnx_opset_version()):
+            raise ExportError(f"--opset {opset}: onnx {onnx.__version__} knows opsets up to "
+                              f"{highest}; choose one from {lowest} to {highest} (or drop "
+                              f"--opset: {max(DEFAULT_OPSET, lowest)})")
     for fmt in formats:
         if fmt not in FORMATS:
             raise ExportError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

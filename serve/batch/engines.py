@@ -42,7 +42,10 @@ def dask_engine(model: str | os.PathLike, *, scheduler: str | None = None,
         cluster = None
         if scheduler is None:
             cluster = LocalCluster(n_workers=workers or 2, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=logging.CRITICAL)
+                                   dashboard_address=None, silence_logs=logging.CRITICAL,
+                                   # no dashboard; its HTTP endpoint on a free loopback port
+                                   # (8787 may be taken: distributed would warn)
+                                   scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
         try:
             try:
                 client = Client(cluster or scheduler, timeout=30)
