@@ -31,7 +31,7 @@ from serve.core.columns import (
 )
 from serve.core.errors import DataError, ModelError
 from serve.core.formats import MAX_THREADS
-from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION, check_graph
+from serve.core.graph import ALLOWED_OPS, INTERVAL_OUTPUTS, PREDICTION, check_graph
 from serve.core.manifest import MANIFEST, names_problem, read_manifest
 from serve.core.numbers import cell_number, first_non_finite, non_finite_message, shown
 from serve.runtime.backends import (
@@ -52,8 +52,11 @@ class Predictor:
 
     def __init__(self, backend: Backend, *, feature_names: list[str], target_names: list[str],
                  metadata: dict[str, Any], dtype: np.dtype, source: str,
-                 columns: list[ColumnSpec] | None = None) -> None:
+                 columns: list[ColumnSpec] | None = None, bounded: bool = False) -> None:
         self._backend = backend
+        # The graph is linreg's shape (a few elementwise operators and a Gemm, no loops): a run
+        # takes microseconds a row, so a server may run a small one on its event loop.
+        self.bounded = bounded
         self.columns = columns  # raw-column specs of a tabular model; None: one features matrix
         self.intervals = _interval_facts(backend, metadata)  # linreg-export --intervals, or None
         self.feature_names = list(feature_names)
@@ -104,8 +107,8 @@ class Predictor:
         """A Predictor from a model.onnx's bytes (a cluster worker gets the model this way);
         ``path`` names it in messages. The graph is checked as :meth:`load` does."""
         path = Path(path)
-        allow_foreign = allow_foreign_graph
-        check_graph(data, str(path), allow_foreign=allow_foreign)
+        facts = check_graph(data, str(path), allow_foreign=allow_foreign_graph)
+        bounded = not (facts.ops - ALLOWED_OPS or facts.subgraphs or facts.functions)
         backend = OnnxBackend(data, path, threads)
         meta = backend.metadata
         n_in, n_out = backend.width_in, backend.width_out
@@ -114,13 +117,14 @@ class Predictor:
             features = [c.name for c in backend.columns]
             _check_names(features, "feature_names", path)
             return cls(backend, feature_names=features, target_names=targets, metadata=meta,
-                       dtype=backend.dtype, source=str(path), columns=backend.columns)
+                       dtype=backend.dtype, source=str(path), columns=backend.columns,
+                       bounded=bounded)
         features = _meta_names(meta, "feature_names", "f", n_in, path)
         if len(features) != n_in or len(targets) != n_out:
             raise ModelError(f"{path}: metadata names {len(features)} features and "
                              f"{len(targets)} targets but the graph has {n_in} and {n_out}")
         return cls(backend, feature_names=features, target_names=targets, metadata=meta,
-                   dtype=backend.dtype, source=str(path))
+                   dtype=backend.dtype, source=str(path), bounded=bounded)
 
     @classmethod
     def _load_torchscript(cls, path: Path) -> Predictor:

@@ -185,6 +185,18 @@ def test_a_graph_that_lies_about_its_output_width_is_refused(hostile, tmp_path):
         Predictor.load(path)
 
 
+def test_only_linregs_own_graphs_may_run_on_the_event_loop(hostile, tmp_path):
+    """The server predicts a few rows inline only for a bounded graph (linreg's operators, no
+    loops); a foreign one, allowed by the user, always runs off the loop, within the timeout."""
+    from serve import Predictor
+    from tests.serve.conftest import MODELS
+
+    assert Predictor.load(MODELS / "multi").bounded
+    assert Predictor.load(MODELS / "intervals").bounded
+    spin = Predictor.load(hostile.loop_model(tmp_path / "spin.onnx"), allow_foreign_graph=True)
+    assert not spin.bounded
+
+
 def test_a_foreign_graph_served_on_request_never_blocks_the_server(hostile, tmp_path):
     model = hostile.loop_model(tmp_path / "spin.onnx")
     s = Server(model, "--allow-foreign-graph", "--request-timeout", "1")

@@ -14,4 +14,4 @@ from __future__ import annotations
 
 from serve.server.routes import mlflow, ops, repository, v1, v2
 
-PROTOCOLS = (ops, v2, repository, v1, mlflow)
+PROTOCOLS = (v2, v1, mlflow, repository, ops)  # the predicting routes are matched first

@@ -17,6 +17,27 @@ from serve.server.routes.common import Http, body_schema, json_response
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
+    # The hot path first: routes are matched in order. Its handler takes the Request alone
+    # (the path's model and version are read from it), so FastAPI has nothing to solve.
+    @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
+              openapi_extra=body_schema(_V2_SCHEMA, path=("model",)), name="v2_infer")
+    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"],
+              include_in_schema=False, name="v2_infer")
+    async def v2_infer(request: Request) -> Response:
+        model, version = request.path_params["model"], request.path_params.get("version")
+        v = serving.version(model, version)
+        body = await http.read_body(request)
+        asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
+        rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.settings.max_rows)
+        outputs = await serving.predict(v, rows)
+        request.state.rows = len(rows)
+        content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,
+                                                                    v.version))
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(content, media_type="application/octet-stream",
+                        headers={"Inference-Header-Content-Length": str(json_length)})
+
     @app.get("/v2", tags=["v2"], summary="Server metadata", name="v2_metadata")
     async def v2_server() -> Response:
         return json_response(metadata.server_metadata())
@@ -55,24 +76,6 @@ def register(app: FastAPI, http: Http) -> None:
         settings = serving.settings
         return json_response(model_config(v.predictor, model, max_batch_size=settings.max_rows,
                                           max_queue_delay_us=settings.max_batch_delay_us))
-
-    @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
-              openapi_extra=body_schema(_V2_SCHEMA), name="v2_infer")
-    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"],
-              include_in_schema=False, name="v2_infer")
-    async def v2_infer(request: Request, model: str, version: str | None = None) -> Response:
-        v = serving.version(model, version)
-        body = await http.read_body(request)
-        asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
-        rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.settings.max_rows)
-        outputs = await serving.predict(v, rows)
-        request.state.rows = len(rows)
-        content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,
-                                                                    v.version))
-        if json_length is None:
-            return Response(content, media_type="application/json")
-        return Response(content, media_type="application/octet-stream",
-                        headers={"Inference-Header-Content-Length": str(json_length)})
 
 
 _V2_SCHEMA: dict[str, Any] = {"type": "object", "required": ["inputs"], "properties": {
