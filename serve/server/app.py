@@ -77,13 +77,13 @@ def _lifespan(serving: Serving):
         if settings.grpc_port is not None:
             from serve.server import grpc_service
 
-            grpc_server = grpc_service.start(serving, settings.host, settings.grpc_port)
+            grpc_server = await grpc_service.start(serving, settings.host, settings.grpc_port)
         try:
             yield
         finally:
             stop.set()
             if grpc_server is not None:
-                grpc_server.stop(grace=1)
+                await grpc_server.stop(grace=1)
             serving.close()
     return lifespan
 

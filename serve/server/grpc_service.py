@@ -2,8 +2,9 @@
 ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelInfer), as Triton and KServe serve
 it, so ``tritonclient.grpc`` works unchanged. Needs the ``grpc`` extra.
 
-A thin converter over :mod:`serve.server.dataplane`: a ``ModelInferRequest`` becomes the same
-``InferRequest`` an HTTP body does, is checked and predicted the same way, and the response is
+A thin converter over :mod:`serve.server.dataplane`, served by ``grpc.aio`` on the HTTP
+server's event loop: a ``ModelInferRequest`` becomes the same ``InferRequest`` an HTTP body
+does, is checked and predicted the same way (:meth:`Serving.predict`), and the response is
 encoded as ``raw_output_contents``, as Triton does; a refusal is a gRPC status
 (INVALID_ARGUMENT, NOT_FOUND, ...) whose details are the HTTP message.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -38,24 +38,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
 
-    def ServerLive(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerReadyResponse(ready=True)
 
-    def ModelReady(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             self.serving.version(request.name, request.version or None)
         except LinregError:
             return pb.ModelReadyResponse(ready=False)
         return pb.ModelReadyResponse(ready=True)
 
-    def ServerMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return pb.ServerMetadataResponse(**metadata.server_metadata())
 
-    def ModelMetadata(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def answer() -> tuple[Any, int]:
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def answer() -> tuple[Any, int]:
             v = self.serving.version(request.name, request.version or None)
             meta = metadata.model_metadata(v.predictor, request.name,
                                             self.serving.repository.versions(request.name))
@@ -64,35 +64,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 name=meta["name"], versions=meta["versions"], platform=meta["platform"],
                 inputs=[tensors(**t) for t in meta["inputs"]],
                 outputs=[tensors(**t) for t in meta["outputs"]]), 0
-        return self._call("grpc_model_metadata", request.name, context, answer)
+        return await self._call("grpc_model_metadata", request.name, context, answer)
 
-    def ModelInfer(self, request: Any, context: grpc.ServicerContext) -> Any:
-        def answer() -> tuple[Any, int]:
+    async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def answer() -> tuple[Any, int]:
             v = self.serving.version(request.model_name, request.model_version or None)
             asked = dataplane.from_protobuf(request)
             rows = dataplane.request_rows(v.predictor, asked,
                                           max_rows=self.serving.settings.max_rows)
-            outputs = self.serving.predict_now(v, rows)
+            outputs = await self.serving.predict(v, rows)
             return dataplane.to_protobuf(dataplane.response(asked, outputs, request.model_name,
                                                             v.version), pb), len(rows)
-        return self._call("grpc_infer", request.model_name, context, answer)
+        return await self._call("grpc_infer", request.model_name, context, answer)
 
-    def _call(self, label: str, model: str, context: grpc.ServicerContext, answer: Any) -> Any:
+    async def _call(self, label: str, model: str, context: grpc.aio.ServicerContext,
+                    answer: Any) -> Any:
         """Run ``answer``: a :class:`LinregError` aborts with its status's gRPC code and its
         message, anything else is INTERNAL and logged, never a traceback to the client; every
         call is counted as its HTTP twin would be."""
         start, status, rows = time.perf_counter(), 200, 0
         try:
-            response, rows = answer()
+            response, rows = await answer()
             return response
         except LinregError as e:
             status = e.status
             (log.error if status >= 500 else log.warning)("%s %s: %s", status, label, e)
-            context.abort(CODES[status], str(e))
+            await context.abort(CODES[status], str(e))
         except Exception:  # a bug of ours, not the client's
             status = 500
             log.exception("internal error on %s", label)
-            context.abort(grpc.StatusCode.INTERNAL, "internal server error")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error")
         finally:
             self.serving.metrics.observe(label, status, time.perf_counter() - start, rows,
                                          model)
@@ -122,24 +123,22 @@ def _lenient(run: Any, request_type: Any, response_type: Any) -> grpc.RpcMethodH
         except Exception as e:  # protobuf's DecodeError, or its C extension's own
             return _Malformed(e)
 
-    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, _Malformed):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
-                          f"{request_type.DESCRIPTOR.name} message ({request.error})")
-        return run(request, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid "
+                                f"{request_type.DESCRIPTOR.name} message ({request.error})")
+        return await run(request, context)
 
     return grpc.unary_unary_rpc_method_handler(
         behavior, request_deserializer=parse, response_serializer=response_type.SerializeToString)
 
 
-def start(serving: Serving, host: str, port: int, *, threads: int = 64) -> grpc.Server:
-    """A started gRPC server for ``serving`` on ``host:port`` (``threads`` concurrent calls,
-    each at most ``--max-body-bytes``)."""
-    server = grpc.server(ThreadPoolExecutor(max_workers=threads,
-                                            thread_name_prefix="linreg-grpc"),
-                         options=[("grpc.max_receive_message_length",
-                                   serving.settings.max_body_bytes),
-                                  ("grpc.max_send_message_length", 1 << 30)])
+async def start(serving: Serving, host: str, port: int) -> grpc.aio.Server:
+    """A started gRPC server for ``serving`` on ``host:port``, on the running event loop (the
+    HTTP server's: a call is served as an HTTP request is, each at most --max-body-bytes)."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length",
+                                       serving.settings.max_body_bytes),
+                                      ("grpc.max_send_message_length", 1 << 30)])
     server.add_generic_rpc_handlers((_handlers(InferenceService(serving)),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
@@ -148,5 +147,5 @@ def start(serving: Serving, host: str, port: int, *, threads: int = 64) -> grpc.
         bound = 0
     if not bound:
         raise LinregError(f"cannot listen for gRPC on {address}")
-    server.start()
+    await server.start()
     return server

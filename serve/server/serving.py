@@ -10,8 +10,7 @@ import functools
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
 
 from serve.core.errors import DataError, RequestError
 from serve.core.graph import PREDICTION
@@ -102,19 +101,6 @@ class Serving:
             cancel.cancel()
             raise
         except DataError as e:  # e.g. a prediction that overflows the model's dtype
-            raise RequestError(str(e), status=422) from None
-
-    def predict_now(self, version: Version, rows: Rows) -> Outputs:
-        """Predict on the calling thread (gRPC's worker threads), within the request timeout."""
-        batcher = self._batcher(version)
-        try:
-            if batcher is None:
-                return outputs_runner(version.predictor)(rows)
-            future: Future = batcher.submit(rows)
-            return future.result(timeout=self.settings.request_timeout)
-        except FutureTimeout:
-            raise _too_slow(self.settings.request_timeout) from None
-        except DataError as e:
             raise RequestError(str(e), status=422) from None
 
     def close(self) -> None:
