@@ -26,11 +26,10 @@ from serve.core.errors import DataError, OutputError
 from serve.core.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format, files_of
 from serve.core.graph import INTERVAL_OUTPUTS
 from serve.core.ownership import own_temporary
-from serve.core.tables import (
-    STDIN,
-    check_readable,
-)
+from serve.core.tables import STDIN, check_readable
 from serve.runtime.predictor import Cancel, Predictor
+
+__all__ = ["predict_file", "predict_folder", "input_parts", "INPUT_FORMATS", "OUTPUT_FORMATS"]
 
 
 def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
@@ -126,9 +125,6 @@ def _with_intervals(predictor: Predictor) -> Callable[..., np.ndarray]:
         per_target = [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
         return np.hstack([out["prediction"], *per_target])
     return run
-
-
-__all__ = ["predict_file", "INPUT_FORMATS", "OUTPUT_FORMATS"]
 
 
 # ------------------------------------------------------------------ folders of files

@@ -11,9 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from serve.core.tables import (
-    csv_write_options,
-)
+from serve.core.tables import csv_write_options
 from serve.runtime.predictor import Predictor
 
 

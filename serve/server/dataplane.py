@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from serve.core.columns import Frame
+from serve.core.errors import RequestError
 from serve.core.graph import FEATURES, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.numbers import shown
 from serve.runtime.predictor import Predictor
-from serve.server.protocols import RequestError, as_rows, check_rows, parse_json
+from serve.server.protocols import as_rows, check_count, check_rows, parse_json
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 DATATYPE_OF = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64"}
@@ -213,7 +214,7 @@ def _matrix(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> np.nda
     if shape[1] != predictor.n_features:
         raise RequestError(f"input shape {shape}: the model takes {predictor.n_features} "
                            f"features per row ({', '.join(predictor.feature_names)})")
-    _check_count(shape[0], max_rows)
+    check_count(shape[0], max_rows)
     flat = _numbers(tensor, datatype, shape[0] * shape[1], shape)
     rows = np.ascontiguousarray(flat.reshape(shape), dtype=predictor.dtype)
     check_rows(predictor, rows, max_rows)
@@ -242,7 +243,7 @@ def _frame(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> Frame:
         if not _is_shape(shape, 2) or shape[1:] not in ([], [1]):
             raise RequestError(f"input {name!r}: shape {shown(shape)}; expected [rows] or "
                                "[rows, 1]")
-        _check_count(shape[0], max_rows)
+        check_count(shape[0], max_rows)
         if n_rows is not None and shape[0] != n_rows:
             raise RequestError(f"input {name!r} has {shape[0]} rows, the others {n_rows}")
         n_rows = shape[0]
@@ -257,12 +258,6 @@ def _frame(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> Frame:
 def _is_shape(shape: Any, most: int) -> bool:
     return isinstance(shape, list) and 1 <= len(shape) <= most and all(
         type(d) is int and d >= 0 for d in shape)
-
-
-def _check_count(rows: int, max_rows: int) -> None:
-    if rows > max_rows:
-        raise RequestError(f"{rows:,} rows is more than the limit of {max_rows:,} per request "
-                           "(--max-rows)", status=413)
 
 
 def _numbers(tensor: Tensor, datatype: str, count: int, shape: list[int]) -> np.ndarray:

@@ -51,13 +51,18 @@ def as_rows(predictor: Predictor, X: Any, *, max_rows: int,
     return rows
 
 
+def check_count(rows: int, max_rows: int, prefix: str = "") -> None:
+    """At most ``--max-rows`` rows a request (413), checked as soon as the count is known."""
+    if rows > max_rows:
+        raise RequestError(f"{prefix}{rows:,} rows is more than the limit of {max_rows:,} per "
+                           "request (--max-rows)", status=413)
+
+
 def check_rows(predictor: Predictor, rows: np.ndarray | Frame, max_rows: int,
                 prefix: str = "") -> None:
     if len(rows) == 0:
         raise RequestError(f"{prefix}no rows to predict")
-    if len(rows) > max_rows:
-        raise RequestError(f"{prefix}{len(rows):,} rows is more than the limit of {max_rows:,} "
-                           "per request (--max-rows)", status=413)
+    check_count(len(rows), max_rows, prefix)
     try:
         predictor.check_finite(rows)
     except DataError as e:

@@ -99,8 +99,8 @@ def _text(value: Any) -> str:
 
 def _parse(raw: str, f: dataclasses.Field) -> Any:
     kind = f.metadata.get("type")
-    if f.metadata.get("argument") or kind is str:
-        return raw or (None if f.default is None else raw)
+    if f.metadata.get("argument") or kind is str:  # "" is None where None is the default
+        return None if raw == "" and f.default is None else raw
     if kind is None:  # a flag
         return raw == "1"
     return None if raw == "" else kind.convert(raw, None, None)

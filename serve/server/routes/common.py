@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from serve.core.errors import LinregError, RequestError
 from serve.server.metrics import Metrics
 from serve.server.repository import Version
-from serve.server.serving import Serving
+from serve.server.serving import Serving, within
 
 log = logging.getLogger("linreg.serve")
 
@@ -125,15 +125,6 @@ class Observed:
             model = scope.get("path_params", {}).get("model") or state.get("model", "")
             self.metrics.observe(route.name, status, time.perf_counter() - start,
                                  state.get("rows", 0), model)
-
-
-async def within(seconds: float, awaitable: Any) -> Any:
-    """``await awaitable``, or ``asyncio.TimeoutError`` after ``seconds``: ``asyncio.timeout``
-    where there is one (3.11+: no extra task per request), else ``asyncio.wait_for``."""
-    if hasattr(asyncio, "timeout"):
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    return await asyncio.wait_for(awaitable, seconds)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
