@@ -113,6 +113,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     py = sys.executable
+    # Bytecode for linreg's own modules, as an installed wheel has (an editable install under
+    # PYTHONDONTWRITEBYTECODE=1 would compile every module on every start).
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([py, "-m", "compileall", "-q", str(root / "serve"), str(root / "trainer")],
+                   check=True, stdout=subprocess.DEVNULL)
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
         (t / "tut.csv").write_text(TUTORIAL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import click
 
 from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount
 from serve.core.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
+from serve.core.imports import without_pandas
 from serve.core.progress import Progress
 from serve.server.settings import ServerSettings, click_options
 from serve.version import __version__
@@ -90,8 +92,9 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
             from serve.batch.engines import spark_engine
 
             runner = spark_engine(model, master=master, allow_foreign_graph=allow_foreign_graph)
-        with Progress(total or None, desc="predicting", unit="rows",
-                      quiet=quiet or runner is not None) as bar:
+        with without_pandas() if runner is None else nullcontext(), \
+                Progress(total or None, desc="predicting", unit="rows",
+                         quiet=quiet or runner is not None) as bar:
             n = predict_folder(predictor, input, output, output_format=output_format,
                                batch_rows=batch_rows, keep=keep_cols, force=force,
                                pred_suffix=pred_suffix, intervals=intervals, progress=bar.to,
@@ -101,7 +104,7 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
             click.echo(f"Predicted {n:,} rows from {len(parts)} parts -> {output}/", err=True)
         return
     total = estimate_rows(Path(input)) if input != "-" and Path(input).is_file() else None
-    with Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
+    with without_pandas(), Progress(total, desc="predicting", unit="rows", quiet=quiet) as bar:
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
                          force=force, pred_suffix=pred_suffix, intervals=intervals,

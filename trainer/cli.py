@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount, stopped
+from serve.core.imports import without_pandas
 from serve.core.progress import Progress
 from serve.version import __version__
 from trainer.commands import (  # noqa: F401  (the console scripts, by their names here)
@@ -216,12 +217,13 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
     folder_of_checkpoint = resume or (checkpoint_dir(settings["out"] or Path("models") / Path(
         str(data).rstrip("/*")).stem) if settings.get("checkpoint_every") else None)
     try:
-        if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
-            _train_streamed(data, settings, nproc=nproc, val_data=val_data,
-                            batch_rows=batch_rows, max_memory=max_memory, summary=summary,
-                            force=force, quiet=quiet)
-        else:
-            _train_in_memory(data, settings, summary=summary, force=force, quiet=quiet)
+        with without_pandas():  # pyarrow would import it (0.2 s) and nothing here needs it
+            if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
+                _train_streamed(data, settings, nproc=nproc, val_data=val_data,
+                                batch_rows=batch_rows, max_memory=max_memory, summary=summary,
+                                force=force, quiet=quiet)
+            else:
+                _train_in_memory(data, settings, summary=summary, force=force, quiet=quiet)
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
         if folder_of_checkpoint is not None and (folder_of_checkpoint / "checkpoint.pt").is_file():
             raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "

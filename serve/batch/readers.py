@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from serve.core.columns import Frame
 from serve.core.errors import DataError, first_line
@@ -62,6 +61,8 @@ def _csv_block_size(path: Path, batch_rows: int) -> int:
 
 
 def _parquet_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int):
+    import pyarrow.parquet as pq
+
     try:
         pf = pq.ParquetFile(source)
     except (pa.ArrowException, OSError) as e:

@@ -27,9 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from serve.core.errors import CellError, DataError, first_line
 from serve.core.numbers import BadCell, all_numbers, first_non_finite, non_finite_message, parse_numbers
@@ -126,6 +124,8 @@ def _column_values(col: pa.Array, name: str, source: str | Path, blanks: bool) -
             raise BadCell(int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0]),
                            None)
         if col.null_count:
+            import pyarrow.compute as pc
+
             col = pc.fill_null(col.cast(pa.float64(), safe=False), np.nan)
         if pa.types.is_decimal(t) or pa.types.is_boolean(t) or pa.types.is_integer(t):
             col = col.cast(pa.float64(), safe=False)
@@ -143,6 +143,8 @@ def estimate_rows(path: Path) -> int:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
             return pq.ParquetFile(path).metadata.num_rows
         with open(path, "rb") as f:
             if suffix == ".npy":
