@@ -42,7 +42,9 @@ def create_app(repository: Repository, settings: ServerSettings | None = None) -
     ``settings`` (its bounds, batching, polling and gRPC port)."""
     settings = settings or ServerSettings()
     serving = Serving(repository, settings)
+    otel = settings.telemetry
     app = FastAPI(title="linreg-serve", version=__version__, lifespan=_lifespan(serving),
+                  telemetry={"tracing": otel, "metrics": otel, "logs": otel},
                   description="Linear regression predictions over the Open Inference Protocol "
                               "(v2, HTTP and gRPC), a simple v1 style and MLflow's scoring "
                               "format, from a model repository.")

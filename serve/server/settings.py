@@ -65,6 +65,10 @@ class ServerSettings:
                                          "(other operators, control flow). Only for files you "
                                          "trust.")
     access_log: bool = _setting(False, None, "Log every request.")
+    telemetry: bool = _setting(False, None, "OpenTelemetry traces and metrics of every request, "
+                               "through FastAPI's native support (for a server run under "
+                               "opentelemetry-instrument). Off: FastAPI skips looking for "
+                               "providers on each request.")
     quiet: bool = _setting(False, None, "Print nothing but errors (no start line, no log line "
                            "per bad request).", short="-q")
 

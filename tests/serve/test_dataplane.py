@@ -278,3 +278,21 @@ def test_a_bug_is_a_500_without_a_traceback_and_is_counted(server, monkeypatch):
     assert (answer.status_code, answer.json()) == (500, {"error": "internal server error"})
     assert metric(http, r'linreg_requests_total\{endpoint="v2_infer",model="multi",code="500"\}') \
         == 1
+
+
+def test_the_predicting_routes_run_plain_first_and_are_documented_once(server):
+    """They are matched before any other route and run by Starlette as they are (no FastAPI
+    parameters to solve), yet the OpenAPI schema still documents them with their bodies."""
+    from serve.server.routes.common import Plain
+
+    http, _ = server
+    routes = http.app.router.routes
+    hot = {r.path for r in routes if isinstance(r, Plain)}
+    assert hot == {"/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer",
+                   "/v1/models/{model}:predict", "/predict", "/invocations"}
+    assert all(isinstance(r, Plain) for r in routes[:len(hot)])
+    paths = http.get("/openapi.json").json()["paths"]
+    for path in ("/v2/models/{model}/infer", "/v1/models/{model}:predict", "/predict",
+                 "/invocations"):
+        assert "requestBody" in paths[path]["post"], path
+    assert "/v2/models/{model}/versions/{version}/infer" not in paths

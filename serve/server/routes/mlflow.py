@@ -15,8 +15,8 @@ from serve.server.routes.common import RECORDS, ROWS, Http, body_schema, json_re
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
-    @app.post("/invocations", tags=["mlflow"], summary="Predict (MLflow scoring format)",
-              openapi_extra=body_schema(_MLFLOW_SCHEMA, csv=True), name="invocations")
+    @http.post(app, "/invocations", tags=["mlflow"], summary="Predict (MLflow scoring format)",
+               openapi_extra=body_schema(_MLFLOW_SCHEMA, csv=True), name="invocations")
     async def invocations(request: Request) -> Response:
         v = http.default(request)
         rows = proto.mlflow_parse(v.predictor, await http.read_body(request),

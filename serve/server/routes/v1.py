@@ -26,13 +26,13 @@ def register(app: FastAPI, http: Http) -> None:
         request.state.rows = len(rows)
         return json_response(proto.predictions_body(pred))
 
-    @app.post("/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
-              openapi_extra=body_schema(_V1_SCHEMA, path=("model",)), name="v1_predict")
+    @http.post(app, "/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
+               openapi_extra=body_schema(_V1_SCHEMA, path=("model",)), name="v1_predict")
     async def v1_predict(request: Request) -> Response:
         return await v1(request, serving.version(request.path_params["model"]))
 
-    @app.post("/predict", tags=["v1"], summary="Predict (the only model)",
-              openapi_extra=body_schema(_V1_SCHEMA), name="predict")
+    @http.post(app, "/predict", tags=["v1"], summary="Predict (the only model)",
+               openapi_extra=body_schema(_V1_SCHEMA), name="predict")
     async def plain_predict(request: Request) -> Response:
         return await v1(request, http.default(request))
 

@@ -17,12 +17,11 @@ from serve.server.routes.common import Http, body_schema, json_response
 def register(app: FastAPI, http: Http) -> None:
     serving = http.serving
 
-    # The hot path first: routes are matched in order. Its handler takes the Request alone
-    # (the path's model and version are read from it), so FastAPI has nothing to solve.
-    @app.post("/v2/models/{model}/infer", tags=["v2"], summary="Inference (JSON or binary)",
-              openapi_extra=body_schema(_V2_SCHEMA, path=("model",)), name="v2_infer")
-    @app.post("/v2/models/{model}/versions/{version}/infer", tags=["v2"],
-              include_in_schema=False, name="v2_infer")
+    # The hot path: a Plain route, first in line (the model and version are read from the
+    # Request's path).
+    @http.post(app, "/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer",
+               tags=["v2"], summary="Inference (JSON or binary)", name="v2_infer",
+               openapi_extra=body_schema(_V2_SCHEMA, path=("model",)))
     async def v2_infer(request: Request) -> Response:
         model, version = request.path_params["model"], request.path_params.get("version")
         v = serving.version(model, version)
