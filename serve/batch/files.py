@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,25 +89,34 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
          name: str, intervals: bool = False) -> int:
     writer = WRITERS[out_fmt](sink, predictor, keep, names)
     done = 0
-    # The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM) is
-    # handled at once even inside a long run, which is then cancelled.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-predict")
+    # 1. The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM)
+    #    is handled at once even inside a long run, which is then cancelled.
+    # 2. A chunk's predictions are written on another thread while the next chunk is read
+    #    and predicted (one write in flight, so they land in order).
+    predicting = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-predict")
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="linreg-write")
+    written: Future | None = None
     try:
         for rows, kept, first in chunks:
             cancel = Cancel()
             try:  # the one finiteness check is the model's (NaN/inf named in file terms)
                 run = _with_intervals(predictor) if intervals else predictor.predict
-                pred = pool.submit(run, rows, cancel=cancel, row_offset=first,
-                                   source=name).result()
+                pred = predicting.submit(run, rows, cancel=cancel, row_offset=first,
+                                         source=name).result()
             except BaseException:  # an interrupt or an error: stop the run if still going
                 cancel.cancel()
                 raise
-            writer.write(pred, kept)
+            if written is not None:
+                written.result()
+            written = writing.submit(writer.write, pred, kept)
             done += len(rows)
             if progress is not None:
                 progress(done)
+        if written is not None:
+            written.result()
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        predicting.shutdown(wait=False, cancel_futures=True)
+        writing.shutdown(wait=True, cancel_futures=True)  # never two writers of one sink
     if done == 0:
         raise DataError(f"{name}: has a header but no data rows")
     writer.close()
