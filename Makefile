@@ -63,6 +63,8 @@ bench: setup
 	$(BIN)/python bench/predict.py
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/tabular.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/asgi.py
 
 clean:
 	rm -rf $(VENV) $(RUNTIME) .venv-proto build *.egg-info examples/*/node_modules
