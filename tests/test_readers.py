@@ -229,7 +229,8 @@ def test_a_csv_with_100000_columns_is_refused_quickly(tmp_path):
     res = run_script("linreg-train", path, "--out", tmp_path / "m", timeout=60)
     assert res.returncode == 1
     assert res.stderr.decode() == f"linreg-train: error: {path}: row 1, column 'y': 'x' is not a " \
-                                  "number\n"
+        "number; 'y' is the target: the last column, by default (choose the target with " \
+        "--target NAME)\n"
 
 
 def test_synth_refuses_more_rows_than_memory_before_allocating(tmp_path):

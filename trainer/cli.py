@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount, stopped
+from serve.core.errors import CellError, DataError
 from serve.core.imports import without_pandas
 from serve.core.progress import Progress
 from serve.version import __version__
@@ -67,6 +68,9 @@ def _range(name: str) -> click.ParamType:
 @click.option("--unknown", type=click.Choice(CHOICES["unknown"]), default="error",
               show_default=True, help="A level not seen in training, at prediction time: an "
               "error, or predicted as the reference level.")
+@click.option("--missing-target", type=click.Choice(CHOICES["missing_target"]),
+              default="drop", show_default=True, help="A row whose target is blank: dropped "
+              "(the count is printed and kept in model.json), or an error.")
 @click.option("--cov", type=click.Choice(CHOICES["cov"]), default="nonrobust",
               show_default=True, help="Covariance of the estimates for the statistics: "
               "classical, or heteroskedasticity-robust HC0-HC3 (as statsmodels).")
@@ -164,7 +168,8 @@ def _range(name: str) -> click.ParamType:
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
-               missing_indicator: bool, max_levels: int, unknown: str, cov: str,
+               missing_indicator: bool, max_levels: int, unknown: str,
+               missing_target: str, cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
                huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
                sample_weight: str | None, lr_schedule: str, lr_step_size: int,
@@ -209,7 +214,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
         settings = dict(out=out, config=config, targets=_names(targets),
                         features=_names(features), exclude=_names(exclude),
                         encoding=EncodeConfig(tuple(_names(categorical)), impute,
-                                              missing_indicator, max_levels, unknown),
+                                              missing_indicator, max_levels, unknown,
+                                              missing_target),
                         cov=cov, confidence=confidence, sample_weight=sample_weight,
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)
@@ -224,11 +230,36 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                                 force=force, quiet=quiet)
             else:
                 _train_in_memory(data, settings, summary=summary, force=force, quiet=quiet)
+    except CellError as e:  # a target's cell: say which column is the target, and the way out
+        raise CellError(_about_the_target(e, data, settings["targets"]), e.column) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
         if folder_of_checkpoint is not None and (folder_of_checkpoint / "checkpoint.pt").is_file():
             raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "
                              f"with linreg-train --resume {folder_of_checkpoint}") from None
         raise
+
+
+def _about_the_target(e: CellError, data: Path, targets: list[str]) -> str:
+    """A bad cell's message, told that its column is the target when it is: the default one
+    is named (a user may not know it is the last column), and a blank one is pointed to
+    --missing-target drop."""
+    default = not targets and e.column == _last_column(data)
+    message = str(e)
+    if (default or e.column in targets) and message.endswith(": missing value"):
+        message += " (--missing-target drop leaves out the rows whose target is blank)"
+    if default:
+        message += (f"; {e.column!r} is the target: the last column, by default (choose the "
+                    "target with --target NAME)")
+    return message
+
+
+def _last_column(data: Path) -> str | None:
+    from trainer.dataset import Dataset
+
+    try:
+        return Dataset.open(data).columns[-1]
+    except DataError:
+        return None
 
 
 def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
@@ -255,7 +286,7 @@ def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
         folder, manifest = train(data, force=force, log=log, progress=fitting,
                                  read_progress=reading.to, **settings)
     if not quiet:
-        print_summary(folder, manifest)
+        print_summary(folder, manifest, default_target=not settings["targets"])
     if summary:
         from trainer.stats import summary_text
 
@@ -341,7 +372,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     if manifest is None:  # another rank than 0: rank 0 speaks
         return
     if not quiet:
-        print_summary(folder, manifest)
+        print_summary(folder, manifest, default_target=not settings["targets"])
     if summary:
         from trainer.stats import summary_text
 

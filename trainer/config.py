@@ -85,6 +85,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": ("auto", "cpu", "cuda"),
     "dtype": ("float32", "float64"),
     "unknown": ("error", "reference"),
+    "missing_target": ("drop", "error"),
     "cov": ("nonrobust", "HC0", "HC1", "HC2", "HC3"),
     "loss": ("mse", "huber"),
     "optimizer": ("sgd", "adam", "lbfgs"),

@@ -40,6 +40,7 @@ class TrainingData:
     columns: list[ColumnSpec] | None = None
     warnings: list[str] = field(default_factory=list)
     weights: np.ndarray | None = None  # --sample-weight: one weight per row
+    dropped: int = 0  # rows left out because their target is blank
 
     @property
     def n_rows(self) -> int:
@@ -54,33 +55,64 @@ class TrainingData:
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                        features: Sequence[str] = (), exclude: Sequence[str] = (),
                        categorical: Sequence[str] = (), weight: str | None = None,
+                       missing_target: str = "drop",
                        progress: Callable[[int], None] | None = None) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the
     rest but ``exclude`` (ids, text). All-number features are read as a matrix at once; a
-    blank or a text cell (or ``categorical``) reads the features as raw columns instead."""
+    blank or a text cell (or ``categorical``) reads the features as raw columns instead.
+    A row whose target is blank is dropped (``missing_target`` "drop", counted in
+    ``warnings``) or refused ("error")."""
     targets, features = pick_columns(path, column_names(path), targets=targets,
                                      features=features, exclude=exclude, weight=weight)
     _check_names(path, "categorical", categorical, features)
     numbers = targets + ([weight] if weight else [])
+    blank_ok = targets if missing_target == "drop" else ()
+    data = None
     if not categorical:
         try:  # the fast path: every feature cell a number
-            table = read_table(path, features + numbers, progress=progress)
+            table = read_table(path, features + numbers, blanks=blank_ok, progress=progress)
+            Y = to_matrix(table, targets, source=path, blanks=blank_ok)
             X = to_matrix(table, features, source=path)
-            Y = to_matrix(table, targets, source=path)
-            return TrainingData(X, Y, features, targets, str(path),
+            data = TrainingData(X, Y, features, targets, str(path),
                                 weights=_weights(table, weight, path))
         except CellError as e:
             if e.column not in features:
                 raise  # a target must be numbers: nothing to learn from another read
             # a blank or a text cell in a feature: read the features as they are
-    table = read_table(path, features + numbers, text=features, progress=progress)
-    Y = to_matrix(table, targets, source=path)
-    weights = _weights(table, weight, path)
-    warnings: list[str] = []
-    raw = raw_columns(table, features, categorical=categorical, source=str(path),
-                      warnings=warnings)
-    return TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings,
-                        weights=weights)
+    if data is None:
+        table = read_table(path, features + numbers, text=features, blanks=blank_ok,
+                           progress=progress)
+        Y = to_matrix(table, targets, source=path, blanks=blank_ok)
+        weights = _weights(table, weight, path)
+        warnings: list[str] = []
+        raw = raw_columns(table, features, categorical=categorical, source=str(path),
+                          warnings=warnings)
+        data = TrainingData(None, Y, features, targets, str(path), raw=raw, warnings=warnings,
+                            weights=weights)
+    return _without_blank_targets(data)
+
+
+def _without_blank_targets(data: TrainingData) -> TrainingData:
+    """``data`` less its rows whose target is blank (NaN: a written NaN was refused), with a
+    warning that counts them."""
+    blank = np.isnan(data.Y).any(axis=1)
+    if not blank.any():
+        return data
+    keep, n = ~blank, int(blank.sum())
+    if not keep.any():
+        raise DataError(f"{data.path}: every row's target is blank; nothing to learn from")
+    return replace(
+        data, X=None if data.X is None else data.X[keep], Y=data.Y[keep],
+        raw=None if data.raw is None else {k: v[keep] for k, v in data.raw.items()},
+        weights=None if data.weights is None else data.weights[keep], dropped=n,
+        warnings=[*data.warnings, dropped_message(n, data.target_names)])
+
+
+def dropped_message(n: int, targets: Sequence[str]) -> str:
+    """The one wording of the rows left out for a blank target (console and manifest)."""
+    names = ", ".join(repr(t) for t in targets)
+    return (f"dropped {n:,} row(s) with a blank target ({names}); --missing-target error "
+            "refuses them instead")
 
 
 def pick_columns(source: str | Path, columns: list[str], *, targets: Sequence[str] = (),

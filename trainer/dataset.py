@@ -136,22 +136,23 @@ class Dataset:
         return sum(estimate_rows(f) for f in self.files)
 
     def chunks(self, parts: Sequence[Part], columns: Sequence[str], *,
-               batch_rows: int) -> Iterator[Chunk]:
+               batch_rows: int, blanks: Sequence[str] = ()) -> Iterator[Chunk]:
         """The rows of ``parts``, as float64 chunks of at most ``batch_rows`` rows; a missing or
-        non-numeric cell is a DataError naming the file, its row and the column."""
+        non-numeric cell is a DataError naming the file, its row and the column (a blank in
+        one of ``blanks`` is NaN instead)."""
         columns = list(columns)
         self.reads += 1
         for part in parts:
             path = self.files[part.file]
             if part.row_group is None:
-                yield from self._csv_chunks(part, path, columns, batch_rows)
+                yield from self._csv_chunks(part, path, columns, batch_rows, blanks)
                 continue
             row = part.first_row
             for batch in self._fragment(part.file).subset(row_group_ids=[part.row_group]) \
                     .to_batches(columns=columns, batch_size=batch_rows):
                 if batch.num_rows:
                     values = to_matrix(batch, columns, source=path, row_offset=row,
-                                       order="F")
+                                       order="F", blanks=blanks)
                     yield Chunk(values, part.file, row)
                     row += batch.num_rows
 
@@ -169,9 +170,11 @@ class Dataset:
                    for t in (schema.field(c).type for c in columns))
 
     def raw_chunks(self, parts: Sequence[Part], features: Sequence[str],
-                   numbers: Sequence[str], *, batch_rows: int) -> Iterator[RawChunk]:
+                   numbers: Sequence[str], *, batch_rows: int,
+                   blanks: Sequence[str] = ()) -> Iterator[RawChunk]:
         """The rows of ``parts`` in chunks of at most ``batch_rows``: ``features`` as they are
-        stored (a CSV's as text), ``numbers`` by the number rule (a bad cell names its row)."""
+        stored (a CSV's as text), ``numbers`` by the number rule (a bad cell names its row; a
+        blank in one of ``blanks`` is NaN)."""
         features, numbers = list(features), list(numbers)
         self.reads += 1
         for part in parts:
@@ -179,7 +182,8 @@ class Dataset:
             if part.row_group is None:
                 from serve.core.tables import csv_batches
 
-                batches = csv_batches(path, numbers, text=features, name=str(path))
+                batches = csv_batches(path, numbers, text=features, name=str(path),
+                                      blanks=blanks)
             else:
                 fragment = self._fragment(part.file).subset(row_group_ids=[part.row_group])
                 batches = ((b, None) for b in fragment.to_batches(columns=features + numbers,
@@ -190,7 +194,8 @@ class Dataset:
                 for at in range(0, batch.num_rows, batch_rows):
                     piece = batch.slice(at, batch_rows)
                     yield RawChunk(piece, to_matrix(piece, numbers, source=path,
-                                                    row_offset=row + at, order="F"), part.file, row + at)
+                                                    row_offset=row + at, order="F",
+                                                    blanks=blanks), part.file, row + at)
                 row += batch.num_rows
 
     def _fragment(self, file: int):
@@ -203,13 +208,14 @@ class Dataset:
         return self._fragments[file]
 
     def _csv_chunks(self, part: Part, path: Path, columns: list[str],
-                    batch_rows: int) -> Iterator[Chunk]:
+                    batch_rows: int, blanks: Sequence[str]) -> Iterator[Chunk]:
         from serve.core.tables import csv_batches
 
         pending: list[np.ndarray] = []
         held, first = 0, 0
-        for batch, start in csv_batches(path, columns, name=str(path)):
-            values = to_matrix(batch, columns, source=path, row_offset=start, order="F")
+        for batch, start in csv_batches(path, columns, name=str(path), blanks=blanks):
+            values = to_matrix(batch, columns, source=path, row_offset=start, order="F",
+                               blanks=blanks)
             while len(values):
                 take = values[:batch_rows - held]
                 values = values[len(take):]

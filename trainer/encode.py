@@ -43,14 +43,16 @@ class EncodeConfig:
     missing_indicator: bool = False
     max_levels: int = 1000
     unknown: str = "error"  # or "reference"
+    missing_target: str = "drop"  # a row whose target is blank: dropped (counted), or "error"
 
     def validate(self) -> None:
         if self.impute is not None:
             check_impute(self.impute)
         check_setting("max_levels", self.max_levels)
-        if self.unknown not in CHOICES["unknown"]:
-            raise TrainingError(f"--unknown {self.unknown!r}: use one of "
-                                f"{', '.join(CHOICES['unknown'])}")
+        for name in ("unknown", "missing_target"):
+            if getattr(self, name) not in CHOICES[name]:
+                raise TrainingError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: use "
+                                    f"one of {', '.join(CHOICES[name])}")
         if self.missing_indicator and self.impute is None:
             raise TrainingError("--missing-indicator needs --impute: the indicator marks the "
                                 "blanks that --impute fills")

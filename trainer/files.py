@@ -37,11 +37,12 @@ def column_names(path: str | Path) -> list[str]:
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
-               text: Sequence[str] = (),
+               text: Sequence[str] = (), blanks: Sequence[str] = (),
                progress: Callable[[int], None] | None = None) -> pa.Table:
     """Read a data file into a Table: all columns, or just ``columns`` (CSV reads those as
     numbers by the one rule, but ``text`` ones as strings; other formats keep their stored
-    types). ``progress(rows read so far)`` is called as a CSV file streams in."""
+    types; a blank is allowed in ``blanks``). ``progress(rows read so far)`` is called as a
+    CSV file streams in."""
     path = Path(path)
     fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
     check_readable(path)
@@ -50,7 +51,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
             columns = column_names(path)
         batches = []
         numbers = [c for c in columns if c not in set(text)]
-        for batch, first in csv_batches(path, numbers, text=list(text)):
+        for batch, first in csv_batches(path, numbers, text=list(text), blanks=blanks):
             batches.append(batch)
             if progress is not None:
                 progress(first + batch.num_rows)

@@ -12,12 +12,16 @@ STOPPED = {"epochs": "{n} epochs", "tol": "{n} epochs (stopped by --tol)",
            "exact": "exact least squares"}
 
 
-def print_summary(folder: Path, manifest: dict) -> None:
+def print_summary(folder: Path, manifest: dict, *, default_target: bool = False) -> None:
+    """``default_target``: the target was not named (--target), so the summary names it."""
     t = manifest["training"]
     m = manifest["metrics"]
     click.echo(f"Trained {manifest['model']['n_features']} feature(s) -> "
                f"{manifest['model']['n_targets']} target(s) on {t['device']}: "
                f"{STOPPED[t['stopped']].format(n=t['epochs_run'])}, {t['seconds']:.2f}s")
+    if default_target:
+        click.echo(f"  target {manifest['targets'][0]!r} (the last column; choose with "
+                   "--target)")
     if manifest.get("columns"):
         click.echo("  columns: " + ", ".join(_column_text(c) for c in manifest["columns"]))
     for i, target in enumerate(manifest["targets"]):

@@ -49,7 +49,7 @@ class Rows:
     def __init__(self, ds: Dataset, parts: list[Part], features: list[str], targets: list[str],
                  *, batch_rows: int, cache: bool, val_fraction: float | None, seed: int,
                  val: Rows | None = None, weight: str | None = None,
-                 specs: list | None = None) -> None:
+                 specs: list | None = None, missing_target: str = "drop") -> None:
         self.ds, self.parts, self.features, self.targets = ds, parts, features, targets
         # A tabular fit: the raw columns ``specs`` name are read and encoded chunk by chunk
         # (``features`` are then the encoded columns' names).
@@ -58,6 +58,9 @@ class Rows:
             val_fraction, seed
         self.val = val  # --val-data: another dataset's rows are the validation rows
         self.weight = weight  # --sample-weight: a column of the train rows' weights
+        # --missing-target drop: a row whose target is blank is left out (and counted, per pass)
+        self.blanks = targets if missing_target == "drop" else []
+        self.dropped = 0
         self._kept: list[tuple[Pair, Pair, np.ndarray | None]] | None = None
 
     def split(self, order: list[Part] | None = None
@@ -71,16 +74,23 @@ class Rows:
         numbers = self.targets + ([self.weight] if self.weight else [])
         if self.specs is None:
             chunks = self.ds.chunks(order or self.parts, self.features + numbers,
-                                    batch_rows=self.batch_rows)
+                                    batch_rows=self.batch_rows, blanks=self.blanks)
         else:
             chunks = self.ds.raw_chunks(order or self.parts, [c.name for c in self.specs],
-                                        numbers, batch_rows=self.batch_rows)
+                                        numbers, batch_rows=self.batch_rows, blanks=self.blanks)
+        self.dropped = 0
         for chunk in chunks:
             is_val = validation_mask(self.seed, self.val_fraction, chunk.file, chunk.first_row,
                                      len(chunk)) if self.val_fraction else None
-            v = chunk.values if self.specs is None else self._encoded(chunk)
             if self.weight:
                 self._check_weights(chunk)
+            keep = self._with_target(chunk)
+            if keep is not None and is_val is not None:
+                is_val = is_val[keep]
+            if self.specs is not None:
+                v = self._encoded(chunk, keep)
+            else:
+                v = chunk.values if keep is None else chunk.values[keep]
             if is_val is not None:
                 train, val = v[~is_val], v[is_val]
             else:
@@ -93,17 +103,35 @@ class Rows:
         if self.cache and order is None:
             self._kept = kept
 
-    def _encoded(self, chunk: Any) -> np.ndarray:
-        """[design matrix | numbers] of a raw chunk, by the learned specs (an unseen level in
-        a validation row is named by its file and row, as in memory)."""
+    def _with_target(self, chunk: Any) -> np.ndarray | None:
+        """Which rows of ``chunk`` have their targets (a blank one is NaN, counted in
+        ``dropped``), or None when all do."""
+        if not self.blanks:
+            return None
+        at = 0 if self.specs is not None else len(self.features)  # the targets' columns
+        blank = np.isnan(chunk.values[:, at:at + len(self.targets)]).any(axis=1)
+        if not blank.any():
+            return None
+        self.dropped += int(blank.sum())
+        return ~blank
+
+    def _encoded(self, chunk: Any, keep: np.ndarray | None = None) -> np.ndarray:
+        """[design matrix | numbers] of a raw chunk's rows (those of ``keep``), by the learned
+        specs (an unseen level in a validation row is named by its file and row, as in
+        memory)."""
+        import pyarrow as pa
+
         from trainer.encode import table_design
 
         p = len(self.features)
-        out = np.empty((len(chunk), p + chunk.values.shape[1]), order="F")
-        table_design(chunk.table, self.specs, source=str(self.ds.files[chunk.file]),
-                     rows=np.arange(chunk.first_row, chunk.first_row + len(chunk)),
+        table, values = chunk.table, chunk.values
+        rows = np.arange(chunk.first_row, chunk.first_row + len(chunk))
+        if keep is not None:
+            table, values, rows = table.filter(pa.array(keep)), values[keep], rows[keep]
+        out = np.empty((len(values), p + values.shape[1]), order="F")
+        table_design(table, self.specs, source=str(self.ds.files[chunk.file]), rows=rows,
                      out=out[:, :p])
-        out[:, p:] = chunk.values
+        out[:, p:] = values
         return out
 
     def _check_weights(self, chunk: Any) -> None:
@@ -163,6 +191,7 @@ class Summary:
     R_plain: np.ndarray | None = None  # with --sample-weight: the unweighted train rows'
     y_w: Moments | None = None  # with --sample-weight: the targets' weighted moments
     log_weights: float = 0.0  # Σ log w (NaN when a weight is 0, as statsmodels)
+    dropped: int = 0  # rows left out because their target is blank (--missing-target drop)
 
     @property
     def weight(self) -> float:
@@ -211,8 +240,9 @@ def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
             raise
         switch = True
     counted = plain if rows.weight else train
+    dropped = rows.dropped + (rows.val.dropped if rows.val is not None else 0)
     everyone = group.gather_object((switch, counted.rows, val.rows, train.R, val.R, plain.R,
-                                    log_w, zeros))
+                                    log_w, zeros, dropped))
     if any(e[0] for e in everyone):
         raise NeedsEncoding()
 
@@ -232,7 +262,8 @@ def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
         R_plain = None if R_plain is None else without_constant(R_plain, p)
     return Summary(x, y, y_val, [int(e[1]) for e in everyone], int(y_val.n), R, R_val,
                    R_plain, y_w, float(sum(e[6] for e in everyone))
-                   if not sum(e[7] for e in everyone) else float("nan"))
+                   if not sum(e[7] for e in everyone) else float("nan"),
+                   int(sum(e[8] for e in everyone)))
 
 
 def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *,
@@ -243,9 +274,12 @@ def learn_encoding(rows: Rows, features: list[str], config: Any, group: Group, *
 
     learner = StreamLearner(features, config)
     numbers = rows.targets + ([rows.weight] if rows.weight else [])
-    for chunk in rows.ds.raw_chunks(rows.parts, features, numbers, batch_rows=rows.batch_rows):
+    for chunk in rows.ds.raw_chunks(rows.parts, features, numbers, batch_rows=rows.batch_rows,
+                                    blanks=rows.blanks):
         train = ~validation_mask(rows.seed, rows.val_fraction, chunk.file, chunk.first_row,
                                  len(chunk)) if rows.val_fraction else np.ones(len(chunk), bool)
+        if rows.blanks:  # a row whose target is blank teaches the encoding nothing
+            train &= ~np.isnan(chunk.values[:, :len(rows.targets)]).any(axis=1)
         learner.add(chunk.table, train, str(rows.ds.files[chunk.file]), chunk.first_row)
     everyone = group.gather_object(learner)
     return learner.specs(everyone, bias=bias, source=rows.ds.shown)

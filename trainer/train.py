@@ -69,6 +69,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
     with checkpoint_scope(checkpoint, resumed=resume is not None):
         data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                                   categorical=encoding.categorical, weight=sample_weight,
+                                  missing_target=encoding.missing_target,
                                   progress=read_progress)
         train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
         data = encode(data, train_idx, encoding, bias=config.bias)
@@ -98,7 +99,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
             warnings=data.warnings, metrics=_metrics(data, result, config, train_idx, val_idx),
             stats=stats, data={
                 "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
-                "rows": data.n_rows, "train_rows": int(len(train_idx)),
+                "rows": data.n_rows, "dropped_rows": data.dropped,
+                "train_rows": int(len(train_idx)),
                 "validation_rows": int(len(val_idx)),
                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
                 "sample_weight": sample_weight}, plots=pictures)

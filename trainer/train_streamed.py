@@ -21,7 +21,7 @@ from serve.core.manifest import (
 )
 from trainer.checkpoint import Checkpoint
 from trainer.config import TrainConfig, TrainingError
-from trainer.data import pick_columns
+from trainer.data import dropped_message, pick_columns
 from trainer.encode import EncodeConfig
 from trainer.fit import FitResult, resolve_device, saved_values, state_dict_of
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
@@ -112,7 +112,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         _check_categorical(ds.shown, encoding, raw_features)
         share = _Share(ds, raw_features, targets, group, val_data=val_data,
                        val_fraction=val_fraction, weight=sample_weight, batch_rows=batch_rows,
-                       max_memory=max_memory, seed=config.seed)
+                       max_memory=max_memory, seed=config.seed,
+                       missing_target=encoding.missing_target)
         # 2. The encoding and the scan (the R factors, counts, means, spreads).
         specs, rows, summary = share.scan(encoding, bias=config.bias)
         _check_scan(summary, len(rows.features) + int(config.bias), val_fraction=val_fraction,
@@ -135,7 +136,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         columns = specs if specs is not None and not is_plain(specs) else None
         manifest = write_folder(
             out, force=force, result=result, config=config, features=features, targets=targets,
-            columns=columns, encoding=encoding, warnings=[], metrics=metrics, stats=stats,
+            columns=columns, encoding=encoding, metrics=metrics, stats=stats,
+            warnings=[dropped_message(summary.dropped, targets)] if summary.dropped else [],
             data=_data_record(ds, summary, digest.result(), val_data=val_data,
                               sample_weight=sample_weight),
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
@@ -151,6 +153,7 @@ def _data_record(ds: Any, summary: Any, sha256: str, *, val_data: str | Path | N
     return {"path": str(Path(ds.shown).resolve()) if Path(ds.shown).exists() else ds.shown,
             "files": [str(f.resolve()) for f in ds.files], "sha256": sha256,
             "rows": int(summary.x.n) + (0 if val_data else summary.val_rows),
+            "dropped_rows": summary.dropped,
             "train_rows": int(summary.x.n), "validation_rows": summary.val_rows,
             "validation": (f"--val-data {val_data}" if val_data else
                            "a seeded hash of (file, row)" if summary.val_rows else None),
@@ -197,12 +200,13 @@ class _Share:
 
     def __init__(self, ds: Any, features: list[str], targets: list[str], group: Any, *,
                  val_data: str | Path | None, val_fraction: float | None, weight: str | None,
-                 batch_rows: int, max_memory: int, seed: int) -> None:
+                 batch_rows: int, max_memory: int, seed: int, missing_target: str) -> None:
         from trainer.dataset import Dataset
 
         self.ds, self.features, self.targets, self.group = ds, features, targets, group
         self.val_fraction, self.weight, self.seed = val_fraction, weight, seed
         self.batch_rows, self.max_memory = batch_rows, max_memory
+        self.missing_target = missing_target
         self.parts = ds.shard(group.rank, group.world)
         self.share_rows = sum(p.rows or 0 for p in self.parts) if ds.format == "parquet" else \
             ds.estimated_rows() // group.world
@@ -219,7 +223,8 @@ class _Share:
         names = self.features if specs is None else encoded_names(specs)
         cache = self.share_rows * (len(names) + len(self.targets)) * 8 * MEMORY_OVERHEAD \
             <= self.max_memory
-        kw = dict(batch_rows=self.batch_rows, cache=cache, seed=self.seed, specs=specs)
+        kw = dict(batch_rows=self.batch_rows, cache=cache, seed=self.seed, specs=specs,
+                  missing_target=self.missing_target)
         group = self.group
         val = None if self.vds is None else Rows(
             self.vds, self.vds.shard(group.rank, group.world), names, self.targets,

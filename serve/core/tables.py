@@ -21,7 +21,7 @@ import os
 import stat
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -84,7 +84,8 @@ def _listed(names: Sequence[str], most: int = 20) -> str:
 
 def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, source: str | Path,
               dtype: np.dtype | type = np.float64, row_offset: int = 0,
-              finite: bool = True, blanks: bool = False, order: str = "C") -> np.ndarray:
+              finite: bool = True, blanks: bool | Collection[str] = False,
+              order: str = "C") -> np.ndarray:
     """The named columns as one ``(rows, len(columns))`` matrix of ``dtype``, C-ordered, or
     column-major with ``order="F"`` (each column then one contiguous copy: what a streamed QR
     wants).
@@ -93,25 +94,51 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
     that is missing or not a number, and (with ``finite``) NaN or infinite. ``row_offset`` is
     the number of data rows before this table, for files read in chunks. Prediction passes
     ``finite=False``: the model's output check finds NaN and inf in one pass, then names them.
-    ``blanks``: a missing cell is NaN, not an error (a tabular model's numeric columns).
+    ``blanks`` (True, or the names of the columns it applies to): a missing cell is NaN, not an
+    error (a tabular model's numeric columns; a target whose blank rows are dropped); with
+    ``finite``, only the NaN that is written in a cell is refused.
     """
     n = table.num_rows
     out = np.empty((n, len(columns)), dtype=dtype, order=order)
+    blank_cells = []  # (column, rows) of the blanks read as NaN, when ``finite`` checks
     for j, name in enumerate(columns):
         col = table.column(name)
         if isinstance(col, pa.ChunkedArray):
             col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        may_be_blank = blanks if isinstance(blanks, bool) else name in blanks
         try:
-            values = _column_values(col, name, source, blanks)
+            values = _column_values(col, name, source, may_be_blank)
         except BadCell as bad:
             raise CellError(f"{source}: row {row_offset + bad.row + 1}, column {name!r}: "
                             f"{bad.describe()}", name) from None
         with np.errstate(over="ignore"):  # beyond the dtype's range becomes inf, named below
             out[:, j] = values
-    if finite and (message := non_finite_message(out, columns, source=source,
-                                                 row_offset=row_offset)):
-        raise CellError(message, columns[first_non_finite(out)[1]])
+        if finite and may_be_blank and (rows := _blank_rows(col)) is not None:
+            blank_cells.append((j, rows))
+    if finite:
+        checked = out
+        if blank_cells:
+            checked = out.copy()
+            for j, rows in blank_cells:
+                checked[rows, j] = 0.0
+        if message := non_finite_message(checked, columns, source=source,
+                                         row_offset=row_offset):
+            raise CellError(message, columns[first_non_finite(checked)[1]])
     return out
+
+
+def _blank_rows(col: pa.Array) -> np.ndarray | None:
+    """Where a column's cells are blank (null, or text that is empty once trimmed), or None."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        import pyarrow.compute as pc
+
+        empty = pc.or_kleene(pc.is_null(col), pc.equal(pc.utf8_trim_whitespace(col), ""))
+        rows = np.flatnonzero(pc.fill_null(empty, True).to_numpy(zero_copy_only=False))
+    elif col.null_count:
+        rows = np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))
+    else:
+        return None
+    return rows if len(rows) else None
 
 
 def _column_values(col: pa.Array, name: str, source: str | Path, blanks: bool) -> np.ndarray:
@@ -231,14 +258,16 @@ class _Tape:
 
 
 def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
-                keep: Sequence[str] = (), text: Sequence[str] = (), blanks: bool = False,
+                keep: Sequence[str] = (), text: Sequence[str] = (),
+                blanks: bool | Collection[str] = False,
                 block_size: int = CSV_MAX_BLOCK,
                 name: str | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Stream CSV as record batches of ``columns`` (as float64, by the one number rule),
     ``text`` (strings as written, blanks null: a tabular model's raw columns) and ``keep``
     (types inferred), each with its first 0-based data row. ``source``: a path, ``-`` for
-    stdin, or a binary stream (an HTTP body) shown in errors as ``name``. ``blanks``: an
-    empty number cell is allowed (null), as a tabular model takes it."""
+    stdin, or a binary stream (an HTTP body) shown in errors as ``name``. ``blanks`` (True,
+    or the columns it applies to): an empty number cell is allowed (null), as a tabular model
+    takes it."""
     if hasattr(source, "read"):
         raw, name = source, name or "<stream>"
     elif str(source) == "-":
@@ -305,7 +334,7 @@ def _file_lines_from(path: Path, line: int, limit: int) -> bytes:
 
 
 def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-               block: int, err: Exception, blanks: bool = False) -> DataError:
+               block: int, err: Exception, blanks: bool | Collection[str] = False) -> DataError:
     """The first bad cell or line in ``blob``, the text from data row ``first + 1`` on."""
     msg = first_line(err)
     if "straddl" in msg:
@@ -322,7 +351,7 @@ def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes
 
 
 def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-            block: int, blanks: bool) -> DataError | None:
+            block: int, blanks: bool | Collection[str]) -> DataError | None:
     """The earliest bad line or cell of ``blob``: not UTF-8, a wrong field count, or a cell
     that is missing or not a number (by :func:`to_matrix`); None when all of it reads."""
     try:

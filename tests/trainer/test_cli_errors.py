@@ -34,6 +34,10 @@ def _make(tmp: Path, case: str) -> Path:
         return write_csv(tmp / "nan.csv", ["x", "y"], [[1, 2], ["nan", 4], [3, 6]])
     if case == "inf":
         return write_csv(tmp / "inf.csv", ["x", "y"], [[1, 2], [2, 4], [3, "-inf"]])
+    if case == "blank-then-bad":
+        return write_csv(tmp / "bb.csv", ["x", "y"], [[1, ""], [2, 4], [3, "abc"]])
+    if case == "blank-targets":
+        return write_csv(tmp / "b.csv", ["x", "y"], [[1, ""], [2, ""]])
     if case == "empty-cell":
         return write_csv(tmp / "e.csv", ["x", "y"], [[1, 2], [2, ""], [3, 6]])
     if case == "few-rows":
@@ -51,16 +55,25 @@ def _make(tmp: Path, case: str) -> Path:
     return write_csv(tmp / "ok.csv", ["x", "y"], ROWS)
 
 
+DEFAULT_TARGET = "; 'y' is the target: the last column, by default (choose the target with " \
+    "--target NAME)"
 CASES = [
     ("missing", [], "{p}: no such file"),
     ("extension", [], "{p}: unknown file type '.txt'; use one of .csv, .npy, .npz, .parquet, .pq"),
     ("empty", [], "{p}: file is empty"),
     ("header-only", [], "{p}: has a header but no data rows"),
-    ("non-numeric", [], "{p}: row 2, column 'y': 'abc' is not a number"),
+    ("non-numeric", [], "{p}: row 2, column 'y': 'abc' is not a number" + DEFAULT_TARGET),
+    ("non-numeric", ["--target", "y"], "{p}: row 2, column 'y': 'abc' is not a number"),
     ("nan", [], "{p}: row 2, column 'x': missing value (blank or NaN); pass --impute mean (or "
      "median, most-frequent, constant:V) to fill blanks, or clean or drop the row"),
-    ("inf", [], "{p}: row 3, column 'y': -inf is not allowed (clean or drop the row)"),
-    ("empty-cell", [], "{p}: row 2, column 'y': missing value"),
+    ("inf", [], "{p}: row 3, column 'y': -inf is not allowed (clean or drop the row)"
+     + DEFAULT_TARGET),
+    ("empty-cell", ["--missing-target", "error"], "{p}: row 2, column 'y': missing value "
+     "(--missing-target drop leaves out the rows whose target is blank)" + DEFAULT_TARGET),
+    ("empty-cell", ["--missing-target", "error", "--target", "y"], "{p}: row 2, column 'y': "
+     "missing value (--missing-target drop leaves out the rows whose target is blank)"),
+    ("blank-targets", [], "{p}: every row's target is blank; nothing to learn from"),
+    ("blank-then-bad", [], "{p}: row 3, column 'y': 'abc' is not a number" + DEFAULT_TARGET),
     ("ok", ["--target", "z"], "{p}: unknown target column 'z'; the columns are x, y"),
     ("ok", ["--features", "x,w"], "{p}: unknown feature column 'w'; the columns are x, y"),
     ("few-rows", [], "2 training rows but the model has 3 parameters per target; need at least "

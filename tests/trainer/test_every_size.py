@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401  (pa.csv)
 import pyarrow.parquet as pq
 import pytest
 
@@ -113,3 +114,45 @@ def test_every_flag_gives_the_same_model_at_every_size(data, tmp_path, name):
                     manifest["statistics"][0][key], wanted["statistics"][0][key], rtol=1e-8,
                     atol=1e-300, err_msg=f"{key}: {how} against {first}")
     assert runs["streamed"][1]["training"]["streamed"]["kept_in_memory"] is False
+
+
+def test_blank_targets_are_left_out_alike_at_every_size(tmp_path):
+    """--missing-target drop (the default): the rows whose target is blank are left out, and
+    counted, the same way in memory (CSV or Parquet), streamed and over 2 processes; a level
+    seen only in such a row is not learned (it would have no rows to fit it)."""
+    rng = np.random.default_rng(22)
+    n = 1200
+    a, b = rng.normal(size=n), rng.normal(size=n)
+    city = rng.choice(np.array(["Paris", "Lyon", "Nice"]), n)
+    y = 1.5 * a - 2.0 * b + 3.0 + (city == "Nice") * 2.0 + rng.normal(size=n) * 0.3
+    blank = rng.random(n) < 0.1
+    blank[7] = True
+    city[7] = "Rare"  # only ever in a row that is left out
+    table = pa.table({"a": a, "b": b, "city": city,
+                      "y": pa.array(np.where(blank, np.nan, y), from_pandas=True)})
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for i in range(3):
+        pq.write_table(table.slice(i * n // 3, n // 3), folder / f"p{i}.parquet",
+                       row_group_size=100)
+    pq.write_table(table, tmp_path / "all.parquet")
+    pa.csv.write_csv(table, tmp_path / "all.csv")
+    common = [*EXACT, "--categorical", "city", "-q"]
+    train(tmp_path / "all.parquet", *common, "--out", tmp_path / "memory")
+    train(tmp_path / "all.csv", *common, "--out", tmp_path / "csv")
+    train(folder, *common, "--batch-rows", "150", "--max-memory", "1K", "--out",
+          tmp_path / "streamed")
+    res = run_script("linreg-train", folder, *common, "--nproc", "2", "--batch-rows", "150",
+                     "--out", tmp_path / "two")
+    assert res.returncode == 0, res.stderr.decode()
+    want, wanted = _model(tmp_path / "memory")
+    for how in ("csv", "streamed", "two"):
+        got, manifest = _model(tmp_path / how)
+        np.testing.assert_allclose(got, want, rtol=1e-10, err_msg=how)
+        assert manifest["data"]["dropped_rows"] == int(blank.sum()), how
+        assert manifest["warnings"] == wanted["warnings"] == [
+            f"dropped {int(blank.sum())} row(s) with a blank target ('y'); --missing-target "
+            "error refuses them instead"], how
+    assert wanted["data"]["rows"] == n - int(blank.sum())
+    assert [c["levels"] for c in wanted["columns"] if c["name"] == "city"] == [
+        ["Lyon", "Nice", "Paris"]]

@@ -168,3 +168,23 @@ def test_linreg_summary_on_a_bad_folder_is_one_line(tmp_path, data):
                           "'statistics' is malformed; train the model again\n")
     res = CliRunner().invoke(summary_main, [str(tmp_path / "none")])
     assert res.exit_code == 1 and res.stderr.count("\n") == 1
+
+
+def test_blank_targets_are_dropped_as_statsmodels_missing_drop(tmp_path, data):
+    """An R-style file with blank targets: linreg leaves those rows out (the default
+    --missing-target drop) and equals statsmodels' ``OLS(..., missing="drop")``."""
+    X, y, _ = data
+    y = y.copy()
+    y[[3, 40, 41, 99]] = np.nan
+    path = tmp_path / "blank.csv"
+    rows = [",".join(repr(float(v)) for v in x) + "," + ("" if np.isnan(t) else repr(float(t)))
+            for x, t in zip(X, y)]
+    path.write_text("a,b,c,d,y\n" + "\n".join(rows) + "\n")
+    res = train(path, "--solver", "lstsq", "--dtype", "float64", "--out", tmp_path / "m")
+    assert "linreg-train: warning: dropped 4 row(s) with a blank target ('y'); " \
+           "--missing-target error refuses them instead" in res.stderr
+    s = stats(tmp_path / "m")
+    fit = sm.OLS(y, sm.add_constant(X), missing="drop").fit()
+    for ours, theirs in [("coef", fit.params), ("std_err", fit.bse), ("p_value", fit.pvalues)]:
+        np.testing.assert_allclose(s[ours], theirs, rtol=1e-8, err_msg=ours)
+    assert (s["n_obs"], s["r2"]) == (146, pytest.approx(fit.rsquared, rel=1e-10))

@@ -387,7 +387,8 @@ def test_a_glob_and_csv_files(tmp_path):
     ("schema", "{d}/p1.csv: its columns differ from {d}/p0.csv's (lacks y); every file of a "
                "dataset needs the same columns"),
     ("mixed", "{d}: mixes Parquet and CSV files; a dataset has one format"),
-    ("cell", "{d}/p1.csv: row 2, column 'y': 'oops' is not a number"),
+    ("cell", "{d}/p1.csv: row 2, column 'y': 'oops' is not a number; 'y' is the target: the "
+             "last column, by default (choose the target with --target NAME)"),
     ("empty", "{d}: no .parquet or .csv files in this folder"),
 ])
 def test_bad_datasets_are_one_line(tmp_path, case, message):
