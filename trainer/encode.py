@@ -63,6 +63,15 @@ class EncodeConfig:
         return not self.categorical and self.impute is None
 
 
+def id_like(specs: Sequence[ColumnSpec] | None, n_rows: int) -> list[str]:
+    """A warning per categorical column with about as many levels as training rows: more
+    likely an id or free text than a category (each level would be fitted by a row or two)."""
+    return [f"column {c.name!r} has {len(c.levels):,} levels for {n_rows:,} training rows: an "
+            f"id or free text rather than a category? (--exclude {c.name})"
+            for c in specs or () if c.kind == "categorical" and len(c.levels) > 10
+            and len(c.levels) >= n_rows / 2]
+
+
 def impute_fill(how: str, observed: np.ndarray) -> float:
     """The fill value for ``how`` from a column's observed (non-blank) training values."""
     check_impute(how)

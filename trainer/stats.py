@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ class Inference:
     per_target: list[dict[str, Any]]
     cov: np.ndarray | None
     sigma: np.ndarray | None
+    warnings: list[str] = field(default_factory=list)  # the design's problems, in words
 
 
 _ALL = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "log_likelihood",
@@ -245,7 +246,41 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
         sigmas.append(math.sqrt(sigma2))
     usable = all(np.isfinite(c).all() for c in covs)
     return Inference(out, np.stack(covs) if usable else None,
-                     np.array(sigmas) if usable else None)
+                     np.array(sigmas) if usable else None,
+                     design_warnings(suff.R, labels, rank=rank, cond=cond,
+                                     penalized=penalized))
+
+
+CONDITION_NOTE = 1000.0  # statsmodels' summary notes a condition number above this
+
+
+def design_warnings(R: np.ndarray, labels: list[str], *, rank: int, cond: float,
+                    penalized: str | None) -> list[str]:
+    """What is wrong with the design, in words: columns that are linear combinations of
+    earlier ones (R's "aliased" coefficients: not determined by the data), or a condition
+    number past statsmodels' note. A penalized fit has neither problem:
+    the penalty decides what the data cannot."""
+    p = R.shape[1]
+    if penalized:
+        return []
+    if rank < p:
+        # 1. an upper-triangular factor in the labels' order (the streamed R is permuted)
+        T = np.linalg.qr(R, mode="r")
+        # 2. a column's own share: its distance from the span of the columns before it
+        share = np.abs(np.diag(T)) / np.maximum(np.linalg.norm(T, axis=0), np.finfo(float).tiny)
+        aliased = sorted(np.argsort(share, kind="stable")[:p - rank])
+        names = ", ".join(repr(labels[j]) for j in aliased[:10]) + \
+            (f" and {len(aliased) - 10} more" if len(aliased) > 10 else "")
+        return [f"the design has rank {rank} for {p} columns: {names} "
+                f"{'is a linear combination' if len(aliased) == 1 else 'are linear combinations'}"
+                " of earlier columns, so the fit cannot tell their coefficients apart; "
+                "--exclude such a column (or merge the levels that always go together)"]
+    if cond > CONDITION_NOTE:
+        return [f"the condition number is large ({cond:.3g}): strong collinearity or columns "
+                "on very different scales, so small changes in the data can move the "
+                "coefficients a lot (statsmodels notes the same); check the columns, or "
+                "--standardize"]
+    return []
 
 
 _EVERYTHING_BUT_FIT = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma",

@@ -34,7 +34,7 @@ from serve.core.manifest import (
 from serve.version import __version__
 from trainer.config import TrainConfig, TrainingError
 from trainer.data import TrainingData, encode, load_training_data, split_rows
-from trainer.encode import EncodeConfig
+from trainer.encode import EncodeConfig, id_like
 from trainer.fit import FitResult, fit
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
 from trainer.solvers import least_squares
@@ -96,7 +96,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         manifest = write_folder(
             out, force=force, result=result, config=config, features=data.feature_names,
             targets=data.target_names, columns=data.columns, encoding=encoding,
-            warnings=data.warnings, metrics=_metrics(data, result, config, train_idx, val_idx),
+            warnings=[*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings],
+            metrics=_metrics(data, result, config, train_idx, val_idx),
             stats=stats, data={
                 "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
                 "rows": data.n_rows, "dropped_rows": data.dropped,

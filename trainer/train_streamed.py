@@ -22,7 +22,7 @@ from serve.core.manifest import (
 from trainer.checkpoint import Checkpoint
 from trainer.config import TrainConfig, TrainingError
 from trainer.data import dropped_message, pick_columns
-from trainer.encode import EncodeConfig
+from trainer.encode import EncodeConfig, id_like
 from trainer.fit import FitResult, resolve_device, saved_values, state_dict_of
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
 from trainer.train import check_out, not_least_squares, underfit, write_folder
@@ -137,7 +137,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         manifest = write_folder(
             out, force=force, result=result, config=config, features=features, targets=targets,
             columns=columns, encoding=encoding, metrics=metrics, stats=stats,
-            warnings=[dropped_message(summary.dropped, targets)] if summary.dropped else [],
+            warnings=([dropped_message(summary.dropped, targets)] if summary.dropped else [])
+            + id_like(specs, int(summary.x.n)) + stats.warnings,
             data=_data_record(ds, summary, digest.result(), val_data=val_data,
                               sample_weight=sample_weight),
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,

@@ -188,3 +188,58 @@ def test_blank_targets_are_dropped_as_statsmodels_missing_drop(tmp_path, data):
     for ours, theirs in [("coef", fit.params), ("std_err", fit.bse), ("p_value", fit.pvalues)]:
         np.testing.assert_allclose(s[ours], theirs, rtol=1e-8, err_msg=ours)
     assert (s["n_obs"], s["r2"]) == (146, pytest.approx(fit.rsquared, rel=1e-10))
+
+
+def _warnings(folder) -> list[str]:
+    return json.loads((folder / "model.json").read_text())["warnings"]
+
+
+@pytest.mark.parametrize("where", [[], ["--batch-rows", "50", "--max-memory", "1K"]],
+                         ids=["in memory", "streamed"])
+def test_collinear_columns_are_named(tmp_path, where):
+    """An exact linear combination (c = a + 2b) is named, in memory and streamed alike, and
+    the fit's statistics say the standard errors are not defined."""
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(size=200), rng.normal(size=200)
+    y = a - b + rng.normal(size=200) * 0.1
+    path = tmp_path / "c.csv"
+    np.savetxt(path, np.column_stack([a, b, a + 2 * b, y]), delimiter=",",
+               header="a,b,c,y", comments="")
+    res = train(path, "--solver", "lstsq", "--dtype", "float64", *where, "--out",
+                tmp_path / "m")
+    message = ("the design has rank 3 for 4 columns: 'c' is a linear combination of earlier "
+               "columns, so the fit cannot tell their coefficients apart; --exclude such a "
+               "column (or merge the levels that always go together)")
+    assert _warnings(tmp_path / "m") == [message]
+    assert f"linreg-train: warning: {message}" in res.stderr
+    assert "rank 3 < 4" in stats(tmp_path / "m")["not_defined"]["std_err"]
+
+
+@pytest.mark.parametrize("where", [[], ["--batch-rows", "50", "--max-memory", "1K"]],
+                         ids=["in memory", "streamed"])
+def test_an_id_column_and_a_large_condition_number_are_said(tmp_path, where):
+    """A text column with nearly a level per row (a car's name) is flagged as a likely id;
+    columns on wildly different scales give statsmodels' condition-number note."""
+    rng = np.random.default_rng(9)
+    n = 120
+    a, b = rng.normal(size=n) * 1e4, rng.normal(size=n)
+    names = [f"car {i % 70}" for i in range(n)]
+    path = tmp_path / "auto.csv"
+    path.write_text("name,a,b,y\n" + "".join(
+        f"{nm},{x!r},{z!r},{x * 1e-4 + z + rng.normal() * 0.1!r}\n"
+        for nm, x, z in zip(names, a.tolist(), b.tolist())))
+    train(path, "--solver", "lstsq", "--exclude", "name", *where, "--out", tmp_path / "m",
+          "-q")
+    cond = stats(tmp_path / "m")["condition_number"]
+    fit = sm.OLS(np.loadtxt(path, delimiter=",", skiprows=1, usecols=3),
+                 sm.add_constant(np.column_stack([a, b]))).fit()
+    assert cond == pytest.approx(fit.condition_number, rel=1e-6) and cond > 1000
+    assert _warnings(tmp_path / "m") == [
+        f"the condition number is large ({cond:.3g}): strong collinearity or columns on very "
+        "different scales, so small changes in the data can move the coefficients a lot "
+        "(statsmodels notes the same); check the columns, or --standardize"]
+    train(path, "--solver", "lstsq", "--features", "name,b", *where, "--out",
+          tmp_path / "ids", "-q")
+    assert _warnings(tmp_path / "ids") == [
+        f"column 'name' has 70 levels for {n} training rows: an id or free text rather than "
+        "a category? (--exclude name)"]
