@@ -68,6 +68,9 @@ def _range(name: str) -> click.ParamType:
 @click.option("--unknown", type=click.Choice(CHOICES["unknown"]), default="error",
               show_default=True, help="A level not seen in training, at prediction time: an "
               "error, or predicted as the reference level.")
+@click.option("--reference", "reference", multiple=True, metavar="COLUMN=LEVEL",
+              help="A categorical column's reference level (repeatable), e.g. city=Paris. "
+              "Default: the first level in sorted order.")
 @click.option("--missing-target", type=click.Choice(CHOICES["missing_target"]),
               default="drop", show_default=True, help="A row whose target is blank: dropped "
               "(the count is printed and kept in model.json), or an error.")
@@ -169,7 +172,7 @@ def _range(name: str) -> click.ParamType:
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
                missing_indicator: bool, max_levels: int, unknown: str,
-               missing_target: str, cov: str,
+               reference: tuple[str, ...], missing_target: str, cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
                huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
                sample_weight: str | None, lr_schedule: str, lr_step_size: int,
@@ -215,7 +218,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                         features=_names(features), exclude=_names(exclude),
                         encoding=EncodeConfig(tuple(_names(categorical)), impute,
                                               missing_indicator, max_levels, unknown,
-                                              missing_target),
+                                              missing_target, tuple(reference)),
                         cov=cov, confidence=confidence, sample_weight=sample_weight,
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)

@@ -44,6 +44,12 @@ class EncodeConfig:
     max_levels: int = 1000
     unknown: str = "error"  # or "reference"
     missing_target: str = "drop"  # a row whose target is blank: dropped (counted), or "error"
+    reference: tuple[str, ...] = ()  # "column=level": that column's reference level
+
+    @property
+    def references(self) -> dict[str, str]:
+        """``--reference`` as {column: level}."""
+        return dict(r.split("=", 1) for r in self.reference)
 
     def validate(self) -> None:
         if self.impute is not None:
@@ -53,14 +59,20 @@ class EncodeConfig:
             if getattr(self, name) not in CHOICES[name]:
                 raise TrainingError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: use "
                                     f"one of {', '.join(CHOICES[name])}")
+        for r in self.reference:
+            if "=" not in r or not r.split("=", 1)[0]:
+                raise TrainingError(f"--reference {r!r}: write COLUMN=LEVEL, e.g. city=Paris")
+        if len(self.references) < len(self.reference):
+            raise TrainingError("--reference names a column twice; give one level per column")
         if self.missing_indicator and self.impute is None:
             raise TrainingError("--missing-indicator needs --impute: the indicator marks the "
                                 "blanks that --impute fills")
 
     @property
     def plain(self) -> bool:
-        """No setting that asks for the tabular contract by itself."""
-        return not self.categorical and self.impute is None
+        """No setting that asks for the tabular contract by itself (a --reference is checked
+        against the learned columns, so it asks for them too)."""
+        return not self.categorical and self.impute is None and not self.reference
 
 
 def id_like(specs: Sequence[ColumnSpec] | None, n_rows: int) -> list[str]:
@@ -182,11 +194,45 @@ def learn(raw: RawColumns, train_idx: np.ndarray, config: EncodeConfig, *, bias:
             specs.append(_learn_numeric(name, values, seen, config, source))
             continue
         levels = learned_levels(name, seen, config.max_levels, source)
-        reference = None if not full_rank_used else levels[0]
+        reference = reference_level(name, levels, config, coded=full_rank_used)
         full_rank_used = True
         specs.append(ColumnSpec(name, "categorical", levels=tuple(levels), reference=reference,
                                 unknown=config.unknown, blanks=int(np.sum(seen == MISSING))))
+    check_references(specs, config)
     return specs
+
+
+def reference_level(name: str, levels: Sequence[str], config: EncodeConfig, *,
+                    coded: bool) -> str | None:
+    """A categorical column's reference level: ``--reference``'s, else the first in sorted
+    order (patsy's Treatment); None for the first column of a fit without an intercept, which
+    gets every level (``coded`` False)."""
+    chosen = config.references.get(name)
+    if not coded:
+        if chosen is not None:
+            raise TrainingError(f"--reference {name}={chosen}: without an intercept (--no-bias) "
+                                f"the first categorical column, {name!r}, gets every level and "
+                                "has no reference")
+        return None
+    if chosen is None:
+        return levels[0]
+    if chosen not in levels:
+        raise TrainingError(f"--reference {name}={chosen}: {chosen!r} is not a level of {name!r} "
+                            f"in the training rows (its levels: "
+                            f"{', '.join(repr(v) for v in levels[:10])}"
+                            f"{', ...' if len(levels) > 10 else ''})")
+    return chosen
+
+
+def check_references(specs: Sequence[ColumnSpec], config: EncodeConfig) -> None:
+    """Every ``--reference`` column is one of the categorical columns."""
+    categorical = {c.name for c in specs if c.kind == "categorical"}
+    for name, level in config.references.items():
+        if name not in categorical:
+            numeric = any(c.name == name for c in specs)
+            raise TrainingError(f"--reference {name}={level}: " + (
+                f"column {name!r} is numeric; add --categorical {name}" if numeric else
+                f"{name!r} is not a feature column"))
 
 
 def _learn_numeric(name: str, values: np.ndarray, seen: np.ndarray, config: EncodeConfig,

@@ -11,7 +11,15 @@ import numpy as np
 
 from serve.core.columns import MISSING, ColumnSpec
 from serve.core.errors import DataError
-from trainer.encode import EncodeConfig, factorize, impute_fill, learned_levels, raw_columns
+from trainer.encode import (
+    EncodeConfig,
+    check_references,
+    factorize,
+    impute_fill,
+    learned_levels,
+    raw_columns,
+    reference_level,
+)
 
 # A raw column: float64 with NaN for blanks (numeric) or level texts, MISSING for blanks.
 RawColumns = dict[str, np.ndarray]
@@ -128,13 +136,14 @@ class StreamLearner:
                                     f"(--max-levels {cap:,}); pass --exclude {name} if it is "
                                     "an id or free text, or raise --max-levels")
                 levels = learned_levels(name, np.array(list(s.texts), dtype=object), cap, source)
-                reference = None if not full_rank_used else levels[0]
+                reference = reference_level(name, levels, self.config, coded=full_rank_used)
                 full_rank_used = True
                 specs.append(ColumnSpec(name, "categorical", levels=tuple(levels),
                                         reference=reference, unknown=self.config.unknown,
                                         blanks=s.texts.get(MISSING, 0)))
                 continue
             specs.append(self._numeric(name, s))
+        check_references(specs, self.config)
         return specs
 
     def _numeric(self, name: str, s: _Seen) -> ColumnSpec:

@@ -211,8 +211,9 @@ def resume_settings(folder: str | Path) -> dict[str, Any]:
                 raise bad(f"{RUN}: {key}.{name} is not a setting")
             if not _kind_ok(kinds[name], value):
                 raise bad(f"{RUN}: {key}.{name} must be {kinds[name]}, not {value!r}"[:200])
-        if key == "encoding" and "categorical" in values:
-            values = {**values, "categorical": tuple(values["categorical"])}
+        if key == "encoding":  # JSON lists back to the tuples they were
+            values = {**values, **{k: tuple(values[k]) for k in ("categorical", "reference")
+                                   if k in values}}
         settings[key] = cls(**values)
         try:
             settings[key].validate()

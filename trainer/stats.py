@@ -276,11 +276,56 @@ def design_warnings(R: np.ndarray, labels: list[str], *, rank: int, cond: float,
                 " of earlier columns, so the fit cannot tell their coefficients apart; "
                 "--exclude such a column (or merge the levels that always go together)"]
     if cond > CONDITION_NOTE:
-        return [f"the condition number is large ({cond:.3g}): strong collinearity or columns "
-                "on very different scales, so small changes in the data can move the "
-                "coefficients a lot (statsmodels notes the same); check the columns, or "
-                "--standardize"]
+        return [condition_note(cond)]
     return []
+
+
+def condition_note(cond: float | None) -> str:
+    """The one wording of statsmodels' large-condition-number note (training and summary)."""
+    shown = "inf" if cond is None or not math.isfinite(cond) else f"{cond:.3g}"
+    return (f"the condition number is large ({shown}): strong collinearity or columns on very "
+            "different scales, so small changes in the data can move the coefficients a lot "
+            "(statsmodels notes the same); check the columns, or --standardize")
+
+
+SE_DISTANCE = 0.1  # SGD's coefficients this many standard errors from the optimum: said
+
+
+def sgd_distance(metrics: dict[str, Any], stats: Inference, coef: np.ndarray,
+                 intercept: np.ndarray, *, bias: bool) -> list[str]:
+    """For an SGD fit (``metrics["exact_least_squares"]`` holds the optimum): record how many
+    standard errors (the statistics') its coefficients are from the exact optimum (the largest,
+    and whose), and return the warning when that is more than :data:`SE_DISTANCE` and the
+    train metrics alone did not already say SGD stopped short: its p-values would describe
+    coefficients the data does not support. Data on an exact plane (the optimum leaves no
+    residual, as the tutorial's) has no standard errors worth the name: nothing is said."""
+    opt = metrics.get("exact_least_squares")
+    if opt is None or "coef_" not in opt:
+        return []
+    worst, where = 0.0, None
+    saved, best = _betas(coef, intercept, bias), _betas(opt["coef_"], opt["intercept_"], bias)
+    for t, entry in enumerate(stats.per_target):
+        se = entry.get("std_err")
+        if se is None:  # not defined (penalized, rank deficient, ...): nothing to measure by
+            return []
+        if opt["mse"][t] <= 1e-12 * metrics["train"]["mse"][t]:
+            continue  # an exact plane
+        se = np.asarray(se, dtype=np.float64)
+        with np.errstate(all="ignore"):
+            d = np.where(se > 0, np.abs(saved[t] - best[t]) / se, 0.0)
+        j = int(np.argmax(d))
+        if d[j] > worst:
+            worst, where = float(d[j]), entry["names"][j]
+    opt["std_errs_from_it"], opt["farthest"] = worst, where
+    said = worst > SE_DISTANCE and not opt.get("sgd_short_of_it")
+    return [sgd_distance_message(worst, where)] if said else []
+
+
+def sgd_distance_message(distance: float, name: str | None) -> str:
+    """The one wording of SGD's distance from the exact fit (training and summary)."""
+    return (f"SGD's coefficients are up to {distance:.3g} standard errors from the exact "
+            f"least-squares fit ({name!r} the farthest): the statistics describe the saved "
+            "coefficients, not the best fit; train longer, --standardize, or use --solver lstsq")
 
 
 _EVERYTHING_BUT_FIT = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma",
@@ -395,12 +440,14 @@ def summary_text(manifest: dict[str, Any]) -> str:
             by_reason.setdefault(reason, []).append(what)
         for reason, what in by_reason.items():  # one line per reason, not per statistic
             lines.append(f"not defined: {', '.join(what)}: {reason}")
-        if (entry.get("condition_number") or 0) > 1e8 or entry.get("condition_number") is None:
-            lines.append(f"warning: the condition number is large "
-                         f"({_num(entry.get('condition_number'))}): strong multicollinearity "
-                         "or badly scaled columns; the standard errors may be unreliable")
+        cond = entry.get("condition_number")
+        if cond is None or cond > CONDITION_NOTE:
+            lines.append("warning: " + condition_note(cond))
         opt = manifest.get("metrics", {}).get("exact_least_squares")
-        if opt and opt.get("sgd_short_of_it"):
+        if opt and (opt.get("std_errs_from_it") or 0) > SE_DISTANCE:
+            lines.append("warning: " + sgd_distance_message(opt["std_errs_from_it"],
+                                                            opt.get("farthest")))
+        elif opt and opt.get("sgd_short_of_it"):
             lines.append("warning: SGD stopped short of the exact least-squares optimum; these "
                          "statistics describe the saved parameters, not the best fit")
         lines.append("")

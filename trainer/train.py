@@ -38,7 +38,7 @@ from trainer.encode import EncodeConfig, id_like
 from trainer.fit import FitResult, fit
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
 from trainer.solvers import least_squares
-from trainer.stats import INFERENCE, inference
+from trainer.stats import INFERENCE, inference, sgd_distance
 
 
 def train(data_path: str | Path, *, out: str | Path | None = None, config: TrainConfig,
@@ -86,6 +86,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                           names=data.feature_names, cov_type=cov, confidence=confidence,
                           penalized=not_least_squares(config), weights=weights)
+        metrics = _metrics(data, result, config, train_idx, val_idx)
         pictures = None
         if plot:
             from trainer.plots import PlotData
@@ -96,8 +97,10 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         manifest = write_folder(
             out, force=force, result=result, config=config, features=data.feature_names,
             targets=data.target_names, columns=data.columns, encoding=encoding,
-            warnings=[*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings],
-            metrics=_metrics(data, result, config, train_idx, val_idx),
+            warnings=[*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
+                      *sgd_distance(metrics, stats, result.coef_, result.intercept_,
+                                    bias=config.bias)],
+            metrics=metrics,
             stats=stats, data={
                 "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
                 "rows": data.n_rows, "dropped_rows": data.dropped,
@@ -206,6 +209,7 @@ def _metrics(data: TrainingData, result: FitResult, config: TrainConfig,
             if config.penalty == "none" else _exact_penalized(X, Y, config, weights)
         optimum = regression_metrics(X, Y, *exact)
         optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        optimum["coef_"], optimum["intercept_"] = exact[0].tolist(), exact[1].tolist()
         metrics["exact_least_squares"] = optimum
     return metrics
 

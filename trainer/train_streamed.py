@@ -25,6 +25,7 @@ from trainer.data import dropped_message, pick_columns
 from trainer.encode import EncodeConfig, id_like
 from trainer.fit import FitResult, resolve_device, saved_values, state_dict_of
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
+from trainer.stats import sgd_distance
 from trainer.train import check_out, not_least_squares, underfit, write_folder
 
 MEMORY_OVERHEAD = 3  # a chunk in memory: float64 values, their X/Y split, the torch copy
@@ -138,7 +139,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             out, force=force, result=result, config=config, features=features, targets=targets,
             columns=columns, encoding=encoding, metrics=metrics, stats=stats,
             warnings=([dropped_message(summary.dropped, targets)] if summary.dropped else [])
-            + id_like(specs, int(summary.x.n)) + stats.warnings,
+            + id_like(specs, int(summary.x.n)) + stats.warnings
+            + sgd_distance(metrics, stats, result.coef_, result.intercept_, bias=config.bias),
             data=_data_record(ds, summary, digest.result(), val_data=val_data,
                               sample_weight=sample_weight),
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
@@ -313,6 +315,8 @@ def _metrics_from_r(summary: Any, result: FitResult, sse: np.ndarray,
         optimum = regression_metrics(sse_from_r(summary.unweighted_r, *exact, bias=config.bias),
                                      summary.y)
         optimum["sgd_short_of_it"] = underfit(metrics["train"], optimum)
+        optimum["coef_"] = np.asarray(exact[0]).tolist()
+        optimum["intercept_"] = np.asarray(exact[1]).tolist()
         metrics["exact_least_squares"] = optimum
     return metrics
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -44,6 +45,11 @@ def grunfeld(tmp_path_factory):
     ("invest ~ value + capital + C(firm)", ["--exclude", "year"]),
     ("invest ~ value + capital + C(firm) + C(year)", ["--categorical", "year"]),
     ("invest ~ 0 + C(firm) + value + capital", ["--exclude", "year", "--no-bias"]),
+    ("invest ~ value + capital + C(firm, Treatment(reference='IBM'))",
+     ["--exclude", "year", "--reference", "firm=IBM"]),
+    ("invest ~ value + capital + C(firm, Treatment(reference='IBM'))",
+     ["--exclude", "year", "--reference", "firm=IBM", "--batch-rows", "40", "--max-memory",
+      "1K"]),
 ])
 def test_lstsq_matches_statsmodels_coefficient_by_coefficient(tmp_path, grunfeld, formula,
                                                               flags):
@@ -57,7 +63,7 @@ def test_lstsq_matches_statsmodels_coefficient_by_coefficient(tmp_path, grunfeld
     if m["model"]["bias"]:
         got["Intercept"] = m["model"]["intercept_"][0]
     # statsmodels' C(firm)[T.IBM] is our firm[T.IBM]: the same terms, by name.
-    want = {name.replace("C(", "").replace(")[", "["): v for name, v in want.items()}
+    want = {re.sub(r"C\((\w+)[^\[]*\)\[", r"\1[", name): v for name, v in want.items()}
     assert sorted(got) == sorted(want)
     for name, value in want.items():
         assert got[name] == pytest.approx(value, rel=1e-7, abs=1e-9), name
@@ -140,6 +146,39 @@ def test_too_many_levels_is_refused_naming_the_column(tmp_path):
                                "--max-levels")
     train(path, "--exclude", "id", "--solver", "lstsq", "--out", tmp_path / "m", "-q")
     assert manifest(tmp_path / "m")["columns"] is None  # numbers only: the plain contract
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--reference", "city"], "--reference 'city': write COLUMN=LEVEL, e.g. city=Paris"),
+    (["--reference", "city=Nice"], "--reference city=Nice: 'Nice' is not a level of 'city' in "
+                                   "the training rows (its levels: 'Lyon', 'Paris', 'Rome')"),
+    (["--reference", "x1=1"], "--reference x1=1: column 'x1' is numeric; add --categorical x1"),
+    (["--reference", "zone=a"], "--reference zone=a: 'zone' is not a feature column"),
+    (["--reference", "city=Nice", "--reference", "city=Lyon"],
+     "--reference names a column twice; give one level per column"),
+    (["--reference", "city=Nice", "--no-bias"], "--reference city=Nice: without an intercept "
+     "(--no-bias) the first categorical column, 'city', gets every level and has no reference"),
+])
+def test_a_reference_level_that_cannot_be_is_refused(tmp_path, flags, message):
+    res = train(CSV, "--impute", "mean", *flags, "--out", tmp_path / "m", code=1)
+    assert error_line(res) == message
+    assert not (tmp_path / "m").exists()
+
+
+def test_the_reference_level_changes_the_coefficients_not_the_predictions(tmp_path):
+    train(CSV, "--impute", "mean", "--solver", "lstsq", "--dtype", "float64", "--out",
+          tmp_path / "a", "-q")
+    train(CSV, "--impute", "mean", "--solver", "lstsq", "--dtype", "float64", "--reference",
+          "city=Paris", "--out", tmp_path / "b", "-q")
+    a, b = manifest(tmp_path / "a"), manifest(tmp_path / "b")
+    assert [c["reference"] for c in b["columns"] if c["name"] == "city"] == ["Paris"]
+    assert "city[T.Lyon]" in b["features"] and "city[T.Paris]" not in b["features"]
+    assert a["features"] != b["features"]
+    rows = {"city": ["Lyon", "Rome", "Paris"], "x1": [1.0, 2.0, 3.0], "x2": [0.5, 0.0, -1.0]}
+    export(tmp_path / "a", "-q")
+    export(tmp_path / "b", "-q")
+    np.testing.assert_allclose(Predictor.load(tmp_path / "b").predict(rows),
+                               Predictor.load(tmp_path / "a").predict(rows), rtol=1e-9)
 
 
 def test_flags_that_cannot_work_are_refused(tmp_path):
