@@ -87,6 +87,10 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                           names=data.feature_names, cov_type=cov, confidence=confidence,
                           penalized=not_least_squares(config), weights=weights)
         metrics = _metrics(data, result, config, train_idx, val_idx)
+        # (sgd_distance also records SGD's distance from the optimum in ``metrics``)
+        warnings = [*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
+                    *sgd_distance(metrics, stats, result.coef_, result.intercept_,
+                                  bias=config.bias)]
         pictures = None
         if plot:
             from trainer.plots import PlotData
@@ -97,10 +101,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         manifest = write_folder(
             out, force=force, result=result, config=config, features=data.feature_names,
             targets=data.target_names, columns=data.columns, encoding=encoding,
-            warnings=[*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
-                      *sgd_distance(metrics, stats, result.coef_, result.intercept_,
-                                    bias=config.bias)],
-            metrics=metrics,
+            warnings=warnings, metrics=metrics,
             stats=stats, data={
                 "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
                 "rows": data.n_rows, "dropped_rows": data.dropped,

@@ -128,6 +128,10 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         metrics = _metrics_from_r(summary, result, sse, exact, config)
         stats = _streamed_statistics(rows, summary, result, sse, config, group, cov=cov,
                                      confidence=confidence)
+        # (sgd_distance also records SGD's distance from the optimum in ``metrics``)
+        warnings = ([dropped_message(summary.dropped, targets)] if summary.dropped else []) \
+            + id_like(specs, int(summary.x.n)) + stats.warnings \
+            + sgd_distance(metrics, stats, result.coef_, result.intercept_, bias=config.bias)
         passes = ds.reads  # over this rank's share of the files (the encoding's, the scan, ...)
         if group.rank != 0:
             return out, None
@@ -137,10 +141,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         columns = specs if specs is not None and not is_plain(specs) else None
         manifest = write_folder(
             out, force=force, result=result, config=config, features=features, targets=targets,
-            columns=columns, encoding=encoding, metrics=metrics, stats=stats,
-            warnings=([dropped_message(summary.dropped, targets)] if summary.dropped else [])
-            + id_like(specs, int(summary.x.n)) + stats.warnings
-            + sgd_distance(metrics, stats, result.coef_, result.intercept_, bias=config.bias),
+            columns=columns, encoding=encoding, metrics=metrics, stats=stats, warnings=warnings,
             data=_data_record(ds, summary, digest.result(), val_data=val_data,
                               sample_weight=sample_weight),
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
