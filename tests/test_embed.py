@@ -97,6 +97,22 @@ def test_node_feeds_raw_columns_to_a_tabular_model():
                                    "\"Paris\", \"Rome\")\n")
 
 
+# R's way of writing blanks: the model's NA tokens ("NA", "N/A", ...) are blanks in Node too.
+R_ROWS = [{"city": "NA", "x1": "NA", "x2": 0.5}, ["Rome", "N/A", -1.0], ["null", 7.5, 2.0]]
+R_AS_BLANKS = [{"city": None, "x1": None, "x2": 0.5}, {"city": "Rome", "x1": None, "x2": -1.0},
+               {"city": "", "x1": 7.5, "x2": 2.0}]
+
+
+def test_node_reads_the_models_na_tokens_as_blanks():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "rstyle" / "model.onnx")],
+                         input=json.dumps(R_ROWS).encode(), capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    want = Predictor.load(MODELS / "rstyle").predict(R_AS_BLANKS)
+    np.testing.assert_allclose(json.loads(res.stdout)["predictions"], want, rtol=1e-12)
+
+
 def test_node_prints_the_intervals_of_a_model_that_has_them():
     need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
     rows = [r if isinstance(r, dict) else dict(zip(["city", "x1", "x2"], r))
@@ -184,6 +200,16 @@ def test_browser_page_offers_the_levels_and_takes_a_blank(site):
         'Paris</option><option value="Rome">Rome</option></select>' in dom
     got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
     want = Predictor.load(MODELS / "tabular").predict([{"city": "Paris", "x1": None, "x2": 0.5}])
+    np.testing.assert_allclose(got, want[0], rtol=1e-12)
+
+
+def test_browser_page_reads_na_as_a_blank(site):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    dom = _dom(f"{site}/web/index.html?model=/models/rstyle/model.onnx&row=NA,NA,0.5")
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
+    want = Predictor.load(MODELS / "rstyle").predict([{"city": None, "x1": None, "x2": 0.5}])
     np.testing.assert_allclose(got, want[0], rtol=1e-12)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from serve.core.columns import NA_VALUES
 from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount, stopped
 from serve.core.errors import CellError, DataError
 from serve.core.imports import without_pandas
@@ -71,6 +72,11 @@ def _range(name: str) -> click.ParamType:
 @click.option("--reference", "reference", multiple=True, metavar="COLUMN=LEVEL",
               help="A categorical column's reference level (repeatable), e.g. city=Paris. "
               "Default: the first level in sorted order.")
+@click.option("--na-values", "na_values", multiple=True, metavar="TEXT,...",
+              help="Cell texts that mean a blank, in training and in the exported model "
+              "(repeatable, or a,b; replaces the default; '' for none but the empty cell). "
+              "Default: what R and pandas write: NA, N/A, n/a, NaN, nan, NULL, null, None, "
+              "<NA>, #N/A, ...")
 @click.option("--missing-target", type=click.Choice(CHOICES["missing_target"]),
               default="drop", show_default=True, help="A row whose target is blank: dropped "
               "(the count is printed and kept in model.json), or an error.")
@@ -172,7 +178,8 @@ def _range(name: str) -> click.ParamType:
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
                missing_indicator: bool, max_levels: int, unknown: str,
-               reference: tuple[str, ...], missing_target: str, cov: str,
+               reference: tuple[str, ...], na_values: tuple[str, ...], missing_target: str,
+               cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
                huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
                sample_weight: str | None, lr_schedule: str, lr_step_size: int,
@@ -218,7 +225,9 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                         features=_names(features), exclude=_names(exclude),
                         encoding=EncodeConfig(tuple(_names(categorical)), impute,
                                               missing_indicator, max_levels, unknown,
-                                              missing_target, tuple(reference)),
+                                              missing_target, tuple(reference),
+                                              tuple(_names(na_values)) if na_values
+                                              else NA_VALUES),
                         cov=cov, confidence=confidence, sample_weight=sample_weight,
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)

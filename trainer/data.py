@@ -55,13 +55,13 @@ class TrainingData:
 def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                        features: Sequence[str] = (), exclude: Sequence[str] = (),
                        categorical: Sequence[str] = (), weight: str | None = None,
-                       missing_target: str = "drop",
+                       missing_target: str = "drop", na: Sequence[str] = (),
                        progress: Callable[[int], None] | None = None) -> TrainingData:
     """Read ``path`` and select columns: targets default to the last column, features to the
     rest but ``exclude`` (ids, text). All-number features are read as a matrix at once; a
     blank or a text cell (or ``categorical``) reads the features as raw columns instead.
     A row whose target is blank is dropped (``missing_target`` "drop", counted in
-    ``warnings``) or refused ("error")."""
+    ``warnings``) or refused ("error"). A text cell in ``na`` (NA tokens) is a blank."""
     targets, features = pick_columns(path, column_names(path), targets=targets,
                                      features=features, exclude=exclude, weight=weight)
     _check_names(path, "categorical", categorical, features)
@@ -70,7 +70,8 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
     data = None
     if not categorical:
         try:  # the fast path: every feature cell a number
-            table = read_table(path, features + numbers, blanks=blank_ok, progress=progress)
+            table = read_table(path, features + numbers, blanks=blank_ok, na=na,
+                               progress=progress)
             Y = to_matrix(table, targets, source=path, blanks=blank_ok)
             X = to_matrix(table, features, source=path)
             data = TrainingData(X, Y, features, targets, str(path),
@@ -80,7 +81,7 @@ def load_training_data(path: str | Path, *, targets: Sequence[str] = (),
                 raise  # a target must be numbers: nothing to learn from another read
             # a blank or a text cell in a feature: read the features as they are
     if data is None:
-        table = read_table(path, features + numbers, text=features, blanks=blank_ok,
+        table = read_table(path, features + numbers, text=features, blanks=blank_ok, na=na,
                            progress=progress)
         Y = to_matrix(table, targets, source=path, blanks=blank_ok)
         weights = _weights(table, weight, path)

@@ -25,7 +25,7 @@ import numpy as np
 
 from serve.core.errors import DataError
 from serve.core.formats import files_of, is_many
-from serve.core.tables import to_matrix
+from serve.core.tables import na_as_null, to_matrix
 
 SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
 
@@ -69,15 +69,18 @@ class RawChunk:
 class Dataset:
     """Files of one format and one set of columns."""
 
-    def __init__(self, files: list[Path], fmt: str, columns: list[str], shown: str) -> None:
+    def __init__(self, files: list[Path], fmt: str, columns: list[str], shown: str,
+                 na: Sequence[str] = ()) -> None:
         self.files, self.format, self.columns, self.shown = files, fmt, columns, shown
+        self.na = tuple(na)  # text cells read as a blank (NA tokens), in every reader below
         self._fragments: list | None = None
         self.reads = 0  # passes started over the files (a streamed fit reports its count)
 
     @classmethod
-    def open(cls, path: str | Path) -> Dataset:
+    def open(cls, path: str | Path, *, na: Sequence[str] = ()) -> Dataset:
         """``path``: a Parquet or CSV file, a folder (its .parquet/.pq/.csv files) or a glob
-        pattern, listed by :func:`serve.core.formats.files_of` as linreg-predict lists parts."""
+        pattern, listed by :func:`serve.core.formats.files_of` as linreg-predict lists parts.
+        A text cell in ``na`` (NA tokens) is read as a blank."""
         text = str(path)
         if is_many(text):
             files = files_of(text)
@@ -107,7 +110,7 @@ class Dataset:
                         f"adds {', '.join(extra)}" if extra else "orders the columns otherwise")
                 raise DataError(f"{f}: its columns differ from {files[0]}'s ({what}); every file "
                                 "of a dataset needs the same columns")
-        return cls(files, fmt, columns, text)
+        return cls(files, fmt, columns, text, na)
 
     def parts(self) -> list[Part]:
         """Every part, in file order then row-group order."""
@@ -151,7 +154,7 @@ class Dataset:
             for batch in self._fragment(part.file).subset(row_group_ids=[part.row_group]) \
                     .to_batches(columns=columns, batch_size=batch_rows):
                 if batch.num_rows:
-                    values = to_matrix(batch, columns, source=path, row_offset=row,
+                    values = to_matrix(na_as_null(batch, self.na), columns, source=path, row_offset=row,
                                        order="F", blanks=blanks)
                     yield Chunk(values, part.file, row)
                     row += batch.num_rows
@@ -183,11 +186,11 @@ class Dataset:
                 from serve.core.tables import csv_batches
 
                 batches = csv_batches(path, numbers, text=features, name=str(path),
-                                      blanks=blanks)
+                                      blanks=blanks, na=self.na)
             else:
                 fragment = self._fragment(part.file).subset(row_group_ids=[part.row_group])
-                batches = ((b, None) for b in fragment.to_batches(columns=features + numbers,
-                                                                  batch_size=batch_rows))
+                batches = ((na_as_null(b, self.na), None) for b in fragment.to_batches(
+                    columns=features + numbers, batch_size=batch_rows))
             row = part.first_row
             for batch, start in batches:
                 row = row if start is None else start
@@ -213,7 +216,8 @@ class Dataset:
 
         pending: list[np.ndarray] = []
         held, first = 0, 0
-        for batch, start in csv_batches(path, columns, name=str(path), blanks=blanks):
+        for batch, start in csv_batches(path, columns, name=str(path), blanks=blanks,
+                                        na=self.na):
             values = to_matrix(batch, columns, source=path, row_offset=start, order="F",
                                blanks=blanks)
             while len(values):

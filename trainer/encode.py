@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from serve.core.columns import MISSING, ColumnSpec, level_text
+from serve.core.columns import MISSING, NA_VALUES, ColumnSpec, level_text
 from serve.core.errors import DataError
 from serve.core.numbers import BadCell, parse_numbers, shown
 from trainer.config import CHOICES, TrainingError, check_impute, check_setting
@@ -45,6 +46,7 @@ class EncodeConfig:
     unknown: str = "error"  # or "reference"
     missing_target: str = "drop"  # a row whose target is blank: dropped (counted), or "error"
     reference: tuple[str, ...] = ()  # "column=level": that column's reference level
+    na_values: tuple[str, ...] = NA_VALUES  # cell texts read as a blank (besides the empty one)
 
     @property
     def references(self) -> dict[str, str]:
@@ -73,6 +75,11 @@ class EncodeConfig:
         """No setting that asks for the tabular contract by itself (a --reference is checked
         against the learned columns, so it asks for them too)."""
         return not self.categorical and self.impute is None and not self.reference
+
+
+def manifest_na_values(manifest: Mapping[str, Any]) -> list[str]:
+    """The NA tokens a tabular model was trained with (none for a model from before them)."""
+    return list((manifest.get("encoding") or {}).get("na_values") or ())
 
 
 def id_like(specs: Sequence[ColumnSpec] | None, n_rows: int) -> list[str]:
@@ -141,7 +148,7 @@ def raw_columns(table, names: Sequence[str], *, categorical: Sequence[str], sour
 
 def _mostly_numbers(name: str, texts: np.ndarray, source: str) -> list[str]:
     """A warning when most of a text column's cells are numbers: one stray cell (``1_000``,
-    ``n/a``) would otherwise turn a numeric column into levels without a word."""
+    ``?``) would otherwise turn a numeric column into levels without a word."""
     uniques, inverse = factorize(texts[texts != MISSING])
     if len(uniques) > 10_000:
         return []

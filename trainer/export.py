@@ -32,6 +32,7 @@ from serve.core.columns import ColumnSpec, read_specs
 from serve.core.errors import ModelError, first_line
 from serve.core.manifest import read_manifest, record_artifact, verify_artifact, write_manifest
 from trainer.config import SETTINGS
+from trainer.encode import manifest_na_values
 from trainer.model import LinearRegression, model_from_state_dict
 from trainer.onnx_tabular import INTERVAL_OUTPUTS, Intervals, needs_opset, tabular_graph
 from trainer.parity import (
@@ -243,6 +244,8 @@ def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
         "encoded_names": json.dumps(manifest["features"]),
     }
     inputs = [c["name"] for c in columns] if columns else manifest["features"]
+    if columns:  # the texts read as a blank (model.onnx maps them in categorical columns)
+        tabular["linreg.na_values"] = json.dumps(manifest_na_values(manifest))
     if manifest.get("intervals"):  # extra outputs beside prediction
         tabular["linreg.intervals"] = json.dumps(manifest["intervals"])
     return {
@@ -297,7 +300,7 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: P
         raise ExportError(f"a column named {sorted(clash)[0]!r} clashes with the model's "
                           "outputs; rename it and train again")
     proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset,
-                          intervals=iv)
+                          intervals=iv, na=manifest_na_values(manifest) if specs else ())
     _save_onnx(proto, manifest, path)
     import onnx
 

@@ -18,7 +18,15 @@ import pyarrow.parquet as pq
 
 from serve.core.errors import DataError, first_line
 from serve.core.formats import file_format
-from serve.core.tables import check_readable, check_unique, csv_batches, csv_header, load_npy, npy_header
+from serve.core.tables import (
+    check_readable,
+    check_unique,
+    csv_batches,
+    csv_header,
+    load_npy,
+    na_as_null,
+    npy_header,
+)
 
 
 def column_names(path: str | Path) -> list[str]:
@@ -37,12 +45,12 @@ def column_names(path: str | Path) -> list[str]:
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
-               text: Sequence[str] = (), blanks: Sequence[str] = (),
+               text: Sequence[str] = (), blanks: Sequence[str] = (), na: Sequence[str] = (),
                progress: Callable[[int], None] | None = None) -> pa.Table:
     """Read a data file into a Table: all columns, or just ``columns`` (CSV reads those as
     numbers by the one rule, but ``text`` ones as strings; other formats keep their stored
-    types; a blank is allowed in ``blanks``). ``progress(rows read so far)`` is called as a
-    CSV file streams in."""
+    types; a blank is allowed in ``blanks``; a text cell in ``na`` is a blank, null).
+    ``progress(rows read so far)`` is called as a CSV file streams in."""
     path = Path(path)
     fmt = file_format(path, allowed=("csv", "parquet", "npy", "npz"))
     check_readable(path)
@@ -51,7 +59,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
             columns = column_names(path)
         batches = []
         numbers = [c for c in columns if c not in set(text)]
-        for batch, first in csv_batches(path, numbers, text=list(text), blanks=blanks):
+        for batch, first in csv_batches(path, numbers, text=list(text), blanks=blanks, na=na):
             batches.append(batch)
             if progress is not None:
                 progress(first + batch.num_rows)
@@ -65,6 +73,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None, *,
             table = pf.read(columns=list(columns) if columns is not None else None)
         except (pa.ArrowException, OSError) as e:
             raise DataError(f"{path}: not a readable Parquet file ({first_line(e)})") from None
+        table = na_as_null(table, na)
     else:
         table = _read_npy(path) if fmt == "npy" else _read_npz(path)
         if columns is not None:

@@ -6,7 +6,8 @@ that onnxruntime runs on the CPU, in Node.js and in WebAssembly (``Equal`` on st
 opset 19):
 
 1. numeric:      x_filled = Where(IsNaN(x), fill, x);   indicator = Cast(IsNaN(x), float)
-2. categorical:  onehot = Cast(Equal(c, [[coded levels]]), float)               [batch, K]
+2. categorical:  c = Where(MatMul(Cast(Equal(c, [[NA tokens]])), 1) == 0, c, "")  (a blank)
+                 onehot = Cast(Equal(c, [[coded levels]]), float)               [batch, K]
                  unknown = Equal(MatMul(Cast(Equal(c, [[all levels]])), 1), 0)  (policy error)
 3. X = Concat(blocks, axis=1);  prediction = Gemm(X, W, b, transB=1)
                  + Where(unknown, NaN, 0) per checked column: a row the model cannot predict
@@ -41,9 +42,11 @@ def needs_opset(specs: Sequence[ColumnSpec]) -> int:
 
 def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
                   bias: np.ndarray | None, *, dtype: str, opset: int,
-                  intervals: Intervals | None = None) -> onnx.ModelProto:
+                  intervals: Intervals | None = None,
+                  na: Sequence[str] = ()) -> onnx.ModelProto:
     """The whole model as an ONNX ModelProto (metadata is added by the caller): raw columns
-    in (``specs``), or the plain ``features`` matrix (``specs`` None, used with intervals)."""
+    in (``specs``), or the plain ``features`` matrix (``specs`` None, used with intervals).
+    A categorical cell whose text is one of ``na`` (the NA tokens) is a blank."""
     np_dtype, elem = np.dtype(dtype), _ELEM[dtype]
     nodes, inits, inputs, blocks, penalties = [], [], [], [], []
 
@@ -73,6 +76,15 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
                 blocks.append(node("Cast", [nan], f"{j}/indicator", to=elem))
             continue
         inputs.append(helper.make_tensor_value_info(x, TensorProto.STRING, ["batch", 1]))  # 2.
+        if na:
+            hits = node("Cast", [node("Equal", [x, const(f"{j}/na", _strings(sorted(na)))],
+                                      f"{j}/is_na_token")], f"{j}/is_na_f", to=elem)
+            count = node("MatMul", [hits, const(f"{j}/na_ones", np.ones((len(na), 1),
+                                                                         np_dtype))],
+                         f"{j}/na_count")
+            kept = node("Equal", [count, const(f"{j}/na_zero", np.zeros((1, 1), np_dtype))],
+                        f"{j}/not_na")
+            x = node("Where", [kept, x, const(f"{j}/blank", _strings([""]))], f"{j}/cells")
         coded = spec.coded_levels
         if coded:
             eq = node("Equal", [x, const(f"{j}/levels", _strings(coded))], f"{j}/equal")

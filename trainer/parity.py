@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from serve.core.columns import ColumnSpec
+from serve.core.columns import MISSING, ColumnSpec
 from serve.core.errors import LinregError, first_line
 from serve.core.manifest import sha256_file
 from serve.core.tables import to_matrix
-from trainer.encode import design_matrix, raw_columns
+from trainer.encode import design_matrix, manifest_na_values, raw_columns
 from trainer.files import read_table
 from trainer.onnx_tabular import INTERVAL_OUTPUTS, Intervals
 
@@ -134,7 +134,7 @@ def held_out_raw(manifest: dict[str, Any], specs: list[ColumnSpec]) -> dict[str,
     if not idx or not path or not Path(path).is_file() or sha256_file(path) != data.get("sha256"):
         return None
     names = [s.name for s in specs]
-    table = read_table(path, names, text=names)
+    table = read_table(path, names, text=names, na=manifest_na_values(manifest))
     raw = raw_columns(table, names, categorical=[s.name for s in specs
                                                  if s.kind == "categorical"], source=path)
     return {k: v[np.asarray(idx)] for k, v in raw.items()}
@@ -161,7 +161,8 @@ def design(raw: dict[str, np.ndarray], specs: list[ColumnSpec], manifest) -> np.
 
 def tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[str, Any]):
     """``predict(rows)`` and ``bounds(rows)`` (the four interval outputs) of linreg's own
-    graph, fed raw columns (``specs``) or the ``features`` matrix."""
+    graph, fed raw columns (``specs``) or the ``features`` matrix. Every other blank of a
+    categorical column is fed as an NA token, which the graph must read as a blank."""
     import onnxruntime as ort
 
     try:
@@ -169,11 +170,18 @@ def tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[st
     except Exception as e:
         raise ExportError(f"onnx: the exported file does not load ({first_line(e)})") from None
     dtype = np.dtype(manifest["model"]["dtype"])
+    na = manifest_na_values(manifest)
+
+    def cells(values: np.ndarray) -> np.ndarray:
+        values = values.astype(object)
+        if na:
+            values[np.flatnonzero(values == MISSING)[::2]] = na[0]
+        return values
 
     def feeds(raw) -> dict[str, np.ndarray]:
         if specs is None:
             return {"features": raw}
-        return {s.name: (raw[s.name].astype(object) if s.kind == "categorical" else
+        return {s.name: (cells(raw[s.name]) if s.kind == "categorical" else
                          raw[s.name].astype(dtype)).reshape(-1, 1) for s in specs}
     return (lambda raw: sess.run(["prediction"], feeds(raw))[0],
             lambda raw: sess.run(list(INTERVAL_OUTPUTS), feeds(raw)))

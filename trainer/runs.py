@@ -212,7 +212,7 @@ def resume_settings(folder: str | Path) -> dict[str, Any]:
             if not _kind_ok(kinds[name], value):
                 raise bad(f"{RUN}: {key}.{name} must be {kinds[name]}, not {value!r}"[:200])
         if key == "encoding":  # JSON lists back to the tuples they were
-            values = {**values, **{k: tuple(values[k]) for k in ("categorical", "reference")
+            values = {**values, **{k: tuple(values[k]) for k in ("categorical", "reference", "na_values")
                                    if k in values}}
         settings[key] = cls(**values)
         try:

@@ -70,6 +70,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
                                   categorical=encoding.categorical, weight=sample_weight,
                                   missing_target=encoding.missing_target,
+                                  na=encoding.na_values,
                                   progress=read_progress)
         train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
         data = encode(data, train_idx, encoding, bias=config.bias)

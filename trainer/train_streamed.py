@@ -105,7 +105,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         max_memory=max_memory, nproc=group.world))
     with checkpoint_scope(checkpoint if group.rank == 0 else None, resumed=resume is not None):
         # 1. The dataset, its columns, this rank's share (rank 0 hashes the files meanwhile).
-        ds = Dataset.open(data_path)
+        ds = Dataset.open(data_path, na=encoding.na_values)
         digest = _Background(dataset_sha256, ds.files) if group.rank == 0 else None
         targets, raw_features = pick_columns(ds.shown, ds.columns, targets=targets,
                                              features=features, exclude=exclude,
@@ -114,7 +114,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         share = _Share(ds, raw_features, targets, group, val_data=val_data,
                        val_fraction=val_fraction, weight=sample_weight, batch_rows=batch_rows,
                        max_memory=max_memory, seed=config.seed,
-                       missing_target=encoding.missing_target)
+                       missing_target=encoding.missing_target, na=encoding.na_values)
         # 2. The encoding and the scan (the R factors, counts, means, spreads).
         specs, rows, summary = share.scan(encoding, bias=config.bias)
         _check_scan(summary, len(rows.features) + int(config.bias), val_fraction=val_fraction,
@@ -204,7 +204,8 @@ class _Share:
 
     def __init__(self, ds: Any, features: list[str], targets: list[str], group: Any, *,
                  val_data: str | Path | None, val_fraction: float | None, weight: str | None,
-                 batch_rows: int, max_memory: int, seed: int, missing_target: str) -> None:
+                 batch_rows: int, max_memory: int, seed: int, missing_target: str,
+                 na: tuple[str, ...]) -> None:
         from trainer.dataset import Dataset
 
         self.ds, self.features, self.targets, self.group = ds, features, targets, group
@@ -216,7 +217,7 @@ class _Share:
             ds.estimated_rows() // group.world
         self.vds = None
         if val_data is not None:
-            self.vds = Dataset.open(val_data)
+            self.vds = Dataset.open(val_data, na=na)
             pick_columns(self.vds.shown, self.vds.columns, targets=targets, features=features)
 
     def rows(self, specs: list | None) -> Any:

@@ -62,7 +62,8 @@ export function readMetadata(modelBytes) {
 }
 
 /** The model contract linreg-export writes: names in order, the dtype, and for a tabular model
- *  (categorical columns or blanks) one spec per raw column: kind, levels, fill, policy. */
+ *  (categorical columns or blanks) one spec per raw column (kind, levels, fill, policy) and
+ *  the texts that mean a blank (NA tokens such as "NA", "N/A", "NaN": `naValues`). */
 export function readContract(modelBytes) {
   const meta = readMetadata(modelBytes);
   if (!meta.feature_names || !meta.target_names) {
@@ -73,6 +74,7 @@ export function readContract(modelBytes) {
     targets: JSON.parse(meta.target_names),
     dtype: meta.dtype === 'float64' ? 'float64' : 'float32',
     columns: meta['linreg.columns'] ? JSON.parse(meta['linreg.columns']) : null,
+    naValues: new Set(meta['linreg.na_values'] ? JSON.parse(meta['linreg.na_values']) : []),
     metadata: meta,
   };
 }
@@ -116,7 +118,8 @@ function levelText(v) {
 }
 
 /** The session's feeds for rows: one `features` tensor, or for a tabular model one [rows, 1]
- *  tensor per raw column (strings for categorical columns, NaN for a numeric blank). Cells the
+ *  tensor per raw column (strings for categorical columns, NaN for a numeric blank; a text
+ *  among the model's NA tokens is a blank). Cells the
  *  model cannot take (a blank with no fill, a level not seen in training) are errors naming
  *  the row and column, as in linreg's Python runtime. */
 export function toFeeds(rows, contract, Tensor) {
@@ -132,7 +135,8 @@ export function toFeeds(rows, contract, Tensor) {
     if (col.kind === 'categorical') {
       const known = new Set(col.levels);
       const data = all.map((values, r) => {
-        const level = levelText(values[c]);
+        const text = levelText(values[c]);
+        const level = contract.naValues.has(text) ? '' : text;
         if (!known.has(level) && col.unknown === 'error') {
           throw new Error(level === '' ? `${where(r)}: missing value; no blanks were seen here in training`
             : `${where(r)}: level ${JSON.stringify(level)} was not seen in training (known: ${col.levels.slice(0, 10).map((l) => JSON.stringify(l)).join(', ')})`);
@@ -145,7 +149,8 @@ export function toFeeds(rows, contract, Tensor) {
     const data = contract.dtype === 'float64' ? new Float64Array(rows.length) : new Float32Array(rows.length);
     all.forEach((values, r) => {
       let v = values[c];
-      if (v === null || v === undefined || v === '' || (typeof v === 'number' && Number.isNaN(v))) {
+      if (v === null || v === undefined || v === '' || (typeof v === 'number' && Number.isNaN(v))
+          || (typeof v === 'string' && contract.naValues.has(v))) {
         if (col.fill === null || col.fill === undefined) throw new Error(`${where(r)}: missing value; this model was trained without --impute`);
         v = NaN;
       } else if (typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v))) {

@@ -83,7 +83,8 @@ async function main() {
   });
   document.body.dataset.state = 'ready';
   if (params.has('row')) {
-    params.get('row').split(',').forEach((v, i) => { if (inputs[i]) inputs[i].value = v; });
+    // A text the model reads as a blank (NA, N/A, ...: its NA tokens) fills the field blank.
+    params.get('row').split(',').forEach((v, i) => { if (inputs[i]) inputs[i].value = contract.naValues.has(v) ? '' : v; });
     await predict();
   }
 }

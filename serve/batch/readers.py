@@ -38,7 +38,8 @@ def _csv_chunks(source, predictor: Predictor, keep: list[str], batch_rows: int) 
     block = CSV_MAX_BLOCK if str(source) == "-" else _csv_block_size(Path(source), batch_rows)
     numbers, text = predictor.column_kinds()
     for batch, first in csv_batches(source, numbers, text=text, keep=keep, block_size=block,
-                                    blanks=predictor.columns is not None):
+                                    blanks=predictor.columns is not None,
+                                    na=predictor.na_values):
         yield _rows(predictor, batch, name, first), {k: batch.column(k) for k in keep}, first
 
 

@@ -8,6 +8,11 @@ shape ``[batch, 1]``: a numeric column in the model's float dtype with NaN for a
 categorical column as strings with ``""`` for a blank. The specs travel in ``model.json``
 (``"columns"``) and in the ONNX metadata (``linreg.columns``), where every consumer reads them.
 
+A cell whose text is one of the model's NA tokens (``na_values``, the ``--na-values`` of its
+training: by default what R and pandas write, ``NA``, ``N/A``, ``NaN``, ``NULL``, ...) is a blank
+too, in every reader, and inside ``model.onnx`` for categorical columns; the tokens travel in
+``model.json`` (``encoding.na_values``) and the ONNX metadata (``linreg.na_values``).
+
 The graph gives NaN for a row it cannot predict (a blank where no fill was learned, a level
 not seen in training under ``unknown: error``); :func:`check_frame` names that cell.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,10 @@ MISSING = ""  # a blank categorical cell, and the level that stands for blanks s
 MISSING_NAME = "<missing>"  # how that level is named in coefficient names and messages
 KINDS = ("numeric", "categorical")
 UNKNOWN = ("error", "reference")
+# What R and pandas write for a missing value (pandas' default ``na_values``; the empty cell is
+# always a blank): read as a blank, in training and at prediction, unless --na-values says else.
+NA_VALUES = ("#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+             "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,34 @@ def specs_from_json(value: Any, source: str) -> list[ColumnSpec]:
     return specs
 
 
+def na_values_from_json(value: Any, source: str) -> frozenset[str]:
+    """A model's NA tokens from its ONNX metadata (a JSON list of strings); none if absent."""
+    if value is None:
+        return frozenset()
+    try:
+        tokens = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        tokens = None
+    if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+        raise ModelError(f"{source}: linreg.na_values must be a JSON list of strings")
+    return frozenset(tokens)
+
+
+def na_to_null(col: Any, na: Collection[str]) -> Any:
+    """An Arrow text array with its NA tokens (exact cell texts) made null; other arrays as
+    they are."""
+    import pyarrow as pa
+
+    if not na or not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        return col
+    import pyarrow.compute as pc
+
+    hit = pc.is_in(col, value_set=pa.array(sorted(na), col.type))
+    if not pc.any(hit).as_py():
+        return col
+    return pc.if_else(hit, pa.scalar(None, col.type), col)
+
+
 def specs_json(specs: Sequence[ColumnSpec]) -> list[dict[str, Any]]:
     return [s.to_json() for s in specs]
 
@@ -176,9 +213,10 @@ class FrameError(DataError, ValueError):
 
 
 def frame_from_values(columns: Mapping[str, Sequence[Any]], specs: Sequence[ColumnSpec],
-                      dtype: np.dtype, *, row_offset: int = 0,
+                      dtype: np.dtype, *, na: Collection[str] = frozenset(), row_offset: int = 0,
                       source: str | None = None) -> Frame:
-    """A Frame from Python/numpy/pandas values by column name (JSON bodies, records, dicts)."""
+    """A Frame from Python/numpy/pandas values by column name (JSON bodies, records, dicts);
+    a text in ``na`` is a blank."""
     arrays, n = {}, None
     for spec in specs:
         values = columns[spec.name]
@@ -189,16 +227,16 @@ def frame_from_values(columns: Mapping[str, Sequence[Any]], specs: Sequence[Colu
             n = len(values)
         elif len(values) != n:
             raise FrameError(f"columns have different lengths ({n} and {len(values)})")
-        arrays[spec.name] = _numeric_values(values, spec, dtype, row_offset, source) \
-            if spec.kind == "numeric" else _level_values(values, spec, row_offset, source)
+        arrays[spec.name] = _numeric_values(values, spec, dtype, na, row_offset, source) \
+            if spec.kind == "numeric" else _level_values(values, spec, na, row_offset, source)
     return Frame(arrays, n or 0)
 
 
-def _numeric_values(values: list[Any], spec: ColumnSpec, dtype: np.dtype, row_offset: int,
-                    source: str | None) -> np.ndarray:
+def _numeric_values(values: list[Any], spec: ColumnSpec, dtype: np.dtype, na: Collection[str],
+                    row_offset: int, source: str | None) -> np.ndarray:
     out = np.empty((len(values), 1), dtype=np.float64)
     for r, v in enumerate(values):
-        if v is None or (isinstance(v, str) and not v.strip()) or is_na(v):
+        if v is None or (isinstance(v, str) and (not v.strip() or v in na)) or is_na(v):
             out[r, 0] = math.nan
             continue
         try:
@@ -212,12 +250,12 @@ def _numeric_values(values: list[Any], spec: ColumnSpec, dtype: np.dtype, row_of
         return out.astype(dtype)
 
 
-def _level_values(values: list[Any], spec: ColumnSpec, row_offset: int,
+def _level_values(values: list[Any], spec: ColumnSpec, na: Collection[str], row_offset: int,
                   source: str | None) -> np.ndarray:
     out = np.empty((len(values), 1), dtype=object)
     for r, v in enumerate(values):
         try:
-            out[r, 0] = level_text(v)
+            out[r, 0] = MISSING if isinstance(v, str) and v in na else level_text(v)
         except ValueError:
             raise FrameError(_where(source, row_offset + r, spec.name)
                              + f"{shown(v)} is not a level (send text or a number)") from None
@@ -225,8 +263,10 @@ def _level_values(values: list[Any], spec: ColumnSpec, row_offset: int,
 
 
 def frame_from_arrow(batch: Any, specs: Sequence[ColumnSpec], dtype: np.dtype, *,
-                     row_offset: int = 0, source: str | None = None) -> Frame:
-    """A Frame from an Arrow table or batch (files read in chunks, CSV bodies)."""
+                     na: Collection[str] = frozenset(), row_offset: int = 0,
+                     source: str | None = None) -> Frame:
+    """A Frame from an Arrow table or batch (files read in chunks, CSV bodies); a text in
+    ``na`` is a blank (a CSV reader has made them null already)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -241,6 +281,8 @@ def frame_from_arrow(batch: Any, specs: Sequence[ColumnSpec], dtype: np.dtype, *
         if pa.types.is_dictionary(t):
             col, t = col.cast(t.value_type), t.value_type
         is_text = pa.types.is_string(t) or pa.types.is_large_string(t)
+        if is_text:
+            col = na_to_null(col, na)
         if spec.kind == "categorical":
             if is_text:
                 values = pc.fill_null(col, MISSING).to_numpy(zero_copy_only=False)

@@ -127,6 +127,18 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], *, sourc
     return out
 
 
+def na_as_null(table: pa.Table | pa.RecordBatch, na: Collection[str]) -> pa.Table | pa.RecordBatch:
+    """A table (or batch) whose text cells equal to an NA token are null, as the CSV reader
+    reads them (for Parquet, whose text cells are stored as written)."""
+    from serve.core.columns import na_to_null
+
+    if not na:
+        return table
+    arrays = [na_to_null(c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c, na)
+              for c in table.columns]
+    return type(table).from_arrays(arrays, names=table.column_names)
+
+
 def _blank_rows(col: pa.Array) -> np.ndarray | None:
     """Where a column's cells are blank (null, or text that is empty once trimmed), or None."""
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
@@ -259,7 +271,7 @@ class _Tape:
 
 def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
                 keep: Sequence[str] = (), text: Sequence[str] = (),
-                blanks: bool | Collection[str] = False,
+                blanks: bool | Collection[str] = False, na: Collection[str] = (),
                 block_size: int = CSV_MAX_BLOCK,
                 name: str | None = None) -> Iterator[tuple[pa.RecordBatch, int]]:
     """Stream CSV as record batches of ``columns`` (as float64, by the one number rule),
@@ -267,7 +279,8 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
     (types inferred), each with its first 0-based data row. ``source``: a path, ``-`` for
     stdin, or a binary stream (an HTTP body) shown in errors as ``name``. ``blanks`` (True,
     or the columns it applies to): an empty number cell is allowed (null), as a tabular model
-    takes it."""
+    takes it. A cell whose text is one of ``na`` (NA tokens: ``NA``, ``N/A``, ...) is read as
+    an empty one."""
     if hasattr(source, "read"):
         raw, name = source, name or "<stream>"
     elif str(source) == "-":
@@ -288,7 +301,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
         wanted = list(dict.fromkeys([*columns, *text, *keep]))
         types = {c: pa.float64() for c in columns} | {c: pa.string() for c in text}
         convert = pacsv.ConvertOptions(column_types=types,
-                                       include_columns=wanted, null_values=[""],
+                                       include_columns=wanted, null_values=["", *na],
                                        strings_can_be_null=True)
         first = 0
         while True:
@@ -304,7 +317,7 @@ def csv_batches(source: str | Path | BinaryIO, columns: Sequence[str], *,
                 since = tape.since(first + 1) if tape is not None else \
                     _file_lines_from(Path(source), first + 1, 8 * block)
                 raise _csv_error(name, header, columns, since, first, block, e,
-                                 blanks) from None
+                                 blanks, na) from None
             yield batch, first
             first += batch.num_rows
             if tape is not None:
@@ -334,7 +347,8 @@ def _file_lines_from(path: Path, line: int, limit: int) -> bytes:
 
 
 def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-               block: int, err: Exception, blanks: bool | Collection[str] = False) -> DataError:
+               block: int, err: Exception, blanks: bool | Collection[str] = False,
+               na: Collection[str] = ()) -> DataError:
     """The first bad cell or line in ``blob``, the text from data row ``first + 1`` on."""
     msg = first_line(err)
     if "straddl" in msg:
@@ -344,14 +358,15 @@ def _csv_error(name: str, header: list[str], columns: Sequence[str], blob: bytes
     # then, if nothing is found there, at all of it (the file's last line has no newline).
     complete = blob[:blob.rfind(b"\n") + 1]
     for text in dict.fromkeys([complete, blob]):
-        found = _locate(name, header, columns, text, first, block, blanks)
+        found = _locate(name, header, columns, text, first, block, blanks, na)
         if found is not None:
             return found
     return DataError(f"{name}: after row {first}: {msg}")
 
 
 def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, first: int,
-            block: int, blanks: bool | Collection[str]) -> DataError | None:
+            block: int, blanks: bool | Collection[str],
+            na: Collection[str]) -> DataError | None:
     """The earliest bad line or cell of ``blob``: not UTF-8, a wrong field count, or a cell
     that is missing or not a number (by :func:`to_matrix`); None when all of it reads."""
     try:
@@ -371,7 +386,7 @@ def _locate(name: str, header: list[str], columns: Sequence[str], blob: bytes, f
                                convert_options=pacsv.ConvertOptions(
                                    column_types={c: pa.string() for c in columns},
                                    include_columns=list(columns),
-                                   null_values=[""], strings_can_be_null=True))
+                                   null_values=["", *na], strings_can_be_null=True))
         to_matrix(table, list(columns), source=name, row_offset=first, blanks=blanks)
     except DataError as located:
         return located

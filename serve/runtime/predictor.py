@@ -28,6 +28,7 @@ from serve.core.columns import (
     frame_from_arrow,
     frame_from_values,
     is_na,
+    na_values_from_json,
 )
 from serve.core.errors import DataError, ModelError
 from serve.core.formats import MAX_THREADS
@@ -52,12 +53,14 @@ class Predictor:
 
     def __init__(self, backend: Backend, *, feature_names: list[str], target_names: list[str],
                  metadata: dict[str, Any], dtype: np.dtype, source: str,
-                 columns: list[ColumnSpec] | None = None, bounded: bool = False) -> None:
+                 columns: list[ColumnSpec] | None = None, bounded: bool = False,
+                 na_values: frozenset[str] = frozenset()) -> None:
         self._backend = backend
         # The graph is linreg's shape (a few elementwise operators and a Gemm, no loops): a run
         # takes microseconds a row, so a server may run a small one on its event loop.
         self.bounded = bounded
         self.columns = columns  # raw-column specs of a tabular model; None: one features matrix
+        self.na_values = na_values  # a tabular model's NA tokens: texts read as a blank
         self.intervals = _interval_facts(backend, metadata)  # linreg-export --intervals, or None
         self.feature_names = list(feature_names)
         self.target_names = list(target_names)
@@ -118,7 +121,8 @@ class Predictor:
             _check_names(features, "feature_names", path)
             return cls(backend, feature_names=features, target_names=targets, metadata=meta,
                        dtype=backend.dtype, source=str(path), columns=backend.columns,
-                       bounded=bounded)
+                       bounded=bounded,
+                       na_values=na_values_from_json(meta.get("linreg.na_values"), str(path)))
         features = _meta_names(meta, "feature_names", "f", n_in, path)
         if len(features) != n_in or len(targets) != n_out:
             raise ModelError(f"{path}: metadata names {len(features)} features and "
@@ -215,8 +219,8 @@ class Predictor:
         assert self.columns is not None
         if hasattr(X, "schema") and hasattr(X, "column"):  # an Arrow table or batch
             self._check_columns(list(X.schema.names))
-            return frame_from_arrow(X, self.columns, self.dtype, row_offset=row_offset,
-                                    source=source)
+            return frame_from_arrow(X, self.columns, self.dtype, na=self.na_values,
+                                    row_offset=row_offset, source=source)
         if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas DataFrame
             self._check_columns(list(map(str, X.columns)))
             columns = {n: X[n].tolist() for n in self.feature_names}
@@ -239,8 +243,8 @@ class Predictor:
                                                f"({', '.join(self.feature_names)})")
             columns = {n: [row[j] for row in X] for j, n in enumerate(self.feature_names)}
         try:
-            return frame_from_values(columns, self.columns, self.dtype, row_offset=row_offset,
-                                     source=source)
+            return frame_from_values(columns, self.columns, self.dtype, na=self.na_values,
+                                     row_offset=row_offset, source=source)
         except FrameError as e:
             raise PredictionInputError(str(e)) from None
 

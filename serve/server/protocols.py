@@ -155,7 +155,7 @@ def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray | 
     numbers, text = predictor.column_kinds()
     try:
         for batch, _ in csv_batches(io.BytesIO(body), numbers, text=text, blanks=tabular,
-                                    name="CSV body"):
+                                    na=predictor.na_values, name="CSV body"):
             rows += batch.num_rows
             if rows > max_rows:
                 raise RequestError(f"more than {max_rows:,} rows is more than the limit per "
