@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from serve.core.columns import ON_UNKNOWN
 from serve.core.commands import CONTEXT, OneLineErrors, ProcessCount
 from serve.core.formats import INPUT_FORMATS, MAX_THREADS, OUTPUT_FORMATS, is_many
 from serve.core.imports import without_pandas
@@ -37,6 +38,11 @@ from serve.version import __version__
 @click.option("--intervals", is_flag=True, help="Also write each target's prediction "
               "interval and the mean's interval (y_lower, y_upper, y_mean_lower, y_mean_upper); "
               "the model needs linreg-export --intervals.")
+@click.option("--on-unknown", type=click.Choice(ON_UNKNOWN), default=None,
+              help="A cell the model cannot take (a level not seen in training, a blank with "
+              "no fill): an error naming it, a NaN prediction for its row (counted on "
+              "stderr), or the column's reference level. Default: the model's own "
+              "(linreg-train --unknown).")
 @click.option("--threads", type=click.IntRange(0, MAX_THREADS), default=None,
               help="onnxruntime threads (0: one per core). Default: picked per batch size.")
 @click.option("--engine", type=click.Choice(["local", "dask", "spark"]), default="local",
@@ -55,7 +61,7 @@ from serve.version import __version__
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
-                 pred_suffix: str | None, intervals: bool,
+                 pred_suffix: str | None, intervals: bool, on_unknown: str | None,
                  threads: int | None, engine: str, scheduler: str | None, workers: int | None,
                  master: str, allow_foreign_graph: bool, force: bool, quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
@@ -97,9 +103,10 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
                          quiet=quiet or runner is not None) as bar:
             n = predict_folder(predictor, input, output, output_format=output_format,
                                batch_rows=batch_rows, keep=keep_cols, force=force,
-                               pred_suffix=pred_suffix, intervals=intervals, progress=bar.to,
-                               engine=runner)
+                               pred_suffix=pred_suffix, intervals=intervals,
+                               on_unknown=on_unknown, progress=bar.to, engine=runner)
             bar.close(done=n)
+        _warn_unpredictable(n)
         if not quiet:
             click.echo(f"Predicted {n:,} rows from {len(parts)} parts -> {output}/", err=True)
         return
@@ -108,10 +115,18 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
                          force=force, pred_suffix=pred_suffix, intervals=intervals,
-                         progress=bar.to)
+                         on_unknown=on_unknown, progress=bar.to)
         bar.close(done=n)
+    _warn_unpredictable(n)
     if not quiet and output != "-":
         click.echo(f"Predicted {n:,} rows -> {output}", err=True)
+
+
+def _warn_unpredictable(count: Any) -> None:
+    from serve.batch.files import unpredictable_message
+
+    if message := unpredictable_message(count):
+        click.echo(f"linreg-predict: warning: {message}", err=True)
 
 
 @click.command("linreg-serve", cls=OneLineErrors, context_settings=CONTEXT)

@@ -21,8 +21,10 @@ from serve.runtime.predictor import Predictor
 
 
 def predict(ddf: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
-            suffix: str = "") -> Any:
-    """``ddf`` with one more column per target (named after it, plus ``suffix``)."""
+            suffix: str = "", on_unknown: str | None = None) -> Any:
+    """``ddf`` with one more column per target (named after it, plus ``suffix``);
+    ``on_unknown="nan"`` makes a row the model cannot take NaN instead of failing the
+    computation (see :meth:`Predictor.predict`)."""
     import pandas as pd
 
     payload = ModelPayload.of(model, threads=threads)
@@ -31,14 +33,14 @@ def predict(ddf: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
     if clash := sorted(set(names) & set(ddf.columns)):
         raise ValueError(f"the dataframe already has a column {clash[0]!r}; pass suffix='_pred'")
     meta = ddf._meta.assign(**{n: pd.Series(dtype=local.dtype) for n in names})
-    return ddf.map_partitions(_partition, payload, names, meta=meta)
+    return ddf.map_partitions(_partition, payload, names, on_unknown, meta=meta)
 
 
-def _partition(pdf: Any, payload: ModelPayload, names: list[str],
+def _partition(pdf: Any, payload: ModelPayload, names: list[str], on_unknown: str | None,
                partition_info: dict | None = None) -> Any:
     import pyarrow as pa
 
     number = (partition_info or {}).get("number", "?")
     pred = predict_batch(predictor(payload), pa.Table.from_pandas(pdf, preserve_index=False),
-                         source=f"partition {number}")
+                         source=f"partition {number}", on_unknown=on_unknown)
     return pdf.assign(**{n: pred[:, j] for j, n in enumerate(names)})

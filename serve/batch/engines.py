@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from serve.batch.files import Job
+from serve.batch.files import Job, Predicted
 from serve.batch.workers import ModelPayload, predict_part
 from serve.core.errors import DataError, LinregError
 
@@ -165,19 +165,19 @@ def spark_engine(model: str | os.PathLike, *, master: str = "local[*]",
                         n = predict_part(shared.value, part, target, json.loads(options))
                     except LinregError as e:  # one line the driver finds in Spark's report
                         raise RuntimeError(f"{_ERROR_MARK}{e}") from None
-                    counts.append((i, n))
-                yield pa.RecordBatch.from_arrays([pa.array([c[0] for c in counts], pa.int64()),
-                                                  pa.array([c[1] for c in counts], pa.int64())],
-                                                 names=["i", "rows"])
+                    counts.append((i, int(n), n.unpredictable))
+                yield pa.RecordBatch.from_arrays(
+                    [pa.array([c[k] for c in counts], pa.int64()) for k in range(3)],
+                    names=["i", "rows", "unpredictable"])
 
         try:
-            out = frame.repartition(len(jobs)).mapInArrow(run_parts, "i long, rows long") \
-                .collect()
+            out = frame.repartition(len(jobs)).mapInArrow(
+                run_parts, "i long, rows long, unpredictable long").collect()
         except Exception as e:
             found = re.findall(re.escape(_ERROR_MARK) + r"(.*)", str(e))
             if found:
                 raise DataError(found[-1].strip()) from None
             raise LinregError(f"the Spark job failed: {str(e).splitlines()[0]}") from None
-        by_job = {r["i"]: r["rows"] for r in out}
+        by_job = {r["i"]: Predicted(r["rows"], r["unpredictable"]) for r in out}
         return [by_job[i] for i in range(len(jobs))]
     return run

@@ -27,22 +27,54 @@ from serve.core.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format, files
 from serve.core.graph import INTERVAL_OUTPUTS
 from serve.core.ownership import own_temporary
 from serve.core.tables import STDIN, check_readable
-from serve.runtime.predictor import Cancel, Predictor
+from serve.runtime.predictor import Cancel, Predictor, unpredictable_rows
 
-__all__ = ["predict_file", "predict_folder", "input_parts", "INPUT_FORMATS", "OUTPUT_FORMATS"]
+__all__ = ["predict_file", "predict_folder", "input_parts", "Predicted", "INPUT_FORMATS",
+           "OUTPUT_FORMATS"]
+
+
+class Predicted(int):
+    """The rows predicted, with ``unpredictable``: how many of them were left NaN (a cell the
+    model cannot take, under ``on_unknown="nan"``). An int, so a count is still a count."""
+
+    unpredictable: int
+
+    def __new__(cls, rows: int, unpredictable: int = 0) -> Predicted:
+        count = super().__new__(cls, rows)
+        count.unpredictable = unpredictable
+        return count
+
+    def __reduce__(self) -> tuple[Any, tuple[int, int]]:  # to and from cluster workers
+        return (Predicted, (int(self), self.unpredictable))
+
+    @classmethod
+    def total(cls, counts: Sequence[int]) -> Predicted:
+        return cls(sum(counts), sum(getattr(c, "unpredictable", 0) for c in counts))
+
+
+def unpredictable_message(count: Predicted) -> str | None:
+    """The one warning line for rows left NaN, or None."""
+    if not count.unpredictable:
+        return None
+    return (f"{count.unpredictable:,} of {int(count):,} row(s) could not be predicted (a level "
+            "not seen in training, or a blank with no fill): their predictions are NaN "
+            "(--on-unknown nan)")
 
 
 def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *,
                  input_format: str | None = None, output_format: str | None = None,
                  batch_rows: int = 65536, keep: Sequence[str] = (), force: bool = False,
                  pred_suffix: str | None = None, intervals: bool = False,
-                 progress: Callable[[int], None] | None = None) -> int:
-    """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count.
+                 on_unknown: str | None = None,
+                 progress: Callable[[int], None] | None = None) -> Predicted:
+    """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count
+    (:class:`Predicted`: with the rows left NaN under ``on_unknown="nan"``).
 
     Prediction columns are named after the targets, plus ``pred_suffix`` when given; without
     it, ``_pred`` is added only when a kept column has a target's name (actual beside
     predicted: ``--keep y`` gives ``y`` and ``y_pred``). ``intervals`` adds, per target,
-    ``y_lower``, ``y_upper`` (a new observation) and ``y_mean_lower``, ``y_mean_upper``."""
+    ``y_lower``, ``y_upper`` (a new observation) and ``y_mean_lower``, ``y_mean_upper``.
+    ``on_unknown``: the policy for a cell the model cannot take (:meth:`Predictor.predict`)."""
     if batch_rows < 1:
         raise DataError(f"--batch-rows {batch_rows}: must be at least 1")
     in_fmt = input_format or ("csv" if str(source) == "-" else
@@ -72,9 +104,10 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     chunks = READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
         return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, names, progress, name,
-                    intervals)
+                    intervals, on_unknown)
     with output_file(output, force=force) as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name, intervals)
+        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name, intervals,
+                    on_unknown)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -86,9 +119,9 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
          keep: list[str], names: list[str], progress: Callable[[int], None] | None,
-         name: str, intervals: bool = False) -> int:
+         name: str, intervals: bool = False, on_unknown: str | None = None) -> Predicted:
     writer = WRITERS[out_fmt](sink, predictor, keep, names)
-    done = 0
+    done = nan_rows = 0
     # 1. The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM)
     #    is handled at once even inside a long run, which is then cancelled.
     # 2. A chunk's predictions are written on another thread while the next chunk is read
@@ -102,7 +135,7 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
             try:  # the one finiteness check is the model's (NaN/inf named in file terms)
                 run = _with_intervals(predictor) if intervals else predictor.predict
                 pred = predicting.submit(run, rows, cancel=cancel, row_offset=first,
-                                         source=name).result()
+                                         source=name, on_unknown=on_unknown).result()
             except BaseException:  # an interrupt or an error: stop the run if still going
                 cancel.cancel()
                 raise
@@ -110,6 +143,8 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
                 written.result()
             written = writing.submit(writer.write, pred, kept)
             done += len(rows)
+            if on_unknown == "nan":
+                nan_rows += unpredictable_rows(pred)
             if progress is not None:
                 progress(done)
         if written is not None:
@@ -120,7 +155,7 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
     if done == 0:
         raise DataError(f"{name}: has a header but no data rows")
     writer.close()
-    return done
+    return Predicted(done, nan_rows)
 
 
 INTERVAL_SUFFIXES = ("lower", "upper", "mean_lower", "mean_upper")
@@ -161,14 +196,15 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
                    output_format: str | None = None, batch_rows: int = 65536,
                    keep: Sequence[str] = (), force: bool = False,
                    pred_suffix: str | None = None, intervals: bool = False,
+                   on_unknown: str | None = None,
                    progress: Callable[[int], None] | None = None,
-                   engine: Callable[[list[Job]], list[int]] | None = None) -> int:
+                   engine: Callable[[list[Job]], list[int]] | None = None) -> Predicted:
     """Predict every file of a folder or glob into the folder ``output``: one output file per
     input part, named after it (the same row order), in ``output_format`` (default: each
     part's own format). Written into a temporary folder renamed into place when every part is
     done: a bad row anywhere leaves nothing at ``output``. ``engine`` runs the parts' jobs
     (Dask, Spark: :mod:`serve.batch.engines`); by default they run here, one after the other.
-    Returns the rows predicted."""
+    Returns the rows predicted (:class:`Predicted`)."""
     from serve.core.atomic import atomic_dir
 
     parts = input_parts(source)
@@ -177,7 +213,7 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
     if len(set(names)) != len(names):
         raise DataError(f"{source}: two parts have the same file name; give a folder instead")
     options = dict(batch_rows=batch_rows, keep=list(keep), pred_suffix=pred_suffix,
-                   intervals=intervals)
+                   intervals=intervals, on_unknown=on_unknown)
     with atomic_dir(output, force=force, check_replaceable=_check_predictions) as tmp:
         jobs: list[Job] = []
         for part, rel in zip(parts, names):
@@ -187,12 +223,17 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
             target.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((str(part), str(target), {**options, "output_format": fmt}))
         counts = (engine or _local(predictor, progress))(jobs)
-        listed = [{"input": part, "output": str(Path(target).relative_to(tmp)), "rows": n}
+        listed = [{"input": part, "output": str(Path(target).relative_to(tmp)), "rows": int(n),
+                   **({"unpredictable": n.unpredictable} if getattr(n, "unpredictable", 0)
+                      else {})}
                   for (part, target, _), n in zip(jobs, counts)]
         _only_parts(tmp, listed)
+        total = Predicted.total(counts)
         (tmp / PARTS_MANIFEST).write_text(json.dumps({
-            "model": predictor.source, "rows": sum(counts), "parts": listed}, indent=1) + "\n")
-    return sum(counts)
+            "model": predictor.source, "rows": int(total), "parts": listed,
+            **({"unpredictable": total.unpredictable} if total.unpredictable else {})},
+            indent=1) + "\n")
+    return total
 
 
 def _local(predictor: Predictor, progress: Callable[[int], None] | None):

@@ -28,9 +28,10 @@ def _spark_type(model: Predictor) -> Any:
 
 
 def predict(df: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
-            suffix: str = "") -> Any:
+            suffix: str = "", on_unknown: str | None = None) -> Any:
     """``df`` with one more column per target (named after it, plus ``suffix``), computed with
-    ``mapInArrow``."""
+    ``mapInArrow``; ``on_unknown="nan"`` makes a row the model cannot take NaN instead of
+    failing the job (see :meth:`Predictor.predict`)."""
     import pyarrow as pa
     from pyspark.sql.types import StructField, StructType
 
@@ -47,7 +48,7 @@ def predict(df: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         model = predictor(shared.value)
         for batch in batches:
-            pred = predict_batch(model, batch, source="Spark batch")
+            pred = predict_batch(model, batch, source="Spark batch", on_unknown=on_unknown)
             arrays = list(batch.columns) + [pa.array(pred[:, j], arrow_type)
                                             for j in range(pred.shape[1])]
             yield pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + names)
@@ -56,10 +57,11 @@ def predict(df: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
 
 
 def register(spark: Any, name: str, model: str | os.PathLike | Predictor, *,
-             threads: int = 1) -> Any:
+             threads: int = 1, on_unknown: str | None = None) -> Any:
     """Register ``name(col, ...)`` as a Spark SQL function taking the model's input columns in
     order (``feature_names``) and returning its prediction (the first target's; a
-    multi-target model returns an array of them). Returns the registered function."""
+    multi-target model returns an array of them), under ``on_unknown`` (see
+    :meth:`Predictor.predict`). Returns the registered function."""
     import pyarrow as pa
     from pyspark.sql.functions import arrow_udf
     from pyspark.sql.types import ArrayType
@@ -73,7 +75,8 @@ def register(spark: Any, name: str, model: str | os.PathLike | Predictor, *,
 
     def run(*columns: pa.Array) -> pa.Array:
         batch = pa.RecordBatch.from_arrays(list(columns), names=features)
-        pred = predict_batch(predictor(shared.value), batch, source=f"SQL function {name}")
+        pred = predict_batch(predictor(shared.value), batch, source=f"SQL function {name}",
+                             on_unknown=on_unknown)
         return pa.array(pred[:, 0]) if single else pa.array(pred.tolist())
 
     with warnings.catch_warnings():  # the type is given: pyspark would rather read hints

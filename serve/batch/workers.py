@@ -73,7 +73,8 @@ def predictor(payload: ModelPayload) -> Predictor:
 
 
 def predict_part(payload: ModelPayload, source: str, target: str, options: dict[str, Any]) -> int:
-    """Predict one input part into one output file, on a worker; the rows predicted."""
+    """Predict one input part into one output file, on a worker; the rows predicted (a
+    :class:`serve.batch.files.Predicted`, which also counts the rows left NaN)."""
     from serve.batch.files import predict_file
 
     # The target lies in the job's temporary output folder, which linreg made: a part run again
@@ -95,14 +96,17 @@ def fair_threads(processes: int) -> int:
     return max(1, usable_cores() // max(1, processes))
 
 
-def predict_batch(model: Predictor, batch: Any, *, source: str = "batch") -> Any:
+def predict_batch(model: Predictor, batch: Any, *, source: str = "batch",
+                  on_unknown: str | None = None) -> Any:
     """Predictions ``(rows, targets)`` for an Arrow record batch or table holding the model's
-    input columns by name (raw values for a tabular model)."""
+    input columns by name (raw values for a tabular model); ``on_unknown`` as in
+    :meth:`Predictor.predict`."""
     import pyarrow as pa
 
     from serve.core.tables import to_matrix
 
     if model.columns is not None:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        return model.predict(model.as_frame(table, source=source))
-    return model.predict(to_matrix(batch, model.feature_names, source=source, dtype=model.dtype))
+        return model.predict(model.as_frame(table, source=source), on_unknown=on_unknown)
+    return model.predict(to_matrix(batch, model.feature_names, source=source, dtype=model.dtype,
+                                   finite=on_unknown != "nan"), on_unknown=on_unknown)

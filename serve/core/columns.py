@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ MISSING = ""  # a blank categorical cell, and the level that stands for blanks s
 MISSING_NAME = "<missing>"  # how that level is named in coefficient names and messages
 KINDS = ("numeric", "categorical")
 UNKNOWN = ("error", "reference")
+# A cell the model cannot take, at prediction (a level not seen in training, a blank with no
+# fill): refused (error), the row's prediction NaN (nan), or the level predicted as the
+# column's reference level (reference). None: what the model was trained with (--unknown).
+ON_UNKNOWN = ("error", "nan", "reference")
 # What R and pandas write for a missing value (pandas' default ``na_values``; the empty cell is
 # always a blank): read as a blank, in training and at prediction, unless --na-values says else.
 NA_VALUES = ("#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
@@ -338,19 +342,80 @@ def check_frame(frame: Frame, specs: Sequence[ColumnSpec], *, row_offset: int = 
     return _where(source, row_offset + r, name) + what
 
 
+def check_on_unknown(policy: str | None) -> None:
+    if policy is not None and policy not in ON_UNKNOWN:
+        raise FrameError(f"on_unknown {shown(policy)}: use {', '.join(ON_UNKNOWN)}")
+
+
+def unpredictable_cells(values: np.ndarray, spec: ColumnSpec, *, unseen: bool) -> np.ndarray:
+    """Which cells of one input column (``(rows,)``) the model cannot take: a number that is
+    infinite, or a blank where no fill was learned; a level not among the spec's levels
+    (``unseen``: even when the model predicts it as the reference)."""
+    if spec.kind == "numeric":
+        bad = ~np.isfinite(values)
+        return bad & ~np.isnan(values) if spec.fill is not None else bad
+    if not unseen:
+        return np.zeros(len(values), dtype=bool)
+    return ~np.isin(values, np.array(spec.levels, dtype=object))
+
+
+def apply_on_unknown(frame: Frame, specs: Sequence[ColumnSpec], policy: str | None, *,
+                     row_offset: int = 0, source: str | None = None
+                     ) -> tuple[Frame, np.ndarray | None]:
+    """``frame`` under a per-call policy for the cells the model cannot take (:data:`ON_UNKNOWN`),
+    and the rows whose prediction must then be NaN (``nan``; None when there are none):
+
+    - ``error``: a level not seen in training is refused even if the model was trained to
+      predict it as the reference (``--unknown reference``); the message names the cell;
+    - ``reference``: such a level becomes the column's reference level (a column without one,
+      the first of a model without an intercept, refuses it);
+    - ``nan``: every row with a cell the model cannot take (also a blank with no fill, an
+      infinite number) gets a harmless value there, and is returned to be set to NaN.
+
+    The caller's arrays are never changed (a changed column is a copy)."""
+    check_on_unknown(policy)
+    if policy is None:
+        return frame, None
+    if policy == "error":
+        strict = [replace(s, unknown="error") for s in specs]
+        if message := check_frame(frame, strict, row_offset=row_offset, source=source):
+            raise FrameError(message)
+        return frame, None
+    arrays, mask = dict(frame.arrays), np.zeros(frame.n_rows, dtype=bool)
+    for spec in specs:
+        values = arrays[spec.name][:, 0]
+        if policy == "reference" and spec.kind == "numeric":
+            continue
+        bad = unpredictable_cells(values, spec, unseen=True)
+        if not bad.any():
+            continue
+        if policy == "reference" and spec.reference is None:
+            r = int(np.flatnonzero(bad)[0])
+            raise FrameError(_where(source, row_offset + r, spec.name) + (
+                f"{_explain(values[r], spec).split(';')[0]}; on_unknown 'reference' needs a "
+                f"reference level, and {spec.name!r} has none (the model has no intercept): "
+                "use on_unknown 'nan' or 'error'"))
+        fixed = values.copy()
+        fixed[bad] = spec.reference if policy == "reference" else (
+            spec.levels[0] if spec.kind == "categorical" else 0.0)
+        arrays[spec.name] = fixed.reshape(-1, 1)
+        mask |= bad
+    return Frame(arrays, frame.n_rows), (mask if policy == "nan" and mask.any() else None)
+
+
 def _explain(value: Any, spec: ColumnSpec) -> str:
     if spec.kind == "numeric":
         if math.isnan(value):
             return ("missing value; this model was trained without --impute, so every "
-                    "row needs a number here")
+                    "row needs a number here (--on-unknown nan gives such a row NaN)")
         return f"{'inf' if value > 0 else '-inf'} is not allowed (clean or drop the row)"
+    fix = ("; --on-unknown reference predicts it as the reference level, --on-unknown nan "
+           "gives the row NaN")
     if value == MISSING:
-        return ("missing value; no blanks were seen here in training (retrain with "
-                "--unknown reference to predict them as the reference level)")
+        return "missing value; no blanks were seen here in training" + fix
     levels = ", ".join(shown(lv) for lv in spec.levels[:10]) + (
         f" and {len(spec.levels) - 10} more" if len(spec.levels) > 10 else "")
-    return (f"level {shown(value)} was not seen in training (known: {levels}); retrain with "
-            "--unknown reference to predict unseen levels as the reference level")
+    return f"level {shown(value)} was not seen in training (known: {levels})" + fix
 
 
 def read_specs(manifest: Mapping[str, Any], source: str | Path) -> list[ColumnSpec] | None:

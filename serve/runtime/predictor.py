@@ -24,7 +24,9 @@ from serve.core.columns import (
     ColumnSpec,
     Frame,
     FrameError,
+    apply_on_unknown,
     check_frame,
+    check_on_unknown,
     frame_from_arrow,
     frame_from_values,
     is_na,
@@ -149,32 +151,71 @@ class Predictor:
         return cls(backend, feature_names=features, target_names=targets, metadata=meta,
                    dtype=backend.dtype, source=str(path))
 
-    def predict(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
-                source: str | None = None) -> np.ndarray:
+    def predict(self, X: Any, *, on_unknown: str | None = None, cancel: Cancel | None = None,
+                row_offset: int = 0, source: str | None = None) -> np.ndarray:
         """Predictions ``(n_rows, n_targets)`` in the model's dtype for rows ``X``.
 
         ``X``: a 2-D array, a 1-D array (one row), a list of rows, a dict of columns by feature
         name, a list of dicts (records), or a pandas DataFrame (columns picked by name).
+        ``on_unknown``: this call's policy for a cell the model cannot take (a level not seen
+        in training, a blank with no fill, NaN or inf): ``"error"`` refuses it (naming it),
+        ``"nan"`` makes the row's prediction NaN (count them with :func:`unpredictable_rows`),
+        ``"reference"`` predicts an unseen level as its column's reference level; None keeps
+        the model's own (its ``--unknown``).
         ``cancel``: a :class:`Cancel` another thread may trigger to stop this run early.
         ``row_offset`` and ``source`` place error messages in a file read in chunks.
         """
-        return self._run(X, cancel, row_offset, source)[0]
+        return self._run(X, cancel, row_offset, source, on_unknown=on_unknown)[0]
 
-    def predict_intervals(self, X: Any, *, cancel: Cancel | None = None, row_offset: int = 0,
+    def predict_intervals(self, X: Any, *, on_unknown: str | None = None,
+                          cancel: Cancel | None = None, row_offset: int = 0,
                           source: str | None = None) -> dict[str, np.ndarray]:
         """``prediction`` and its intervals, ``(n_rows, n_targets)`` each: ``prediction_lower``
         and ``prediction_upper`` for a new observation, ``mean_lower`` and ``mean_upper`` for
-        the mean, at the level fixed at export (:attr:`intervals`)."""
+        the mean, at the level fixed at export (:attr:`intervals`); ``on_unknown`` as in
+        :meth:`predict` (NaN rows are NaN in every output)."""
         if self.intervals is None:
             raise ModelError(f"{self.source}: this model has no intervals; export it with "
                              "linreg-export --intervals 0.95")
         names = [PREDICTION, *INTERVAL_OUTPUTS]
-        return dict(zip(names, self._run(X, cancel, row_offset, source, names)))
+        return dict(zip(names, self._run(X, cancel, row_offset, source, names,
+                                         on_unknown=on_unknown)))
+
+    def prepare(self, X: Any, on_unknown: str | None, *, row_offset: int = 0,
+                source: str | None = None) -> tuple[np.ndarray | Frame, np.ndarray | None]:
+        """The rows the model runs on (:meth:`as_inputs`) under a per-call ``on_unknown``
+        policy (see :meth:`predict`), and the rows whose predictions must be NaN (or None)."""
+        rows = X if isinstance(X, (Frame, np.ndarray)) and self._own_layout(X) else \
+            self.as_inputs(X)
+        if on_unknown is None:
+            return rows, None
+        try:
+            if isinstance(rows, Frame):
+                return apply_on_unknown(rows, self.columns or [], on_unknown,
+                                        row_offset=row_offset, source=source)
+            check_on_unknown(on_unknown)
+        except FrameError as e:
+            raise PredictionInputError(str(e)) from None
+        if on_unknown != "nan" or _all_finite(rows):
+            return rows, None
+        bad = ~np.isfinite(rows).all(axis=1)
+        return np.where(bad[:, None], 0, rows).astype(self.dtype), bad
+
+    def _own_layout(self, X: np.ndarray | Frame) -> bool:
+        if isinstance(X, Frame):
+            return self.columns is not None
+        return self.columns is None and X.dtype == self.dtype and X.ndim == 2 \
+            and X.shape[1] == self.n_features and X.flags.c_contiguous
 
     def _run(self, X: Any, cancel: Cancel | None, row_offset: int, source: str | None,
-             names: list[str] | None = None) -> list[np.ndarray]:
-        if self.columns is not None:
-            rows: np.ndarray | Frame = X if isinstance(X, Frame) else self.as_frame(X)
+             names: list[str] | None = None, *, on_unknown: str | None = None
+             ) -> list[np.ndarray]:
+        nan_rows = None
+        if on_unknown is not None:
+            rows, nan_rows = self.prepare(X, on_unknown, row_offset=row_offset, source=source)
+            feeds = rows.arrays if isinstance(rows, Frame) else rows
+        elif self.columns is not None:
+            rows = X if isinstance(X, Frame) else self.as_frame(X)
             feeds = rows.arrays
         elif type(X) is np.ndarray and X.dtype == self.dtype and X.ndim == 2 \
                 and X.shape[1] == self.n_features and X.flags.c_contiguous:
@@ -198,6 +239,9 @@ class Predictor:
             raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
                                        f"{self.target_names[c]!r} overflows {self.dtype} "
                                        f"({what}); the inputs are too large for this model")
+        if nan_rows is not None:
+            for o in out:
+                o[nan_rows] = np.nan
         return out
 
     def column_kinds(self) -> tuple[list[str], list[str]]:
@@ -338,6 +382,12 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "
                 f"targets={self.target_names}, dtype={self.dtype})")
+
+
+def unpredictable_rows(predictions: np.ndarray) -> int:
+    """How many rows a prediction under ``on_unknown="nan"`` left NaN (a prediction is never
+    NaN otherwise: such a row is refused)."""
+    return int(np.isnan(predictions).any(axis=1).sum()) if predictions.size else 0
 
 
 def _all_finite(a: np.ndarray) -> bool:

@@ -25,12 +25,19 @@ from typing import Any
 
 import numpy as np
 
-from serve.core.columns import Frame
 from serve.core.errors import RequestError
 from serve.core.graph import FEATURES, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.numbers import shown
 from serve.runtime.predictor import Predictor
-from serve.server.protocols import as_rows, check_count, check_rows, parse_json
+from serve.server.protocols import (
+    Checked,
+    as_rows,
+    check_count,
+    checked,
+    json_list,
+    on_unknown_of,
+    parse_json,
+)
 
 DATATYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 DATATYPE_OF = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64"}
@@ -57,6 +64,7 @@ class InferRequest:
     outputs: dict[str, bool] | None = None  # asked by name -> binary; None: every output
     binary_outputs: bool = False  # outputs not asked by name go as binary data
     id: str | None = None
+    on_unknown: str | None = None  # the request's policy for cells the model cannot take
 
 
 @dataclass(slots=True)
@@ -65,6 +73,7 @@ class InferResponse:
     model_version: str
     id: str | None
     outputs: list[tuple[str, np.ndarray, bool]] = field(default_factory=list)  # name, value, binary
+    unpredictable: int = 0  # rows left NaN under on_unknown "nan" (response parameters)
 
 
 # ----------------------------------------------------------------------- converters, in
@@ -106,7 +115,8 @@ def from_json(body: bytes, header_length: str | None) -> InferRequest:
     if offset != len(binary):
         raise RequestError(f"{len(binary) - offset} bytes of binary data after the JSON header "
                            "belong to no input")
-    binary_outputs = _parameters(header, "request").get("binary_data_output") is True
+    params = _parameters(header, "request")
+    binary_outputs = params.get("binary_data_output") is True
     outputs = None
     if "outputs" in header:
         asked = header["outputs"]
@@ -117,7 +127,8 @@ def from_json(body: bytes, header_length: str | None) -> InferRequest:
             p = _parameters(o, "output")
             outputs[o.get("name")] = p["binary_data"] is True if "binary_data" in p \
                 else binary_outputs
-    return InferRequest(inputs, outputs, binary_outputs, _request_id(header.get("id")))
+    return InferRequest(inputs, outputs, binary_outputs, _request_id(header.get("id")),
+                        on_unknown_of(params.get("on_unknown")))
 
 
 def from_protobuf(message: Any) -> InferRequest:
@@ -143,7 +154,13 @@ def from_protobuf(message: Any) -> InferRequest:
                     np.array(values, dtype=DATATYPES[t.datatype])
         inputs.append(tensor)
     outputs = {o.name: True for o in message.outputs} if message.outputs else None
-    return InferRequest(inputs, outputs, True, _request_id(message.id) if message.id else None)
+    policy = None
+    if "on_unknown" in message.parameters:
+        param = message.parameters["on_unknown"]
+        policy = param.string_param if param.WhichOneof("parameter_choice") == "string_param" \
+            else param
+    return InferRequest(inputs, outputs, True, _request_id(message.id) if message.id else None,
+                        on_unknown_of(policy))
 
 
 def _parameters(item: dict[str, Any], what: str) -> dict[str, Any]:
@@ -173,14 +190,14 @@ def output_names(predictor: Predictor) -> list[str]:
     return [PREDICTION, *(INTERVAL_OUTPUTS if predictor.intervals is not None else ())]
 
 
-def request_rows(predictor: Predictor, request: InferRequest, *,
-                 max_rows: int) -> np.ndarray | Frame:
-    """The rows to predict, once every part of ``request`` is known to fit the model."""
+def request_rows(predictor: Predictor, request: InferRequest, *, max_rows: int) -> Checked:
+    """The rows to predict, once every part of ``request`` is known to fit the model (under
+    its ``on_unknown`` policy)."""
     if request.outputs is not None:
         check_outputs(list(request.outputs), output_names(predictor))
     if predictor.columns is not None:
-        return _frame(predictor, request.inputs, max_rows)
-    return _matrix(predictor, request.inputs, max_rows)
+        return _frame(predictor, request.inputs, max_rows, request.on_unknown)
+    return _matrix(predictor, request.inputs, max_rows, request.on_unknown)
 
 
 def check_outputs(asked: list[Any], names: list[str]) -> None:
@@ -191,7 +208,8 @@ def check_outputs(asked: list[Any], names: list[str]) -> None:
                                f"{', '.join(names)}")
 
 
-def _matrix(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> np.ndarray:
+def _matrix(predictor: Predictor, inputs: list[Tensor], max_rows: int,
+            on_unknown: str | None) -> Checked:
     """A plain model's one input, ``features``: ``[rows, n_features]`` (or one row,
     ``[n_features]``) of FP32 or FP64."""
     if len(inputs) != 1:
@@ -217,11 +235,11 @@ def _matrix(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> np.nda
     check_count(shape[0], max_rows)
     flat = _numbers(tensor, datatype, shape[0] * shape[1], shape)
     rows = np.ascontiguousarray(flat.reshape(shape), dtype=predictor.dtype)
-    check_rows(predictor, rows, max_rows)
-    return rows
+    return checked(predictor, rows, max_rows=max_rows, on_unknown=on_unknown)
 
 
-def _frame(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> Frame:
+def _frame(predictor: Predictor, inputs: list[Tensor], max_rows: int,
+           on_unknown: str | None) -> Checked:
     """A tabular model's inputs: one tensor per raw column, ``[rows]`` or ``[rows, 1]``;
     ``BYTES`` for categorical columns (strings; binary: a 4-byte little-endian length before
     each element), FP32/FP64 for numeric ones (``null`` or NaN for a blank)."""
@@ -252,7 +270,7 @@ def _frame(predictor: Predictor, inputs: list[Tensor], max_rows: int) -> Frame:
     if missing:
         raise RequestError(f"missing input(s) {', '.join(missing)}; the model takes one input "
                            f"per column: {', '.join(kinds)}")
-    return as_rows(predictor, columns, max_rows=max_rows)
+    return as_rows(predictor, columns, max_rows=max_rows, on_unknown=on_unknown)
 
 
 def _is_shape(shape: Any, most: int) -> bool:
@@ -341,12 +359,14 @@ def _bytes_elements(raw: memoryview, n: int, name: str) -> list[str]:
 # ----------------------------------------------------------------------- response, out
 
 def response(request: InferRequest, outputs: Mapping[str, np.ndarray], model: str,
-             version: str) -> InferResponse:
-    """The outputs the request asked for (all, by default), each marked binary or not."""
+             version: str, unpredictable: int = 0) -> InferResponse:
+    """The outputs the request asked for (all, by default), each marked binary or not, and the
+    count of rows left NaN (on_unknown ``nan``)."""
     chosen = request.outputs if request.outputs is not None else \
         dict.fromkeys(outputs, request.binary_outputs)
     return InferResponse(model, version, request.id,
-                         [(name, outputs[name], binary) for name, binary in chosen.items()])
+                         [(name, outputs[name], binary) for name, binary in chosen.items()],
+                         unpredictable)
 
 
 def to_json(answer: InferResponse) -> tuple[bytes, int | None]:
@@ -364,8 +384,11 @@ def to_json(answer: InferResponse) -> tuple[bytes, int | None]:
             out["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            out["data"] = values.reshape(-1).tolist()
+            flat = values.reshape(-1)
+            out["data"] = json_list(flat) if answer.unpredictable else flat.tolist()
         result["outputs"].append(out)
+    if answer.unpredictable:
+        result["parameters"] = {"unpredictable_rows": answer.unpredictable}
     head = json.dumps(result).encode()
     return (head + b"".join(blobs), len(head)) if blobs else (head, None)
 
@@ -379,6 +402,8 @@ def to_protobuf(answer: InferResponse, pb: Any) -> Any:
         message.outputs.add(name=name, datatype=DATATYPE_OF[values.dtype],
                             shape=list(values.shape))
         message.raw_output_contents.append(_little_endian(values))
+    if answer.unpredictable:
+        message.parameters["unpredictable_rows"].int64_param = answer.unpredictable
     return message
 
 

@@ -72,9 +72,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             asked = dataplane.from_protobuf(request)
             rows = dataplane.request_rows(v.predictor, asked,
                                           max_rows=self.serving.settings.max_rows)
-            outputs = await self.serving.predict(v, rows)
-            return dataplane.to_protobuf(dataplane.response(asked, outputs, request.model_name,
-                                                            v.version), pb), len(rows)
+            outputs = await self.serving.predict(v, rows.rows)
+            return dataplane.to_protobuf(dataplane.response(
+                asked, outputs, request.model_name, v.version, rows.finish(outputs)), pb), \
+                len(rows)
         return await self._call("grpc_infer", request.model_name, context, answer)
 
     async def _call(self, label: str, model: str, context: grpc.aio.ServicerContext,

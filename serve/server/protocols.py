@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from serve.core.columns import Frame
+from serve.core.columns import ON_UNKNOWN, Frame
 from serve.core.errors import DataError, RequestError
 from serve.core.graph import PREDICTION
 from serve.core.jsontext import JSONTextError
 from serve.core.jsontext import loads as json_loads
+from serve.core.numbers import shown
 from serve.core.tables import check_unique, csv_batches, to_matrix
 from serve.runtime.predictor import Predictor
 
@@ -37,8 +39,52 @@ def parse_json(body: bytes) -> Any:
                            f"request body: {e}") from None
 
 
-def as_rows(predictor: Predictor, X: Any, *, max_rows: int,
-            where: str = "") -> np.ndarray | Frame:
+@dataclass(slots=True)
+class Checked:
+    """A request's rows, checked and ready to run, under its ``on_unknown`` policy: the rows
+    the policy could not predict (``nan``) are run on harmless values and set NaN after."""
+
+    rows: np.ndarray | Frame
+    nan_rows: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def finish(self, outputs: dict[str, np.ndarray]) -> int:
+        """NaN in every output for the rows that could not be predicted; their count."""
+        if self.nan_rows is None:
+            return 0
+        for values in outputs.values():
+            values[self.nan_rows] = np.nan
+        return int(self.nan_rows.sum())
+
+
+def checked(predictor: Predictor, rows: Any, *, max_rows: int, on_unknown: str | None = None,
+            prefix: str = "") -> Checked:
+    """``rows`` (values, a matrix or a Frame) as the model runs them under ``on_unknown``
+    (:meth:`Predictor.prepare`), bounded in count; any other cell the model cannot take is a
+    400 naming it."""
+    nan_rows = None
+    if on_unknown is not None:
+        try:
+            rows, nan_rows = predictor.prepare(rows, on_unknown)
+        except DataError as e:
+            raise RequestError(f"{prefix}{e}") from None
+    check_rows(predictor, rows, max_rows, prefix)
+    return Checked(rows, nan_rows)
+
+
+def on_unknown_of(value: Any) -> str | None:
+    """A request's ``on_unknown`` parameter, checked (None: the model's own policy)."""
+    if value is None:
+        return None
+    if value not in ON_UNKNOWN:
+        raise RequestError(f"on_unknown {shown(value)}: use one of {', '.join(ON_UNKNOWN)}")
+    return value
+
+
+def as_rows(predictor: Predictor, X: Any, *, max_rows: int, where: str = "",
+            on_unknown: str | None = None) -> Checked:
     """Rows from JSON-ish values via the Predictor's own checks, bounded in count."""
     prefix = f"{where}: " if where else ""
     if isinstance(X, (list, tuple)) and len(X) == 0:
@@ -47,8 +93,7 @@ def as_rows(predictor: Predictor, X: Any, *, max_rows: int,
         rows = predictor.as_inputs(X)
     except DataError as e:
         raise RequestError(f"{prefix}{e}") from None
-    check_rows(predictor, rows, max_rows, prefix)
-    return rows
+    return checked(predictor, rows, max_rows=max_rows, on_unknown=on_unknown, prefix=prefix)
 
 
 def check_count(rows: int, max_rows: int, prefix: str = "") -> None:
@@ -79,38 +124,59 @@ def example_row(predictor: Predictor) -> list[Any] | dict[str, Any]:
                      (c.fill if c.fill is not None else 0.0)) for c in predictor.columns}
 
 
-def predictions(pred: np.ndarray) -> list:
-    """One number per row for a one-target model, else one list per row."""
-    return pred[:, 0].tolist() if pred.shape[1] == 1 else pred.tolist()
+def predictions(pred: np.ndarray, *, nan: bool = False) -> list:
+    """One number per row for a one-target model, else one list per row; with ``nan`` (rows
+    left NaN by on_unknown), NaN as JSON's null."""
+    values = pred[:, 0] if pred.shape[1] == 1 else pred
+    return json_list(values) if nan else values.tolist()
 
 
-def predictions_body(outputs: Mapping[str, np.ndarray]) -> dict[str, list]:
+def json_list(values: np.ndarray) -> list:
+    """``values.tolist()`` with NaN as None (JSON has no NaN)."""
+    out = values.astype(object)
+    out[np.isnan(values)] = None
+    return out.tolist()
+
+
+def predictions_body(outputs: Mapping[str, np.ndarray], unpredictable: int = 0) -> dict[str, Any]:
     """v1 and MLflow: ``{"predictions": [...]}``, plus ``prediction_lower``, ... for a model
-    with intervals, each shaped like ``predictions``."""
-    body = {"predictions": predictions(outputs[PREDICTION])}
-    body.update({k: predictions(v) for k, v in outputs.items() if k != PREDICTION})
+    with intervals, each shaped like ``predictions``; ``null`` for a row that could not be
+    predicted, counted in ``unpredictable_rows`` (on_unknown ``nan``)."""
+    nan = unpredictable > 0
+    body: dict[str, Any] = {"predictions": predictions(outputs[PREDICTION], nan=nan)}
+    body.update({k: predictions(v, nan=nan) for k, v in outputs.items() if k != PREDICTION})
+    if nan:
+        body["unpredictable_rows"] = unpredictable
     return body
 
 
-def v1_parse(predictor: Predictor, body: bytes, *, max_rows: int) -> np.ndarray:
+def v1_parse(predictor: Predictor, body: bytes, *, max_rows: int,
+             on_unknown: str | None = None) -> Checked:
     """``{"instances": rows or records}`` or ``{"inputs": rows or {feature: column}}``."""
     payload = parse_json(body)
     if not isinstance(payload, dict) or not ({"instances", "inputs"} & payload.keys()):
         raise RequestError('expected {"instances": [[...], ...]} or {"inputs": ...}')
     key = "instances" if "instances" in payload else "inputs"
-    return as_rows(predictor, payload[key], max_rows=max_rows, where=key)
+    return as_rows(predictor, payload[key], max_rows=max_rows, where=key,
+                   on_unknown=on_unknown)
 
 
 def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
-                 max_rows: int) -> np.ndarray:
-    """MLflow's /invocations formats."""
+                 max_rows: int, on_unknown: str | None = None) -> Checked:
+    """MLflow's /invocations formats; ``params.on_unknown`` in a JSON body (MLflow's
+    inference parameters) overrides ``on_unknown``."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "text/csv":
-        return _csv_rows(predictor, body, max_rows)
+        return _csv_rows(predictor, body, max_rows, on_unknown)
     if kind not in ("application/json", ""):
         raise RequestError(f"Content-Type {kind!r} is not supported; use application/json or "
                            "text/csv", status=415)
     payload = parse_json(body)
+    if isinstance(payload, dict) and "params" in payload:
+        params = payload.pop("params")
+        if not isinstance(params, dict):
+            raise RequestError("'params' must be an object")
+        on_unknown = on_unknown_of(params.get("on_unknown", on_unknown))
     keys = {"dataframe_split", "dataframe_records", "instances", "inputs"}
     if not isinstance(payload, dict) or len(keys & payload.keys()) != 1:
         raise RequestError("expected exactly one of dataframe_split, dataframe_records, "
@@ -132,11 +198,11 @@ def mlflow_parse(predictor: Predictor, body: bytes, content_type: str, *,
                 raise RequestError("dataframe_split: every row of 'data' needs one value per "
                                    "column")
             data = [dict(zip(columns, r)) for r in data]
-        return as_rows(predictor, data, max_rows=max_rows, where=key)
+        return as_rows(predictor, data, max_rows=max_rows, where=key, on_unknown=on_unknown)
     if key == "dataframe_records" and (not isinstance(value, list) or
                                        not all(isinstance(r, Mapping) for r in value)):
         raise RequestError("dataframe_records: expected a list of objects")
-    return as_rows(predictor, value, max_rows=max_rows, where=key)
+    return as_rows(predictor, value, max_rows=max_rows, where=key, on_unknown=on_unknown)
 
 
 def pa_table(batches: list[Any]) -> Any:
@@ -146,7 +212,8 @@ def pa_table(batches: list[Any]) -> Any:
     return pa.Table.from_batches(batches)
 
 
-def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray | Frame:
+def _csv_rows(predictor: Predictor, body: bytes, max_rows: int,
+              on_unknown: str | None) -> Checked:
     """A ``text/csv`` body, read by the same reader and number rule as CSV files."""
     if not body.strip():
         raise RequestError("empty CSV body")
@@ -167,8 +234,7 @@ def _csv_rows(predictor: Predictor, body: bytes, max_rows: int) -> np.ndarray | 
             matrix = predictor.as_frame(pa_table(parts), source="CSV body")
         else:
             matrix = to_matrix(pa_table(parts), predictor.feature_names, source="CSV body",
-                               dtype=predictor.dtype)
+                               dtype=predictor.dtype, finite=on_unknown != "nan")
     except DataError as e:
         raise RequestError(str(e)) from None
-    check_rows(predictor, matrix, max_rows)
-    return matrix
+    return checked(predictor, matrix, max_rows=max_rows, on_unknown=on_unknown)

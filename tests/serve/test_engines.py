@@ -193,3 +193,62 @@ def test_serve_spark_predict_and_sql_function(spark, tmp_path):
     by_id = dict(zip(rows.column("id").to_pylist(), rows.column("price").to_pylist()))
     assert [by_id[i] for i in tab.column("id").to_pylist()] == \
         Predictor.load(TAB).predict(tab)[:, 0].tolist()
+
+
+# ------------------------------------------------------------------ --on-unknown on a cluster
+
+def _with_unseen(folder: Path) -> int:
+    """Put a level the tabular model never saw in some rows of two parts; how many."""
+    n = 0
+    for part in (2, 6):
+        path = folder / f"part-{part}.parquet"
+        t = pq.read_table(path)
+        city = t.column("city").to_pylist()
+        for r in (3, 11, 40):
+            city[r], n = "Nice", n + 1
+        pq.write_table(t.set_column(t.schema.get_field_index("city"), "city", pa.array(city)),
+                       path)
+    return n
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_engines_take_on_unknown_nan_and_count_the_rows(tmp_path, engine):
+    _needs(engine)
+    _tabular_parts(tmp_path / "in")
+    n = _with_unseen(tmp_path / "in")
+    local = _predict(TAB, tmp_path / "in", tmp_path / "local", "--on-unknown", "nan")
+    res = _predict(TAB, tmp_path / "in", tmp_path / "out", "--on-unknown", "nan",
+                   *ENGINES[engine])
+    assert res.returncode == local.returncode == 0, res.stderr.decode()
+    warning = (f"linreg-predict: warning: {n} of 400 row(s) could not be predicted (a level not "
+               "seen in training, or a blank with no fill): their predictions are NaN "
+               "(--on-unknown nan)\n")
+    assert res.stderr.decode() == local.stderr.decode() == warning
+    want, got = _by_id(tmp_path / "local", "y"), _by_id(tmp_path / "out", "y")
+    assert sum(np.isnan(v) for v in got.values()) == n
+    assert all(got[k] == want[k] or (np.isnan(got[k]) and np.isnan(want[k])) for k in want)
+    marker = json.loads((tmp_path / "out" / "_linreg_predictions.json").read_text())
+    assert marker["unpredictable"] == n
+    assert [p.get("unpredictable", 0) for p in marker["parts"]] == [0, 0, 3, 0, 0, 0, 3, 0]
+
+
+def test_serve_dask_and_spark_take_on_unknown(spark, tmp_path):
+    dd = pytest.importorskip("dask.dataframe")
+    from serve.batch import dask as linreg_dask
+    from serve.batch import spark as linreg_spark
+
+    table = _tabular_parts(tmp_path / "in", parts=2)
+    rows = pq.read_table(tmp_path / "in" / "part-1.parquet")
+    city = rows.column("city").to_pylist()
+    city[4] = "Nice"
+    pq.write_table(rows.set_column(1, "city", pa.array(city)), tmp_path / "in" / "part-1.parquet")
+    want = Predictor.load(TAB).predict(pq.read_table(tmp_path / "in"), on_unknown="nan")
+    assert np.isnan(want).sum() == 1 and table.num_rows == 100
+    out = linreg_dask.predict(dd.read_parquet(tmp_path / "in"), TAB, on_unknown="nan").compute()
+    np.testing.assert_array_equal(out["y"].to_numpy(), want[:, 0])
+    got = linreg_spark.predict(spark.read.parquet(str(tmp_path / "in")), TAB,
+                               on_unknown="reference").toArrow()
+    by_id = dict(zip(got.column("id").to_pylist(), got.column("y").to_pylist()))
+    ref = Predictor.load(TAB).predict(pq.read_table(tmp_path / "in"), on_unknown="reference")
+    ids = pq.read_table(tmp_path / "in").column("id").to_pylist()
+    assert [by_id[i] for i in ids] == ref[:, 0].tolist()

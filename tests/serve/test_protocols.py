@@ -32,13 +32,13 @@ def answer(predictor: Predictor, path: str, body, content_type: str = "applicati
         if path.startswith("/v2/"):
             request = dataplane.from_json(raw, None)
             rows = dataplane.request_rows(predictor, request, max_rows=MAX_ROWS)
-            dataplane.to_json(dataplane.response(request, {"prediction": predictor.predict(rows)},
+            dataplane.to_json(dataplane.response(request, {"prediction": predictor.predict(rows.rows)},
                                                  "multi", "1"))
         elif path == "/invocations":
             predictor.predict(proto.mlflow_parse(predictor, raw, content_type,
-                                                 max_rows=MAX_ROWS))
+                                                 max_rows=MAX_ROWS).rows)
         else:
-            predictor.predict(proto.v1_parse(predictor, raw, max_rows=MAX_ROWS))
+            predictor.predict(proto.v1_parse(predictor, raw, max_rows=MAX_ROWS).rows)
     except proto.RequestError as e:
         return e.status, e.message
     except DataError as e:  # the server's 422: a prediction that overflows

@@ -144,10 +144,11 @@ def test_the_graph_passes_the_runtime_check():
 @pytest.mark.parametrize("bad, message", [
     ({"city": "Nice", "x1": 1, "x2": 2},
      "row 2, column 'city': level 'Nice' was not seen in training (known: 'Lyon', 'Paris', "
-     "'Rome'); retrain with --unknown reference to predict unseen levels as the reference level"),
+     "'Rome'); --on-unknown reference predicts it as the reference level, --on-unknown nan "
+     "gives the row NaN"),
     ({"city": None, "x1": 1, "x2": 2},
-     "row 2, column 'city': missing value; no blanks were seen here in training (retrain with "
-     "--unknown reference to predict them as the reference level)"),
+     "row 2, column 'city': missing value; no blanks were seen here in training; --on-unknown "
+     "reference predicts it as the reference level, --on-unknown nan gives the row NaN"),
     ({"city": "Rome", "x1": "abc", "x2": 2}, "row 2, column 'x1': 'abc' is not a number"),
     ({"city": "Rome", "x1": 1, "x2": math.inf},
      "row 2, column 'x2': inf is not allowed (clean or drop the row)"),
@@ -197,8 +198,8 @@ def test_linreg_predict_names_an_unseen_level(tmp_path):
     assert res.returncode == 1
     assert res.stderr.decode() == (
         f"linreg-predict: error: {tmp_path / 'in.csv'}: row 3, column 'city': level 'Nice' was "
-        "not seen in training (known: 'Lyon', 'Paris', 'Rome'); retrain with --unknown "
-        "reference to predict unseen levels as the reference level\n")
+        "not seen in training (known: 'Lyon', 'Paris', 'Rome'); --on-unknown reference predicts "
+        "it as the reference level, --on-unknown nan gives the row NaN\n")
     assert not (tmp_path / "out.csv").exists()
 
 

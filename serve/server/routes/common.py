@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.core.errors import LinregError, RequestError
 from serve.server.metrics import Metrics
+from serve.server.protocols import on_unknown_of
 from serve.server.repository import Version
 from serve.server.serving import Serving, within
 
@@ -166,6 +167,14 @@ class Observed:
             model = scope.get("path_params", {}).get("model") or state.get("model", "")
             self.metrics.observe(route.name, status, time.perf_counter() - start,
                                  state.get("rows", 0), model)
+
+
+def on_unknown_query(request: Request) -> str | None:
+    """``?on_unknown=...``, checked (the query string is parsed only when there is one: the
+    predicting routes are hot)."""
+    if not request.scope.get("query_string"):
+        return None
+    return on_unknown_of(request.query_params.get("on_unknown"))
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

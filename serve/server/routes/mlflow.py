@@ -9,7 +9,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 from serve.server import protocols as proto
-from serve.server.routes.common import RECORDS, ROWS, Http, body_schema, json_response
+from serve.server.routes.common import (
+    RECORDS,
+    ROWS,
+    Http,
+    body_schema,
+    json_response,
+    on_unknown_query,
+)
 
 
 def register(app: FastAPI, http: Http) -> None:
@@ -21,10 +28,11 @@ def register(app: FastAPI, http: Http) -> None:
         v = http.default(request)
         rows = proto.mlflow_parse(v.predictor, await http.read_body(request),
                                   request.headers.get("content-type", ""),
-                                  max_rows=serving.settings.max_rows)
-        pred = await serving.predict(v, rows)
+                                  max_rows=serving.settings.max_rows,
+                                  on_unknown=on_unknown_query(request))
+        pred = await serving.predict(v, rows.rows)
         request.state.rows = len(rows)
-        return json_response(proto.predictions_body(pred))
+        return json_response(proto.predictions_body(pred, rows.finish(pred)))
 
     @app.get("/ping", tags=["mlflow"], summary="Health (MLflow)", name="health")
     async def ping() -> Response:

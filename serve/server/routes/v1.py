@@ -13,7 +13,14 @@ from serve.core.graph import FEATURES, PREDICTION
 from serve.server import protocols as proto
 from serve.server.metadata import model_metadata
 from serve.server.repository import Version
-from serve.server.routes.common import RECORDS, ROWS, Http, body_schema, json_response
+from serve.server.routes.common import (
+    RECORDS,
+    ROWS,
+    Http,
+    body_schema,
+    json_response,
+    on_unknown_query,
+)
 
 
 def register(app: FastAPI, http: Http) -> None:
@@ -21,10 +28,11 @@ def register(app: FastAPI, http: Http) -> None:
 
     async def v1(request: Request, v: Version) -> Response:
         rows = proto.v1_parse(v.predictor, await http.read_body(request),
-                              max_rows=serving.settings.max_rows)
-        pred = await serving.predict(v, rows)
+                              max_rows=serving.settings.max_rows,
+                              on_unknown=on_unknown_query(request))
+        pred = await serving.predict(v, rows.rows)
         request.state.rows = len(rows)
-        return json_response(proto.predictions_body(pred))
+        return json_response(proto.predictions_body(pred, rows.finish(pred)))
 
     @http.post(app, "/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
                openapi_extra=body_schema(_V1_SCHEMA, path=("model",)), name="v1_predict")

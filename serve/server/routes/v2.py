@@ -28,10 +28,10 @@ def register(app: FastAPI, http: Http) -> None:
         body = await http.read_body(request)
         asked = dataplane.from_json(body, request.headers.get("inference-header-content-length"))
         rows = dataplane.request_rows(v.predictor, asked, max_rows=serving.settings.max_rows)
-        outputs = await serving.predict(v, rows)
+        outputs = await serving.predict(v, rows.rows)
         request.state.rows = len(rows)
-        content, json_length = dataplane.to_json(dataplane.response(asked, outputs, model,
-                                                                    v.version))
+        content, json_length = dataplane.to_json(dataplane.response(
+            asked, outputs, model, v.version, rows.finish(outputs)))
         if json_length is None:
             return Response(content, media_type="application/json")
         return Response(content, media_type="application/octet-stream",
