@@ -94,7 +94,8 @@ def test_node_feeds_raw_columns_to_a_tabular_model():
     assert res.returncode == 1
     assert res.stderr.decode() == ("linreg-node-predict: error: row 1, column 'city': level "
                                    "\"Nice\" was not seen in training (known: \"Lyon\", "
-                                   "\"Paris\", \"Rome\")\n")
+                                   "\"Paris\", \"Rome\"); --on-unknown reference predicts it "
+                                   "as the reference level, --on-unknown nan gives the row NaN\n")
 
 
 # R's way of writing blanks: the model's NA tokens ("NA", "N/A", ...) are blanks in Node too.
@@ -111,6 +112,29 @@ def test_node_reads_the_models_na_tokens_as_blanks():
     assert res.returncode == 0, res.stderr.decode()
     want = Predictor.load(MODELS / "rstyle").predict(R_AS_BLANKS)
     np.testing.assert_allclose(json.loads(res.stdout)["predictions"], want, rtol=1e-12)
+
+
+# An unseen level (row 1) and a blank city never seen in training (row 3), per call policy.
+UNSEEN_ROWS = [{"city": "Nice", "x1": 1.0, "x2": 2.0}, ["Rome", None, 1.0], [None, 2.0, 2.0]]
+
+
+@pytest.mark.parametrize("policy", ["nan", "reference"])
+def test_node_takes_the_per_call_policy_as_python_does(policy):
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "tabular" / "model.onnx"), json.dumps(UNSEEN_ROWS),
+                          "--on-unknown", policy], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    p = Predictor.load(MODELS / "tabular")
+    want = p.predict([r if isinstance(r, dict) else dict(zip(p.feature_names, r))
+                      for r in UNSEEN_ROWS], on_unknown=policy)
+    got = np.array([[np.nan if v is None else v for v in row]
+                    for row in json.loads(res.stdout)["predictions"]])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    warned = res.stderr.decode() == (
+        "linreg-node-predict: warning: 2 of 3 row(s) could not be predicted (a level not seen "
+        "in training, or a blank with no fill): their predictions are null (--on-unknown nan)\n")
+    assert warned == (policy == "nan")
 
 
 def test_node_prints_the_intervals_of_a_model_that_has_them():

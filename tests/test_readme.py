@@ -39,8 +39,9 @@ def workspace(tmp_path_factory) -> Path:
                  ["linreg-export", "models/example", "-q"]):
         res = run_script(*args, cwd=work)
         assert res.returncode == 0, res.stderr
-    (work / "examples" / "data").mkdir(parents=True)  # the tabular walk-through's table
-    shutil.copy(ROOT / "examples" / "data" / "homes.csv", work / "examples" / "data")
+    (work / "examples" / "data").mkdir(parents=True)
+    for table in ("homes.csv", "cars.csv"):  # the tabular walk-throughs' tables
+        shutil.copy(ROOT / "examples" / "data" / table, work / "examples" / "data")
     return work
 
 

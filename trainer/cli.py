@@ -29,6 +29,7 @@ from trainer.config import (
     CHOICES,
     LOST_RANK,
     SETTINGS,
+    AlphaGrid,
     ByteSize,
     ImputeType,
     InitType,
@@ -119,13 +120,21 @@ def _range(name: str) -> click.ParamType:
 @click.option("--loss", type=click.Choice(CHOICES["loss"]), default="mse", show_default=True,
               help="Mean squared error (the tutorials) or torch's HuberLoss (robust to "
               "outliers; with --huber-delta).")
-@click.option("--huber-delta", type=_range("huber_delta"), default=1.0, show_default=True)
+@click.option("--huber-delta", type=_range("huber_delta"), default=1.0, show_default=True,
+              help="torch's HuberLoss threshold, in target units (SGD).")
+@click.option("--huber-epsilon", type=_range("huber_epsilon"), default=None,
+              help="With --loss huber --solver lstsq: scikit-learn's HuberRegressor, the scale "
+              "estimated jointly; 1.35 is its default (95% efficiency on normal data).")
 @click.option("--penalty", type=click.Choice(CHOICES["penalty"]), default="none",
               show_default=True, help="scikit-learn's ElasticNet objective: (1/2n)·‖y − Xw − b‖²"
               " + α·R·‖w‖₁ + ½·α·(1 − R)·‖w‖² (l2: R = 0, l1: R = 1); the intercept is not "
               "penalised.")
-@click.option("--alpha", type=_range("alpha"), default=1.0, show_default=True,
-              help="The penalty's strength α (with --penalty).")
+@click.option("--alpha", type=AlphaGrid(), default=1.0, show_default=True,
+              help="The penalty's strength α (with --penalty); with --cv, the grid to choose "
+              "from: a,b,c or a log grid lo:hi:n.")
+@click.option("--cv", type=click.IntRange(min=2), default=None, metavar="K",
+              help="Choose --alpha from its grid by K-fold cross-validation (the least mean "
+              "validation MSE, as RidgeCV/LassoCV/ElasticNetCV), then fit every row at it.")
 @click.option("--l1-ratio", type=_range("l1_ratio"), default=0.5, show_default=True,
               help="R, elasticnet's mix of l1 and l2.")
 @click.option("--sample-weight", default=None, metavar="COLUMN", help="Weigh each row's loss "
@@ -181,7 +190,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                reference: tuple[str, ...], na_values: tuple[str, ...], missing_target: str,
                cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
-               huber_delta: float, penalty: str, alpha: float, l1_ratio: float,
+               huber_delta: float, huber_epsilon: float | None, penalty: str,
+               alpha: float | tuple[float, ...], cv: int | None, l1_ratio: float,
                sample_weight: str | None, lr_schedule: str, lr_step_size: int,
                lr_gamma: float, lr_patience: int, early_stopping: bool, patience: int,
                min_delta: float, init_from: Path | None, checkpoint_every: int | None,
@@ -216,7 +226,11 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                              solver=solver, tol=tol, device=device, dtype=dtype,
                              log_every=log_every, log_before_step=log_before_step,
                              optimizer=optimizer, loss=loss, huber_delta=huber_delta,
-                             penalty=penalty, alpha=alpha, l1_ratio=l1_ratio,
+                             huber_epsilon=huber_epsilon,
+                             penalty=penalty,
+                             alpha=alpha[0] if isinstance(alpha, tuple) else alpha,
+                             alphas=alpha if isinstance(alpha, tuple) else (), cv=cv or 0,
+                             l1_ratio=l1_ratio,
                              lr_schedule=lr_schedule, lr_step_size=lr_step_size,
                              lr_gamma=lr_gamma, lr_patience=lr_patience,
                              early_stopping=early_stopping, patience=patience,
@@ -426,6 +440,8 @@ def _given_args(ctx: click.Context, *, leave_out: str) -> list[str]:
         elif param.multiple:
             for v in value:
                 opts += [param.opts[0], str(v)]
+        elif isinstance(value, tuple):  # --alpha's grid, as a list of its exact values
+            opts += [param.opts[0], ",".join(map(repr, value))]
         else:
             opts += [param.opts[0], str(value)]
     return args + opts

@@ -20,11 +20,39 @@ from trainer.config import SETTINGS
 @click.command("linreg-summary", cls=OneLineErrors, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="linreg")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
-def summary_main(model_dir: Path) -> None:
+@click.option("--compare", "smaller", type=click.Path(file_okay=False, path_type=Path),
+              default=None, metavar="SMALLER_DIR", help="Also test MODEL_DIR against a model "
+              "nested in it (a subset of its terms, the same rows): the F test of the terms it "
+              "adds, as statsmodels' compare_f_test and anova_lm.")
+def summary_main(model_dir: Path, smaller: Path | None) -> None:
     """Print the statistics of a trained model (MODEL_DIR made by linreg-train) as a table."""
     from serve.core.errors import ModelError
+    from trainer.stats import compare_text, summary_text
+
+    manifest = _with_statistics(model_dir)
+    try:
+        text = summary_text(manifest)
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+        raise ModelError(f"{model_dir}/model.json: field 'statistics' is malformed; train the "
+                         "model again") from None
+    click.echo(text.rstrip("\n"))
+    if smaller is not None:
+        small = _with_statistics(smaller)
+        try:
+            text = compare_text(manifest, small, big_name=str(model_dir),
+                                small_name=str(smaller))
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+        except (TypeError, KeyError, IndexError, AttributeError):
+            raise ModelError(f"{smaller}/model.json: field 'statistics' is malformed; train "
+                             "the model again") from None
+        click.echo("\n" + text.rstrip("\n"))
+
+
+def _with_statistics(model_dir: Path) -> dict:
+    """A model's manifest, which must hold statistics."""
+    from serve.core.errors import ModelError
     from serve.core.manifest import read_manifest
-    from trainer.stats import summary_text
 
     manifest = read_manifest(model_dir)
     if not manifest.get("statistics") and "streamed" in (manifest.get("training") or {}):
@@ -34,12 +62,7 @@ def summary_main(model_dir: Path) -> None:
     if not manifest.get("statistics"):
         raise ModelError(f"{model_dir}: no statistics in model.json (trained by an older "
                          "linreg); train it again")
-    try:
-        text = summary_text(manifest)
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError):
-        raise ModelError(f"{model_dir}/model.json: field 'statistics' is malformed; train the "
-                         "model again") from None
-    click.echo(text.rstrip("\n"))
+    return manifest
 
 
 @click.command("linreg-synth", cls=OneLineErrors, context_settings=CONTEXT)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import click
+import numpy as np
 
 from serve.core.commands import FiniteFloat
 from serve.core.errors import LinregError
@@ -74,6 +75,7 @@ SETTINGS: dict[str, Range] = {
     "alpha": Range(float, 0, min_open=True),
     "l1_ratio": Range(float, 0, 1),
     "huber_delta": Range(float, 0, min_open=True),
+    "huber_epsilon": Range(float, 1.0),  # HuberRegressor's epsilon: 1.0 or more
     "lr_step_size": Range(int, 1),
     "lr_gamma": Range(float, 0, 1, min_open=True),
     "lr_patience": Range(int, 0),
@@ -176,9 +178,12 @@ class TrainConfig:
     log_before_step: bool = False  # log the parameters the cost was computed with
     loss: str = "mse"  # or "huber" (torch's HuberLoss, --huber-delta)
     huber_delta: float = 1.0
+    huber_epsilon: float | None = None  # HuberRegressor's loss (σ estimated jointly), exact
     optimizer: str = "sgd"  # or "adam", "lbfgs" (full batch)
     penalty: str = "none"  # l2, l1, elasticnet: scikit-learn's ElasticNet objective
-    alpha: float = 1.0  # the penalty's strength (with --penalty)
+    alpha: float = 1.0  # the penalty's strength (with --penalty); with --cv, the one chosen
+    alphas: tuple[float, ...] = ()  # --cv: the grid α is chosen from
+    cv: int = 0  # --cv K: choose α by K-fold cross-validation (0: no)
     l1_ratio: float = 0.5  # elasticnet's mix: 1 is l1, 0 is l2
     lr_schedule: str = "constant"  # torch.optim.lr_scheduler: StepLR, CosineAnnealingLR, ...
     lr_step_size: int = 100  # step: epochs between decays
@@ -205,15 +210,27 @@ class TrainConfig:
                      "log_every", "alpha", "l1_ratio", "huber_delta", "lr_step_size",
                      "lr_gamma", "lr_patience", "patience", "min_delta"):
             check_setting(name, getattr(self, name))
+        if self.cv or self.alphas:
+            self._validate_cv()
         if self.optimizer == "lbfgs" and self.batch_size:
             raise TrainingError("--optimizer lbfgs works on the full batch; drop --batch-size")
         if self.optimizer == "lbfgs" and self.penalty in ("l1", "elasticnet"):
             raise TrainingError(f"--optimizer lbfgs needs a smooth objective; --penalty "
                                 f"{self.penalty} has an L1 part: use --optimizer sgd or "
                                 "--solver lstsq")
-        if self.solver == "lstsq" and self.loss != "mse":
+        if self.huber_epsilon is not None:
+            check_setting("huber_epsilon", self.huber_epsilon)
+            if self.solver != "lstsq" or self.loss != "huber":
+                raise TrainingError(f"--huber-epsilon {self.huber_epsilon:g} is scikit-learn's "
+                                    "HuberRegressor, solved exactly: use --loss huber --solver "
+                                    "lstsq (--huber-delta is torch's HuberLoss, for SGD)")
+            if self.penalty not in ("none", "l2") or self.cv:
+                raise TrainingError("--huber-epsilon takes HuberRegressor's L2 penalty only: "
+                                    "--penalty l2 --alpha A (its alpha), without --cv")
+        elif self.solver == "lstsq" and self.loss != "mse":
             raise TrainingError("--loss huber has no closed form; use --solver sgd (e.g. with "
-                                "--optimizer lbfgs)")
+                                "--optimizer lbfgs), or --solver lstsq --huber-epsilon 1.35 "
+                                "(scikit-learn's HuberRegressor)")
         if self.solver == "lstsq" and (self.early_stopping or self.lr_schedule != "constant"):
             raise TrainingError("--early-stopping and --lr-schedule steer SGD epochs; the exact "
                                 "solver has none (use --solver sgd)")
@@ -223,6 +240,49 @@ class TrainConfig:
         if self.solver == "lstsq" and self.device == "cuda":
             raise TrainingError("--solver lstsq runs on the CPU (numpy, float64); drop "
                                 "--device cuda, or use --solver sgd on the GPU")
+
+
+    def _validate_cv(self) -> None:
+        if not self.cv:
+            raise TrainingError(f"--alpha {','.join(f'{a:g}' for a in self.alphas)} is a grid; "
+                                "choose from it with --cv K (e.g. --cv 5), or give one --alpha")
+        if self.cv < 2:
+            raise TrainingError(f"--cv {self.cv}: use 2 folds or more")
+        if len(self.alphas) < 2:
+            raise TrainingError(f"--cv {self.cv} chooses --alpha from a grid: give two or more, "
+                                "e.g. --alpha 0.01,0.1,1 or --alpha 1e-3:10:20 (a log grid)")
+        for a in self.alphas:
+            check_setting("alpha", a)
+        if self.penalty == "none" or self.solver != "lstsq":
+            raise TrainingError(f"--cv {self.cv} chooses the penalty's --alpha by the exact "
+                                "solver: add --penalty l2|l1|elasticnet and --solver lstsq")
+
+
+class AlphaGrid(click.ParamType):
+    """--alpha: one value, a list ``a,b,c``, or a log grid ``lo:hi:n`` (n values from lo to hi,
+    evenly spaced in log, as numpy's geomspace); a list or grid needs --cv."""
+
+    name = "alpha"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | tuple[float, ...]:
+        if isinstance(value, (float, tuple)):
+            return value
+        text = str(value).strip()
+        try:
+            if ":" in text:
+                lo, hi, n = text.split(":")
+                if int(n) < 2:
+                    raise ValueError
+                values = tuple(float(v) for v in np.geomspace(float(lo), float(hi), int(n)))
+            else:
+                values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r}: give a number, a list a,b,c or a log grid lo:hi:n (n >= 2)",
+                      param, ctx)
+        for v in values:
+            if not (math.isfinite(v) and v > 0):
+                self.fail(f"{value!r}: every alpha must be a finite number above 0", param, ctx)
+        return values[0] if len(values) == 1 and ":" not in text else values
 
 
 class ByteSize(click.ParamType):

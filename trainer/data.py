@@ -41,10 +41,16 @@ class TrainingData:
     warnings: list[str] = field(default_factory=list)
     weights: np.ndarray | None = None  # --sample-weight: one weight per row
     dropped: int = 0  # rows left out because their target is blank
+    file_rows: np.ndarray | None = None  # each row's 0-based data row in the file (None: same)
 
     @property
     def n_rows(self) -> int:
         return self.Y.shape[0]
+
+    def rows_in_file(self, idx: np.ndarray) -> np.ndarray:
+        """The 0-based data rows in the file of rows ``idx`` (a blank target's row was left
+        out, so the two counts differ after it)."""
+        return idx if self.file_rows is None else self.file_rows[idx]
 
     @property
     def input_names(self) -> list[str]:
@@ -106,6 +112,7 @@ def _without_blank_targets(data: TrainingData) -> TrainingData:
         data, X=None if data.X is None else data.X[keep], Y=data.Y[keep],
         raw=None if data.raw is None else {k: v[keep] for k, v in data.raw.items()},
         weights=None if data.weights is None else data.weights[keep], dropped=n,
+        file_rows=np.flatnonzero(keep),
         warnings=[*data.warnings, dropped_message(n, data.target_names)])
 
 

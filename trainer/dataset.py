@@ -261,11 +261,19 @@ def validation_mask(seed: int, fraction: float, file: int, first_row: int,
     """Which of ``n`` rows (of ``file``, from ``first_row``) are validation rows: a seeded
     hash (splitmix64) of (file, row) below ``fraction``, so the same rows are picked by every
     run and every number of processes, however the rows are chunked."""
+    return row_hash(seed, file, np.arange(first_row, first_row + n)) < fraction
+
+
+def row_hash(seed: int, file: int, rows: np.ndarray, *, stream: int = 0) -> np.ndarray:
+    """A uniform number in [0, 1) per row (0-based ``rows`` of ``file``): splitmix64 of
+    (seed, stream, file, row). ``stream`` 1 draws the --cv folds, independent of the
+    validation rows (stream 0)."""
     with np.errstate(over="ignore"):
         z = (np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+             + np.uint64(stream) * np.uint64(0xA0761D6478BD642F)
              + np.uint64(file) * np.uint64(0xD1B54A32D192ED03)
-             + np.arange(first_row, first_row + n, dtype=np.uint64))
+             + np.asarray(rows, dtype=np.uint64))
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -28,7 +28,7 @@ from trainer.checkpoint import Checkpoint, restore_state, state_of
 from trainer.config import TrainConfig, TrainingError
 from trainer.history import MAX_HISTORY_PARAMS, History, Layout, params_row, unstandardize
 from trainer.model import build_model
-from trainer.solvers import least_squares, penalized
+from trainer.solvers import huber, least_squares, penalized
 from trainer.sources import InMemory, Source, resolve_device
 from trainer.steps import l1_prox, optimizer_of, scheduler_of
 
@@ -58,6 +58,7 @@ class FitResult:
     config: dict = field(default_factory=dict)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # per epoch: lr, val_cost
     best_epoch: int | None = None  # early stopping: the epoch whose parameters were kept
+    huber_scale: np.ndarray | None = None  # --huber-epsilon: the scale σ per target
 
 
 def fit(X: np.ndarray, Y: np.ndarray, config: TrainConfig, *,
@@ -332,7 +333,14 @@ def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig,
                weights: np.ndarray | None = None) -> FitResult:
     """The exact answer (numpy, float64): least squares, weighted least squares, or the
     penalised objective (closed form for l2, coordinate descent for l1 and elasticnet)."""
-    if config.penalty == "none":
+    huber_scale = None
+    if config.huber_epsilon is not None:
+        w = np.ones(len(X)) if weights is None else weights
+        coef, intercept, huber_scale = huber(
+            lambda: [(X, Y, w)], n_features=X.shape[1], n_targets=Y.shape[1], bias=config.bias,
+            epsilon=config.huber_epsilon, alpha=config.alpha if config.penalty == "l2" else 0.0)
+        mean = scale = None
+    elif config.penalty == "none":
         coef, intercept = least_squares(X, Y, bias=config.bias, weights=weights)
         mean = scale = None
     else:
@@ -347,7 +355,9 @@ def _fit_lstsq(X: np.ndarray, Y: np.ndarray, config: TrainConfig,
                  np.sum(weights[:, None] * resid**2) / (weights.sum() * Y.shape[1]))
     state = state_dict_of(coef, intercept if config.bias else None, getattr(torch, config.dtype))
     coef, intercept = saved_values(state, Y.shape[1])
-    return FitResult(coef, intercept, state, np.array([[cost]]), ["cost"], 0, "exact", "cpu")
+    result = FitResult(coef, intercept, state, np.array([[cost]]), ["cost"], 0, "exact", "cpu")
+    result.huber_scale = huber_scale
+    return result
 
 
 def saved_values(state: dict[str, torch.Tensor], n_targets: int) -> tuple[np.ndarray, np.ndarray]:

@@ -38,6 +38,7 @@ class PlotData:
     feature_names: list[str]
     target_names: list[str]
     best_epoch: int | None = None  # early stopping: the epoch whose parameters were kept
+    cv: dict | None = None  # --cv: the record of the choice of α (trainer.cv.choose_alpha)
 
 
 def write_plots(folder: Path, d: PlotData) -> list[str]:
@@ -55,7 +56,8 @@ def write_plots(folder: Path, d: PlotData) -> list[str]:
     for name, draw in (("theta.png", _theta_simple if simple else _theta_panels),
                        ("loss.png", _loss),
                        *([("fit.png", _fit_line)] if simple else
-                         [("pred_vs_actual.png", _pred_vs_actual), ("residuals.png", _residuals)])):
+                         [("pred_vs_actual.png", _pred_vs_actual), ("residuals.png", _residuals)]),
+                       ("cv.png", _cv)):
         fig = draw(plt, d)
         if fig is None:
             continue
@@ -63,6 +65,29 @@ def write_plots(folder: Path, d: PlotData) -> list[str]:
         plt.close(fig)
         written.append(name)
     return written
+
+
+def _cv(plt, d: PlotData):
+    """--cv: the mean validation MSE (± one standard error over folds) and the coefficients
+    fitted on every row, against α, the chosen α marked."""
+    if d.cv is None:
+        return None
+    alphas = np.asarray(d.cv["alphas"])
+    mean, se = np.asarray(d.cv["mse_mean"]), np.asarray(d.cv["mse_se"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.errorbar(alphas, mean, yerr=se, marker="o", capsize=3)
+    left.set(xscale="log", xlabel="alpha", ylabel="mean validation MSE",
+             title=f"{d.cv['k']}-fold cross-validation")
+    coefs = np.asarray(d.cv["path"]["coef_"])[:, 0, :]  # (alphas, features), the first target
+    order = np.argsort(-np.abs(coefs[-1]))[:MAX_CURVES]
+    for j in order:
+        right.plot(alphas, coefs[:, j], label=d.feature_names[j])
+    right.set(xscale="log", xlabel="alpha", ylabel="coefficient",
+              title=f"path ({d.target_names[0]})")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.axvline(d.cv["alpha"], color="grey", linestyle="--")
+    return fig
 
 
 def _theta_simple(plt, d: PlotData):

@@ -24,6 +24,13 @@ def print_summary(folder: Path, manifest: dict, *, default_target: bool = False)
                    "--target)")
     if manifest.get("columns"):
         click.echo("  columns: " + ", ".join(_column_text(c) for c in manifest["columns"]))
+    if t.get("huber_scale"):
+        click.echo("  Huber scale σ (estimated with the coefficients): "
+                   + ", ".join(f"{v:.6g}" for v in t["huber_scale"]))
+    if t.get("cv"):
+        from trainer.cv import cv_message
+
+        click.echo(f"  {cv_message(t['cv'])}")
     for i, target in enumerate(manifest["targets"]):
         terms = [(w, f"·{f}") for f, w in zip(manifest["features"], manifest["model"]["coef_"][i])]
         if manifest["model"]["bias"]:

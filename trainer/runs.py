@@ -164,6 +164,9 @@ def _kind_ok(kind: str, value: Any) -> bool:
         if one == "tuple[str, ...]" and isinstance(value, list) and \
                 all(isinstance(v, str) for v in value):
             return True
+        if one == "tuple[float, ...]" and isinstance(value, list) and \
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return True
     return False
 
 
@@ -211,9 +214,10 @@ def resume_settings(folder: str | Path) -> dict[str, Any]:
                 raise bad(f"{RUN}: {key}.{name} is not a setting")
             if not _kind_ok(kinds[name], value):
                 raise bad(f"{RUN}: {key}.{name} must be {kinds[name]}, not {value!r}"[:200])
-        if key == "encoding":  # JSON lists back to the tuples they were
-            values = {**values, **{k: tuple(values[k]) for k in ("categorical", "reference", "na_values")
-                                   if k in values}}
+        # JSON lists back to the tuples they were
+        values = {**values, **{k: tuple(values[k]) for k in ("categorical", "reference",
+                                                            "na_values", "alphas")
+                               if k in values}}
         settings[key] = cls(**values)
         try:
             settings[key].validate()

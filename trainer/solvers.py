@@ -1,8 +1,11 @@
-"""The exact solvers (numpy, float64): least squares and weighted least squares, and
+"""The exact solvers (numpy, float64): least squares and weighted least squares,
 scikit-learn's ElasticNet objective (closed form for l2, coordinate descent on the Gram matrix
-for l1 and elastic net), shared by the in-memory and the streamed paths."""
+for l1 and elastic net) and HuberRegressor's (L-BFGS-B over passes of the rows), shared by the
+in-memory and the streamed paths."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -81,3 +84,62 @@ def coordinate_descent(G: np.ndarray, C: np.ndarray, *, penalty: str, alpha: flo
                                 f"in {max_iter:,} sweeps; standardise the data "
                                 "(--standardize) or use a larger --alpha")
     return coef
+
+
+def huber(passes: Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]], *,
+          n_features: int, n_targets: int, bias: bool, epsilon: float, alpha: float = 0.0,
+          total: Callable[[np.ndarray], np.ndarray] = lambda a: a, tol: float = 1e-10,
+          max_iter: int = 15_000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``coef_``, ``intercept_`` and the scale σ per target minimising scikit-learn's
+    HuberRegressor objective, the scale estimated jointly (Owen's concomitant scale):
+
+        Σᵢ wᵢ (σ + H_ε((yᵢ − xᵢβ − b)/σ) σ) + α‖β‖²,  H_ε(z) = z² (|z| ≤ ε), 2ε|z| − ε² (else)
+
+    by L-BFGS-B from β = 0, b = 0, σ = 1 (σ kept above 10·machine ε), as scikit-learn does, to
+    a tight gradient tolerance. ``passes()`` yields the rows, (X, Y, weights) chunk by chunk,
+    once per evaluation (in memory: one chunk; streamed: a pass over the data); ``total`` sums
+    a vector of partial sums over the ranks of a distributed run. The targets are independent
+    objectives, minimised jointly (one pass serves them all)."""
+    from scipy import optimize
+
+    p, t = n_features, n_targets
+    k = p + int(bias) + 1  # per target: β, b, σ
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        P = theta.reshape(t, k)
+        beta, b, sigma = P[:, :p], (P[:, p] if bias else np.zeros(t)), P[:, -1]
+        sums = np.zeros(t * (k + 1))  # per target: loss, grad β, grad b, Σw·(1 − ...)...
+        acc = sums.reshape(t, k + 1)
+        for X, Y, w in passes():
+            r = Y - X @ beta.T - b  # (rows, t)
+            out = np.abs(r) > epsilon * sigma
+            inner = np.where(out, 0.0, r)
+            sign = np.where(out, np.sign(r), 0.0)
+            wi, wo = w[:, None] * inner, w[:, None] * sign
+            acc[:, 0] += (wi * inner).sum(axis=0) / sigma \
+                + 2 * epsilon * (w[:, None] * np.abs(r) * out).sum(axis=0)
+            g = -(2.0 / sigma)[:, None] * (wi.T @ X) - 2.0 * epsilon * (wo.T @ X)
+            acc[:, 1:1 + p] += g
+            if bias:
+                acc[:, 1 + p] += -2.0 * wi.sum(axis=0) / sigma - 2.0 * epsilon * wo.sum(axis=0)
+            # σ's gradient: n − n_out·ε² − Σw·inner²/σ²; its loss part: n·σ − n_out·σ·ε²
+            n_out = (w[:, None] * out).sum(axis=0)
+            acc[:, -1] += w.sum() - n_out * epsilon**2 - (wi * inner).sum(axis=0) / sigma**2
+            acc[:, 0] += (w.sum() - n_out * epsilon**2) * sigma
+        acc[:] = total(sums).reshape(t, k + 1)
+        loss = acc[:, 0] + alpha * (beta**2).sum(axis=1)
+        grad = acc[:, 1:].copy()
+        grad[:, :p] += 2.0 * alpha * beta
+        return float(loss.sum()), grad.ravel()
+
+    theta0 = np.zeros((t, k))
+    theta0[:, -1] = 1.0
+    bounds = ([(None, None)] * (k - 1) + [(np.finfo(np.float64).eps * 10, None)]) * t
+    res = optimize.minimize(loss_and_grad, theta0.ravel(), method="L-BFGS-B", jac=True,
+                            bounds=bounds, options={"maxiter": max_iter, "gtol": tol,
+                                                    "ftol": 1e-15, "maxcor": 20})
+    if not res.success and res.nit >= max_iter:
+        raise TrainingError(f"--huber-epsilon {epsilon:g}: L-BFGS-B did not converge in "
+                            f"{max_iter:,} iterations; --standardize the data")
+    P = res.x.reshape(t, k)
+    return P[:, :p].copy(), (P[:, p].copy() if bias else np.zeros(t)), P[:, -1].copy()

@@ -15,9 +15,13 @@ feature order:
    statsmodels does); R², adjusted R², the F test of all slopes (a Wald test under the
    chosen covariance, as statsmodels does), the log-likelihood, AIC and BIC.
 
+4. the diagnostics of statsmodels' summary: Omnibus, Jarque–Bera, skew, kurtosis and
+   Durbin–Watson of the residuals, the condition number, VIF per feature, and the rows with
+   the largest Cook's distance (leverage hᵢ = |zᵢ W|² from the SVD of R).
+
 What is not defined says so (``not_defined``: name -> reason) instead of a misleading number:
-R²/F without a bias, everything with a penalty (the estimates are not OLS), everything that
-needs σ̂ with no residual degrees of freedom.
+R²/F without a bias, everything but R² with a penalty (the estimates are not OLS), everything
+that needs σ̂ with no residual degrees of freedom. The coefficients are always recorded.
 """
 
 from __future__ import annotations
@@ -53,10 +57,13 @@ _ALL = ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma", "
 def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, *,
               bias: bool, names: list[str], cov_type: str = "nonrobust",
               confidence: float = 0.95, penalized: str | None = None,
-              weights: np.ndarray | None = None) -> Inference:
+              weights: np.ndarray | None = None, rows: np.ndarray | None = None) -> Inference:
     """The statistics of ``Y ≈ X coefᵀ + intercept`` (see the module docstring); with
     ``weights``, those of weighted least squares (statsmodels' WLS: everything on the rows
     scaled by √w, R² against the weighted mean, the log-likelihood plus ½Σlog w).
+
+    ``rows``: the 0-based data rows of ``X``'s rows in their file, for the residual
+    diagnostics (Durbin–Watson follows them; the influential rows are named by them).
 
     Statistics never cost the fit: this never raises on the numbers. Should a degenerate design
     defeat the algebra (a singular or non-finite matrix), every statistic is ``not_defined``
@@ -80,6 +87,8 @@ def inference(X: np.ndarray, Y: np.ndarray, coef: np.ndarray, intercept: np.ndar
         suff = Sufficient(n=n, R=R, ssr=(resid**2).sum(axis=0), tss=tss, log_weights=log_w)
         if cov_type != "nonrobust":
             suff.meat = robust_meat(Z, resid, cov_type, suff.pinv())
+        suff.residuals = suff.residual_pass()
+        suff.residuals.add(Z, resid, np.arange(n) if rows is None else rows)
         return suff
 
     return statistics(gather, coef, intercept, bias=bias, names=names, cov_type=cov_type,
@@ -119,12 +128,21 @@ class Sufficient:
     tss: np.ndarray
     meat: np.ndarray | None = None  # (targets, p, p), HC0-HC3 only
     log_weights: float | None = None  # Σ log w for WLS' log-likelihood (nan: a zero weight)
+    residuals: Residuals | None = None  # the residual diagnostics' sums (one more pass)
     _pinv: Pinv | None = None
 
     def pinv(self) -> Pinv:
         if self._pinv is None:
             self._pinv = Pinv.of(self.R, self.n)
         return self._pinv
+
+    def residual_pass(self) -> Residuals:
+        """An empty :class:`Residuals` for these rows' fit, to add the residuals to."""
+        pinv = self.pinv()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sigma2 = self.ssr / (self.n - pinv.rank) if self.n > pinv.rank else \
+                np.full_like(self.ssr, np.nan)
+        return Residuals(pinv.W, sigma2, pinv.rank)
 
 
 def robust_meat(Z: np.ndarray, resid: np.ndarray, cov_type: str, pinv: Pinv) -> np.ndarray:
@@ -213,6 +231,9 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
             entry.update(_likelihood(ssr, n, rank, suff.log_weights))
         if "r2" not in why:
             entry["r2"] = 1 - ssr / tss if tss > 0 else None
+        entry["coef"] = beta.tolist()  # always shown, defined or not what is built on them
+        entry["ssr"] = ssr  # the residual sum of squares (the nested F test's)
+        entry.update(_diagnostics(suff, t, bias=bias, penalized=penalized, rank=rank, p=p))
         if "std_err" in why:
             out.append(_finite(entry))
             covs.append(np.full((p, p), np.nan))
@@ -235,7 +256,7 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
         entry.update(std_err=se.tolist(), t=tval.tolist(),
                      p_value=(2 * dist.sf(np.abs(tval))).tolist(),
                      conf_int=np.column_stack([beta - q * se, beta + q * se]).tolist(),
-                     sigma=math.sqrt(sigma2), coef=beta.tolist())
+                     sigma=math.sqrt(sigma2))
         # 3. the fit as a whole
         if "adj_r2" not in why and entry.get("r2") is not None:
             entry["adj_r2"] = 1 - (n - 1) / df_resid * (1 - entry["r2"])
@@ -249,6 +270,21 @@ def _statistics(suff: Sufficient, betas: np.ndarray, *, bias: bool, names: list[
                      np.array(sigmas) if usable else None,
                      design_warnings(suff.R, labels, rank=rank, cond=cond,
                                      penalized=penalized))
+
+
+def _diagnostics(suff: Sufficient, t: int, *, bias: bool, penalized: str | None, rank: int,
+                 p: int) -> dict[str, Any]:
+    """The residual diagnostics of target ``t`` (when the rows were read for them), VIF per
+    feature (a full-rank design), and the influential rows (least squares only: Cook's
+    distance is built on the OLS hat matrix)."""
+    out: dict[str, Any] = {}
+    if rank == p:
+        out["vif"] = vif(suff.R, suff.pinv().gram_inv, suff.n, bias=bias)
+    if suff.residuals is not None and suff.residuals.n:
+        out.update(residual_diagnostics(suff.residuals, t))
+        if penalized or suff.n <= rank:
+            out.pop("influence")
+    return out
 
 
 CONDITION_NOTE = 1000.0  # statsmodels' summary notes a condition number above this
@@ -339,7 +375,7 @@ def _not_defined(*, penalized: str | None, n: int, rank: int, p: int,
     if penalized:
         why = {k: f"the estimates are penalized ({penalized}), not least squares"
                for k in ("std_err", "t", "p_value", "conf_int", "f_stat", "f_p_value", "sigma",
-                         "log_likelihood", "aic", "bic", "adj_r2", "r2")}
+                         "log_likelihood", "aic", "bic", "adj_r2")}
     elif n - rank <= 0:
         why = {k: f"no residual degrees of freedom ({n} rows for {rank} parameters); "
                   "it needs more rows than parameters" for k in _EVERYTHING_BUT_FIT}
@@ -398,6 +434,8 @@ def _finite(entry: dict[str, Any]) -> dict[str, Any]:
             return None
         if isinstance(v, list):
             return [clean(x) for x in v]
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
         return v
     return {k: clean(v) for k, v in entry.items()}
 
@@ -421,20 +459,29 @@ def summary_text(manifest: dict[str, Any]) -> str:
                 f"{_num(entry.get('log_likelihood')):>12}",
                 f"{'sigma':<16}{_num(entry.get('sigma')):>20}    {'AIC':<14}"
                 f"{_num(entry.get('aic')):>12}",
-                f"{'condition no.':<16}{_num(entry.get('condition_number')):>20}    "
+                f"{'distribution':<16}{entry.get('distribution') or 'n/a':>20}    "
                 f"{'BIC':<14}{_num(entry.get('bic')):>12}"]
         width = max(12, max(len(n) for n in entry["names"]) + 2)
-        table = [f"{'':<{width}}{'coef':>12}{'std err':>12}{'t':>10}{'P>|t|':>10}{lo:>12}{hi:>12}"]
+        table = [f"{'':<{width}}{'coef':>12}{'std err':>12}{'t':>10}{'P>|t|':>10}{lo:>12}{hi:>12}"
+                 f"{'VIF':>10}"]
         coefs = entry.get("coef") or [None] * len(entry["names"])
+        vifs = entry.get("vif") or []
+        vifs = [None] * (len(entry["names"]) - len(vifs)) + vifs  # the intercept has none
         for i, name in enumerate(entry["names"]):
             row = [entry.get(k, [None] * len(entry["names"]))[i]
                    for k in ("std_err", "t", "p_value")]
             ci = (entry.get("conf_int") or [[None, None]] * len(entry["names"]))[i]
             table.append(f"{name:<{width}}{_num(coefs[i]):>12}{_num(row[0]):>12}"
                          f"{_num(row[1], 3):>10}{_num(row[2], 3):>10}{_num(ci[0]):>12}"
-                         f"{_num(ci[1]):>12}")
+                         f"{_num(ci[1]):>12}{_num(vifs[i], 3) if vifs[i] else '':>10}".rstrip())
         rule = "=" * max(len(r) for r in table + head)
-        lines += [rule, *head, "-" * len(rule), *table, rule]
+        lines += [rule, *head, "-" * len(rule), *table, "-" * len(rule),
+                  *_residual_block(entry), rule]
+        if entry.get("influence"):
+            lines.append("largest Cook's distance: " + ", ".join(
+                f"row {d['row']}{' of file ' + str(d['file']) if 'file' in d else ''} "
+                f"{_num(d['cooks_distance'], 3)} (leverage {_num(d['leverage'], 3)})"
+                for d in entry["influence"][:5]))
         by_reason: dict[str, list[str]] = {}
         for what, reason in sorted(entry.get("not_defined", {}).items()):
             by_reason.setdefault(reason, []).append(what)
@@ -454,9 +501,230 @@ def summary_text(manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def nested_f_tests(big: dict[str, Any], small: dict[str, Any], *, big_name: str,
+                   small_name: str) -> list[dict[str, Any]]:
+    """Per target, the F test of a model against a smaller one nested in it, as statsmodels'
+    ``compare_f_test`` (and ``anova_lm`` of the two) computes it: F = ((SSR_small − SSR_big) /
+    (df_small − df_big)) / (SSR_big / df_big), df the residual degrees of freedom. Raises
+    ValueError (one line, the way out) when the two cannot be compared."""
+    if big["targets"] != small["targets"]:
+        raise ValueError(f"{small_name} predicts {small['targets']} but {big_name} "
+                         f"{big['targets']}: compare models of the same target")
+    if (big.get("data") or {}).get("sha256") != (small.get("data") or {}).get("sha256"):
+        raise ValueError(f"{small_name} and {big_name} were trained on different data; "
+                         "nested models are fitted on the same rows")
+    tests = []
+    for b, s in zip(big["statistics"], small["statistics"]):
+        if s["n_obs"] != b["n_obs"]:
+            raise ValueError(f"{small_name} was fitted on {s['n_obs']:,} rows and {big_name} on "
+                             f"{b['n_obs']:,}: nested models are fitted on the same rows")
+        if extra := [n for n in s["names"] if n not in b["names"]]:
+            raise ValueError(f"{small_name} is not nested in {big_name}: {big_name} has no "
+                             f"{extra[0]!r}; give the larger model first (linreg-summary BIG "
+                             "--compare SMALL)")
+        for name, e in ((big_name, b), (small_name, s)):
+            reason = (e.get("not_defined") or {}).get("sigma") or (
+                None if e.get("ssr") is not None else
+                "no residual sum of squares (trained by an older linreg; train it again)")
+            if reason:
+                raise ValueError(f"{name}: no F test: {reason}")
+        df_b, df_s = b["df_resid"], s["df_resid"]
+        if df_s <= df_b:
+            raise ValueError(f"{small_name} has no fewer parameters than {big_name} (residual "
+                             f"df {df_s} and {df_b}); give the larger model first")
+        ssr_b, ssr_s = b["ssr"], s["ssr"]
+        f = ((ssr_s - ssr_b) / (df_s - df_b)) / (ssr_b / df_b) if ssr_b > 0 else math.inf
+        tests.append({"f": f, "p_value": f_sf(f, df_s - df_b, df_b) if math.isfinite(f) else 0.0,
+                      "df_diff": df_s - df_b, "df_resid": (df_s, df_b), "ssr": (ssr_s, ssr_b),
+                      "added": [n for n in b["names"] if n not in s["names"]]})
+    return tests
+
+
+def compare_text(big: dict[str, Any], small: dict[str, Any], *, big_name: str,
+                 small_name: str) -> str:
+    """:func:`nested_f_tests` as statsmodels' ``anova_lm`` table, per target."""
+    lines = []
+    for target, test in zip(big["targets"], nested_f_tests(big, small, big_name=big_name,
+                                                             small_name=small_name)):
+        (df_s, df_b), (ssr_s, ssr_b), added = test["df_resid"], test["ssr"], test["added"]
+        lines += [f"target {target!r}: F test of {big_name} against {small_name} "
+                  f"(statsmodels' compare_f_test)",
+                  f"  {'model':<30}{'df_resid':>10}{'ssr':>14}{'df_diff':>9}{'F':>12}"
+                  f"{'Pr(>F)':>12}",
+                  f"  {small_name[-30:]:<30}{df_s:>10,}{_num(ssr_s):>14}",
+                  f"  {big_name[-30:]:<30}{df_b:>10,}{_num(ssr_b):>14}{test['df_diff']:>9}"
+                  f"{_num(test['f']):>12}{_num(test['p_value'], 3):>12}",
+                  f"  the terms {big_name} adds: {', '.join(added[:10])}"
+                  f"{', ...' if len(added) > 10 else ''}", ""]
+    return "\n".join(lines)
+
+
+def _residual_block(entry: dict[str, Any]) -> list[str]:
+    """statsmodels' block under the coefficients: the residuals' normality and correlation."""
+    pairs = [("Omnibus", "omnibus", "Durbin-Watson", "durbin_watson"),
+             ("Prob(Omnibus)", "omnibus_p_value", "Jarque-Bera (JB)", "jarque_bera"),
+             ("Skew", "skew", "Prob(JB)", "jarque_bera_p_value"),
+             ("Kurtosis", "kurtosis", "Cond. No.", "condition_number")]
+    if "skew" not in entry:
+        return []
+    return [f"{a + ':':<16}{_num(entry.get(ka)):>20}    {b + ':':<18}{_num(entry.get(kb)):>12}"
+            for a, ka, b, kb in pairs]
+
+
 def _num(v: Any, digits: int = 4) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, int):
         return f"{v:,}"
     return f"{v:.{digits}g}"
+
+
+# ----------------------------------------------------------------------------- diagnostics
+
+INFLUENTIAL = 10  # the rows with the largest Cook's distance the summary lists
+
+
+@dataclass
+class Residuals:
+    """What the residual diagnostics need, gathered chunk by chunk in any order (streamed,
+    and rank by rank) and merged, per target: the central moments of the residuals (count,
+    mean, M2..M4, merged by Pébay's formulas), Durbin–Watson's numerator within runs of
+    consecutive rows and each run's ends (joined in row order at the end), and the rows with
+    the largest Cook's distance. Residuals and design rows are the whitened ones (√w·e, √w·z)
+    of a weighted fit, as statsmodels' diagnostics of WLS use."""
+
+    W: np.ndarray  # Pinv.W: leverage hᵢ = |zᵢ W|²
+    sigma2: np.ndarray  # σ̂² per target (Cook's distance)
+    k: int  # parameters (the rank): Cook's distance divides by it
+    n: int = 0
+    mean: np.ndarray | None = None
+    m: np.ndarray | None = None  # (3, targets): M2, M3, M4
+    dw: np.ndarray | None = None
+    runs: list[tuple[Any, Any, np.ndarray, np.ndarray]] = field(default_factory=list)
+    top: list[tuple[float, float, Any, int]] = field(default_factory=list)
+
+    def add(self, Z: np.ndarray, E: np.ndarray, rows: np.ndarray, key: Any = 0) -> None:
+        """One run of consecutive rows: design rows ``Z``, residuals ``E`` (rows, targets),
+        their row numbers ``rows`` (0-based, in their file ``key``)."""
+        if not len(E):
+            return
+        mean = E.mean(axis=0)
+        d = E - mean
+        m = np.stack([(d**2).sum(axis=0), (d**3).sum(axis=0), (d**4).sum(axis=0)])
+        self._merge(len(E), mean, m)
+        dw = ((E[1:] - E[:-1]) ** 2).sum(axis=0)
+        self.dw = dw if self.dw is None else self.dw + dw
+        self.runs.append(((key, int(rows[0])), (key, int(rows[-1])), E[0], E[-1]))
+        h = np.sum((Z @ self.W) ** 2, axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cooks = E**2 * (h / (1 - h) ** 2)[:, None] / (self.k * self.sigma2)
+        for t in range(E.shape[1]):
+            for i in np.argsort(-np.nan_to_num(cooks[:, t], nan=-1.0), kind="stable")[
+                    :INFLUENTIAL]:
+                self.top.append((float(cooks[i, t]), float(h[i]), (key, int(rows[i])), t))
+        self._trim()
+
+    def merge(self, other: Residuals) -> None:
+        if other.n:
+            self._merge(other.n, other.mean, other.m)
+            self.dw = other.dw if self.dw is None else self.dw + other.dw
+        self.runs += other.runs
+        self.top += other.top
+        self._trim()
+
+    def _merge(self, nb: int, mean_b: np.ndarray, mb: np.ndarray) -> None:
+        if not self.n:
+            self.n, self.mean, self.m = nb, mean_b, mb
+            return
+        na, ma = self.n, self.m
+        n, delta = na + nb, mean_b - self.mean
+        m2 = ma[0] + mb[0] + delta**2 * na * nb / n
+        m3 = (ma[1] + mb[1] + delta**3 * na * nb * (na - nb) / n**2
+              + 3 * delta * (na * mb[0] - nb * ma[0]) / n)
+        m4 = (ma[2] + mb[2] + delta**4 * na * nb * (na**2 - na * nb + nb**2) / n**3
+              + 6 * delta**2 * (na**2 * mb[0] + nb**2 * ma[0]) / n**2
+              + 4 * delta * (na * mb[1] - nb * ma[1]) / n)
+        self.n, self.mean, self.m = n, self.mean + delta * nb / n, np.stack([m2, m3, m4])
+
+    def _trim(self) -> None:
+        self.top.sort(key=lambda c: (-c[0] if math.isfinite(c[0]) else -math.inf, c[2]))
+        per: dict[int, int] = {}
+        kept = []
+        for c in self.top:
+            if per.get(c[3], 0) < INFLUENTIAL:
+                per[c[3]] = per.get(c[3], 0) + 1
+                kept.append(c)
+        self.top = kept
+
+    def durbin_watson(self, ssq: np.ndarray) -> np.ndarray:
+        """Σ(eₜ − eₜ₋₁)² / Σeₜ² over every row in order: the runs' own sums plus the steps
+        between one run's last row and the next run's first."""
+        total = self.dw.copy()
+        runs = sorted(self.runs, key=lambda r: r[0])
+        for a, b in zip(runs, runs[1:]):
+            total += (b[2] - a[3]) ** 2
+        return total / ssq
+
+
+def residual_diagnostics(res: Residuals, t: int) -> dict[str, Any]:
+    """statsmodels' summary figures of target ``t``'s residuals: Omnibus (D'Agostino's K²,
+    scipy's ``normaltest``) and its p-value, Jarque–Bera and its p-value, skew, kurtosis
+    (Pearson's, 3 for a normal), Durbin–Watson; and the rows with the largest Cook's distance."""
+    n = res.n
+    m2, m3, m4 = (res.m[k][t] / n for k in range(3))
+    skew = m3 / m2**1.5 if m2 > 0 else math.nan
+    kurt = m4 / m2**2 if m2 > 0 else math.nan
+    jb = n / 6 * (skew**2 + (kurt - 3) ** 2 / 4)
+    ssq = res.m[0][t] + n * res.mean[t] ** 2
+    out = {"skew": skew, "kurtosis": kurt, "jarque_bera": jb, "jarque_bera_p_value":
+           math.exp(-jb / 2), "durbin_watson": float(res.durbin_watson(
+               res.m[0] + n * res.mean**2)[t]) if ssq > 0 else math.nan}
+    if n >= 8:
+        k2 = _skew_z(skew, n) ** 2 + _kurtosis_z(kurt, n) ** 2
+        out.update(omnibus=k2, omnibus_p_value=math.exp(-k2 / 2))
+    many = any(key != 0 for _, _, (key, _), _ in res.top)  # rows of a dataset's files
+    out["influence"] = [{"row": row + 1, **({"file": key} if many else {}),
+                         "cooks_distance": c, "leverage": h}
+                        for c, h, (key, row), tt in res.top if tt == t]
+    return out
+
+
+def _skew_z(b2: float, n: int) -> float:
+    """scipy.stats.skewtest's z of a sample skewness ``b2`` of ``n`` values."""
+    y = b2 * math.sqrt((n + 1) * (n + 3) / (6.0 * (n - 2)))
+    beta2 = (3.0 * (n**2 + 27 * n - 70) * (n + 1) * (n + 3)
+             / ((n - 2.0) * (n + 5) * (n + 7) * (n + 9)))
+    w2 = -1 + math.sqrt(2 * (beta2 - 1))
+    delta = 1 / math.sqrt(0.5 * math.log(w2))
+    alpha = math.sqrt(2.0 / (w2 - 1))
+    y = 1.0 if y == 0 else y
+    return delta * math.log(y / alpha + math.sqrt((y / alpha) ** 2 + 1))
+
+
+def _kurtosis_z(b2: float, n: int) -> float:
+    """scipy.stats.kurtosistest's z of a sample (Pearson) kurtosis ``b2`` of ``n`` values."""
+    e = 3.0 * (n - 1) / (n + 1)
+    varb2 = 24.0 * n * (n - 2) * (n - 3) / ((n + 1) * (n + 1.0) * (n + 3) * (n + 5))
+    x = (b2 - e) / math.sqrt(varb2)
+    sqrtbeta1 = 6.0 * (n * n - 5 * n + 2) / ((n + 7) * (n + 9)) * math.sqrt(
+        (6.0 * (n + 3) * (n + 5)) / (n * (n - 2) * (n - 3)))
+    a = 6.0 + 8.0 / sqrtbeta1 * (2.0 / sqrtbeta1 + math.sqrt(1 + 4.0 / sqrtbeta1**2))
+    term1 = 1 - 2 / (9.0 * a)
+    denom = 1 + x * math.sqrt(2 / (a - 4.0))
+    if denom == 0:
+        return math.nan
+    term2 = math.copysign(((1 - 2.0 / a) / abs(denom)) ** (1 / 3.0), denom)
+    return (term1 - term2) / math.sqrt(2 / (9.0 * a))
+
+
+def vif(R: np.ndarray, gram_inv: np.ndarray, n: int, *, bias: bool) -> list[float | None]:
+    """statsmodels' ``variance_inflation_factor`` of each feature (not the intercept): 1/(1 −
+    R²ⱼ) of the column regressed on the others, = (its centred sum of squares) × (ZᵀZ)⁻¹ⱼⱼ
+    from R alone (uncentred without an intercept, as statsmodels' R² is)."""
+    G = R.T @ R
+    out = []
+    for j in range(1 if bias else 0, G.shape[0]):
+        ss = G[j, j] - (G[0, j] ** 2 / n if bias else 0.0)
+        value = ss * gram_inv[j, j]
+        out.append(float(value) if math.isfinite(value) and value > 0 else None)
+    return out

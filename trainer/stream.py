@@ -17,7 +17,8 @@ when the rank's share fits ``--max-memory`` (read once, then kept).
    a bounded shuffle buffer over chunks taken in a seeded order; every rank runs the same
    number of steps, each rank's loss weighted by its share of the step's rows.
 4. **Metrics** at any parameters from the R factors (the residuals' norm is ‖R·M‖): no pass.
-   Only robust covariances (HC0-HC3) read the rows once more, for their per-row weights.
+   The statistics read the rows once more, at the saved parameters: the residual diagnostics
+   (moments, Durbin–Watson, Cook's distance) and, for HC0-HC3, their per-row weights.
 
 This module holds the rows (:class:`Rows`), the scan and its :class:`Summary`, the encoding
 pass and the metrics; the R factor's arithmetic is :mod:`trainer.tsqr`.
@@ -40,6 +41,8 @@ from trainer.distributed import Group
 from trainer.tsqr import Moments, Tsqr, moments_from_r, without_constant
 
 Pair = tuple[np.ndarray, np.ndarray]  # X (rows, features), Y (rows, targets), float64
+# One chunk: train rows, validation rows, the train rows' weights, (file, their rows in it)
+Item = tuple[Pair, Pair, "np.ndarray | None", tuple[int, np.ndarray]]
 
 
 class Rows:
@@ -61,16 +64,16 @@ class Rows:
         # --missing-target drop: a row whose target is blank is left out (and counted, per pass)
         self.blanks = targets if missing_target == "drop" else []
         self.dropped = 0
-        self._kept: list[tuple[Pair, Pair, np.ndarray | None]] | None = None
+        self._kept: list[Item] | None = None
 
-    def split(self, order: list[Part] | None = None
-               ) -> Iterator[tuple[Pair, Pair, np.ndarray | None]]:
-        """(train rows, validation rows, the train rows' weights or None) chunk by chunk."""
+    def split(self, order: list[Part] | None = None) -> Iterator[Item]:
+        """(train rows, validation rows, the train rows' weights or None, where the train rows
+        are: their file and 0-based rows in it) chunk by chunk."""
         p, t = len(self.features), len(self.targets)
         if self._kept is not None:
             yield from self._kept
             return
-        kept: list[tuple[Pair, Pair, np.ndarray | None]] = []
+        kept: list[Item] = []
         numbers = self.targets + ([self.weight] if self.weight else [])
         if self.specs is None:
             chunks = self.ds.chunks(order or self.parts, self.features + numbers,
@@ -85,18 +88,21 @@ class Rows:
             if self.weight:
                 self._check_weights(chunk)
             keep = self._with_target(chunk)
-            if keep is not None and is_val is not None:
-                is_val = is_val[keep]
+            where = np.arange(chunk.first_row, chunk.first_row + len(chunk))
+            if keep is not None:
+                where = where[keep]
+                if is_val is not None:
+                    is_val = is_val[keep]
             if self.specs is not None:
                 v = self._encoded(chunk, keep)
             else:
                 v = chunk.values if keep is None else chunk.values[keep]
             if is_val is not None:
-                train, val = v[~is_val], v[is_val]
+                train, val, where = v[~is_val], v[is_val], where[~is_val]
             else:
                 train, val = v, v[:0]
             item = ((train[:, :p], train[:, p:p + t]), (val[:, :p], val[:, p:p + t]),
-                    train[:, p + t] if self.weight else None)
+                    train[:, p + t] if self.weight else None, (chunk.file, where))
             if self.cache and order is None:
                 kept.append(item)
             yield item
@@ -143,15 +149,23 @@ class Rows:
                             "must be >= 0")
 
     def train(self, order: list[Part] | None = None) -> Iterator[Pair]:
-        for pair, _, _ in self.split(order):
+        for pair, *_ in self.split(order):
             if len(pair[0]):
                 yield pair
 
     def weighted_train(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """The train rows with their weights (ones without ``--sample-weight``)."""
-        for (X, Y), _, w in self.split():
+        for (X, Y), _, w, _ in self.split():
             if len(X):
                 yield X, Y, np.ones(len(X)) if w is None else w
+
+    def located_train(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, int,
+                                              np.ndarray]]:
+        """The train rows with their weights (ones without ``--sample-weight``), their file
+        and their 0-based rows in it."""
+        for (X, Y), _, w, (file, rows) in self.split():
+            if len(X):
+                yield X, Y, np.ones(len(X)) if w is None else w, file, rows
 
     def validation(self) -> Iterator[Pair]:
         if self.val is not None:
@@ -159,7 +173,7 @@ class Rows:
             return
         if not self.val_fraction:  # no split: no pass
             return
-        for _, pair, _ in self.split():
+        for _, pair, *_ in self.split():
             if len(pair[0]):
                 yield pair
 
@@ -170,7 +184,7 @@ class Rows:
             items = (self._kept[i] for i in rng.permutation(len(self._kept)))
         else:
             items = self.split([self.parts[i] for i in rng.permutation(len(self.parts))])
-        for (X, Y), _, w in items:
+        for (X, Y), _, w, _ in items:
             if len(X):
                 yield (X, Y) if w is None else (X, np.column_stack([Y, w]))
 
@@ -223,7 +237,7 @@ def scan(rows: Rows, group: Group, *, bias: bool) -> Summary:
     train, val, plain = Tsqr(width), Tsqr(width), Tsqr(width)
     log_w, zeros, switch = 0.0, 0, False
     try:
-        for (X, Y), (Xv, Yv), w in read_ahead(rows.split()):
+        for (X, Y), (Xv, Yv), w, _ in read_ahead(rows.split()):
             if w is None:
                 train.add(X, Y)
             elif len(X):  # weighted least squares: rows scaled by √w (as statsmodels' WLS)
@@ -298,19 +312,33 @@ def standardization(summary: Summary, config: TrainConfig):
 # ------------------------------------------------------------------ 2. exact least squares
 
 
-def meat_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
-              bias: bool, cov_type: str, pinv: Any) -> np.ndarray:
-    """The robust covariance's Σ ωᵢ zᵢzᵢᵀ per target (:func:`trainer.stats.robust_meat`),
-    summed over every rank's train rows: the one pass HC0-HC3 need beyond the fit."""
+def residual_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Group, *,
+                  bias: bool, residuals: Any, cov_type: str = "nonrobust",
+                  pinv: Any = None) -> tuple[Any, np.ndarray | None]:
+    """The one pass after the fit, over every rank's train rows at the saved parameters: the
+    residual diagnostics' sums (:class:`trainer.stats.Residuals`, merged; a chunk is a run of
+    consecutive rows of its file, Durbin–Watson joins the runs in file and row order) and, for
+    a robust covariance, its Σ ωᵢ zᵢzᵢᵀ per target (:func:`trainer.stats.robust_meat`)."""
     from trainer.stats import robust_meat
 
     t, p = len(rows.targets), len(rows.features) + int(bias)
-    meat = np.zeros((t, p, p))
-    for X, Y, w in rows.weighted_train():
+    meat = np.zeros((t, p, p)) if cov_type != "nonrobust" else None
+    for X, Y, w, file, where in rows.located_train():
         Z = np.hstack([np.ones((len(X), 1)), X]) if bias else X
         root = np.sqrt(w)[:, None]
-        meat += robust_meat(Z * root, (Y - (X @ coef.T + intercept)) * root, cov_type, pinv)
-    return group.sum(meat.ravel()).reshape(meat.shape)
+        Zw, Ew = Z * root, (Y - (X @ coef.T + intercept)) * root
+        residuals.add(Zw, Ew, where, key=file)
+        if meat is not None:
+            meat += robust_meat(Zw, Ew, cov_type, pinv)
+    merged = None
+    for part in group.gather_object(residuals):
+        if merged is None:
+            merged = part
+        else:
+            merged.merge(part)
+    if meat is not None:
+        meat = group.sum(meat.ravel()).reshape(meat.shape)
+    return merged, meat
 
 
 # ------------------------------------------------------------------ 3. SGD

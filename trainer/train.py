@@ -81,12 +81,20 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
         start = warm_start(init_from, data.feature_names, data.target_names, config) \
             if init_from is not None else None
+        file_rows = data.rows_in_file(train_idx)  # the folds and the diagnostics follow them
+        cv = None
+        if config.cv:  # --cv K: α from the grid, by the folds of the training rows
+            from trainer.cv import choose_alpha
+
+            config, cv = choose_alpha([(X, Y, np.ones(len(X)) if weights is None else weights, 0,
+                                        file_rows)], config, X.shape[1])
         result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
                      checkpoint=checkpoint, log=log, progress=progress)
 
         stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
                           names=data.feature_names, cov_type=cov, confidence=confidence,
-                          penalized=not_least_squares(config), weights=weights)
+                          penalized=not_least_squares(config), weights=weights,
+                          rows=file_rows)
         metrics = _metrics(data, result, config, train_idx, val_idx)
         # (sgd_distance also records SGD's distance from the optimum in ``metrics``)
         warnings = [*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
@@ -98,7 +106,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
 
             pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
                                 data.Y[val_idx], result.coef_, result.intercept_, config.bias,
-                                data.feature_names, data.target_names, result.best_epoch)
+                                data.feature_names, data.target_names, result.best_epoch,
+                                cv=cv)
         manifest = write_folder(
             out, force=force, result=result, config=config, features=data.feature_names,
             targets=data.target_names, columns=data.columns, encoding=encoding,
@@ -109,7 +118,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 "train_rows": int(len(train_idx)),
                 "validation_rows": int(len(val_idx)),
                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
-                "sample_weight": sample_weight}, plots=pictures)
+                "sample_weight": sample_weight}, plots=pictures,
+            training={"cv": cv} if cv else None)
     return out, manifest
 
 
@@ -267,7 +277,9 @@ def _manifest_of(result: FitResult, config: TrainConfig, name: str, features: li
         if columns else None,
         "normalization": std,
         "data": data,
-        "training": {**result.config, "device": result.device, "epochs_run": result.epochs_run,
+        "training": {**result.config, **({"huber_scale": result.huber_scale.tolist()}
+                                         if result.huber_scale is not None else {}),
+                     "device": result.device, "epochs_run": result.epochs_run,
                      "best_epoch": result.best_epoch, "stopped": result.stopped,
                      "seconds": round(result.seconds, 4), "torch_version": torch.__version__,
                      **training},

@@ -120,6 +120,11 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         _check_scan(summary, len(rows.features) + int(config.bias), val_fraction=val_fraction,
                     weighted=sample_weight is not None)
         features = rows.features
+        cv = None
+        if config.cv:  # --cv K: α from the grid, by the folds of the training rows (a pass)
+            from trainer.cv import choose_alpha
+
+            config, cv = choose_alpha(rows.located_train(), config, len(features), group)
         # 3. The fit: exact from R, or SGD through the one loop.
         exact = _exact_from_r(summary, config, len(features), weighted=sample_weight is not None)
         result, sse = _fit(rows, summary, exact, config, group, init_from=init_from, log=log,
@@ -137,7 +142,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             return out, None
         # 5. Rank 0 writes the artifact folder, atomically (--plot: the history, and the data
         # plots drawn from a sample of rank 0's first rows).
-        pictures = _streamed_plots(rows, result, config) if plot else None
+        pictures = _streamed_plots(rows, result, config, cv) if plot else None
         columns = specs if specs is not None and not is_plain(specs) else None
         manifest = write_folder(
             out, force=force, result=result, config=config, features=features, targets=targets,
@@ -147,7 +152,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
             training={"streamed": {"batch_rows": batch_rows, "kept_in_memory": rows.cache,
                                    "passes": passes, "world_size": group.world,
                                    "backend": group.backend,
-                                   "rows_per_rank": summary.train_rows}}, plots=pictures)
+                                   "rows_per_rank": summary.train_rows},
+                      **({"cv": cv} if cv else {})}, plots=pictures)
         return out, manifest
 
 
@@ -178,7 +184,17 @@ def _fit(rows: Any, summary: Any, exact: tuple[np.ndarray, np.ndarray] | None,
     from trainer.streamed_sgd import sgd
 
     start = time.perf_counter()
-    if config.solver == "lstsq":
+    if config.huber_epsilon is not None:  # HuberRegressor: L-BFGS-B, a pass an evaluation
+        from trainer.solvers import huber
+
+        coef, intercept, scale = huber(
+            rows.weighted_train, n_features=len(rows.features), n_targets=len(rows.targets),
+            bias=config.bias, epsilon=config.huber_epsilon,
+            alpha=config.alpha if config.penalty == "l2" else 0.0, total=group.sum)
+        result, sse = _exact_result((coef, intercept), summary, config, len(rows.targets),
+                                    str(group.device))
+        result.huber_scale = scale
+    elif config.solver == "lstsq":
         result, sse = _exact_result(exact, summary, config, len(rows.targets), str(group.device))
     else:
         start_at = warm_start(init_from, rows.features, rows.targets, config) \
@@ -326,9 +342,9 @@ def _metrics_from_r(summary: Any, result: FitResult, sse: np.ndarray,
 def _streamed_statistics(rows: Any, summary: Any, result: FitResult, sse: np.ndarray,
                          config: TrainConfig, group: Any, *, cov: str, confidence: float) -> Any:
     """The statistics at the saved parameters: the design's R and the residual sums from the
-    scan, and (robust covariances only) one more pass for the meat."""
+    scan, and one more pass for the residual diagnostics (and a robust covariance's meat)."""
     from trainer.stats import Sufficient, statistics
-    from trainer.stream import meat_pass
+    from trainer.stream import residual_pass
     from trainer.tsqr import design_r, sse_from_r
 
     p, bias = len(rows.features), config.bias
@@ -339,9 +355,9 @@ def _streamed_statistics(rows: Any, summary: Any, result: FitResult, sse: np.nda
         if rows.weight is not None:  # weighted least squares: Σw·e² and Σw·(y − ȳ_w)²
             suff.ssr = sse_from_r(summary.R, result.coef_, result.intercept_, bias=bias)
             suff.tss, suff.log_weights = summary.y_w.m2, summary.log_weights
-        if cov != "nonrobust":
-            suff.meat = meat_pass(rows, result.coef_, result.intercept_, group, bias=bias,
-                                  cov_type=cov, pinv=suff.pinv())
+        suff.residuals, suff.meat = residual_pass(
+            rows, result.coef_, result.intercept_, group, bias=bias,
+            residuals=suff.residual_pass(), cov_type=cov, pinv=suff.pinv())
         return suff
 
     return statistics(gather, result.coef_, result.intercept_, bias=bias, names=rows.features,
@@ -350,7 +366,8 @@ def _streamed_statistics(rows: Any, summary: Any, result: FitResult, sse: np.nda
                       n_rows=int(summary.x.n))
 
 
-def _streamed_plots(rows: Any, result: FitResult, config: TrainConfig) -> Any:
+def _streamed_plots(rows: Any, result: FitResult, config: TrainConfig,
+                    cv: dict | None = None) -> Any:
     """--plot of a streamed fit: the history, and the data plots from a sample of this rank's
     first rows."""
     from trainer.plots import PlotData
@@ -360,7 +377,7 @@ def _streamed_plots(rows: Any, result: FitResult, config: TrainConfig) -> Any:
                         for chunks in (rows.train(), rows.validation()))
     return PlotData(result.history, result.history_columns, X, Y, Xv, Yv, result.coef_,
                     result.intercept_, config.bias, rows.features, rows.targets,
-                    result.best_epoch)
+                    result.best_epoch, cv=cv)
 
 
 PLOT_SAMPLE_ROWS = 10_000  # the rows a streamed fit's data plots draw

@@ -79,15 +79,22 @@ export function readContract(modelBytes) {
   };
 }
 
-/** Rows (arrays in feature order, or objects keyed by feature name) as one flat typed array. */
-export function toTensorData(rows, contract) {
+/** Rows (arrays in feature order, or objects keyed by feature name) as one flat typed array.
+ *  A cell that is not a finite number is an error, unless `nanRows` (a Set) is given: the
+ *  row is then added to it and its cell fed as 0 (`onUnknown: 'nan'`). */
+export function toTensorData(rows, contract, nanRows = null) {
   if (!Array.isArray(rows) || rows.length === 0) throw new Error('expected a non-empty array of rows');
   const n = contract.features.length;
   const data = contract.dtype === 'float64' ? new Float64Array(rows.length * n) : new Float32Array(rows.length * n);
   rowValues(rows, contract).forEach((values, r) => {
     values.forEach((v, c) => {
       if (typeof v !== 'number' || !Number.isFinite(v)) {
-        throw new Error(`row ${r + 1}, column '${contract.features[c]}': ${JSON.stringify(v)} is not a finite number`);
+        if (nanRows && (v === null || typeof v === 'number')) {
+          nanRows.add(r);
+          v = 0;
+        } else {
+          throw new Error(`row ${r + 1}, column '${contract.features[c]}': ${JSON.stringify(v)} is not a finite number`);
+        }
       }
       data[r * n + c] = v;
     });
@@ -117,19 +124,33 @@ function levelText(v) {
   throw new Error(`${JSON.stringify(v)} is not a level`);
 }
 
+const POLICIES = [undefined, 'error', 'nan', 'reference'];
+
 /** The session's feeds for rows: one `features` tensor, or for a tabular model one [rows, 1]
  *  tensor per raw column (strings for categorical columns, NaN for a numeric blank; a text
- *  among the model's NA tokens is a blank). Cells the
- *  model cannot take (a blank with no fill, a level not seen in training) are errors naming
- *  the row and column, as in linreg's Python runtime. */
+ *  among the model's NA tokens is a blank). Cells the model cannot take (a blank with no fill,
+ *  a level not seen in training) are errors naming the row and column, as in linreg's Python
+ *  runtime; see `prepareFeeds` for the other policies. */
 export function toFeeds(rows, contract, Tensor) {
+  return prepareFeeds(rows, contract, Tensor).feeds;
+}
+
+/** `{feeds, nanRows}` under a per-call policy for the cells the model cannot take, as linreg's
+ *  `Predictor.predict(rows, on_unknown=...)`: `undefined` keeps the model's own (its
+ *  `unknown`), 'error' refuses an unseen level whatever the model says, 'nan' feeds such a row
+ *  harmless values and lists it in `nanRows` (a Set: set its predictions NaN after the run,
+ *  `withNanRows`), 'reference' predicts an unseen level as its column's reference level. */
+export function prepareFeeds(rows, contract, Tensor, onUnknown = undefined) {
+  if (!POLICIES.includes(onUnknown)) throw new Error(`onUnknown ${JSON.stringify(onUnknown)}: use error, nan or reference`);
+  const nanRows = new Set();
   if (!contract.columns) {
-    const data = toTensorData(rows, contract);
-    return { features: new Tensor(contract.dtype, data, [rows.length, contract.features.length]) };
+    const data = toTensorData(rows, contract, onUnknown === 'nan' ? nanRows : null);
+    return { feeds: { features: new Tensor(contract.dtype, data, [rows.length, contract.features.length]) }, nanRows };
   }
   if (!Array.isArray(rows) || rows.length === 0) throw new Error('expected a non-empty array of rows');
   const all = rowValues(rows, contract);
   const feeds = {};
+  const fix = '; --on-unknown reference predicts it as the reference level, --on-unknown nan gives the row NaN';
   contract.columns.forEach((col, c) => {
     const where = (r) => `row ${r + 1}, column '${col.name}'`;
     if (col.kind === 'categorical') {
@@ -137,11 +158,19 @@ export function toFeeds(rows, contract, Tensor) {
       const data = all.map((values, r) => {
         const text = levelText(values[c]);
         const level = contract.naValues.has(text) ? '' : text;
-        if (!known.has(level) && col.unknown === 'error') {
-          throw new Error(level === '' ? `${where(r)}: missing value; no blanks were seen here in training`
-            : `${where(r)}: level ${JSON.stringify(level)} was not seen in training (known: ${col.levels.slice(0, 10).map((l) => JSON.stringify(l)).join(', ')})`);
+        if (known.has(level)) return level;
+        const policy = onUnknown ?? (col.unknown === 'error' ? 'error' : 'model');
+        if (policy === 'nan') {
+          nanRows.add(r);
+          return col.levels[0];
         }
-        return level;
+        if (policy === 'reference' && (col.reference === null || col.reference === undefined)) {
+          throw new Error(`${where(r)}: level ${JSON.stringify(level)} was not seen in training; onUnknown 'reference' needs a reference level, and '${col.name}' has none (the model has no intercept)`);
+        }
+        if (policy === 'reference') return col.reference;
+        if (policy === 'model') return level; // the graph predicts it as the reference level
+        throw new Error(level === '' ? `${where(r)}: missing value; no blanks were seen here in training${fix}`
+          : `${where(r)}: level ${JSON.stringify(level)} was not seen in training (known: ${col.levels.slice(0, 10).map((l) => JSON.stringify(l)).join(', ')})${fix}`);
       });
       feeds[col.name] = new Tensor('string', data, [rows.length, 1]);
       return;
@@ -151,10 +180,19 @@ export function toFeeds(rows, contract, Tensor) {
       let v = values[c];
       if (v === null || v === undefined || v === '' || (typeof v === 'number' && Number.isNaN(v))
           || (typeof v === 'string' && contract.naValues.has(v))) {
-        if (col.fill === null || col.fill === undefined) throw new Error(`${where(r)}: missing value; this model was trained without --impute`);
-        v = NaN;
+        if (col.fill === null || col.fill === undefined) {
+          if (onUnknown !== 'nan') throw new Error(`${where(r)}: missing value; this model was trained without --impute (--on-unknown nan gives such a row NaN)`);
+          nanRows.add(r);
+          v = 0;
+        } else {
+          v = NaN;
+        }
       } else if (typeof v === 'string' && v.trim() !== '' && Number.isFinite(Number(v))) {
         v = Number(v);
+      }
+      if (typeof v === 'number' && onUnknown === 'nan' && !Number.isNaN(v) && !Number.isFinite(v)) {
+        nanRows.add(r);
+        v = 0;
       }
       if (typeof v !== 'number' || (!Number.isNaN(v) && !Number.isFinite(v))) {
         throw new Error(`${where(r)}: ${JSON.stringify(values[c])} is not a finite number`);
@@ -163,7 +201,16 @@ export function toFeeds(rows, contract, Tensor) {
     });
     feeds[col.name] = new Tensor(contract.dtype, data, [rows.length, 1]);
   });
-  return feeds;
+  return { feeds, nanRows };
+}
+
+/** The outputs with NaN in the rows of `nanRows` (every column of each output tensor). */
+export function withNanRows(outputs, nanRows) {
+  for (const tensor of Object.values(outputs)) {
+    const cols = tensor.dims[1];
+    for (const r of nanRows) tensor.data.fill(NaN, r * cols, (r + 1) * cols);
+  }
+  return outputs;
 }
 
 /** The output tensor as one array of target values per row. */

@@ -3,6 +3,7 @@
 //
 //   node predict.mjs MODEL.onnx '[[1.0, 2.0, 3.0]]'
 //   echo '[{"x0": 1, "x1": 2, "x2": 3}]' | node predict.mjs MODEL.onnx
+//   node predict.mjs MODEL.onnx ROWS_JSON --on-unknown nan   # or error, reference
 //
 // Rows are arrays in feature order or objects keyed by feature name; the feature names, target
 // names and dtype come from the model's own metadata. A tabular model (categorical columns,
@@ -11,7 +12,7 @@
 // prediction_lower/upper and mean_lower/upper for a model exported with --intervals.
 import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
-import { readContract, toFeeds, toRows } from '../js/onnx-metadata.mjs';
+import { prepareFeeds, readContract, toRows, withNanRows } from '../js/onnx-metadata.mjs';
 
 async function readStdin() {
   const chunks = [];
@@ -20,8 +21,11 @@ async function readStdin() {
 }
 
 async function main() {
-  const [modelPath, rowsArg] = process.argv.slice(2);
-  if (!modelPath) throw new Error('usage: node predict.mjs MODEL.onnx [ROWS_JSON]  (rows on stdin if omitted)');
+  const args = process.argv.slice(2);
+  const at = args.indexOf('--on-unknown');
+  const onUnknown = at >= 0 ? args.splice(at, 2)[1] : undefined;
+  const [modelPath, rowsArg] = args;
+  if (!modelPath) throw new Error('usage: node predict.mjs MODEL.onnx [ROWS_JSON] [--on-unknown error|nan|reference]  (rows on stdin if omitted)');
   const bytes = await readFile(modelPath);
   const contract = readContract(bytes);
   let rows;
@@ -30,9 +34,12 @@ async function main() {
   } catch (e) {
     throw new Error(`rows are not valid JSON (${e.message})`);
   }
-  const feeds = toFeeds(rows, contract, ort.Tensor);
+  const { feeds, nanRows } = prepareFeeds(rows, contract, ort.Tensor, onUnknown);
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ['cpu'] });
-  const outputs = await session.run(feeds);
+  const outputs = withNanRows(await session.run(feeds), nanRows);
+  if (nanRows.size) {
+    console.error(`linreg-node-predict: warning: ${nanRows.size} of ${rows.length} row(s) could not be predicted (a level not seen in training, or a blank with no fill): their predictions are null (--on-unknown nan)`);
+  }
   const result = { features: contract.features, targets: contract.targets, predictions: toRows(outputs.prediction) };
   // A model exported with --intervals has four more outputs, shaped like the prediction.
   for (const name of ['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper']) {

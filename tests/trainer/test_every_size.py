@@ -3,7 +3,9 @@ streamed in small chunks past ``--max-memory``, and over 2 processes, gives the 
 exact solvers to 1e-10 in float64, full-batch SGD to summation order, statistics to 1e-8.
 
 Flags that watch validation rows compare the streamed runs only: in memory ``--val-fraction``
-draws row indices, streamed it hashes (file, row) — other rows, by design (see README)."""
+draws row indices, streamed it hashes (file, row) — other rows, by design (see README); so do
+``--cv``'s folds, which hash (file, row) at every size: one file and four files of the same rows
+are other folds."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ MATRIX = {
         [*EXACT, "--penalty", "elasticnet", "--alpha", "0.05", "--standardize"], 1e-8, False,
         True),
     "lstsq --no-bias": ([*EXACT, "--no-bias"], 1e-10, True, True),
+    "lstsq --penalty l1 --cv 3": ([*EXACT, "--penalty", "l1", "--cv", "3", "--alpha",
+                                   "0.001,0.01,0.1"], 1e-9, False, False),
     "categorical + --impute median": ([*EXACT, "--categorical", "city", "--impute", "median"],
                                       1e-10, True, True),
     "sgd full batch": ([*SGD, "--batch-size", "0"], 1e-9, False, True),

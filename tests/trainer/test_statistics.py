@@ -128,7 +128,7 @@ def test_summary_at_training_and_later(tmp_path, data):
     lines = res.output.splitlines()
     assert lines[0].startswith("====") and "covariance                 nonrobust" in res.output
     header = next(line for line in lines if "std err" in line)
-    assert header.split() == ["coef", "std", "err", "t", "P>|t|", "[0.05", "0.95]"]
+    assert header.split() == ["coef", "std", "err", "t", "P>|t|", "[0.05", "0.95]", "VIF"]
     assert any(line.startswith("Intercept ") for line in lines)
     later = CliRunner().invoke(summary_main, [str(tmp_path / "m")])
     assert later.exit_code == 0 and later.output.rstrip("\n") == res.output.rstrip("\n")

@@ -863,11 +863,12 @@ def test_a_streamed_weighted_fit_logs_the_in_memory_lines(shards, tmp_path, obje
 
 
 @pytest.mark.parametrize("extra, passes", [
-    ([], 1), (["--val-fraction", "0.2"], 1), (["--sample-weight", "w"], 1),
-    (["--cov", "HC3"], 2), (["--impute", "mean"], 2)])
+    ([], 2), (["--val-fraction", "0.2"], 2), (["--sample-weight", "w"], 2),
+    (["--cov", "HC3"], 2), (["--impute", "mean"], 3)])
 def test_a_streamed_exact_fit_reads_the_data_once(shards, tmp_path, extra, passes):
     """The scan gives the fit, its metrics (train and validation) and its statistics from R;
-    only an encoding (one pass before) and a robust covariance (one pass after) read more."""
+    one more pass reads the residuals at the fit for the diagnostics (and a robust
+    covariance's meat, in the same pass); an encoding reads once before."""
     folder = _weighted_shards(shards[0])
     weights = extra if "--sample-weight" in extra else ["--exclude", "w", *extra]
     train(folder, "--solver", "lstsq", "--target", "y", "--batch-rows", "500", "--max-memory",
