@@ -619,8 +619,12 @@ class Residuals:
         with np.errstate(divide="ignore", invalid="ignore"):
             cooks = E**2 * (h / (1 - h) ** 2)[:, None] / (self.k * self.sigma2)
         for t in range(E.shape[1]):
-            for i in np.argsort(-np.nan_to_num(cooks[:, t], nan=-1.0), kind="stable")[
-                    :INFLUENTIAL]:
+            score = -np.nan_to_num(cooks[:, t], nan=-1.0)
+            if len(score) > INFLUENTIAL:  # the largest few without sorting the chunk
+                score_at = np.argpartition(score, INFLUENTIAL)[:INFLUENTIAL]
+            else:
+                score_at = np.arange(len(score))
+            for i in score_at:
                 self.top.append((float(cooks[i, t]), float(h[i]), (key, int(rows[i])), t))
         self._trim()
 

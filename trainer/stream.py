@@ -323,7 +323,7 @@ def residual_pass(rows: Rows, coef: np.ndarray, intercept: np.ndarray, group: Gr
 
     t, p = len(rows.targets), len(rows.features) + int(bias)
     meat = np.zeros((t, p, p)) if cov_type != "nonrobust" else None
-    for X, Y, w, file, where in rows.located_train():
+    for X, Y, w, file, where in read_ahead(rows.located_train()):  # parse while computing
         Z = np.hstack([np.ones((len(X), 1)), X]) if bias else X
         root = np.sqrt(w)[:, None]
         Zw, Ew = Z * root, (Y - (X @ coef.T + intercept)) * root
