@@ -137,6 +137,21 @@ def test_node_takes_the_per_call_policy_as_python_does(policy):
     assert warned == (policy == "nan")
 
 
+# A --formula model (tests/fixtures/make_models.py FORMULA): raw columns in, the formula inside.
+FORMULA_ROWS = [{"city": "Paris", "x2": 0.5}, {"city": "Rome", "x2": -1.25},
+                {"city": "Lyon", "x2": 2.0}]
+
+
+def test_node_runs_a_formula_model_as_python_does():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "formula" / "model.onnx"), json.dumps(FORMULA_ROWS)],
+                         capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    want = Predictor.load(MODELS / "formula").predict(FORMULA_ROWS)
+    np.testing.assert_allclose(json.loads(res.stdout)["predictions"], want, rtol=1e-12)
+
+
 def test_node_prints_the_intervals_of_a_model_that_has_them():
     need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
     rows = [r if isinstance(r, dict) else dict(zip(["city", "x1", "x2"], r))
@@ -234,6 +249,16 @@ def test_browser_page_reads_na_as_a_blank(site):
     assert '<body data-state="done">' in dom, dom[-3000:]
     got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
     want = Predictor.load(MODELS / "rstyle").predict([{"city": None, "x1": None, "x2": 0.5}])
+    np.testing.assert_allclose(got, want[0], rtol=1e-12)
+
+
+def test_browser_page_runs_a_formula_model(site):
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    dom = _dom(f"{site}/web/index.html?model=/models/formula/model.onnx&row=Lyon,2")
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    got = json.loads(dom.split('data-predictions="')[1].split('"')[0].replace("&quot;", '"'))
+    want = Predictor.load(MODELS / "formula").predict([{"city": "Lyon", "x2": 2.0}])
     np.testing.assert_allclose(got, want[0], rtol=1e-12)
 
 

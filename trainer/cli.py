@@ -73,6 +73,11 @@ def _range(name: str) -> click.ParamType:
 @click.option("--reference", "reference", multiple=True, metavar="COLUMN=LEVEL",
               help="A categorical column's reference level (repeatable), e.g. city=Paris. "
               "Default: the first level in sorted order.")
+@click.option("--formula", default=None, metavar="'Y ~ TERMS'",
+              help="The model as a formula (patsy's, as statsmodels takes it): numeric columns, "
+              "C(column), interactions a:b and a*b, I(...) arithmetic, np.log, np.log1p, "
+              "np.exp, np.sqrt, np.abs, center(), standardize(); -1 for no intercept. It is "
+              "compiled into model.onnx, which takes the raw columns.")
 @click.option("--na-values", "na_values", multiple=True, metavar="TEXT,...",
               help="Cell texts that mean a blank, in training and in the exported model "
               "(repeatable, or a,b; replaces the default; '' for none but the empty cell). "
@@ -187,7 +192,8 @@ def _range(name: str) -> click.ParamType:
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
                missing_indicator: bool, max_levels: int, unknown: str,
-               reference: tuple[str, ...], na_values: tuple[str, ...], missing_target: str,
+               reference: tuple[str, ...], formula: str | None, na_values: tuple[str, ...],
+               missing_target: str,
                cov: str,
                confidence: float, summary: bool, optimizer: str, loss: str,
                huber_delta: float, huber_epsilon: float | None, penalty: str,
@@ -241,7 +247,7 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                                               missing_indicator, max_levels, unknown,
                                               missing_target, tuple(reference),
                                               tuple(_names(na_values)) if na_values
-                                              else NA_VALUES),
+                                              else NA_VALUES, formula),
                         cov=cov, confidence=confidence, sample_weight=sample_weight,
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)
@@ -312,7 +318,8 @@ def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
         folder, manifest = train(data, force=force, log=log, progress=fitting,
                                  read_progress=reading.to, **settings)
     if not quiet:
-        print_summary(folder, manifest, default_target=not settings["targets"])
+        print_summary(folder, manifest, default_target=not settings["targets"]
+                      and settings["encoding"].formula is None)
     if summary:
         from trainer.stats import summary_text
 
@@ -398,7 +405,8 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     if manifest is None:  # another rank than 0: rank 0 speaks
         return
     if not quiet:
-        print_summary(folder, manifest, default_target=not settings["targets"])
+        print_summary(folder, manifest, default_target=not settings["targets"]
+                      and settings["encoding"].formula is None)
     if summary:
         from trainer.stats import summary_text
 

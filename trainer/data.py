@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class TrainingData:
     weights: np.ndarray | None = None  # --sample-weight: one weight per row
     dropped: int = 0  # rows left out because their target is blank
     file_rows: np.ndarray | None = None  # each row's 0-based data row in the file (None: same)
+    formula: Any = None  # --formula: its design (trainer.formula.FormulaSpec)
 
     @property
     def n_rows(self) -> int:
@@ -197,3 +199,57 @@ def split_rows(n_rows: int, val_fraction: float | None,
                         "validation; need at least one row on each side")
     perm = np.random.default_rng(seed).permutation(n_rows)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[int], Any], *,
+                      na: Sequence[str] = ()) -> tuple[TrainingData, np.ndarray, np.ndarray]:
+    """``--formula``: the columns it reads (numbers by the number rule, else text), the design
+    patsy builds on the training rows (``train_idx_of(n_rows)`` gives them and the validation
+    rows) and the same design on every row; a blank in a column the formula reads is refused
+    (formulas take complete rows for now)."""
+    from serve.core.numbers import BadCell, parse_numbers
+    from trainer.formula import learn, needed_columns
+
+    columns = column_names(path)
+    wanted = needed_columns(formula)
+    for name in wanted:
+        if name not in columns:
+            raise DataError(f"{path}: --formula reads column {name!r}, which is not in the file; "
+                            f"the columns are {', '.join(columns)}")
+    table = read_table(path, wanted, text=wanted, na=na)
+    raw: dict[str, np.ndarray] = {}
+    for name in wanted:
+        col = table.column(name).combine_chunks()
+        if col.null_count:
+            r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}: row {r + 1}, column {name!r}: missing value; --formula "
+                            "takes complete rows for now (drop the row, or fill the cell)")
+        try:
+            values = parse_numbers(col)
+        except BadCell:
+            raw[name] = np.asarray(col.to_pylist(), dtype=object)
+            continue
+        whole = np.isfinite(values).all() and (values == np.round(values)).all() \
+            and np.abs(values).max() < 2**53
+        raw[name] = values.astype(np.int64) if whole else values  # 1, 2: as pandas reads them
+    n = len(next(iter(raw.values())))
+    train_idx, val_idx = train_idx_of(n)
+    spec, _, patsy_design = learn(formula, {k: v[train_idx] for k, v in raw.items()})
+    spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
+                   for k, v in raw.items() if v.dtype != object and k != spec.response}
+    if raw[spec.response].dtype == object:
+        raise DataError(f"{path}: the response {spec.response!r} holds text; a response is "
+                        "numbers")
+    X = spec.design(raw)
+    mine = X[train_idx]
+    if mine.shape != patsy_design.shape or not np.allclose(mine, patsy_design, rtol=1e-9,
+                                                           atol=1e-12, equal_nan=True):
+        raise DataError(f"--formula {formula!r}: the compiled design differs from patsy's on "
+                        "the training rows; please report this formula")
+        r, c = np.argwhere(~np.isfinite(X))[0]
+        raise DataError(f"{path}: row {r + 1}: the formula's column {spec.names[c]!r} is not a "
+                        "finite number there (a level not seen in the training rows, or "
+                        "outside a function's domain, e.g. np.log of 0)")
+    data = TrainingData(X, raw[spec.response].reshape(-1, 1).astype(np.float64), spec.names,
+                        [spec.response], str(path), columns=spec.column_specs(), formula=spec)
+    return data, train_idx, val_idx

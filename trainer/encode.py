@@ -47,6 +47,7 @@ class EncodeConfig:
     missing_target: str = "drop"  # a row whose target is blank: dropped (counted), or "error"
     reference: tuple[str, ...] = ()  # "column=level": that column's reference level
     na_values: tuple[str, ...] = NA_VALUES  # cell texts read as a blank (besides the empty one)
+    formula: str | None = None  # --formula 'y ~ ...': the design, by patsy (trainer.formula)
 
     @property
     def references(self) -> dict[str, str]:
@@ -66,6 +67,10 @@ class EncodeConfig:
                 raise TrainingError(f"--reference {r!r}: write COLUMN=LEVEL, e.g. city=Paris")
         if len(self.references) < len(self.reference):
             raise TrainingError("--reference names a column twice; give one level per column")
+        if self.formula is not None and (self.categorical or self.impute or self.reference):
+            raise TrainingError("--formula says how every column enters the model: drop "
+                                "--categorical, --impute and --reference (write C(x) or "
+                                "C(x, Treatment(reference='...')) in the formula)")
         if self.missing_indicator and self.impute is None:
             raise TrainingError("--missing-indicator needs --impute: the indicator marks the "
                                 "blanks that --impute fills")
@@ -74,7 +79,8 @@ class EncodeConfig:
     def plain(self) -> bool:
         """No setting that asks for the tabular contract by itself (a --reference is checked
         against the learned columns, so it asks for them too)."""
-        return not self.categorical and self.impute is None and not self.reference
+        return not self.categorical and self.impute is None and not self.reference \
+            and self.formula is None
 
 
 def manifest_na_values(manifest: Mapping[str, Any]) -> list[str]:

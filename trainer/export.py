@@ -33,6 +33,7 @@ from serve.core.errors import ModelError, first_line
 from serve.core.manifest import read_manifest, record_artifact, verify_artifact, write_manifest
 from trainer.config import SETTINGS
 from trainer.encode import manifest_na_values
+from trainer.formula import formula_of
 from trainer.model import LinearRegression, model_from_state_dict
 from trainer.onnx_tabular import INTERVAL_OUTPUTS, Intervals, needs_opset, tabular_graph
 from trainer.parity import (
@@ -300,7 +301,8 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: P
         raise ExportError(f"a column named {sorted(clash)[0]!r} clashes with the model's "
                           "outputs; rename it and train again")
     proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset,
-                          intervals=iv, na=manifest_na_values(manifest) if specs else ())
+                          intervals=iv, na=manifest_na_values(manifest) if specs else (),
+                          formula=formula_of(manifest))
     _save_onnx(proto, manifest, path)
     import onnx
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -43,10 +44,12 @@ def needs_opset(specs: Sequence[ColumnSpec]) -> int:
 def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
                   bias: np.ndarray | None, *, dtype: str, opset: int,
                   intervals: Intervals | None = None,
-                  na: Sequence[str] = ()) -> onnx.ModelProto:
+                  na: Sequence[str] = (), formula: Any = None) -> onnx.ModelProto:
     """The whole model as an ONNX ModelProto (metadata is added by the caller): raw columns
     in (``specs``), or the plain ``features`` matrix (``specs`` None, used with intervals).
-    A categorical cell whose text is one of ``na`` (the NA tokens) is a blank."""
+    A categorical cell whose text is one of ``na`` (the NA tokens) is a blank. With
+    ``formula`` (a :class:`trainer.formula.FormulaSpec`) the design is the formula's, compiled
+    by :func:`trainer.formula.formula_nodes` from the raw columns ``specs``."""
     np_dtype, elem = np.dtype(dtype), _ELEM[dtype]
     nodes, inits, inputs, blocks, penalties = [], [], [], [], []
 
@@ -61,7 +64,17 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
     if specs is None:
         inputs.append(helper.make_tensor_value_info(FEATURES, elem, ["batch", weight.shape[1]]))
         blocks.append(FEATURES)
-    for j, spec in enumerate(specs or []):
+    if formula is not None:
+        from trainer.formula import formula_nodes
+
+        for spec in specs or []:
+            inputs.append(helper.make_tensor_value_info(
+                spec.name, TensorProto.STRING if spec.kind == "categorical" else elem,
+                ["batch", 1]))
+        design, penalties = formula_nodes(formula, elem=elem, np_dtype=np_dtype,
+                                          const=lambda name, v: const(name, v), node=node)
+        blocks.append(design)
+    for j, spec in enumerate((specs or []) if formula is None else []):
         x = spec.name
         if spec.kind == "numeric":  # 1.
             inputs.append(helper.make_tensor_value_info(x, elem, ["batch", 1]))

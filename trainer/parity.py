@@ -123,9 +123,11 @@ def tabular_parity_rows(manifest: dict[str, Any],
     seeded synthetic rows over the levels and around the fills, with blanks), plus 1 row and
     a large batch."""
     rng = np.random.default_rng(0)
+    ranges = (manifest.get("formula") or {}).get("ranges")
     held = held_out_raw(manifest, specs)
-    first = held if held is not None else _synthetic_raw(specs, 256, rng)
-    return [first, {k: v[:1] for k, v in first.items()}, _synthetic_raw(specs, LARGE_BATCH, rng)]
+    first = held if held is not None else _synthetic_raw(specs, 256, rng, ranges)
+    return [first, {k: v[:1] for k, v in first.items()},
+            _synthetic_raw(specs, LARGE_BATCH, rng, ranges)]
 
 
 def held_out_raw(manifest: dict[str, Any], specs: list[ColumnSpec]) -> dict[str, np.ndarray] | None:
@@ -140,11 +142,16 @@ def held_out_raw(manifest: dict[str, Any], specs: list[ColumnSpec]) -> dict[str,
     return {k: v[np.asarray(idx)] for k, v in raw.items()}
 
 
-def _synthetic_raw(specs: list[ColumnSpec], n: int, rng: np.random.Generator):
+def _synthetic_raw(specs: list[ColumnSpec], n: int, rng: np.random.Generator,
+                   ranges: dict[str, list[float]] | None = None):
+    """Seeded rows over the levels and around the fills (blanks too); a formula's numbers
+    within their training range (where its functions are defined)."""
     raw = {}
     for s in specs:
         if s.kind == "categorical":
             raw[s.name] = np.array(s.levels, dtype=object)[rng.integers(0, len(s.levels), n)]
+        elif ranges is not None:
+            raw[s.name] = rng.uniform(*ranges[s.name], n)
         else:
             values = (s.fill or 0.0) + 5.0 * rng.standard_normal(n)
             if s.fill is not None:
@@ -155,7 +162,11 @@ def _synthetic_raw(specs: list[ColumnSpec], n: int, rng: np.random.Generator):
 
 def design(raw: dict[str, np.ndarray], specs: list[ColumnSpec], manifest) -> np.ndarray:
     """The training-time pipeline on raw rows: the trainer's own encoding, in the model dtype."""
-    X = design_matrix(raw, specs, source="parity rows")
+    from trainer.formula import formula_of
+
+    formula = formula_of(manifest)
+    X = design_matrix(raw, specs, source="parity rows") if formula is None else \
+        formula.design(raw)
     return np.ascontiguousarray(X, dtype=np.dtype(manifest["model"]["dtype"]))
 
 

@@ -33,7 +33,7 @@ from serve.core.manifest import (
 )
 from serve.version import __version__
 from trainer.config import TrainConfig, TrainingError
-from trainer.data import TrainingData, encode, load_training_data, split_rows
+from trainer.data import TrainingData, encode, load_formula_data, load_training_data, split_rows
 from trainer.encode import EncodeConfig, id_like
 from trainer.fit import FitResult, fit
 from trainer.runs import check_run, checkpoint_scope, open_checkpoint, run_record, warm_start
@@ -67,13 +67,22 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
         val_fraction=val_fraction, cov=cov, confidence=confidence, plot=plot,
         checkpoint_every=checkpoint_every))
     with checkpoint_scope(checkpoint, resumed=resume is not None):
-        data = load_training_data(data_path, targets=targets, features=features, exclude=exclude,
-                                  categorical=encoding.categorical, weight=sample_weight,
-                                  missing_target=encoding.missing_target,
-                                  na=encoding.na_values,
-                                  progress=read_progress)
-        train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
-        data = encode(data, train_idx, encoding, bias=config.bias)
+        if encoding.formula is not None and (targets or features or exclude or sample_weight):
+            raise TrainingError("--formula names the response and the terms: drop --target, "
+                                "--features, --exclude and --sample-weight")
+        if encoding.formula is not None:  # the design is the formula's (patsy, compiled)
+            data, train_idx, val_idx = load_formula_data(
+                data_path, encoding.formula, lambda n: split_rows(n, val_fraction, config.seed),
+                na=encoding.na_values)
+            config = replace(config, bias=data.formula.intercept)
+        else:
+            data = load_training_data(data_path, targets=targets, features=features,
+                                      exclude=exclude, categorical=encoding.categorical,
+                                      weight=sample_weight,
+                                      missing_target=encoding.missing_target,
+                                      na=encoding.na_values, progress=read_progress)
+            train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
+            data = encode(data, train_idx, encoding, bias=config.bias)
         X, Y = data.X[train_idx], data.Y[train_idx]
         weights = None if data.weights is None else data.weights[train_idx]
         if weights is not None and not weights.sum() > 0:
@@ -119,7 +128,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 "validation_rows": int(len(val_idx)),
                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
                 "sample_weight": sample_weight}, plots=pictures,
-            training={"cv": cv} if cv else None)
+            training={"cv": cv} if cv else None, formula=data.formula)
     return out, manifest
 
 
@@ -230,7 +239,7 @@ def write_folder(out: Path, *, force: bool, result: FitResult, config: TrainConf
                   features: list[str], targets: list[str], columns: Any,
                   encoding: EncodeConfig, warnings: list[str], metrics: dict[str, Any],
                   stats: Any, data: dict[str, Any], training: dict[str, Any] | None = None,
-                  plots: Any = None) -> dict[str, Any]:
+                  plots: Any = None, formula: Any = None) -> dict[str, Any]:
     """The artifact folder of a fit, however it was trained (in memory, streamed, on many
     ranks): model.pt, history.csv, inference.npz, plots and model.json, built in a temporary
     folder that replaces ``out`` only when all is written. Returns the manifest."""
@@ -240,6 +249,8 @@ def write_folder(out: Path, *, force: bool, result: FitResult, config: TrainConf
         manifest = _manifest_of(result, config, out.name, features, targets, columns, encoding,
                                 warnings, metrics, data, training or {})
         manifest["statistics"] = stats.per_target
+        if formula is not None:  # --formula: its design, which the exporter compiles
+            manifest["formula"] = formula.to_json()
         for name in ("model.pt", "history.csv"):
             record_artifact(manifest, tmp, name)
         _write_inference(tmp, manifest, stats)

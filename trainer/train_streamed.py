@@ -210,6 +210,9 @@ def _check_streamed(config: TrainConfig, encoding: EncodeConfig, *, val_fraction
     """The settings of a streamed fit, checked before anything is read."""
     check_run(config, encoding, val_fraction=val_fraction, cov=cov, confidence=confidence,
               val_data=val_data)
+    if encoding.formula is not None:
+        raise TrainingError("--formula trains in memory for now: drop --batch-rows, --nproc and "
+                            "--val-data, or give a file under --max-memory")
     if config.early_stopping and not val_fraction and val_data is None:
         raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
                             "(e.g. 0.2) or --val-data")

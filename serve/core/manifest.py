@@ -121,7 +121,12 @@ def check_manifest(m: Any, path: str | Path) -> None:
         from serve.core.columns import specs_from_json
 
         specs = specs_from_json(m["columns"], f"{path}: field 'columns'")
-        if [n for s in specs for n in s.encoded_names()] != m["features"]:
+        formula = m.get("formula")
+        if formula is not None:  # the columns are the formula's inputs; its design names them
+            if not isinstance(formula, dict) or [c.get("name") for c in formula.get(
+                    "columns") or [] if isinstance(c, dict)] != m["features"]:
+                fail("formula", "must hold the design's columns, named as the features")
+        elif [n for s in specs for n in s.encoded_names()] != m["features"]:
             fail("columns", "must encode to the feature names, in order")
     data = m.get("data") or {}
     idx = data.get("validation_indices")

@@ -1,0 +1,411 @@
+"""Formulas (``linreg-train DATA --formula 'y ~ a + C(city) + a:b + I(a**2) + np.log(b)'``),
+parsed by patsy (statsmodels' own formula library), compiled into the exported model.
+
+1. patsy reads the formula on the training rows and gives the design's structure: its factors
+   (each a Python expression over raw columns, with the state a stateful transform learned:
+   ``center``'s mean, ``standardize``'s mean and spread), the contrast matrix of each
+   categorical factor in each term, and the columns, named as statsmodels names them.
+2. :class:`FormulaSpec` holds that structure as plain JSON (``model.json``'s ``formula``): per
+   factor its expression and state, per column the factors it multiplies (a numeric factor's
+   value, or a categorical factor's contrast row for the cell's level).
+3. One compiler walks each factor's expression (Python's ``ast``) with two backends: numpy
+   (the design at training, checked against patsy's own matrix) and ONNX (the same arithmetic
+   as graph nodes, :func:`formula_graph`), so every consumer feeds raw columns and gets the
+   formula's answer. Supported: numbers and the four operations, powers by a constant,
+   ``I()``, ``np.log``, ``np.log1p``, ``np.exp``, ``np.sqrt``, ``np.abs``, ``center()``,
+   ``standardize()``/``scale()``, ``C(x)`` with treatment coding (``Treatment(reference=...)``)
+   and interactions of any of these; anything else is refused in one line naming it.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from serve.core.columns import ColumnSpec, level_text
+from trainer.config import TrainingError
+
+FUNCTIONS = {"np.log": "Log", "np.log1p": "Log1p", "np.exp": "Exp", "np.sqrt": "Sqrt",
+             "np.abs": "Abs", "numpy.log": "Log", "numpy.exp": "Exp", "numpy.sqrt": "Sqrt"}
+_NUMPY = {"Log": np.log, "Log1p": np.log1p, "Exp": np.exp, "Sqrt": np.sqrt, "Abs": np.abs}
+_OPS = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.Div: "Div", ast.Pow: "Pow"}
+
+
+def _refuse(what: str) -> TrainingError:
+    return TrainingError(f"--formula: {what} is not supported; use numeric columns, C(column), "
+                         "interactions (a:b, a*b), I(...) arithmetic, np.log, np.log1p, np.exp, "
+                         "np.sqrt, np.abs, center() or standardize()")
+
+
+@dataclass
+class FormulaSpec:
+    """A formula's design, learned at training (JSON: :meth:`to_json`)."""
+
+    formula: str
+    response: str
+    intercept: bool
+    factors: list[dict[str, Any]]  # {"code", "kind", "eval", "transforms"} or {.., "source", "levels"}
+    columns: list[dict[str, Any]]  # {"name", "parts": [[factor, contrast column or None], ...]}
+    ranges: dict[str, list[float]] | None = None  # numeric inputs' [min, max] in training
+
+    def to_json(self) -> dict[str, Any]:
+        return {"formula": self.formula, "response": self.response, "intercept": self.intercept,
+                "factors": self.factors, "columns": self.columns, "ranges": self.ranges}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> FormulaSpec:
+        return cls(d["formula"], d["response"], d["intercept"], list(d["factors"]),
+                   list(d["columns"]), d.get("ranges"))
+
+    @property
+    def names(self) -> list[str]:
+        """The design's columns (statsmodels' names), the intercept left out."""
+        return [c["name"] for c in self.columns]
+
+    def inputs(self) -> list[str]:
+        """The raw columns the formula reads, in the order they first appear."""
+        seen: dict[str, None] = {}
+        for f in self.factors:
+            for name in (_names(f["eval"]) if f["kind"] == "numeric" else [f["source"]]):
+                seen.setdefault(name)
+        return list(seen)
+
+    def column_specs(self) -> list[ColumnSpec]:
+        """The raw columns as the runtime's contract: numbers (no fill) and categorical columns
+        (their levels; a level not seen in training is refused)."""
+        levels = {f["source"]: f["levels"] for f in self.factors if f["kind"] == "categorical"}
+        return [ColumnSpec(n, "categorical", levels=tuple(levels[n]), reference=None)
+                if n in levels else ColumnSpec(n, "numeric") for n in self.inputs()]
+
+    def design(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The float64 design matrix (no intercept column) of raw columns ``data``."""
+        return evaluate(self, _NumpyBackend(data))
+
+
+def formula_of(manifest: Mapping[str, Any]) -> FormulaSpec | None:
+    """The formula of a trained model's manifest, or None."""
+    value = manifest.get("formula")
+    return None if value is None else FormulaSpec.from_json(value)
+
+
+# ------------------------------------------------------------------------ 1.-2. from patsy
+
+def learn(formula: str, data: Mapping[str, np.ndarray]) -> tuple[FormulaSpec, np.ndarray,
+                                                                  np.ndarray]:
+    """patsy's design of ``formula`` on the training rows ``data`` (raw columns by name), as a
+    :class:`FormulaSpec`; with the response and the design patsy built (for the check)."""
+    import patsy
+
+    try:
+        desc = patsy.ModelDesc.from_formula(formula)
+    except patsy.PatsyError as e:
+        raise TrainingError(f"--formula {formula!r}: {str(e).splitlines()[0]}") from None
+    if len(desc.lhs_termlist) != 1 or len(desc.lhs_termlist[0].factors) != 1:
+        raise TrainingError(f"--formula {formula!r}: give one response on the left, e.g. "
+                            "'y ~ a + b'")
+    response = desc.lhs_termlist[0].factors[0].code
+    if response not in data:
+        raise TrainingError(f"--formula: the response {response!r} is not a column (a "
+                            "transformed response is not supported yet)")
+    for term in desc.rhs_termlist:
+        for factor in term.factors:
+            _check_code(factor.code)
+    try:
+        y, X = patsy.dmatrices(formula, dict(data), NA_action="raise", return_type="matrix")
+    except patsy.PatsyError as e:
+        raise TrainingError(f"--formula {formula!r}: {str(e).splitlines()[0]}") from None
+    info = X.design_info
+    factors, index = [], {}
+    for factor, fi in info.factor_infos.items():
+        index[factor] = len(factors)
+        if fi.type == "categorical":
+            factors.append({"code": factor.code, "kind": "categorical",
+                            "source": _categorical_source(factor.code),
+                            "levels": [level_text(c) for c in fi.categories]})
+            continue
+        if fi.num_columns != 1:
+            raise _refuse(f"{factor.code} ({fi.num_columns} columns)")
+        factors.append({"code": factor.code, "kind": "numeric", "eval": fi.state["eval_code"],
+                        "transforms": {k: _transform_state(v) for k, v in
+                                       fi.state.get("transforms", {}).items()}})
+    columns, intercept = [], False
+    for term, subterms in info.term_codings.items():
+        if not term.factors:
+            intercept = True
+            continue
+        names = info.term_name_slices[term.name()]
+        at = names.start
+        for sub in subterms:
+            widths = [sub.contrast_matrices[f].matrix.shape[1] if f in sub.contrast_matrices
+                      else 1 for f in sub.factors]
+            for combo in _combinations(widths):  # the left-most factor varies fastest (patsy)
+                parts = []
+                for f, j in zip(sub.factors, combo):
+                    if f in sub.contrast_matrices:
+                        parts.append([index[f], sub.contrast_matrices[f].matrix[:, j].tolist()])
+                    else:
+                        parts.append([index[f], None])
+                columns.append({"name": _plain_numbers(info.column_names[at]),
+                                "parts": parts})
+                at += 1
+    spec = FormulaSpec(formula, response, intercept, factors, columns)
+    X = np.asarray(X, dtype=np.float64)
+    return spec, np.asarray(y, dtype=np.float64), X[:, 1:] if intercept else X
+
+
+def needed_columns(formula: str) -> list[str]:
+    """The raw columns ``formula`` reads, response first (before any data is read)."""
+    import patsy
+
+    try:
+        desc = patsy.ModelDesc.from_formula(formula)
+    except patsy.PatsyError as e:
+        raise TrainingError(f"--formula {formula!r}: {str(e).splitlines()[0]}") from None
+    for term in desc.rhs_termlist:
+        for factor in term.factors:
+            _check_code(factor.code)
+    names: dict[str, None] = {}
+    for term in [*desc.lhs_termlist, *desc.rhs_termlist]:
+        for factor in term.factors:
+            for name in _names(factor.code):
+                if name not in ("Treatment", "T"):
+                    names.setdefault(name)
+    return list(names)
+
+
+def _plain_numbers(name: str) -> str:
+    """A column name as statsmodels shows it (pandas' columns give patsy Python numbers):
+    ``C(origin)[T.2]``, not numpy 2's repr ``C(origin)[T.np.int64(2)]``."""
+    import re
+
+    return re.sub(r"np\.(?:u?int|float)\d+\(([^()]*)\)", r"\1", name)
+
+
+def _combinations(widths: Sequence[int]):
+    import itertools
+
+    for combo in itertools.product(*[range(n) for n in reversed(widths)]):
+        yield combo[::-1]
+
+
+def _categorical_source(code: str) -> str:
+    """The raw column of a categorical factor: ``city``, ``C(city)`` or ``C(city, Treatment(
+    reference='Paris'))``; other codings and expressions are refused."""
+    node = ast.parse(code, mode="eval").body
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Call) and _dotted(node.func) == "C" and node.args and \
+            isinstance(node.args[0], ast.Name):
+        for extra in [*node.args[1:], *(k.value for k in node.keywords)]:
+            name = _dotted(extra.func) if isinstance(extra, ast.Call) else _dotted(extra)
+            if name not in ("Treatment", "T"):
+                raise _refuse(f"{code} (a coding other than treatment)")
+        return node.args[0].id
+    raise _refuse(code)
+
+
+def _check_code(code: str) -> None:
+    """Refuse, before patsy runs, what the compiler cannot carry into the graph."""
+    node = ast.parse(code, mode="eval").body
+    if isinstance(node, ast.Call) and _dotted(node.func) == "C":
+        _categorical_source(code)
+        return
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Call):
+            name = _dotted(sub.func)
+            if name not in FUNCTIONS and name not in ("I", "center", "standardize", "scale"):
+                raise _refuse(f"{name}() in {code}")
+
+
+def _transform_state(obj: Any) -> dict[str, Any]:
+    """A patsy stateful transform's learned state, as plain numbers."""
+    kind = type(obj).__name__
+    if kind == "Center":
+        return {"kind": "center", "mean": float(np.asarray(obj._sum, dtype=np.float64)[0]
+                                                / obj._count)}
+    if kind == "Standardize":
+        return {"kind": "standardize", "n": int(obj.current_n),
+                "mean": float(np.asarray(obj.current_mean, dtype=np.float64)[0]),
+                "m2": float(np.asarray(obj.current_M2, dtype=np.float64)[0])}
+    raise _refuse(f"the transform {kind}")
+
+
+def _dotted(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        head = _dotted(node.value)
+        return None if head is None else f"{head}.{node.attr}"
+    return None
+
+
+def _names(code: str) -> list[str]:
+    """The raw columns an expression reads (its free names but numpy and patsy's objects)."""
+    tree = ast.parse(code, mode="eval")
+    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    out = [node.id for node in ast.walk(tree) if isinstance(node, ast.Name)
+           and id(node) not in called and node.id not in ("np", "numpy")
+           and not node.id.startswith("_patsy_")]
+    return list(dict.fromkeys(out))
+
+
+# ------------------------------------------------------------------------ 3. the compiler
+
+def evaluate(spec: FormulaSpec, backend: Any) -> Any:
+    """Every design column of ``spec`` with ``backend`` (numpy arrays, or ONNX node names)."""
+    values = []
+    for f in spec.factors:
+        if f["kind"] == "numeric":
+            values.append(_expr(ast.parse(f["eval"], mode="eval").body, f, backend))
+        else:
+            values.append(backend.levels(f["source"], f["levels"]))
+    columns = []
+    for c in spec.columns:
+        term = None
+        for i, contrast in c["parts"]:
+            part = values[i] if contrast is None else backend.contrast(values[i], contrast)
+            term = part if term is None else backend.binop("Mul", term, part)
+        columns.append(term)
+    return backend.concat(columns)
+
+
+def _expr(node: ast.AST, factor: dict[str, Any], b: Any) -> Any:
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) \
+            and not isinstance(node.value, bool):
+        return b.const(float(node.value))
+    if isinstance(node, ast.Name):
+        return b.input(node.id)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        if isinstance(node.op, ast.Pow) and not isinstance(node.right, ast.Constant):
+            raise _refuse(f"a power by an expression in {factor['code']}")
+        return b.binop(_OPS[type(node.op)], _expr(node.left, factor, b),
+                       _expr(node.right, factor, b))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        inner = _expr(node.operand, factor, b)
+        return b.binop("Mul", b.const(-1.0), inner) if isinstance(node.op, ast.USub) else inner
+    if isinstance(node, ast.Call) and len(node.args) == 1:
+        name = _dotted(node.func)
+        if name == "I":
+            return _expr(node.args[0], factor, b)
+        if name in FUNCTIONS and not node.keywords:
+            return b.func(FUNCTIONS[name], _expr(node.args[0], factor, b))
+        if isinstance(node.func, ast.Attribute) and node.func.attr == "transform":
+            state = factor["transforms"][_dotted(node.func.value)]
+            return _transform(state, _expr(node.args[0], factor, b),
+                              {k.arg: ast.literal_eval(k.value) for k in node.keywords}, b)
+    raise _refuse(f"{ast.unparse(node)} in {factor['code']}")
+
+
+def _transform(state: dict[str, Any], x: Any, kwargs: dict[str, Any], b: Any) -> Any:
+    """``center(x)``: x − mean; ``standardize(x)``: (x − mean) / √(M2 / (n − ddof))."""
+    if state["kind"] == "center":
+        return b.binop("Sub", x, b.const(state["mean"]))
+    if kwargs.get("center", True):
+        x = b.binop("Sub", x, b.const(state["mean"]))
+    if kwargs.get("rescale", True):
+        x = b.binop("Div", x, b.const(math.sqrt(state["m2"] / (state["n"]
+                                                                - kwargs.get("ddof", 0)))))
+    return x
+
+
+class _NumpyBackend:
+    def __init__(self, data: Mapping[str, np.ndarray]) -> None:
+        self.data = data
+
+    def input(self, name: str) -> np.ndarray:
+        return np.asarray(self.data[name], dtype=np.float64)
+
+    def const(self, v: float) -> float:
+        return v
+
+    def binop(self, op: str, a: Any, c: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply,
+                    "Div": np.divide, "Pow": np.power}[op](a, c)
+
+    def func(self, name: str, x: Any) -> Any:
+        with np.errstate(all="ignore"):
+            return _NUMPY[name](x)
+
+    def levels(self, name: str, levels: list[str]) -> np.ndarray:
+        from serve.core.columns import level_text
+
+        index = {lv: i for i, lv in enumerate(levels)}
+        return np.array([index.get(level_text(v), -1) for v in self.data[name]])
+
+    def contrast(self, codes: np.ndarray, contrast: list[float]) -> np.ndarray:
+        table = np.append(np.asarray(contrast, dtype=np.float64), np.nan)  # -1: unseen
+        return table[codes]
+
+    def concat(self, columns: list[Any]) -> np.ndarray:
+        n = next((len(c) for c in columns if isinstance(c, np.ndarray)), 0)
+        return np.column_stack([np.broadcast_to(np.asarray(c, dtype=np.float64), (n,))
+                                for c in columns]) if columns else np.empty((n, 0))
+
+
+def formula_nodes(spec: FormulaSpec, *, elem: int, np_dtype: Any,
+                  const: Callable[[str, np.ndarray], str],
+                  node: Callable[..., str]) -> tuple[str, list[str]]:
+    """The design matrix of ``spec`` as ONNX nodes over raw-column inputs (``node`` and
+    ``const`` add to the caller's graph): the design's name, and the per-row penalties (NaN
+    for a level not seen in training) to add to the prediction."""
+    backend = _OnnxBackend(elem, np_dtype, const, node)
+    return evaluate(spec, backend), backend.penalties
+
+
+class _OnnxBackend:
+    def __init__(self, elem: int, np_dtype: Any, const: Callable, node: Callable) -> None:
+        self.elem, self.dtype, self._const, self._node = elem, np_dtype, const, node
+        self.penalties: list[str] = []
+        self.n = 0
+        self._levels: dict[str, str] = {}
+
+    def _name(self, what: str) -> str:
+        self.n += 1
+        return f"f{self.n}/{what}"
+
+    def input(self, name: str) -> str:
+        return name
+
+    def const(self, v: float) -> str:
+        return self._const(self._name("c"), np.full((1, 1), v, self.dtype))
+
+    def binop(self, op: str, a: str, c: str) -> str:
+        return self._node(op, [a, c], self._name(op.lower()))
+
+    def func(self, name: str, x: str) -> str:
+        if name == "Log1p":
+            return self._node("Log", [self.binop("Add", x, self.const(1.0))],
+                              self._name("log1p"))
+        return self._node(name, [x], self._name(name.lower()))
+
+    def levels(self, name: str, levels: list[str]) -> str:
+        """The column's one-hot over its training levels ([batch, L]), and a NaN penalty for a
+        row whose level is none of them."""
+        if name in self._levels:
+            return self._levels[name]
+        eq = self._node("Equal", [name, self._const(self._name("levels"), np.array(
+            [list(levels)], dtype=object))], self._name("equal"))
+        onehot = self._node("Cast", [eq], self._name("onehot"), to=self.elem)
+        count = self._node("MatMul", [onehot, self._const(self._name("ones"), np.ones(
+            (len(levels), 1), self.dtype))], self._name("count"))
+        unknown = self._node("Equal", [count, self._const(self._name("zero"), np.zeros(
+            (1, 1), self.dtype))], self._name("unknown"))
+        self.penalties.append(self._node("Where", [unknown, self._const(
+            self._name("nan"), np.full((1, 1), np.nan, self.dtype)), self._const(
+                self._name("no"), np.zeros((1, 1), self.dtype))], self._name("penalty")))
+        self._levels[name] = onehot
+        return onehot
+
+    def contrast(self, onehot: str, contrast: list[float]) -> str:
+        return self._node("MatMul", [onehot, self._const(self._name("contrast"), np.asarray(
+            contrast, dtype=self.dtype).reshape(-1, 1))], self._name("coded"))
+
+    def concat(self, columns: list[str]) -> str:
+        return self._node("Concat", columns, self._name("design"), axis=1) \
+            if len(columns) > 1 else columns[0]
