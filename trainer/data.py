@@ -208,7 +208,7 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
     rows) and the same design on every row; a blank in a column the formula reads is refused
     (formulas take complete rows for now)."""
     from serve.core.numbers import BadCell, parse_numbers
-    from trainer.formula import learn, needed_columns
+    from trainer.formula import learn, names_in, needed_columns
 
     columns = column_names(path)
     wanted = needed_columns(formula)
@@ -237,9 +237,15 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
     spec, _, patsy_design = learn(formula, {k: v[train_idx] for k, v in raw.items()})
     spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
                    for k, v in raw.items() if v.dtype != object and k != spec.response}
-    if raw[spec.response].dtype == object:
-        raise DataError(f"{path}: the response {spec.response!r} holds text; a response is "
-                        "numbers")
+    for name in names_in(spec.response):
+        if raw[name].dtype == object:
+            raise DataError(f"{path}: the response's column {name!r} holds text; a response "
+                            "is numbers")
+    y = spec.response_values(raw)
+    if not np.isfinite(y).all():
+        r = int(np.flatnonzero(~np.isfinite(y))[0])
+        raise DataError(f"{path}: row {r + 1}: the response {spec.response} is not a finite "
+                        "number there (outside a function's domain, e.g. np.log of 0)")
     X = spec.design(raw)
     mine = X[train_idx]
     if mine.shape != patsy_design.shape or not np.allclose(mine, patsy_design, rtol=1e-9,
@@ -250,6 +256,6 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
         raise DataError(f"{path}: row {r + 1}: the formula's column {spec.names[c]!r} is not a "
                         "finite number there (a level not seen in the training rows, or "
                         "outside a function's domain, e.g. np.log of 0)")
-    data = TrainingData(X, raw[spec.response].reshape(-1, 1).astype(np.float64), spec.names,
-                        [spec.response], str(path), columns=spec.column_specs(), formula=spec)
+    data = TrainingData(X, y.reshape(-1, 1), spec.names, [spec.response], str(path),
+                        columns=spec.column_specs(), formula=spec)
     return data, train_idx, val_idx

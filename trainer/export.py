@@ -247,6 +247,9 @@ def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
     inputs = [c["name"] for c in columns] if columns else manifest["features"]
     if columns:  # the texts read as a blank (model.onnx maps them in categorical columns)
         tabular["linreg.na_values"] = json.dumps(manifest_na_values(manifest))
+    if manifest.get("formula"):  # the model's formula, and the scale it predicts on
+        tabular["linreg.formula"] = manifest["formula"]["formula"]
+        tabular["linreg.response"] = manifest["formula"]["response"]
     if manifest.get("intervals"):  # extra outputs beside prediction
         tabular["linreg.intervals"] = json.dumps(manifest["intervals"])
     return {

@@ -13,8 +13,10 @@ parsed by patsy (statsmodels' own formula library), compiled into the exported m
    as graph nodes, :func:`formula_graph`), so every consumer feeds raw columns and gets the
    formula's answer. Supported: numbers and the four operations, powers by a constant,
    ``I()``, ``np.log``, ``np.log1p``, ``np.exp``, ``np.sqrt``, ``np.abs``, ``center()``,
-   ``standardize()``/``scale()``, ``C(x)`` with treatment coding (``Treatment(reference=...)``)
-   and interactions of any of these; anything else is refused in one line naming it.
+   ``standardize()``/``scale()``, ``C(x)`` with patsy's codings (``Treatment(reference=...)``,
+   ``Sum``, ``Diff``, ``Helmert``, ``Poly``: each a contrast matrix) and interactions of any of
+   these, and a response that is a function of columns (``np.log(y) ~ ...``: the model predicts
+   on that scale); anything else is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from trainer.config import TrainingError
 FUNCTIONS = {"np.log": "Log", "np.log1p": "Log1p", "np.exp": "Exp", "np.sqrt": "Sqrt",
              "np.abs": "Abs", "numpy.log": "Log", "numpy.exp": "Exp", "numpy.sqrt": "Sqrt"}
 _NUMPY = {"Log": np.log, "Log1p": np.log1p, "Exp": np.exp, "Sqrt": np.sqrt, "Abs": np.abs}
+CODINGS = ("Treatment", "T", "Sum", "Diff", "Helmert", "Poly")  # patsy's: contrast matrices
 _OPS = {ast.Add: "Add", ast.Sub: "Sub", ast.Mult: "Mul", ast.Div: "Div", ast.Pow: "Pow"}
 
 
@@ -71,7 +74,7 @@ class FormulaSpec:
         """The raw columns the formula reads, in the order they first appear."""
         seen: dict[str, None] = {}
         for f in self.factors:
-            for name in (_names(f["eval"]) if f["kind"] == "numeric" else [f["source"]]):
+            for name in (names_in(f["eval"]) if f["kind"] == "numeric" else [f["source"]]):
                 seen.setdefault(name)
         return list(seen)
 
@@ -85,6 +88,15 @@ class FormulaSpec:
     def design(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The float64 design matrix (no intercept column) of raw columns ``data``."""
         return evaluate(self, _NumpyBackend(data))
+
+    def response_values(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The response of raw columns ``data``: a column, or a function of columns
+        (``np.log(y)``: the model then predicts on that scale)."""
+        if self.response in data:
+            return np.asarray(data[self.response], dtype=np.float64)
+        node = ast.parse(self.response, mode="eval").body
+        return np.asarray(_expr(node, {"code": self.response, "transforms": {}},
+                                _NumpyBackend(data)), dtype=np.float64)
 
 
 def formula_of(manifest: Mapping[str, Any]) -> FormulaSpec | None:
@@ -109,9 +121,12 @@ def learn(formula: str, data: Mapping[str, np.ndarray]) -> tuple[FormulaSpec, np
         raise TrainingError(f"--formula {formula!r}: give one response on the left, e.g. "
                             "'y ~ a + b'")
     response = desc.lhs_termlist[0].factors[0].code
-    if response not in data:
-        raise TrainingError(f"--formula: the response {response!r} is not a column (a "
-                            "transformed response is not supported yet)")
+    if response not in data:  # a transformed response: numbers of the raw columns, stateless
+        _check_code(response)
+        if any(_dotted(n.func) in ("center", "standardize", "scale", "C")
+               for n in ast.walk(ast.parse(response, mode="eval")) if isinstance(n, ast.Call)):
+            raise _refuse(f"the response {response}: a response is a column or a function of "
+                          "columns")
     for term in desc.rhs_termlist:
         for factor in term.factors:
             _check_code(factor.code)
@@ -172,8 +187,8 @@ def needed_columns(formula: str) -> list[str]:
     names: dict[str, None] = {}
     for term in [*desc.lhs_termlist, *desc.rhs_termlist]:
         for factor in term.factors:
-            for name in _names(factor.code):
-                if name not in ("Treatment", "T"):
+            for name in names_in(factor.code):
+                if name not in CODINGS:
                     names.setdefault(name)
     return list(names)
 
@@ -203,8 +218,8 @@ def _categorical_source(code: str) -> str:
             isinstance(node.args[0], ast.Name):
         for extra in [*node.args[1:], *(k.value for k in node.keywords)]:
             name = _dotted(extra.func) if isinstance(extra, ast.Call) else _dotted(extra)
-            if name not in ("Treatment", "T"):
-                raise _refuse(f"{code} (a coding other than treatment)")
+            if name not in CODINGS:
+                raise _refuse(f"{code} (a coding other than patsy's {', '.join(CODINGS)})")
         return node.args[0].id
     raise _refuse(code)
 
@@ -244,7 +259,7 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _names(code: str) -> list[str]:
+def names_in(code: str) -> list[str]:
     """The raw columns an expression reads (its free names but numpy and patsy's objects)."""
     tree = ast.parse(code, mode="eval")
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}

@@ -117,11 +117,14 @@ def test_no_intercept_codes_every_level(fitted, tmp_path):
     ("y ~ bs(a, df=4)", "--formula: bs() in bs(a, df=4) is not supported; use numeric columns, "
      "C(column), interactions (a:b, a*b), I(...) arithmetic, np.log, np.log1p, np.exp, np.sqrt, "
      "np.abs, center() or standardize()"),
-    ("y ~ C(city, Sum)", "--formula: C(city, Sum) (a coding other than treatment) is not "
-     "supported; use numeric columns, C(column), interactions (a:b, a*b), I(...) arithmetic, "
-     "np.log, np.log1p, np.exp, np.sqrt, np.abs, center() or standardize()"),
-    ("np.log(y) ~ a", "--formula: the response 'np.log(y)' is not a column (a transformed "
-     "response is not supported yet)"),
+    ("y ~ C(city, [[1], [2], [3]])", "--formula: C(city, [[1], [2], [3]]) (a coding other "
+     "than patsy's Treatment, T, Sum, Diff, Helmert, Poly) is not supported; use numeric "
+     "columns, C(column), interactions (a:b, a*b), I(...) arithmetic, np.log, np.log1p, "
+     "np.exp, np.sqrt, np.abs, center() or standardize()"),
+    ("center(y) ~ a", "--formula: the response center(y): a response is a column or a "
+     "function of columns is not supported; use numeric columns, C(column), interactions "
+     "(a:b, a*b), I(...) arithmetic, np.log, np.log1p, np.exp, np.sqrt, np.abs, center() or "
+     "standardize()"),
     ("y ~ a + zzz", "{csv}: --formula reads column 'zzz', which is not in the file; the columns "
      "are city, a, b, c, d, y"),
 ])
@@ -158,3 +161,28 @@ def test_a_number_coded_category_is_named_as_statsmodels_names_it(tmp_path):
     assert ["Intercept", *m["features"]] == list(reference.params.index)  # [T.2], not np.int64
     np.testing.assert_allclose(m["model"]["coef_"][0], reference.params.to_numpy()[1:],
                                rtol=1e-8)
+
+
+@pytest.mark.parametrize("formula", [
+    "np.log(y) ~ C(city, Sum) * a + np.sqrt(b)",
+    "I(y / 10) ~ C(city, Helmert) + C(city, Diff):c + d",
+])
+def test_other_codings_and_a_transformed_response(fitted, tmp_path, formula):
+    from serve import Predictor
+
+    _, _, folder = fitted
+    train(folder / "f.csv", "--formula", formula, "--solver", "lstsq", "--dtype", "float64",
+          "--out", tmp_path / "m", "-q")
+    export(tmp_path / "m", "-q")
+    m = json.loads((tmp_path / "m" / "model.json").read_text())
+    reference = smf.ols(formula, pd.read_csv(folder / "f.csv")).fit()
+    assert m["targets"] == [formula.split(" ~")[0]]  # the scale it predicts on, by name
+    ours = dict(zip(m["features"], m["model"]["coef_"][0]))
+    ours["Intercept"] = m["model"]["intercept_"][0]
+    assert set(ours) == set(reference.params.index)
+    for name, value in reference.params.items():
+        assert ours[name] == pytest.approx(value, rel=1e-8, abs=1e-10), name
+    p = Predictor.load(tmp_path / "m")
+    assert p.metadata["linreg.response"] == formula.split(" ~")[0]
+    np.testing.assert_allclose(p.predict(NEW)[:, 0], reference.predict(pd.DataFrame(NEW)),
+                               rtol=1e-10)
