@@ -38,6 +38,9 @@ from serve.version import __version__
 @click.option("--intervals", is_flag=True, help="Also write each target's prediction "
               "interval and the mean's interval (y_lower, y_upper, y_mean_lower, y_mean_upper); "
               "the model needs linreg-export --intervals.")
+@click.option("--contributions", is_flag=True, help="Also write each target's baseline (the "
+              "mean prediction) and each term's contribution (y_baseline, y_contrib_TERM; they "
+              "add up to the prediction); the model needs linreg-export --contributions.")
 @click.option("--on-unknown", type=click.Choice(ON_UNKNOWN), default=None,
               help="A cell the model cannot take (a level not seen in training, a blank with "
               "no fill): an error naming it, a NaN prediction for its row (counted on "
@@ -61,7 +64,8 @@ from serve.version import __version__
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def predict_main(model: Path, input: str, output: str, input_format: str | None,
                  output_format: str | None, batch_rows: int, keep: tuple[str, ...],
-                 pred_suffix: str | None, intervals: bool, on_unknown: str | None,
+                 pred_suffix: str | None, intervals: bool, contributions: bool,
+                 on_unknown: str | None,
                  threads: int | None, engine: str, scheduler: str | None, workers: int | None,
                  master: str, allow_foreign_graph: bool, force: bool, quiet: bool) -> None:
     """Predict every row of INPUT (CSV, Parquet, NPY, JSON-lines; - for stdin) with MODEL
@@ -104,7 +108,8 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
             n = predict_folder(predictor, input, output, output_format=output_format,
                                batch_rows=batch_rows, keep=keep_cols, force=force,
                                pred_suffix=pred_suffix, intervals=intervals,
-                               on_unknown=on_unknown, progress=bar.to, engine=runner)
+                               contributions=contributions, on_unknown=on_unknown,
+                               progress=bar.to, engine=runner)
             bar.close(done=n)
         _warn_unpredictable(n)
         if not quiet:
@@ -115,7 +120,7 @@ def predict_main(model: Path, input: str, output: str, input_format: str | None,
         n = predict_file(predictor, input, output, input_format=input_format,
                          output_format=output_format, batch_rows=batch_rows, keep=keep_cols,
                          force=force, pred_suffix=pred_suffix, intervals=intervals,
-                         on_unknown=on_unknown, progress=bar.to)
+                         contributions=contributions, on_unknown=on_unknown, progress=bar.to)
         bar.close(done=n)
     _warn_unpredictable(n)
     if not quiet and output != "-":

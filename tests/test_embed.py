@@ -167,6 +167,23 @@ def test_node_prints_the_intervals_of_a_model_that_has_them():
         np.testing.assert_allclose(out[name], want[name], rtol=1e-12)
 
 
+def test_node_prints_the_contributions_that_add_up_to_the_prediction():
+    need((EXAMPLES / "node" / "node_modules" / "onnxruntime-node").is_dir(), "onnxruntime-node")
+    rows = [*FORMULA_ROWS, {"city": "Nice", "x2": 1.0}]
+    res = subprocess.run(["node", str(EXAMPLES / "node" / "predict.mjs"),
+                          str(MODELS / "explain" / "model.onnx"), json.dumps(rows),
+                          "--on-unknown", "nan"], capture_output=True, timeout=60)
+    assert res.returncode == 0, res.stderr.decode()
+    out = json.loads(res.stdout)
+    e = Predictor.load(MODELS / "explain").explain(rows, on_unknown="nan")
+    assert out["baseline"] == e.baseline[0]
+    assert out["contributions"][3] == dict.fromkeys(e.terms)  # the unseen level: null
+    got = np.array([[r[t] for t in e.terms] for r in out["contributions"][:3]])
+    np.testing.assert_array_equal(got, e.contributions[:3, 0, :].astype(np.float64))
+    np.testing.assert_allclose(out["baseline"] + got.sum(axis=1),
+                               np.array(out["predictions"][:3])[:, 0], rtol=1e-6)
+
+
 class _Static(http.server.SimpleHTTPRequestHandler):
     """examples/ as a static site, and the fixture models under /models/."""
 
@@ -273,3 +290,49 @@ def test_browser_page_shows_the_intervals(site):
         [{"city": "Rome", "x1": 12.0, "x2": -1.0}])
     for name, values in got.items():
         np.testing.assert_allclose(values, want[name][0], rtol=1e-12)
+
+
+def _screenshot(url: str, path: Path) -> None:
+    with tempfile.TemporaryDirectory() as profile:
+        res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                              "--disable-quic", "--no-first-run", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+                              f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                              "--window-size=800,1000", f"--screenshot={path}", url],
+                             capture_output=True, timeout=120)
+    assert res.returncode == 0 and path.is_file(), res.stderr.decode()[-2000:]
+
+
+def test_browser_page_draws_the_contributions(site, tmp_path):
+    """The page lists each term's contribution (the numbers Python gives) and draws them: one
+    bar per term, green right of the axis for one that raises the prediction, red left for one
+    that lowers it, the largest half the track wide (read back from a screenshot)."""
+    need(_chromium() is not None, "Debian's chromium")
+    need((EXAMPLES / "web" / "node_modules" / "onnxruntime-web").is_dir(), "onnxruntime-web")
+    Image = pytest.importorskip("PIL.Image")
+    url = f"{site}/web/index.html?model=/models/explain/model.onnx&row=Rome,3.5"
+    dom = _dom(url)
+    assert '<body data-state="done">' in dom, dom[-3000:]
+    got = json.loads(dom.split('data-contributions="')[1].split('"')[0].replace("&quot;", '"'))
+    e = Predictor.load(MODELS / "explain").explain([{"city": "Rome", "x2": 3.5}])
+    assert list(got) == e.terms
+    np.testing.assert_allclose([got[t] for t in e.terms], e.contributions[0, 0], rtol=1e-6)
+    assert "baseline 10.00248 (the mean prediction)" in dom
+    shot = tmp_path / "page.png"
+    _screenshot(url, shot)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    share = e.contributions[0, 0]
+    for colour, sign in (((0x1b, 0x78, 0x37), 1), ((0xb2, 0x18, 0x2b), -1)):
+        mask = (np.abs(pixels - colour).sum(axis=2) <= 6)
+        rows_with = np.flatnonzero(mask.any(axis=1))
+        # one bar per term of that sign, each about 1.1rem (~17 px) tall
+        bars = 1 + int((np.diff(rows_with) > 1).sum()) if len(rows_with) else 0
+        assert bars == int((np.sign(share) == sign).sum()), (colour, bars)
+    widths = [int(mask_row.sum()) for mask_row in
+              (np.abs(pixels - (0x1b, 0x78, 0x37)).sum(axis=2) <= 6)
+              | (np.abs(pixels - (0xb2, 0x18, 0x2b)).sum(axis=2) <= 6)]
+    largest = max(widths)
+    # the widest bar is the largest |contribution|; the others in proportion to it (±2 px)
+    by_size = sorted(np.abs(share), reverse=True)
+    assert by_size[1] / by_size[0] * largest == pytest.approx(
+        sorted({w for w in widths if w}, reverse=True)[1], abs=2)

@@ -113,6 +113,10 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.option("--intervals", type=SETTINGS["confidence"].click_type(), default=None, metavar="LEVEL",
               help="Add outputs prediction_lower/upper (a new observation) and "
               "mean_lower/upper (the mean) at this level, e.g. 0.95, to model.onnx.")
+@click.option("--contributions", is_flag=True,
+              help="Add an output 'contributions' to model.onnx: each term's share of the "
+              "prediction, coefficient x (value - its training mean); with the baseline (the "
+              "mean prediction) in the metadata, baseline + their sum = the prediction.")
 @click.option("--onnx-exporter", type=click.Choice(["linreg", "torch"]), default="linreg",
               show_default=True, help="Who writes model.onnx: linreg builds the graph itself "
               "(one Gemm, with the encoding and intervals), torch runs torch.onnx.export "
@@ -121,7 +125,7 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | None,
                 model_version: int | None, opset: int | None, intervals: float | None,
-                onnx_exporter: str, force: bool, quiet: bool) -> None:
+                contributions: bool, onnx_exporter: str, force: bool, quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
     from trainer.export import export
 
@@ -135,7 +139,8 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
     if triton and "onnx" not in formats and not (model_dir / "model.onnx").is_file():
         formats += ("onnx",)  # nothing exported yet: export it now
     manifest = export(model_dir, formats=formats, opset=opset, force=force,
-                      intervals=intervals, onnx_exporter=onnx_exporter) if formats else None
+                      intervals=intervals, contributions=contributions,
+                      onnx_exporter=onnx_exporter) if formats else None
     if triton:
         from serve.runtime.triton import write_repository
 
@@ -159,6 +164,12 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
                            f"{iv['quantile']:.6g}, {iv['cov_type']} covariance): "
                            f"{', '.join(iv['outputs'])}; they agree with the statistics to "
                            f"{iv['parity']['max_rel_error']:.2g}")
+            if "contributions" in info:
+                c = info["contributions"]
+                click.echo(f"  contributions of {len(c['terms'])} term(s) "
+                           f"({', '.join(c['terms'][:6])}{', ...' if len(c['terms']) > 6 else ''}"
+                           f"); baseline {', '.join(f'{b:.6g}' for b in c['baseline'])}; they "
+                           f"add up to the prediction to {c['parity']['sum_max_rel_error']:.2g}")
             if "note" in info.get("input", {}):
                 click.echo(f"  note: {model_dir / info['file']} is {info['input']['note']}")
 

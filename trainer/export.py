@@ -30,6 +30,7 @@ import torch
 
 from serve.core.columns import ColumnSpec, read_specs
 from serve.core.errors import ModelError, first_line
+from serve.core.graph import CONTRIBUTIONS
 from serve.core.manifest import read_manifest, record_artifact, verify_artifact, write_manifest
 from trainer.config import SETTINGS
 from trainer.encode import manifest_na_values
@@ -40,6 +41,7 @@ from trainer.parity import (
     NUMERIC_CORE_NOTE,
     ExportError,
     check_parity,
+    contribution_parity,
     design,
     interval_parity,
     parity,
@@ -96,11 +98,13 @@ def load_trained(folder: str | Path) -> tuple[LinearRegression, dict[str, Any]]:
 
 def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript"),
            opset: int | None = None, force: bool = False,
-           intervals: float | None = None, onnx_exporter: str = "linreg") -> dict[str, Any]:
+           intervals: float | None = None, contributions: bool = False,
+           onnx_exporter: str = "linreg") -> dict[str, Any]:
     """Write the requested formats into ``folder``, check parity, update the manifest.
 
     ``opset`` None: 18, or 19 for a model with categorical columns (string ``Equal``).
-    ``intervals`` (a level such as 0.95) adds prediction and mean intervals to model.onnx.
+    ``intervals`` (a level such as 0.95) adds prediction and mean intervals to model.onnx;
+    ``contributions`` adds each term's contribution (:mod:`trainer.contributions`).
     ``onnx_exporter``: ``linreg`` builds the graph itself (one ``Gemm``, with the encoding and
     the intervals when there are any: milliseconds); ``torch`` runs
     ``torch.onnx.export(dynamo=True)`` (seconds; a plain model without intervals only)."""
@@ -112,13 +116,16 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     specs = read_specs(manifest, folder / "model.json")
     if "onnx" in formats:
         manifest.pop("intervals", None)  # what this export writes, nothing older
+        manifest.pop("contributions", None)
     iv = _intervals(folder, manifest, intervals) if intervals is not None else None
-    if iv is not None and "onnx" not in formats:
-        raise ExportError("--intervals: the intervals go into model.onnx; add --format onnx")
-    if onnx_exporter == "torch" and (specs or iv) and "onnx" in formats:
+    for flag, asked in (("--intervals", iv is not None), ("--contributions", contributions)):
+        if asked and "onnx" not in formats:
+            raise ExportError(f"{flag}: its outputs go into model.onnx; add --format onnx")
+    if onnx_exporter == "torch" and (specs or iv or contributions) and "onnx" in formats:
         raise ExportError("--onnx-exporter torch exports the numeric core only: this model's "
-                          "encoding and intervals are built by linreg's own exporter (drop "
-                          "--onnx-exporter)")
+                          "encoding, intervals and contributions are built by linreg's own "
+                          "exporter (drop --onnx-exporter)")
+    share = _contributions(model, manifest, specs) if contributions else None
     lowest = needs_opset(specs) if specs else 13
     if opset is None:
         opset = max(DEFAULT_OPSET, lowest)
@@ -145,12 +152,17 @@ def export(folder: str | Path, *, formats: Sequence[str] = ("onnx", "torchscript
     with _temporaries(folder, [FORMATS[f] for f in formats]) as tmp:
         for fmt in formats:
             if fmt == "onnx" and onnx_exporter == "linreg":  # the graph: encoding, Gemm, ...
-                info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset, iv)
-                predict, bounds = tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
+                info = _write_tabular_onnx(model, manifest, specs, tmp[FORMATS[fmt]], opset, iv,
+                                           share)
+                predict, bounds, run = tabular_loader(tmp[FORMATS[fmt]], specs, manifest)
                 info["parity"] = parity(model, fmt, predict, raw_rows or rows, rows, manifest)
                 if iv is not None:
                     info["intervals"] = {**manifest["intervals"], "parity": interval_parity(
                         bounds, raw_rows or rows, rows, iv, model, manifest)}
+                if share is not None:
+                    info["contributions"] = {**manifest["contributions"],
+                                             "parity": contribution_parity(
+                        run, raw_rows or rows, rows, share, manifest)}
             else:
                 info = writers[fmt](model, manifest, tmp[FORMATS[fmt]], opset)
                 info["parity"] = check_parity(model, fmt, tmp[FORMATS[fmt]], rows, manifest)
@@ -252,6 +264,8 @@ def onnx_metadata(manifest: dict[str, Any]) -> dict[str, str]:
         tabular["linreg.response"] = manifest["formula"]["response"]
     if manifest.get("intervals"):  # extra outputs beside prediction
         tabular["linreg.intervals"] = json.dumps(manifest["intervals"])
+    if manifest.get("contributions"):  # the terms of the last output, and the baseline
+        tabular["linreg.contributions"] = json.dumps(manifest["contributions"])
     return {
         "linreg.schema_version": str(manifest["schema_version"]),
         "feature_names": json.dumps(inputs),
@@ -296,16 +310,34 @@ def _write_pt2(model, manifest, path: Path, opset: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- parity
 
 
-def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: Path,
-                        opset: int, iv: Intervals | None = None) -> dict[str, Any]:
+def _contributions(model, manifest: dict[str, Any], specs: list[ColumnSpec] | None):
+    """What the contributions output needs; its facts go into the manifest (and from there
+    into the graph's metadata, ``linreg.contributions``)."""
+    from trainer.contributions import contributions_of
+
+    weight, bias = _weights(model)
+    share = contributions_of(manifest, specs, weight, bias)
+    manifest["contributions"] = share.metadata(manifest["targets"])
+    return share
+
+
+def _weights(model) -> tuple[np.ndarray, np.ndarray | None]:
     weight = model.linear.weight.detach().cpu().numpy()
     bias = model.linear.bias.detach().cpu().numpy() if model.linear.bias is not None else None
-    if clash := {s.name for s in specs or []} & {"prediction", *INTERVAL_OUTPUTS}:
+    return weight, bias
+
+
+def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: Path,
+                        opset: int, iv: Intervals | None = None,
+                        share: Any = None) -> dict[str, Any]:
+    weight, bias = _weights(model)
+    if clash := {s.name for s in specs or []} & {"prediction", *INTERVAL_OUTPUTS,
+                                                 CONTRIBUTIONS}:
         raise ExportError(f"a column named {sorted(clash)[0]!r} clashes with the model's "
                           "outputs; rename it and train again")
     proto = tabular_graph(specs, weight, bias, dtype=manifest["model"]["dtype"], opset=opset,
                           intervals=iv, na=manifest_na_values(manifest) if specs else (),
-                          formula=formula_of(manifest))
+                          formula=formula_of(manifest), contributions=share)
     _save_onnx(proto, manifest, path)
     import onnx
 
@@ -318,7 +350,8 @@ def _write_tabular_onnx(model, manifest, specs: list[ColumnSpec] | None, path: P
             [{"name": "features", "shape": ["batch", len(manifest["features"])],
               "type": manifest["model"]["dtype"]}],
             "output": {"name": "prediction", "shape": ["batch", len(manifest["targets"])]},
-            "outputs": ["prediction", *INTERVAL_OUTPUTS] if iv else ["prediction"]}
+            "outputs": ["prediction", *(INTERVAL_OUTPUTS if iv else ()),
+                        *([CONTRIBUTIONS] if share is not None else [])]}
 
 
 def _intervals(folder: Path, manifest: dict[str, Any], level: float) -> Intervals:

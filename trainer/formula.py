@@ -53,7 +53,7 @@ class FormulaSpec:
     response: str
     intercept: bool
     factors: list[dict[str, Any]]  # {"code", "kind", "eval", "transforms"} or {.., "source", "levels"}
-    columns: list[dict[str, Any]]  # {"name", "parts": [[factor, contrast column or None], ...]}
+    columns: list[dict[str, Any]]  # {"name", "parts": [[factor, contrast or None], ...], "term"}
     ranges: dict[str, list[float]] | None = None  # numeric inputs' [min, max] in training
 
     def to_json(self) -> dict[str, Any]:
@@ -166,7 +166,7 @@ def learn(formula: str, data: Mapping[str, np.ndarray]) -> tuple[FormulaSpec, np
                     else:
                         parts.append([index[f], None])
                 columns.append({"name": _plain_numbers(info.column_names[at]),
-                                "parts": parts})
+                                "parts": parts, "term": _plain_numbers(term.name())})
                 at += 1
     spec = FormulaSpec(formula, response, intercept, factors, columns)
     X = np.asarray(X, dtype=np.float64)

@@ -15,6 +15,8 @@ opset 19):
 4. with intervals (``linreg-export --intervals``, for plain models too, input ``features``):
    prediction_lower/upper (a new observation) and mean_lower/upper (the mean) from the
    covariance of the estimates and σ̂, the quantile fixed at export (:func:`_interval_nodes`).
+5. with contributions (``linreg-export --contributions``): contributions = Gemm(X, B, c)
+   + the same NaN penalties, ``[batch, targets · terms]`` (:mod:`trainer.contributions`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from serve.core.columns import ColumnSpec
-from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION
+from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
 
 OUTPUT = PREDICTION
 FEATURES = "features"
@@ -44,12 +46,15 @@ def needs_opset(specs: Sequence[ColumnSpec]) -> int:
 def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
                   bias: np.ndarray | None, *, dtype: str, opset: int,
                   intervals: Intervals | None = None,
-                  na: Sequence[str] = (), formula: Any = None) -> onnx.ModelProto:
+                  na: Sequence[str] = (), formula: Any = None,
+                  contributions: Any = None) -> onnx.ModelProto:
     """The whole model as an ONNX ModelProto (metadata is added by the caller): raw columns
     in (``specs``), or the plain ``features`` matrix (``specs`` None, used with intervals).
     A categorical cell whose text is one of ``na`` (the NA tokens) is a blank. With
     ``formula`` (a :class:`trainer.formula.FormulaSpec`) the design is the formula's, compiled
-    by :func:`trainer.formula.formula_nodes` from the raw columns ``specs``."""
+    by :func:`trainer.formula.formula_nodes` from the raw columns ``specs``. With
+    ``contributions`` (a :class:`trainer.contributions.Contributions`) the last output is
+    each term's contribution."""
     np_dtype, elem = np.dtype(dtype), _ELEM[dtype]
     nodes, inits, inputs, blocks, penalties = [], [], [], [], []
 
@@ -128,6 +133,14 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
             nodes.append(helper.make_node("Identity", [ref], [name]))
     nodes.append(helper.make_node("Identity", [out], [OUTPUT]))
     outputs = [helper.make_tensor_value_info(n, elem, ["batch", weight.shape[0]]) for n in names]
+    if contributions is not None:  # 5.
+        B, c = contributions.gemm()
+        share = node("Gemm", [X, const("contrib_weight", B.astype(np_dtype)),
+                              const("contrib_offset", c.astype(np_dtype))], "contrib")
+        for p in penalties:
+            share = node("Add", [share, p], f"contrib_plus_{p.rsplit('/', 2)[-2]}")
+        nodes.append(helper.make_node("Identity", [share], [CONTRIBUTIONS]))
+        outputs.append(helper.make_tensor_value_info(CONTRIBUTIONS, elem, ["batch", B.shape[1]]))
     graph = helper.make_graph(nodes, "linreg", inputs, outputs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 10)  # what onnxruntime 1.20+ reads

@@ -171,9 +171,10 @@ def design(raw: dict[str, np.ndarray], specs: list[ColumnSpec], manifest) -> np.
 
 
 def tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[str, Any]):
-    """``predict(rows)`` and ``bounds(rows)`` (the four interval outputs) of linreg's own
-    graph, fed raw columns (``specs``) or the ``features`` matrix. Every other blank of a
-    categorical column is fed as an NA token, which the graph must read as a blank."""
+    """``predict(rows)``, ``bounds(rows)`` (the four interval outputs) and ``run(rows,
+    names)`` (any outputs) of linreg's own graph, fed raw columns (``specs``) or the
+    ``features`` matrix. Every other blank of a categorical column is fed as an NA token,
+    which the graph must read as a blank."""
     import onnxruntime as ort
 
     try:
@@ -195,7 +196,34 @@ def tabular_loader(path: Path, specs: list[ColumnSpec] | None, manifest: dict[st
         return {s.name: (cells(raw[s.name]) if s.kind == "categorical" else
                          raw[s.name].astype(dtype)).reshape(-1, 1) for s in specs}
     return (lambda raw: sess.run(["prediction"], feeds(raw))[0],
-            lambda raw: sess.run(list(INTERVAL_OUTPUTS), feeds(raw)))
+            lambda raw: sess.run(list(INTERVAL_OUTPUTS), feeds(raw)),
+            lambda raw, names: sess.run(names, feeds(raw)))
+
+
+def contribution_parity(run, inputs: list[Any], rows: list[np.ndarray], share: Any,
+                        manifest: dict[str, Any]) -> dict[str, Any]:
+    """The graph's contributions against the same sums in float64 numpy on the same rows
+    (``share``: a :class:`trainer.contributions.Contributions`), and baseline + Σ
+    contributions against the graph's own prediction."""
+    worst = worst_sum = 0.0
+    t, k = share.weight.shape[0], len(share.terms)
+    for given, X in zip(inputs, rows):
+        pred, got = (np.asarray(v, dtype=np.float64) for v in run(given, ["prediction",
+                                                                          "contributions"]))
+        got = got.reshape(len(X), t, k)
+        want = share.of(X)
+        scale = max(1.0, float(np.abs(want).max(initial=0)), float(np.abs(pred).max()))
+        worst = max(worst, float(np.abs(got - want).max(initial=0)) / scale)
+        total = share.baseline + got.sum(axis=2)
+        worst_sum = max(worst_sum, float(np.abs(total - pred).max()) / scale)
+    tol = TOLERANCE[manifest["model"]["dtype"]]
+    if not worst <= tol:
+        raise ExportError(f"onnx contributions disagree with the coefficients: max relative "
+                          f"error {worst:.3g} > tolerance {tol:g}")
+    if not worst_sum <= tol:
+        raise ExportError(f"onnx contributions do not add up to the prediction: max relative "
+                          f"error {worst_sum:.3g} > tolerance {tol:g}")
+    return {"max_rel_error": worst, "sum_max_rel_error": worst_sum, "tolerance": tol}
 
 
 def interval_parity(bounds, inputs: list[Any], rows: list[np.ndarray], iv: Intervals, model,

@@ -128,7 +128,8 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                 "validation_rows": int(len(val_idx)),
                 "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
                 "sample_weight": sample_weight}, plots=pictures,
-            training={"cv": cv} if cv else None, formula=data.formula)
+            training={"cv": cv} if cv else None, formula=data.formula,
+            means=X.mean(axis=0, dtype=np.float64))
     return out, manifest
 
 
@@ -239,16 +240,21 @@ def write_folder(out: Path, *, force: bool, result: FitResult, config: TrainConf
                   features: list[str], targets: list[str], columns: Any,
                   encoding: EncodeConfig, warnings: list[str], metrics: dict[str, Any],
                   stats: Any, data: dict[str, Any], training: dict[str, Any] | None = None,
-                  plots: Any = None, formula: Any = None) -> dict[str, Any]:
+                  plots: Any = None, formula: Any = None,
+                  means: np.ndarray | None = None) -> dict[str, Any]:
     """The artifact folder of a fit, however it was trained (in memory, streamed, on many
     ranks): model.pt, history.csv, inference.npz, plots and model.json, built in a temporary
-    folder that replaces ``out`` only when all is written. Returns the manifest."""
+    folder that replaces ``out`` only when all is written. ``means``: the design columns'
+    means over the training rows (unweighted), the contributions' reference point. Returns
+    the manifest."""
     with atomic_dir(out, force=force, check_replaceable=check_replaceable) as tmp:
         torch.save(result.state_dict, tmp / "model.pt")
         _write_history(tmp / "history.csv", result)
         manifest = _manifest_of(result, config, out.name, features, targets, columns, encoding,
                                 warnings, metrics, data, training or {})
         manifest["statistics"] = stats.per_target
+        if means is not None:
+            manifest["model"]["feature_means"] = np.asarray(means, dtype=np.float64).tolist()
         if formula is not None:  # --formula: its design, which the exporter compiles
             manifest["formula"] = formula.to_json()
         for name in ("model.pt", "history.csv"):

@@ -153,7 +153,7 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                    "passes": passes, "world_size": group.world,
                                    "backend": group.backend,
                                    "rows_per_rank": summary.train_rows},
-                      **({"cv": cv} if cv else {})}, plots=pictures)
+                      **({"cv": cv} if cv else {})}, plots=pictures, means=summary.x.mean)
         return out, manifest
 
 

@@ -75,6 +75,8 @@ export function readContract(modelBytes) {
     dtype: meta.dtype === 'float64' ? 'float64' : 'float32',
     columns: meta['linreg.columns'] ? JSON.parse(meta['linreg.columns']) : null,
     naValues: new Set(meta['linreg.na_values'] ? JSON.parse(meta['linreg.na_values']) : []),
+    // linreg-export --contributions: {terms, baseline (one per target)}, or null
+    contributions: meta['linreg.contributions'] ? JSON.parse(meta['linreg.contributions']) : null,
     metadata: meta,
   };
 }
@@ -211,6 +213,18 @@ export function withNanRows(outputs, nanRows) {
     for (const r of nanRows) tensor.data.fill(NaN, r * cols, (r + 1) * cols);
   }
   return outputs;
+}
+
+/** The `contributions` output ([rows, targets x terms], target-major) as one object per row:
+ *  {term: value} for a one-target model, else {target: {term: value}}; NaN as null. */
+export function toContributions(tensor, contract) {
+  const { terms } = contract.contributions;
+  const byTerm = (values) => Object.fromEntries(terms.map((t, k) => [t, Number.isNaN(values[k]) ? null : values[k]]));
+  return toRows(tensor).map((row) => {
+    const perTarget = contract.targets.map((_, i) => byTerm(row.slice(i * terms.length, (i + 1) * terms.length)));
+    return contract.targets.length === 1 ? perTarget[0]
+      : Object.fromEntries(contract.targets.map((t, i) => [t, perTarget[i]]));
+  });
 }
 
 /** The output tensor as one array of target values per row. */

@@ -9,10 +9,12 @@
 // names and dtype come from the model's own metadata. A tabular model (categorical columns,
 // blanks) takes raw values: strings for levels, null for a blank. Prints
 // {"features": [...], "targets": [...], "predictions": [[...], ...]} on stdout, plus
-// prediction_lower/upper and mean_lower/upper for a model exported with --intervals.
+// prediction_lower/upper and mean_lower/upper for a model exported with --intervals, and
+// contributions (per row {term: value}) and baseline for one exported with --contributions:
+// baseline + the row's contributions = its prediction.
 import { readFile } from 'node:fs/promises';
 import * as ort from 'onnxruntime-node';
-import { prepareFeeds, readContract, toRows, withNanRows } from '../js/onnx-metadata.mjs';
+import { prepareFeeds, readContract, toContributions, toRows, withNanRows } from '../js/onnx-metadata.mjs';
 
 async function readStdin() {
   const chunks = [];
@@ -44,6 +46,11 @@ async function main() {
   // A model exported with --intervals has four more outputs, shaped like the prediction.
   for (const name of ['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper']) {
     if (outputs[name]) result[name] = toRows(outputs[name]);
+  }
+  if (outputs.contributions && contract.contributions) {
+    result.contributions = toContributions(outputs.contributions, contract);
+    const { baseline } = contract.contributions;
+    result.baseline = baseline.length === 1 ? baseline[0] : baseline;
   }
   console.log(JSON.stringify(result));
 }

@@ -1,7 +1,7 @@
 // Predict with a linreg model.onnx in the browser: onnxruntime-web (WebAssembly, one thread, so
 // no cross-origin isolation is needed) and the model's own metadata for the form's fields.
 import * as ort from './node_modules/onnxruntime-web/dist/ort.wasm.min.mjs';
-import { readContract, toFeeds, toRows } from '../js/onnx-metadata.mjs';
+import { readContract, toContributions, toFeeds, toRows } from '../js/onnx-metadata.mjs';
 
 ort.env.wasm.numThreads = 1;
 ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', import.meta.url).href;
@@ -11,6 +11,34 @@ const status = document.getElementById('status');
 const form = document.getElementById('form');
 const fieldset = document.getElementById('features');
 const result = document.getElementById('result');
+const figure = document.getElementById('contributions');
+
+// One bar per term and target: its contribution to the prediction, scaled to the largest one,
+// right of the axis (green) when it raises the prediction, left (red) when it lowers it.
+function drawContributions(row, contract, show) {
+  const { terms, baseline } = contract.contributions;
+  figure.replaceChildren();
+  contract.targets.forEach((target, i) => {
+    const values = contract.targets.length === 1 ? row : row[target];
+    const scale = Math.max(...terms.map((t) => Math.abs(values[t] ?? 0))) || 1;
+    figure.append(Object.assign(document.createElement('figcaption'), {
+      textContent: `${target}: baseline ${show(baseline[i])} (the mean prediction) plus each term's contribution`,
+    }));
+    for (const term of terms) {
+      const v = values[term] ?? NaN;
+      const line = Object.assign(document.createElement('div'), { className: 'term' });
+      const track = Object.assign(document.createElement('div'), { className: 'track' });
+      const half = Number.isFinite(v) ? (50 * Math.abs(v)) / scale : 0;
+      const bar = Object.assign(document.createElement('div'), { className: `bar ${v >= 0 ? 'up' : 'down'}` });
+      Object.assign(bar.style, { width: `${half}%`, left: v >= 0 ? '50%' : `${50 - half}%` });
+      track.append(bar);
+      line.append(Object.assign(document.createElement('span'), { textContent: term }), track,
+        Object.assign(document.createElement('span'), { className: 'value', textContent: Number.isFinite(v) ? show(v) : '—' }));
+      figure.append(line);
+    }
+  });
+  figure.hidden = false;
+}
 
 function fail(message) {
   document.body.dataset.state = 'error';
@@ -73,6 +101,11 @@ async function main() {
     result.dataset.predictions = JSON.stringify(values);
     if (level !== null) {
       result.dataset.intervals = JSON.stringify(Object.fromEntries(['prediction_lower', 'prediction_upper', 'mean_lower', 'mean_upper'].map((n) => [n, toRows(outputs[n])[0]])));
+    }
+    if (outputs.contributions && contract.contributions) { // a model exported with --contributions
+      const [row] = toContributions(outputs.contributions, contract);
+      drawContributions(row, contract, show);
+      figure.dataset.contributions = JSON.stringify(row);
     }
     document.body.dataset.state = 'done';
   }

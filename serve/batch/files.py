@@ -24,9 +24,10 @@ from serve.batch.writers import WRITERS
 from serve.core.atomic import output_file
 from serve.core.errors import DataError, OutputError
 from serve.core.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format, files_of
-from serve.core.graph import INTERVAL_OUTPUTS
+from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.ownership import own_temporary
 from serve.core.tables import STDIN, check_readable
+from serve.runtime.explanation import contribution_columns, contribution_names
 from serve.runtime.predictor import Cancel, Predictor, unpredictable_rows
 
 __all__ = ["predict_file", "predict_folder", "input_parts", "Predicted", "INPUT_FORMATS",
@@ -65,7 +66,7 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
                  input_format: str | None = None, output_format: str | None = None,
                  batch_rows: int = 65536, keep: Sequence[str] = (), force: bool = False,
                  pred_suffix: str | None = None, intervals: bool = False,
-                 on_unknown: str | None = None,
+                 contributions: bool = False, on_unknown: str | None = None,
                  progress: Callable[[int], None] | None = None) -> Predicted:
     """Predict every row of ``source`` into ``output`` (``-`` for stdin/stdout); return the count
     (:class:`Predicted`: with the rows left NaN under ``on_unknown="nan"``).
@@ -73,8 +74,10 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     Prediction columns are named after the targets, plus ``pred_suffix`` when given; without
     it, ``_pred`` is added only when a kept column has a target's name (actual beside
     predicted: ``--keep y`` gives ``y`` and ``y_pred``). ``intervals`` adds, per target,
-    ``y_lower``, ``y_upper`` (a new observation) and ``y_mean_lower``, ``y_mean_upper``.
-    ``on_unknown``: the policy for a cell the model cannot take (:meth:`Predictor.predict`)."""
+    ``y_lower``, ``y_upper`` (a new observation) and ``y_mean_lower``, ``y_mean_upper``;
+    ``contributions``, per target, ``y_baseline`` and ``y_contrib_<term>`` per term (they add
+    up to the prediction). ``on_unknown``: the policy for a cell the model cannot take
+    (:meth:`Predictor.predict`)."""
     if batch_rows < 1:
         raise DataError(f"--batch-rows {batch_rows}: must be at least 1")
     in_fmt = input_format or ("csv" if str(source) == "-" else
@@ -90,6 +93,11 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
             raise DataError(f"{predictor.source}: this model has no intervals; export it with "
                             "linreg-export --intervals 0.95")
         names += [f"{t}_{k}" for t in predictor.target_names for k in INTERVAL_SUFFIXES]
+    if contributions:
+        if predictor.contributions is None:
+            raise DataError(f"{predictor.source}: this model has no contributions; export it "
+                            "with linreg-export --contributions")
+        names += contribution_names(predictor.target_names, predictor.contributions["terms"])
     if clash := sorted(set(keep) & set(names)):
         raise DataError(f"--keep {clash[0]}: the predictions have a column of that name; pick "
                         "another --pred-suffix")
@@ -104,10 +112,10 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     chunks = READERS[in_fmt](source, predictor, keep, batch_rows)
     if str(output) == "-":
         return _run(predictor, chunks, sys.stdout.buffer, out_fmt, keep, names, progress, name,
-                    intervals, on_unknown)
+                    _columns_of(predictor, intervals, contributions), on_unknown)
     with output_file(output, force=force) as sink:
-        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name, intervals,
-                    on_unknown)
+        return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name,
+                    _columns_of(predictor, intervals, contributions), on_unknown)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -119,7 +127,8 @@ def _same_file(a: str | Path, b: str | Path) -> bool:
 
 def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt: str,
          keep: list[str], names: list[str], progress: Callable[[int], None] | None,
-         name: str, intervals: bool = False, on_unknown: str | None = None) -> Predicted:
+         name: str, run: Callable[..., np.ndarray], on_unknown: str | None = None
+         ) -> Predicted:
     writer = WRITERS[out_fmt](sink, predictor, keep, names)
     done = nan_rows = 0
     # 1. The model runs on a worker thread while this one waits: a signal (Ctrl-C, SIGTERM)
@@ -133,7 +142,6 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
         for rows, kept, first in chunks:
             cancel = Cancel()
             try:  # the one finiteness check is the model's (NaN/inf named in file terms)
-                run = _with_intervals(predictor) if intervals else predictor.predict
                 pred = predicting.submit(run, rows, cancel=cancel, row_offset=first,
                                          source=name, on_unknown=on_unknown).result()
             except BaseException:  # an interrupt or an error: stop the run if still going
@@ -161,13 +169,26 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
 INTERVAL_SUFFIXES = ("lower", "upper", "mean_lower", "mean_upper")
 
 
-def _with_intervals(predictor: Predictor) -> Callable[..., np.ndarray]:
-    """``predict`` giving the predictions, then per target its four bounds, as columns."""
+def _columns_of(predictor: Predictor, intervals: bool, contributions: bool
+                ) -> Callable[..., np.ndarray]:
+    """``predict`` giving the output file's number columns: the predictions, then per target
+    its four bounds (``intervals``), then per target its baseline and contributions."""
+    if not (intervals or contributions):
+        return predictor.predict
+    names = [*(INTERVAL_OUTPUTS if intervals else ()),
+             *([CONTRIBUTIONS] if contributions else [])]
+
     def run(rows, **kwargs) -> np.ndarray:
-        out = predictor.predict_intervals(rows, **kwargs)
-        bounds = [out[k] for k in INTERVAL_OUTPUTS]
-        per_target = [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
-        return np.hstack([out["prediction"], *per_target])
+        out = predictor.outputs(rows, names=names, **kwargs)
+        pred = out[PREDICTION]
+        columns = [pred]
+        if intervals:
+            bounds = [out[k] for k in INTERVAL_OUTPUTS]
+            columns += [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
+        if contributions:
+            columns.append(contribution_columns(pred, out[CONTRIBUTIONS],
+                                                predictor.contributions["baseline"]))
+        return np.hstack(columns)
     return run
 
 
@@ -196,7 +217,7 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
                    output_format: str | None = None, batch_rows: int = 65536,
                    keep: Sequence[str] = (), force: bool = False,
                    pred_suffix: str | None = None, intervals: bool = False,
-                   on_unknown: str | None = None,
+                   contributions: bool = False, on_unknown: str | None = None,
                    progress: Callable[[int], None] | None = None,
                    engine: Callable[[list[Job]], list[int]] | None = None) -> Predicted:
     """Predict every file of a folder or glob into the folder ``output``: one output file per
@@ -213,7 +234,7 @@ def predict_folder(predictor: Predictor, source: str | Path, output: str | Path,
     if len(set(names)) != len(names):
         raise DataError(f"{source}: two parts have the same file name; give a folder instead")
     options = dict(batch_rows=batch_rows, keep=list(keep), pred_suffix=pred_suffix,
-                   intervals=intervals, on_unknown=on_unknown)
+                   intervals=intervals, contributions=contributions, on_unknown=on_unknown)
     with atomic_dir(output, force=force, check_replaceable=_check_predictions) as tmp:
         jobs: list[Job] = []
         for part, rel in zip(parts, names):

@@ -27,6 +27,8 @@ ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "I
 PREDICTION = "prediction"
 FEATURES = "features"  # a plain model's one input: [rows, n_features]
 INTERVAL_OUTPUTS = ("prediction_lower", "prediction_upper", "mean_lower", "mean_upper")
+# linreg-export --contributions adds this last output: [batch, targets x terms], same type.
+CONTRIBUTIONS = "contributions"
 _STANDARD_DOMAINS = ("", "ai.onnx")
 _FLOAT_TYPES = {1: "float", 11: "double"}
 _STRING = 8
@@ -68,6 +70,13 @@ def check_graph(data: bytes, source: str, *, allow_foreign: bool = False) -> Gra
         raise ModelError(f"{source}: not a linreg model graph (it uses {what}){hint}")
     inputs = [i for i in facts.inputs if i[0] not in facts.initializers]
     outputs = facts.outputs
+    if len(outputs) > 1 and outputs[-1][0] == CONTRIBUTIONS:
+        name, elem, dims = outputs[-1]
+        if elem != outputs[0][1] or len(dims) != 2 or not isinstance(dims[1], int) \
+                or dims[1] < 1:
+            raise ModelError(f"{source}: the contributions output is not a float [batch, "
+                             f"width] of the prediction's type{hint}")
+        outputs = outputs[:-1]
     if len(outputs) == 1 + len(INTERVAL_OUTPUTS) and \
             [o[0] for o in outputs] == [PREDICTION, *INTERVAL_OUTPUTS]:
         if any(o[1:] != outputs[0][1:] for o in outputs):
@@ -77,7 +86,7 @@ def check_graph(data: bytes, source: str, *, allow_foreign: bool = False) -> Gra
     if len(outputs) != 1 or not inputs:
         raise ModelError(f"{source}: not a linreg model graph ({len(inputs)} inputs and "
                          f"{len(facts.outputs)} outputs; expected one output, or prediction "
-                         f"and its intervals){hint}")
+                         f"and its intervals or contributions){hint}")
     if len(inputs) > 1 or inputs[0][1] == _STRING:  # raw columns: one [batch, 1] each
         for name, elem, dims in inputs:
             if elem not in (*_FLOAT_TYPES, _STRING) or dims[1:] != [1] or len(dims) != 2:

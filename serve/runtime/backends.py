@@ -12,7 +12,7 @@ import numpy as np
 
 from serve.core.columns import specs_from_json
 from serve.core.errors import ModelError, first_line
-from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION
+from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.manifest import MANIFEST, read_manifest, verify_artifact
 
 SMALL_BATCH = 2048  # rows; below this a one-thread sequential session answers fastest
@@ -84,6 +84,15 @@ class OnnxBackend(Backend):
         self.metadata = dict(self._small.get_modelmeta().custom_metadata_map)
         self.columns = None
         self.interval_names: list[str] = []
+        self.contribution_width = 0  # linreg-export --contributions: that output's width
+        if len(outputs) > 1 and outputs[-1].name == CONTRIBUTIONS \
+                and "linreg.contributions" in self.metadata:
+            last = outputs[-1]
+            if last.type != outputs[0].type or len(last.shape) != 2 \
+                    or not isinstance(last.shape[1], int):
+                raise ModelError(f"{path}: the contributions output differs in type or shape "
+                                 "from 'prediction'")
+            self.contribution_width, outputs = int(last.shape[1]), outputs[:-1]
         names = [o.name for o in outputs]
         if names == [PREDICTION, *INTERVAL_OUTPUTS] and "linreg.intervals" in self.metadata:
             if any((o.type, o.shape) != (outputs[0].type, outputs[0].shape) for o in outputs):

@@ -34,7 +34,13 @@ from serve.core.columns import (
 )
 from serve.core.errors import DataError, ModelError
 from serve.core.formats import MAX_THREADS
-from serve.core.graph import ALLOWED_OPS, INTERVAL_OUTPUTS, PREDICTION, check_graph
+from serve.core.graph import (
+    ALLOWED_OPS,
+    CONTRIBUTIONS,
+    INTERVAL_OUTPUTS,
+    PREDICTION,
+    check_graph,
+)
 from serve.core.manifest import MANIFEST, names_problem, read_manifest
 from serve.core.numbers import cell_number, first_non_finite, non_finite_message, shown
 from serve.runtime.backends import (
@@ -44,6 +50,7 @@ from serve.runtime.backends import (
     TorchScriptBackend,
     read_model_bytes,
 )
+from serve.runtime.explanation import Explanation
 
 
 class PredictionInputError(DataError, ValueError):
@@ -66,6 +73,11 @@ class Predictor:
         self.intervals = _interval_facts(backend, metadata)  # linreg-export --intervals, or None
         self.feature_names = list(feature_names)
         self.target_names = list(target_names)
+        # linreg-export --contributions: {"terms", "baseline"}, or None
+        self.contributions = _contribution_facts(backend, metadata, self.target_names, source)
+        # every output by name: the prediction, and the intervals and contributions if exported
+        self.output_names = [PREDICTION, *(INTERVAL_OUTPUTS if self.intervals is not None else ()),
+                             *((CONTRIBUTIONS,) if self.contributions is not None else ())]
         self.metadata = metadata
         self.dtype = np.dtype(dtype)
         self.source = source
@@ -180,6 +192,37 @@ class Predictor:
         names = [PREDICTION, *INTERVAL_OUTPUTS]
         return dict(zip(names, self._run(X, cancel, row_offset, source, names,
                                          on_unknown=on_unknown)))
+
+    def outputs(self, X: Any, *, names: list[str] | None = None, on_unknown: str | None = None,
+                cancel: Cancel | None = None, row_offset: int = 0,
+                source: str | None = None) -> dict[str, np.ndarray]:
+        """Every output of the model (or those ``names``) by name, from one run: the
+        prediction, the intervals and ``contributions`` (``(n_rows, n_targets · n_terms)``,
+        target-major) when it has them; arguments as :meth:`predict`."""
+        names = self.output_names if names is None else [PREDICTION, *(
+            n for n in names if n != PREDICTION)]
+        if unknown := [n for n in names if n not in self.output_names]:
+            raise ModelError(f"{self.source}: no output {unknown[0]!r}; the model's outputs are "
+                             f"{', '.join(self.output_names)}")
+        out = self._run(X, cancel, row_offset, source, names, on_unknown=on_unknown) \
+            if len(names) > 1 else [self._run(X, cancel, row_offset, source,
+                                              on_unknown=on_unknown)[0]]
+        return dict(zip(names, out))
+
+    def explain(self, X: Any, *, on_unknown: str | None = None, cancel: Cancel | None = None,
+                row_offset: int = 0, source: str | None = None) -> Explanation:
+        """Each term's contribution to each row's prediction (:class:`Explanation`: baseline
+        + the contributions = the prediction); the model needs ``linreg-export
+        --contributions``. Arguments as :meth:`predict`."""
+        if self.contributions is None:
+            raise ModelError(f"{self.source}: this model has no contributions; export it with "
+                             "linreg-export --contributions")
+        out = self._run(X, cancel, row_offset, source, [PREDICTION, CONTRIBUTIONS],
+                        on_unknown=on_unknown)
+        terms = self.contributions["terms"]
+        return Explanation(self.target_names, terms, np.asarray(
+            self.contributions["baseline"], dtype=np.float64), out[0],
+            out[1].reshape(len(out[0]), self.n_targets, len(terms)))
 
     def prepare(self, X: Any, on_unknown: str | None, *, row_offset: int = 0,
                 source: str | None = None) -> tuple[np.ndarray | Frame, np.ndarray | None]:
@@ -395,6 +438,25 @@ def _all_finite(a: np.ndarray) -> bool:
     if a.size <= 64:
         return all(map(math.isfinite, a.ravel().tolist()))
     return bool(np.isfinite(a).all())
+
+
+def _contribution_facts(backend: Backend, metadata: dict[str, Any], targets: list[str],
+                        source: str) -> dict[str, Any] | None:
+    """The terms and baselines of a model exported with ``--contributions`` (checked against
+    the output's width), or None."""
+    width = getattr(backend, "contribution_width", 0)
+    if not width:
+        return None
+    facts = _json_value(metadata.get("linreg.contributions"))
+    terms = facts.get("terms") if isinstance(facts, dict) else None
+    baseline = facts.get("baseline") if isinstance(facts, dict) else None
+    if not (isinstance(terms, list) and all(isinstance(t, str) for t in terms)
+            and len(terms) * len(targets) == width and isinstance(baseline, list)
+            and len(baseline) == len(targets)
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in baseline)):
+        raise ModelError(f"{source}: its metadata linreg.contributions does not describe its "
+                         f"contributions output ({width} wide); export it again")
+    return {"terms": terms, "baseline": [float(b) for b in baseline]}
 
 
 def _interval_facts(backend: Backend, metadata: dict[str, Any]) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from serve.core.errors import ModelError
-from serve.core.graph import INTERVAL_OUTPUTS, PREDICTION
+from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.jsontext import text_problem
 from serve.runtime.predictor import Predictor
 
@@ -41,6 +41,9 @@ def model_config(predictor: Predictor, name: str, *, max_batch_size: int,
                    else dt, "dims": [1]} for c in predictor.columns]
     outputs = [{"name": n, "data_type": dt, "dims": [predictor.n_targets]}
                for n in [PREDICTION, *(INTERVAL_OUTPUTS if predictor.intervals else [])]]
+    if predictor.contributions is not None:  # [batch, targets x terms]
+        outputs.append({"name": CONTRIBUTIONS, "data_type": dt, "dims": [
+            predictor.n_targets * len(predictor.contributions["terms"])]})
     config: dict[str, Any] = {
         "name": name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
         "max_batch_size": max_batch_size, "version_policy": {"all": {}},

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from serve.core.errors import RequestError
-from serve.core.graph import FEATURES, INTERVAL_OUTPUTS, PREDICTION
+from serve.core.graph import FEATURES
 from serve.core.numbers import shown
 from serve.runtime.predictor import Predictor
 from serve.server.protocols import (
@@ -186,8 +186,9 @@ def _utf8(values: Any, name: str) -> list[str]:
 # ----------------------------------------------------------------------- the model's checks
 
 def output_names(predictor: Predictor) -> list[str]:
-    """The model's outputs: the prediction, and its intervals when exported with them."""
-    return [PREDICTION, *(INTERVAL_OUTPUTS if predictor.intervals is not None else ())]
+    """The model's outputs: the prediction, and its intervals and contributions when exported
+    with them."""
+    return predictor.output_names
 
 
 def request_rows(predictor: Predictor, request: InferRequest, *, max_rows: int) -> Checked:

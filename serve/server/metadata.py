@@ -29,6 +29,9 @@ def model_metadata(predictor: Predictor, name: str,
                for n in output_names(predictor)]
     if predictor.intervals is not None:  # linreg-export --intervals
         params["intervals"] = predictor.intervals
+    if predictor.contributions is not None:  # linreg-export --contributions: its width
+        outputs[-1]["shape"] = [-1, predictor.n_targets * len(predictor.contributions["terms"])]
+        params["contributions"] = predictor.contributions
     if predictor.columns is not None:  # one input per raw column
         inputs = [{"name": c.name, "datatype": "BYTES" if c.kind == "categorical" else dt,
                    "shape": [-1, 1]} for c in predictor.columns]

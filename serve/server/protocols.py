@@ -20,11 +20,12 @@ import numpy as np
 
 from serve.core.columns import ON_UNKNOWN, Frame
 from serve.core.errors import DataError, RequestError
-from serve.core.graph import PREDICTION
+from serve.core.graph import CONTRIBUTIONS, PREDICTION
 from serve.core.jsontext import JSONTextError
 from serve.core.jsontext import loads as json_loads
 from serve.core.numbers import shown
 from serve.core.tables import check_unique, csv_batches, to_matrix
+from serve.runtime.explanation import Explanation
 from serve.runtime.predictor import Predictor
 
 
@@ -138,13 +139,25 @@ def json_list(values: np.ndarray) -> list:
     return out.tolist()
 
 
-def predictions_body(outputs: Mapping[str, np.ndarray], unpredictable: int = 0) -> dict[str, Any]:
+def predictions_body(outputs: Mapping[str, np.ndarray], unpredictable: int = 0,
+                     predictor: Predictor | None = None) -> dict[str, Any]:
     """v1 and MLflow: ``{"predictions": [...]}``, plus ``prediction_lower``, ... for a model
-    with intervals, each shaped like ``predictions``; ``null`` for a row that could not be
-    predicted, counted in ``unpredictable_rows`` (on_unknown ``nan``)."""
+    with intervals, each shaped like ``predictions``, and for a model with contributions
+    ``contributions`` (per row ``{term: value}``, or ``{target: {term: value}}``) and
+    ``baseline``; ``null`` for a row that could not be predicted, counted in
+    ``unpredictable_rows`` (on_unknown ``nan``)."""
     nan = unpredictable > 0
     body: dict[str, Any] = {"predictions": predictions(outputs[PREDICTION], nan=nan)}
-    body.update({k: predictions(v, nan=nan) for k, v in outputs.items() if k != PREDICTION})
+    body.update({k: predictions(v, nan=nan) for k, v in outputs.items()
+                 if k not in (PREDICTION, CONTRIBUTIONS)})
+    if CONTRIBUTIONS in outputs and predictor is not None and predictor.contributions:
+        facts = predictor.contributions
+        pred = outputs[PREDICTION]
+        body[CONTRIBUTIONS] = Explanation(
+            predictor.target_names, facts["terms"], np.asarray(facts["baseline"]), pred,
+            outputs[CONTRIBUTIONS].reshape(len(pred), pred.shape[1], -1)).records()
+        base = facts["baseline"]
+        body["baseline"] = base[0] if len(base) == 1 else base
     if nan:
         body["unpredictable_rows"] = unpredictable
     return body

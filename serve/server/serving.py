@@ -25,10 +25,10 @@ INLINE_ROWS = 256  # requests up to this many rows predict on the event loop (ab
 
 
 def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
-    """``run(rows, cancel=None)``: every output by name (the prediction, and its intervals when
-    the model has them)."""
-    if predictor.intervals is not None:
-        return predictor.predict_intervals
+    """``run(rows, cancel=None)``: every output by name (the prediction, and its intervals and
+    contributions when the model has them)."""
+    if len(predictor.output_names) > 1:
+        return functools.partial(predictor.outputs, names=None)
     return lambda rows, cancel=None: {PREDICTION: predictor.predict(rows, cancel=cancel)}
 
 

@@ -77,6 +77,9 @@ GOOD = [
     Case("multi", [features(ROWS[0], shape=[4])], version="1"),
     Case("tab", columns()),
     Case("tab", columns(binary=True), outputs=["prediction_upper", "prediction"]),
+    Case("explain", [columns()[0], columns()[2]]),  # a formula's contributions
+    Case("explain", [columns(binary=True)[0], columns(binary=True)[2]],
+         outputs=["contributions"]),
 ]
 
 BAD = [  # (case, HTTP status, message)
@@ -99,8 +102,8 @@ BAD = [  # (case, HTTP status, message)
      "unknown output 'nope'; the model's outputs are prediction"),
     (Case("multi", [features(ROWS), features(ROWS)]), 400,
      "expected exactly one input tensor named 'features', got 2"),
-    (Case("nope", [features(ROWS)]), 404, "unknown model 'nope'; this server serves 'multi', "
-     "'tab'"),
+    (Case("nope", [features(ROWS)]), 404, "unknown model 'nope'; this server serves 'explain', "
+     "'multi', 'tab'"),
     (Case("multi", [features(ROWS)], version="3"), 404,
      "unknown version '3' of model 'multi'; it has '1'"),
     (Case("tab", columns()[:2]), 400,
@@ -116,6 +119,8 @@ BAD = [  # (case, HTTP status, message)
     (Case("tab", columns(), outputs=["prediction_sideways"]), 400,
      "unknown output 'prediction_sideways'; the model's outputs are prediction, "
      "prediction_lower, prediction_upper, mean_lower, mean_upper"),
+    (Case("explain", [columns()[0], columns()[2]], outputs=["mean_upper"]), 400,
+     "unknown output 'mean_upper'; the model's outputs are prediction, contributions"),
 ]
 
 
@@ -172,6 +177,7 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("dataplane")
     put("multi", root / "multi" / "1")
     put("intervals", root / "tab")
+    put("explain", root / "explain")
     port = free_port()
     app = create_app(Repository.open(root), ServerSettings(max_rows=1000, grpc_port=port))
     with TestClient(app) as http, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -215,10 +221,14 @@ def test_good_requests_answer_alike(server, case):
     for o, raw in zip(reply.outputs, reply.raw_output_contents):
         assert bytes(raw) == got[o.name].tobytes() and list(o.shape) == list(got[o.name].shape)
     # and the numbers are the model's
-    model = Predictor.load(MODELS / ("multi" if case.model == "multi" else "intervals"))
+    model = Predictor.load(MODELS / {"tab": "intervals"}.get(case.model, case.model))
     if case.model == "multi":
         rows = np.array(case.inputs[0].values).reshape(-1, 4)
         np.testing.assert_array_equal(got["prediction"], model.predict(rows))
+    elif case.model == "explain":
+        want = model.outputs({"city": CITY, "x2": X2})
+        for name, values in got.items():
+            np.testing.assert_array_equal(values, want[name])
     else:
         want = model.predict_intervals({"city": CITY, "x1": X1, "x2": X2})
         for name, values in got.items():

@@ -252,3 +252,23 @@ def test_serve_dask_and_spark_take_on_unknown(spark, tmp_path):
     ref = Predictor.load(TAB).predict(pq.read_table(tmp_path / "in"), on_unknown="reference")
     ids = pq.read_table(tmp_path / "in").column("id").to_pylist()
     assert [by_id[i] for i in ids] == ref[:, 0].tolist()
+
+
+@pytest.mark.parametrize("engine", list(ENGINES))
+def test_engines_write_the_contributions(tmp_path, engine):
+    """--contributions over a folder on a cluster: the baseline and each term's column, equal
+    to the local engine's row for row, and to Predictor.explain's (float32: to its rounding)."""
+    _needs(engine)
+    explain = MODELS / "explain"
+    table = _tabular_parts(tmp_path / "in")
+    local = _predict(explain, tmp_path / "in", tmp_path / "local", "--contributions")
+    res = _predict(explain, tmp_path / "in", tmp_path / "out", "--contributions",
+                   *ENGINES[engine])
+    assert res.returncode == local.returncode == 0, res.stderr.decode()
+    e = Predictor.load(explain).explain(table)
+    ids = table.column("id").to_pylist()
+    for j, name in enumerate(["baseline", *(f"contrib_{t}" for t in e.terms)]):
+        want, got = _by_id(tmp_path / "local", f"y_{name}"), _by_id(tmp_path / "out", f"y_{name}")
+        assert got == want, name
+        reference = np.full(len(ids), e.baseline[0]) if j == 0 else e.contributions[:, 0, j - 1]
+        np.testing.assert_allclose([got[i] for i in ids], reference, rtol=0, atol=1e-5)

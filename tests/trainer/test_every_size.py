@@ -110,6 +110,10 @@ def test_every_flag_gives_the_same_model_at_every_size(data, tmp_path, name):
         assert manifest["features"] == wanted["features"], how
         np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * 1e-2,
                                    err_msg=f"{how} against {first}")
+        # the contributions' reference point: the training rows' design means
+        np.testing.assert_allclose(manifest["model"]["feature_means"],
+                                   wanted["model"]["feature_means"], rtol=1e-10, atol=1e-12,
+                                   err_msg=f"means: {how} against {first}")
         if statistics:
             for key in ("std_err", "p_value", "log_likelihood", "r2", "rsquared_uncentered"):
                 if key not in wanted["statistics"][0]:

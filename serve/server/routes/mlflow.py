@@ -32,7 +32,7 @@ def register(app: FastAPI, http: Http) -> None:
                                   on_unknown=on_unknown_query(request))
         pred = await serving.predict(v, rows.rows)
         request.state.rows = len(rows)
-        return json_response(proto.predictions_body(pred, rows.finish(pred)))
+        return json_response(proto.predictions_body(pred, rows.finish(pred), v.predictor))
 
     @app.get("/ping", tags=["mlflow"], summary="Health (MLflow)", name="health")
     async def ping() -> Response:

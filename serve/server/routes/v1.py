@@ -32,7 +32,7 @@ def register(app: FastAPI, http: Http) -> None:
                               on_unknown=on_unknown_query(request))
         pred = await serving.predict(v, rows.rows)
         request.state.rows = len(rows)
-        return json_response(proto.predictions_body(pred, rows.finish(pred)))
+        return json_response(proto.predictions_body(pred, rows.finish(pred), v.predictor))
 
     @http.post(app, "/v1/models/{model}:predict", tags=["v1"], summary="Predict (v1)",
                openapi_extra=body_schema(_V1_SCHEMA, path=("model",)), name="v1_predict")
