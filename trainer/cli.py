@@ -76,8 +76,10 @@ def _range(name: str) -> click.ParamType:
 @click.option("--formula", default=None, metavar="'Y ~ TERMS'",
               help="The model as a formula (patsy's, as statsmodels takes it): numeric columns, "
               "C(column), interactions a:b and a*b, I(...) arithmetic, np.log, np.log1p, "
-              "np.exp, np.sqrt, np.abs, center(), standardize(); -1 for no intercept. It is "
-              "compiled into model.onnx, which takes the raw columns.")
+              "np.exp, np.sqrt, np.abs, center(), standardize(), poly(x, degree), "
+              "bs(x, df=...); -1 for no intercept. It is compiled into model.onnx, which takes "
+              "the raw columns. With --impute, a blank number is filled before the formula "
+              "reads it.")
 @click.option("--na-values", "na_values", multiple=True, metavar="TEXT,...",
               help="Cell texts that mean a blank, in training and in the exported model "
               "(repeatable, or a,b; replaces the default; '' for none but the empty cell). "

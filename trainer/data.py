@@ -202,13 +202,17 @@ def split_rows(n_rows: int, val_fraction: float | None,
 
 
 def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[int], Any], *,
-                      na: Sequence[str] = ()) -> tuple[TrainingData, np.ndarray, np.ndarray]:
+                      na: Sequence[str] = (), impute: str | None = None,
+                      missing_target: str = "drop") -> tuple[TrainingData, np.ndarray,
+                                                              np.ndarray]:
     """``--formula``: the columns it reads (numbers by the number rule, else text), the design
     patsy builds on the training rows (``train_idx_of(n_rows)`` gives them and the validation
-    rows) and the same design on every row; a blank in a column the formula reads is refused
-    (formulas take complete rows for now)."""
-    from serve.core.numbers import BadCell, parse_numbers
-    from trainer.formula import learn, names_in, needed_columns
+    rows) and the same design on every row. Blanks as for plain columns: a row whose response
+    is blank is dropped (``missing_target``), a blank text cell is a level of its own, and a
+    blank number is filled by ``impute`` (learned from the training rows, before the formula
+    sees the column) or refused."""
+    from trainer.encode import impute_fill
+    from trainer.formula import learn, needed_columns
 
     columns = column_names(path)
     wanted = needed_columns(formula)
@@ -217,34 +221,65 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
             raise DataError(f"{path}: --formula reads column {name!r}, which is not in the file; "
                             f"the columns are {', '.join(columns)}")
     table = read_table(path, wanted, text=wanted, na=na)
-    raw: dict[str, np.ndarray] = {}
-    for name in wanted:
-        col = table.column(name).combine_chunks()
-        if col.null_count:
-            r = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
-            raise DataError(f"{path}: row {r + 1}, column {name!r}: missing value; --formula "
-                            "takes complete rows for now (drop the row, or fill the cell)")
-        try:
-            values = parse_numbers(col)
-        except BadCell:
-            raw[name] = np.asarray(col.to_pylist(), dtype=object)
+    # numbers (NaN for a blank) or level texts ("" for a blank), by the plain columns' rule
+    raw = raw_columns(table, wanted, categorical=[], source=str(path))
+    for name, values in raw.items():
+        if values.dtype == object:
             continue
         whole = np.isfinite(values).all() and (values == np.round(values)).all() \
-            and np.abs(values).max() < 2**53
+            and np.abs(values).max(initial=0) < 2**53
         raw[name] = values.astype(np.int64) if whole else values  # 1, 2: as pandas reads them
-    n = len(next(iter(raw.values())))
-    train_idx, val_idx = train_idx_of(n)
-    spec, _, patsy_design = learn(formula, {k: v[train_idx] for k, v in raw.items()})
-    spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
-                   for k, v in raw.items() if v.dtype != object and k != spec.response}
-    for name in names_in(spec.response):
+    # 1. Rows whose response is blank: dropped (counted), or refused.
+    response = needed_columns(formula, response_only=True)
+    blank = np.zeros(len(next(iter(raw.values()))), dtype=bool)
+    for name in response:
         if raw[name].dtype == object:
             raise DataError(f"{path}: the response's column {name!r} holds text; a response "
                             "is numbers")
+        blank |= np.isnan(raw[name]) if raw[name].dtype.kind == "f" else False
+    file_rows = None
+    if blank.any():
+        if missing_target == "error":
+            r = int(np.flatnonzero(blank)[0])
+            raise DataError(f"{path}: row {r + 1}: the response is blank; drop the row (or use "
+                            "--missing-target drop)")
+        file_rows = np.flatnonzero(~blank)
+        raw = {k: v[~blank] for k, v in raw.items()}
+    n = len(next(iter(raw.values())))
+    train_idx, val_idx = train_idx_of(n)
+    # 2. Blank numbers in the terms' columns: --impute's value from the training rows (every
+    #    numeric column gets one, as plain columns do: a blank may come at prediction time).
+    fills: dict[str, float] = {}
+    for name, values in raw.items():
+        if name in response or values.dtype == object:
+            continue
+        if impute is None and not (values.dtype.kind == "f" and np.isnan(values).any()):
+            continue
+        values = values.astype(np.float64)
+        if impute is None:
+            r = int(np.flatnonzero(np.isnan(values))[0])
+            r = r if file_rows is None else int(file_rows[r])
+            raise DataError(f"{path}: row {r + 1}, column {name!r}: missing value; pass "
+                            "--impute mean|median|most-frequent|constant:V to fill the column "
+                            "before the formula reads it")
+        observed = values[train_idx][~np.isnan(values[train_idx])]
+        if not len(observed) and not impute.startswith("constant:"):
+            raise DataError(f"{path}: column {name!r} has no number in the training rows to "
+                            f"learn --impute {impute} from")
+        fills[name] = impute_fill(impute, observed)
+        if np.isnan(values).any():
+            raw[name] = np.where(np.isnan(values), fills[name], values)
+    spec, _, patsy_design = learn(formula, {k: v[train_idx] for k, v in raw.items()})
+    spec.fills = fills or None
+    spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
+                   for k, v in raw.items() if v.dtype != object and k != spec.response}
+    def row(r: int) -> int:  # the data row in the file (blank responses were left out)
+        return int(r if file_rows is None else file_rows[r]) + 1
+
     y = spec.response_values(raw)
     if not np.isfinite(y).all():
         r = int(np.flatnonzero(~np.isfinite(y))[0])
-        raise DataError(f"{path}: row {r + 1}: the response {spec.response} is not a finite "
+        raise DataError(f"{path}: row {row(r)}: the response {spec.response} is not a finite "
                         "number there (outside a function's domain, e.g. np.log of 0)")
     X = spec.design(raw)
     mine = X[train_idx]
@@ -252,10 +287,14 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
                                                            atol=1e-12, equal_nan=True):
         raise DataError(f"--formula {formula!r}: the compiled design differs from patsy's on "
                         "the training rows; please report this formula")
+    if not np.isfinite(X).all():
         r, c = np.argwhere(~np.isfinite(X))[0]
-        raise DataError(f"{path}: row {r + 1}: the formula's column {spec.names[c]!r} is not a "
+        raise DataError(f"{path}: row {row(r)}: the formula's column {spec.names[c]!r} is not a "
                         "finite number there (a level not seen in the training rows, or "
                         "outside a function's domain, e.g. np.log of 0)")
     data = TrainingData(X, y.reshape(-1, 1), spec.names, [spec.response], str(path),
-                        columns=spec.column_specs(), formula=spec)
+                        columns=spec.column_specs(), formula=spec, dropped=int(blank.sum()),
+                        file_rows=file_rows,
+                        warnings=[dropped_message(int(blank.sum()), [spec.response])]
+                        if blank.any() else [])
     return data, train_idx, val_idx

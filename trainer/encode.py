@@ -67,10 +67,13 @@ class EncodeConfig:
                 raise TrainingError(f"--reference {r!r}: write COLUMN=LEVEL, e.g. city=Paris")
         if len(self.references) < len(self.reference):
             raise TrainingError("--reference names a column twice; give one level per column")
-        if self.formula is not None and (self.categorical or self.impute or self.reference):
+        if self.formula is not None and (self.categorical or self.reference):
             raise TrainingError("--formula says how every column enters the model: drop "
-                                "--categorical, --impute and --reference (write C(x) or "
+                                "--categorical and --reference (write C(x) or "
                                 "C(x, Treatment(reference='...')) in the formula)")
+        if self.formula is not None and self.missing_indicator:
+            raise TrainingError("--missing-indicator does not go with --formula: --impute fills "
+                                "a column's blanks before the formula reads it")
         if self.missing_indicator and self.impute is None:
             raise TrainingError("--missing-indicator needs --impute: the indicator marks the "
                                 "blanks that --impute fills")

@@ -72,12 +72,16 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
     if formula is not None:
         from trainer.formula import formula_nodes
 
-        for spec in specs or []:
+        cells = {}
+        for j, spec in enumerate(specs or []):
             inputs.append(helper.make_tensor_value_info(
                 spec.name, TensorProto.STRING if spec.kind == "categorical" else elem,
                 ["batch", 1]))
+            if spec.kind == "categorical" and na:  # an NA token is a blank, as below
+                cells[spec.name] = _na_to_blank(spec.name, j, na, np_dtype, const, node)
         design, penalties = formula_nodes(formula, elem=elem, np_dtype=np_dtype,
-                                          const=lambda name, v: const(name, v), node=node)
+                                          const=lambda name, v: const(name, v), node=node,
+                                          cells=cells)
         blocks.append(design)
     for j, spec in enumerate((specs or []) if formula is None else []):
         x = spec.name
@@ -95,14 +99,7 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
             continue
         inputs.append(helper.make_tensor_value_info(x, TensorProto.STRING, ["batch", 1]))  # 2.
         if na:
-            hits = node("Cast", [node("Equal", [x, const(f"{j}/na", _strings(sorted(na)))],
-                                      f"{j}/is_na_token")], f"{j}/is_na_f", to=elem)
-            count = node("MatMul", [hits, const(f"{j}/na_ones", np.ones((len(na), 1),
-                                                                         np_dtype))],
-                         f"{j}/na_count")
-            kept = node("Equal", [count, const(f"{j}/na_zero", np.zeros((1, 1), np_dtype))],
-                        f"{j}/not_na")
-            x = node("Where", [kept, x, const(f"{j}/blank", _strings([""]))], f"{j}/cells")
+            x = _na_to_blank(x, j, na, np_dtype, const, node)
         coded = spec.coded_levels
         if coded:
             eq = node("Equal", [x, const(f"{j}/levels", _strings(coded))], f"{j}/equal")
@@ -147,6 +144,18 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
     return model
 
 
+def _na_to_blank(x: str, j: int, na: Sequence[str], np_dtype, const, node) -> str:
+    """2. A categorical column's cells with every NA token turned into "" (a blank)."""
+    elem = _ELEM[np.dtype(np_dtype).name]
+    hits = node("Cast", [node("Equal", [x, const(f"{j}/na", _strings(sorted(na)))],
+                              f"{j}/is_na_token")], f"{j}/is_na_f", to=elem)
+    count = node("MatMul", [hits, const(f"{j}/na_ones", np.ones((len(na), 1), np_dtype))],
+                 f"{j}/na_count")
+    kept = node("Equal", [count, const(f"{j}/na_zero", np.zeros((1, 1), np_dtype))],
+                f"{j}/not_na")
+    return node("Where", [kept, x, const(f"{j}/blank", _strings([""]))], f"{j}/cells")
+
+
 @dataclass(frozen=True)
 class Intervals:
     """What the interval outputs need: the covariance of the estimates per target
@@ -161,29 +170,37 @@ def _interval_nodes(X: str, pred: str, iv: Intervals, has_bias: bool, np_dtype, 
                     node) -> list[str]:
     """4. Per target t, with x a row of the design matrix and C = cov[t] (intercept first):
     v = x Cxx xᵀ + 2 x c_x0 + c_00 (the variance of the mean), se_mean = √v,
-    se_obs = √(v + σ̂²); bounds = prediction ∓ q·se."""
+    se_obs = √(v + σ̂²); bounds = prediction ∓ q·se. The variance is computed in float64 even
+    in a float32 model: x Cxx xᵀ cancels (a formula's I(x ** 2) and np.exp make large design
+    values), and float32 would lose the half-width's digits to it."""
+    f64 = np.dtype(np.float64)
+    if np_dtype != f64:
+        X = node("Cast", [X], "iv/x64", to=TensorProto.DOUBLE)
     variances = []
     for t, C in enumerate(iv.cov):
         k = 1 if has_bias else 0
         cxx = C[k:, k:]
         quad = node("MatMul", [node("Mul", [node("MatMul", [X, const(f"iv{t}/cxx",
-                                                                     cxx.astype(np_dtype))],
+                                                                     cxx.astype(f64))],
                                                  f"iv{t}/xc"), X], f"iv{t}/xcx"),
-                               const(f"iv{t}/ones", np.ones((cxx.shape[0], 1), np_dtype))],
+                               const(f"iv{t}/ones", np.ones((cxx.shape[0], 1), f64))],
                     f"iv{t}/quad")
         if has_bias:
-            cross = node("MatMul", [X, const(f"iv{t}/cx0", (2 * C[1:, :1]).astype(np_dtype))],
+            cross = node("MatMul", [X, const(f"iv{t}/cx0", (2 * C[1:, :1]).astype(f64))],
                          f"iv{t}/cross")
             quad = node("Add", [node("Add", [quad, cross], f"iv{t}/q1"),
-                                const(f"iv{t}/c00", C[:1, :1].astype(np_dtype))], f"iv{t}/var")
+                                const(f"iv{t}/c00", C[:1, :1].astype(f64))], f"iv{t}/var")
         variances.append(quad)
     var = node("Concat", variances, "iv/var", axis=1) if len(variances) > 1 else variances[0]
-    var = node("Max", [var, const("iv/zero", np.zeros((1, 1), np_dtype))], "iv/var_pos")
-    q = const("iv/q", np.array([[iv.quantile]], np_dtype))
+    var = node("Max", [var, const("iv/zero", np.zeros((1, 1), f64))], "iv/var_pos")
+    q = const("iv/q", np.array([[iv.quantile]], f64))
     se_mean = node("Mul", [node("Sqrt", [var], "iv/se_mean"), q], "iv/half_mean")
-    s2 = const("iv/sigma2", (iv.sigma**2).reshape(1, -1).astype(np_dtype))
+    s2 = const("iv/sigma2", (iv.sigma**2).reshape(1, -1).astype(f64))
     se_obs = node("Mul", [node("Sqrt", [node("Add", [var, s2], "iv/var_obs")], "iv/se_obs"), q],
                   "iv/half_obs")
+    if np_dtype != f64:  # back to the model's dtype, beside its prediction
+        se_mean = node("Cast", [se_mean], "iv/half_mean32", to=TensorProto.FLOAT)
+        se_obs = node("Cast", [se_obs], "iv/half_obs32", to=TensorProto.FLOAT)
     return [node("Sub", [pred, se_obs], "iv/obs_lower"),
             node("Add", [pred, se_obs], "iv/obs_upper"),
             node("Sub", [pred, se_mean], "iv/mean_lower"),

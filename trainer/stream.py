@@ -52,17 +52,21 @@ class Rows:
     def __init__(self, ds: Dataset, parts: list[Part], features: list[str], targets: list[str],
                  *, batch_rows: int, cache: bool, val_fraction: float | None, seed: int,
                  val: Rows | None = None, weight: str | None = None,
-                 specs: list | None = None, missing_target: str = "drop") -> None:
+                 specs: list | None = None, missing_target: str = "drop",
+                 formula: Any = None, reads: list[str] | None = None) -> None:
         self.ds, self.parts, self.features, self.targets = ds, parts, features, targets
         # A tabular fit: the raw columns ``specs`` name are read and encoded chunk by chunk
-        # (``features`` are then the encoded columns' names).
-        self.specs = specs
+        # (``features`` are then the encoded columns' names); with ``formula`` (a
+        # trainer.formula.FormulaSpec) the design is the formula's, and the target its
+        # response, computed from the columns ``reads``.
+        self.specs, self.formula = specs, formula
+        self.reads = list(reads if reads is not None else targets)
         self.batch_rows, self.cache, self.val_fraction, self.seed = batch_rows, cache, \
             val_fraction, seed
         self.val = val  # --val-data: another dataset's rows are the validation rows
         self.weight = weight  # --sample-weight: a column of the train rows' weights
         # --missing-target drop: a row whose target is blank is left out (and counted, per pass)
-        self.blanks = targets if missing_target == "drop" else []
+        self.blanks = self.reads if missing_target == "drop" else []
         self.dropped = 0
         self._kept: list[Item] | None = None
 
@@ -74,7 +78,7 @@ class Rows:
             yield from self._kept
             return
         kept: list[Item] = []
-        numbers = self.targets + ([self.weight] if self.weight else [])
+        numbers = self.reads + ([self.weight] if self.weight else [])
         if self.specs is None:
             chunks = self.ds.chunks(order or self.parts, self.features + numbers,
                                     batch_rows=self.batch_rows, blanks=self.blanks)
@@ -115,7 +119,7 @@ class Rows:
         if not self.blanks:
             return None
         at = 0 if self.specs is not None else len(self.features)  # the targets' columns
-        blank = np.isnan(chunk.values[:, at:at + len(self.targets)]).any(axis=1)
+        blank = np.isnan(chunk.values[:, at:at + len(self.reads)]).any(axis=1)
         if not blank.any():
             return None
         self.dropped += int(blank.sum())
@@ -134,11 +138,31 @@ class Rows:
         rows = np.arange(chunk.first_row, chunk.first_row + len(chunk))
         if keep is not None:
             table, values, rows = table.filter(pa.array(keep)), values[keep], rows[keep]
+        if self.formula is not None:
+            return self._formula_rows(table, values, rows, str(self.ds.files[chunk.file]))
         out = np.empty((len(values), p + values.shape[1]), order="F")
         table_design(table, self.specs, source=str(self.ds.files[chunk.file]), rows=rows,
                      out=out[:, :p])
         out[:, p:] = values
         return out
+
+    def _formula_rows(self, table: Any, values: np.ndarray, rows: np.ndarray,
+                      source: str) -> np.ndarray:
+        """[the formula's design | its response] of a raw chunk's rows (a blank number is
+        filled as learned; a cell the formula gives no number for is named)."""
+        from trainer.formula import raw_of
+
+        raw = raw_of(table, self.specs, source=source)
+        X = self.formula.design(raw)
+        y = self.formula.response_values({n: values[:, k] for k, n in enumerate(self.reads)})
+        for what, bad in (("the response", ~np.isfinite(y)),
+                          ("a column of the formula", ~np.isfinite(X).all(axis=1))):
+            if bad.any():
+                r = int(np.flatnonzero(bad)[0])
+                raise DataError(f"{source}: row {int(rows[r]) + 1}: {what} is not a finite "
+                                "number there (a level not seen in the training rows, or "
+                                "outside a function's domain, e.g. np.log of 0)")
+        return np.asfortranarray(np.column_stack([X, y]))
 
     def _check_weights(self, chunk: Any) -> None:
         w = chunk.values[:, -1]

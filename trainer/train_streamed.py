@@ -107,16 +107,26 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
         # 1. The dataset, its columns, this rank's share (rank 0 hashes the files meanwhile).
         ds = Dataset.open(data_path, na=encoding.na_values)
         digest = _Background(dataset_sha256, ds.files) if group.rank == 0 else None
-        targets, raw_features = pick_columns(ds.shown, ds.columns, targets=targets,
-                                             features=features, exclude=exclude,
-                                             weight=sample_weight)
+        if encoding.formula is not None:  # the response's columns and the terms' columns
+            targets, raw_features = _formula_columns(ds, encoding.formula, targets=targets,
+                                                     features=features, exclude=exclude,
+                                                     weight=sample_weight)
+        else:
+            targets, raw_features = pick_columns(ds.shown, ds.columns, targets=targets,
+                                                 features=features, exclude=exclude,
+                                                 weight=sample_weight)
         _check_categorical(ds.shown, encoding, raw_features)
         share = _Share(ds, raw_features, targets, group, val_data=val_data,
                        val_fraction=val_fraction, weight=sample_weight, batch_rows=batch_rows,
                        max_memory=max_memory, seed=config.seed,
                        missing_target=encoding.missing_target, na=encoding.na_values)
-        # 2. The encoding and the scan (the R factors, counts, means, spreads).
-        specs, rows, summary = share.scan(encoding, bias=config.bias)
+        # 2. The encoding (--formula: its design, learned on the training rows), and the scan
+        # (the R factors, counts, means, spreads).
+        formula = share.learn_formula(encoding) if encoding.formula is not None else None
+        if formula is not None:
+            config = replace(config, bias=formula.intercept)
+            targets = [formula.response]
+        specs, rows, summary = share.scan(encoding, bias=config.bias, formula=formula)
         _check_scan(summary, len(rows.features) + int(config.bias), val_fraction=val_fraction,
                     weighted=sample_weight is not None)
         features = rows.features
@@ -153,7 +163,8 @@ def train_streamed(data_path: str | Path, *, out: str | Path | None = None,
                                    "passes": passes, "world_size": group.world,
                                    "backend": group.backend,
                                    "rows_per_rank": summary.train_rows},
-                      **({"cv": cv} if cv else {})}, plots=pictures, means=summary.x.mean)
+                      **({"cv": cv} if cv else {})}, plots=pictures, means=summary.x.mean,
+            formula=formula)
         return out, manifest
 
 
@@ -210,9 +221,6 @@ def _check_streamed(config: TrainConfig, encoding: EncodeConfig, *, val_fraction
     """The settings of a streamed fit, checked before anything is read."""
     check_run(config, encoding, val_fraction=val_fraction, cov=cov, confidence=confidence,
               val_data=val_data)
-    if encoding.formula is not None:
-        raise TrainingError("--formula trains in memory for now: drop --batch-rows, --nproc and "
-                            "--val-data, or give a file under --max-memory")
     if config.early_stopping and not val_fraction and val_data is None:
         raise TrainingError("--early-stopping watches the validation cost: add --val-fraction "
                             "(e.g. 0.2) or --val-data")
@@ -239,29 +247,59 @@ class _Share:
             self.vds = Dataset.open(val_data, na=na)
             pick_columns(self.vds.shown, self.vds.columns, targets=targets, features=features)
 
-    def rows(self, specs: list | None) -> Any:
-        """This rank's rows: numbers as they are, or raw columns encoded by ``specs``."""
+    def rows(self, specs: list | None, formula: Any = None) -> Any:
+        """This rank's rows: numbers as they are, raw columns encoded by ``specs``, or raw
+        columns through ``formula`` (its design, its response)."""
         from trainer.encode import encoded_names
         from trainer.stream import Rows
 
-        names = self.features if specs is None else encoded_names(specs)
+        names = self.features if specs is None else encoded_names(specs) if formula is None \
+            else formula.names
         cache = self.share_rows * (len(names) + len(self.targets)) * 8 * MEMORY_OVERHEAD \
             <= self.max_memory
         kw = dict(batch_rows=self.batch_rows, cache=cache, seed=self.seed, specs=specs,
-                  missing_target=self.missing_target)
+                  missing_target=self.missing_target, formula=formula)
+        targets = self.targets if formula is None else [formula.response]
+        if formula is not None:
+            kw["reads"] = self.targets  # the response's columns
         group = self.group
         val = None if self.vds is None else Rows(
-            self.vds, self.vds.shard(group.rank, group.world), names, self.targets,
+            self.vds, self.vds.shard(group.rank, group.world), names, targets,
             val_fraction=None, **kw)
-        return Rows(self.ds, self.parts, names, self.targets, val_fraction=self.val_fraction,
+        return Rows(self.ds, self.parts, names, targets, val_fraction=self.val_fraction,
                     val=val, weight=self.weight, **kw)
 
-    def scan(self, encoding: EncodeConfig, *, bias: bool) -> tuple[list | None, Any, Any]:
+    def learn_formula(self, encoding: EncodeConfig) -> Any:
+        """--formula's design on the training rows: a pass learns the terms' columns as plain
+        columns are learned (numbers or text, --impute's fills; every rank its share), then
+        rank 0 gives patsy every training row, chunk by chunk (patsy's passes: the levels, the
+        stateful transforms), and every rank takes its spec."""
+        from trainer.formula import FormulaSpec
+        from trainer.stream import learn_encoding
+
+        kinds = learn_encoding(self.rows(None), self.features, encoding, self.group, bias=True)
+        outcome: Any = None
+        if self.group.rank == 0:
+            try:
+                outcome = _learned_formula(self, encoding.formula, kinds).to_json()
+            except (DataError, TrainingError) as e:
+                outcome = e
+        outcome = self.group.gather_object(outcome)[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        return FormulaSpec.from_json(outcome)
+
+    def scan(self, encoding: EncodeConfig, *, bias: bool, formula: Any = None
+             ) -> tuple[list | None, Any, Any]:
         """The specs (None: numbers as they are), the rows and their scan: the encoding is
         learned in one pass first when a flag asks for it or a feature cell turns out not to be
-        a number (categorical columns, blanks; as in memory)."""
+        a number (categorical columns, blanks; as in memory); with ``formula``, its design."""
         from trainer.stream import NeedsEncoding, learn_encoding, scan
 
+        if formula is not None:
+            specs = formula.column_specs()
+            rows = self.rows(specs, formula)
+            return specs, rows, scan(rows, self.group, bias=bias)
         specs = None
         if not encoding.plain or self.ds.has_text(self.features):
             specs = learn_encoding(self.rows(None), self.features, encoding, self.group,
@@ -273,6 +311,76 @@ class _Share:
             specs = learn_encoding(rows, self.features, encoding, self.group, bias=bias)
             rows = self.rows(specs)
             return specs, rows, scan(rows, self.group, bias=bias)
+
+
+def _formula_columns(ds: Any, formula: str, *, targets: Sequence[str],
+                     features: Sequence[str], exclude: Sequence[str],
+                     weight: str | None) -> tuple[list[str], list[str]]:
+    """The response's raw columns and the terms' raw columns of ``formula`` in ``ds``."""
+    from trainer.formula import needed_columns
+
+    if targets or features or exclude or weight:
+        raise TrainingError("--formula names the response and the terms: drop --target, "
+                            "--features, --exclude and --sample-weight")
+    wanted = needed_columns(formula)
+    for name in wanted:
+        if name not in ds.columns:
+            raise DataError(f"{ds.shown}: --formula reads column {name!r}, which is not in the "
+                            f"data; the columns are {', '.join(ds.columns)}")
+    response = needed_columns(formula, response_only=True)
+    return response, [n for n in wanted if n not in response]
+
+
+def _learned_formula(share: _Share, formula: str, kinds: list) -> Any:
+    """patsy's design of ``formula`` over every training row of the dataset (rank 0), the terms'
+    columns read as ``kinds`` says (numbers filled by --impute, or level texts); checked
+    against patsy's own matrix on the first chunk."""
+    import patsy
+
+    from trainer.dataset import validation_mask
+    from trainer.formula import learn_streamed, raw_of
+
+    ds, response = share.ds, share.targets
+    parts = ds.shard(0, 1)
+    fills = {s.name: s.fill for s in kinds if s.kind == "numeric" and s.fill is not None}
+    ranges: dict[str, list[float]] = {}
+
+    def chunks():
+        for chunk in ds.raw_chunks(parts, share.features, response,
+                                   batch_rows=share.batch_rows, blanks=response):
+            keep = ~np.isnan(chunk.values).any(axis=1)
+            if share.val_fraction:
+                keep &= ~validation_mask(share.seed, share.val_fraction, chunk.file,
+                                         chunk.first_row, len(chunk))
+            if share.missing_target == "error" and np.isnan(chunk.values).any():
+                r = int(np.flatnonzero(np.isnan(chunk.values).any(axis=1))[0])
+                raise DataError(f"{ds.files[chunk.file]}: row {chunk.first_row + r + 1}: the "
+                                "response is blank; drop the row (or use --missing-target drop)")
+            if not keep.any():
+                continue
+            import pyarrow as pa
+
+            raw = raw_of(chunk.table.filter(pa.array(keep)), kinds,
+                         source=str(ds.files[chunk.file]))
+            for name, value in fills.items():
+                raw[name] = np.where(np.isnan(raw[name]), value, raw[name])
+            for name, values in raw.items():
+                if values.dtype != object and len(values):
+                    lo, hi = ranges.get(name, [np.inf, -np.inf])
+                    ranges[name] = [min(lo, float(values.min())), max(hi, float(values.max()))]
+            raw.update({n: chunk.values[keep, k] for k, n in enumerate(response)})
+            yield raw
+
+    spec, info = learn_streamed(formula, chunks, [*share.features, *response])
+    spec.fills, spec.ranges = fills or None, ranges
+    first = next(chunks(), None)
+    if first is not None:  # the compiled design against patsy's own, on a chunk
+        want = np.asarray(patsy.build_design_matrices([info], first)[0], dtype=np.float64)
+        want = want[:, 1:] if spec.intercept else want
+        if not np.allclose(spec.design(first), want, rtol=1e-9, atol=1e-12):
+            raise DataError(f"--formula {formula!r}: the compiled design differs from patsy's "
+                            "on the training rows; please report this formula")
+    return spec
 
 
 def _check_scan(summary: Any, n_params: int, *, val_fraction: float | None,

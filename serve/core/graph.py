@@ -22,7 +22,8 @@ from serve.core.errors import ModelError
 ALLOWED_OPS = frozenset({"Gemm", "MatMul", "Add", "Sub", "Mul", "Div", "Neg", "Identity", "Cast",
                          "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat",
                          "Constant", "Where", "IsNaN", "Equal", "Sqrt", "Max",
-                         "Pow", "Log", "Exp", "Abs"})  # the last four: --formula's functions
+                         "Pow", "Log", "Exp", "Abs",  # --formula's functions
+                         "Less", "Greater", "GreaterOrEqual"})  # --formula's bs() intervals
 # linreg-export --intervals adds these outputs beside "prediction", same type and shape.
 PREDICTION = "prediction"
 FEATURES = "features"  # a plain model's one input: [rows, n_features]

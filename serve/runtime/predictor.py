@@ -276,16 +276,32 @@ class Predictor:
         # in a linear model (a tabular graph gives NaN for a blank it cannot fill or an unseen
         # level), and is then named by its input cell; else the output overflowed.
         if not _all_finite(pred):
-            self.check_finite(rows, row_offset=row_offset, source=source)
-            r, c, what = first_non_finite(pred)
-            where = f"{source}: " if source else ""
-            raise PredictionInputError(f"{where}row {row_offset + r + 1}: the prediction for "
-                                       f"{self.target_names[c]!r} overflows {self.dtype} "
-                                       f"({what}); the inputs are too large for this model")
+            if on_unknown == "nan" and not np.isinf(pred).any():
+                # a formula's NaN (np.log of 0, a value outside bs()'s range): a NaN row too
+                bad = np.isnan(pred).any(axis=1)
+                nan_rows = bad if nan_rows is None else nan_rows | bad
+            else:
+                self.check_finite(rows, row_offset=row_offset, source=source)
+                raise self._no_number(pred, row_offset, source)
         if nan_rows is not None:
             for o in out:
                 o[nan_rows] = np.nan
         return out
+
+    def _no_number(self, pred: np.ndarray, row_offset: int, source: str | None
+                   ) -> PredictionInputError:
+        """The error for a prediction that is not a number though every input cell is fine:
+        a formula's function outside its domain, or overflow."""
+        r, c, what = first_non_finite(pred)
+        where = f"{source}: row {row_offset + r + 1}" if source else f"row {row_offset + r + 1}"
+        if what == "NaN" and self.metadata.get("linreg.formula"):
+            return PredictionInputError(
+                f"{where}: the formula {self.metadata['linreg.formula']!r} gives no number for "
+                "these values (a function outside its domain, e.g. np.log of 0, or a value "
+                "outside the range bs() was fit on); on_unknown='nan' predicts NaN for it")
+        return PredictionInputError(f"{where}: the prediction for {self.target_names[c]!r} "
+                                    f"overflows {self.dtype} ({what}); the inputs are too "
+                                    "large for this model")
 
     def column_kinds(self) -> tuple[list[str], list[str]]:
         """``(number columns, text columns)`` a reader should give this model: every feature

@@ -52,9 +52,10 @@ def test_manifest_records_what_a_user_needs(synth_csv, tmp_path):
     m = json.loads((out / "model.json").read_text())
     assert m["schema_version"] == 1
     assert m["features"] == ["x0", "x1", "x2"] and m["targets"] == ["y0", "y1"]
-    assert m["model"] | {"coef_": None, "intercept_": None} == {
+    assert m["model"] | {"coef_": None, "intercept_": None, "feature_means": None} == {
         "type": "linear", "n_features": 3, "n_targets": 2, "bias": True, "dtype": "float32",
-        "coef_": None, "intercept_": None}
+        "coef_": None, "intercept_": None, "feature_means": None}
+    assert len(m["model"]["feature_means"]) == 3  # of the 375 training rows (contributions)
     assert m["data"]["rows"] == 500 and m["data"]["train_rows"] == 375
     assert m["data"]["validation_rows"] == 125
     assert m["data"]["sha256"] == sha256_file(synth_csv)
