@@ -696,3 +696,39 @@ def test_fuzz_run_json_mutations_into_resume(tmp_path):
         assert (folder / "checkpoint.pt").is_file()
 
     run()
+
+
+# ------------------------------------------------------------------ formulas into linreg-train
+
+FORMULA_TOKENS = ["y", "~", "x1", "x2", "city", "C(city)", "C(city, Sum)", "+", "-", "*", ":",
+                  "1", "0", "(", ")", ",", "I(x2 ** 2)", "np.log(", "np.exp(x2)", "center(x2)",
+                  "standardize(x1)", "bs(x2, df=4)", "poly(x2, 2)", "poly(x1, 9)", "bs(", "df=",
+                  "Treatment('Rome')", "C(city, Treatment('Nice'))", "np.log(y)", "zzz",
+                  "__import__('os')", "x2.real", "[1]", "lambda", "'", "**", "/", "1e400",
+                  "cr(x2, df=3)", "np.sqrt(x1 - 100)"]
+
+
+def test_fuzz_formulas_into_linreg_train(tmp_path):
+    """Any --formula text, valid or not: a model, or one line of error, never a traceback."""
+    pytest.importorskip("torch")
+    from trainer.cli import train_main
+
+    src = tmp_path / "in.csv"
+    src.write_bytes(TAB_TRAIN)
+
+    @settings(FUZZ, max_examples=max(10, EXAMPLES // 3))
+    @given(tokens=st.lists(st.sampled_from(FORMULA_TOKENS), min_size=1, max_size=9),
+           head=st.booleans())
+    def run(tokens: list[str], head: bool) -> None:
+        _count("train-formula")
+        formula = " ".join((["y", "~"] if head else []) + tokens)
+        out = tmp_path / "m"
+        res = CliRunner().invoke(train_main, [str(src), "--formula", formula, "--impute", "mean",
+                                              "--solver", "lstsq", "--out", str(out), "-q",
+                                              "--force"])
+        _check_cli(res, out)
+        if out.exists():
+            import shutil
+            shutil.rmtree(out)
+
+    run()

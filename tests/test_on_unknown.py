@@ -97,8 +97,9 @@ def test_reference_needs_a_reference_level(tmp_path):
         Predictor.load(folder).predict(ROWS, on_unknown="reference")
     assert str(e.value) == (
         "row 2, column 'city': level 'Nice' was not seen in training (known: 'Lyon', 'Paris', "
-        "'Rome'); on_unknown 'reference' needs a reference level, and 'city' has none (the "
-        "model has no intercept): use on_unknown 'nan' or 'error'")
+        "'Rome'); on_unknown 'reference' needs a reference level, and 'city' has none (a "
+        "model without an intercept, or a formula coding it without one): use on_unknown "
+        "'nan' or 'error'")
 
 
 def _csv(tmp_path):

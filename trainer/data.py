@@ -203,8 +203,8 @@ def split_rows(n_rows: int, val_fraction: float | None,
 
 def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[int], Any], *,
                       na: Sequence[str] = (), impute: str | None = None,
-                      missing_target: str = "drop") -> tuple[TrainingData, np.ndarray,
-                                                              np.ndarray]:
+                      missing_target: str = "drop", unknown: str = "error"
+                      ) -> tuple[TrainingData, np.ndarray, np.ndarray]:
     """``--formula``: the columns it reads (numbers by the number rule, else text), the design
     patsy builds on the training rows (``train_idx_of(n_rows)`` gives them and the validation
     rows) and the same design on every row. Blanks as for plain columns: a row whose response
@@ -270,7 +270,8 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
         if np.isnan(values).any():
             raw[name] = np.where(np.isnan(values), fills[name], values)
     spec, _, patsy_design = learn(formula, {k: v[train_idx] for k, v in raw.items()})
-    spec.fills = fills or None
+    spec.fills, spec.unknown = fills or None, unknown
+    spec.check_unknown()
     spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
                    for k, v in raw.items() if v.dtype != object and k != spec.response}
     def row(r: int) -> int:  # the data row in the file (blank responses were left out)

@@ -138,16 +138,45 @@ class FormulaSpec:
     columns: list[dict[str, Any]]
     ranges: dict[str, list[float]] | None = None  # numeric inputs' [min, max] in training
     fills: dict[str, float] | None = None  # --impute: a blank number's value, per raw column
+    unknown: str = "error"  # --unknown: an unseen level is an error, or its reference level
 
     def to_json(self) -> dict[str, Any]:
         return {"formula": self.formula, "response": self.response, "intercept": self.intercept,
                 "factors": self.factors, "columns": self.columns, "ranges": self.ranges,
-                "fills": self.fills}
+                "fills": self.fills, "unknown": self.unknown}
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FormulaSpec:
         return cls(d["formula"], d["response"], d["intercept"], list(d["factors"]),
-                   list(d["columns"]), d.get("ranges"), d.get("fills"))
+                   list(d["columns"]), d.get("ranges"), d.get("fills"),
+                   d.get("unknown", "error"))
+
+    def references(self) -> dict[str, str | None]:
+        """Each categorical column's reference level: the one level every contrast it is used
+        with codes as all zeros (Treatment coding), so that an all-zero one-hot, an unseen
+        level in the graph, predicts it; None for a coding without one (Sum, every level)."""
+        out: dict[str, str | None] = {}
+        for i, f in enumerate(self.factors):
+            if f["kind"] != "categorical":
+                continue
+            uses = [np.asarray(contrast) for c in self.columns for j, contrast, *_ in c["parts"]
+                    if j == i and contrast is not None]
+            zero = [lv for k, lv in enumerate(f["levels"]) if uses and
+                    all(u[k] == 0 for u in uses)]
+            ref = zero[0] if len(zero) == 1 else None
+            out[f["source"]] = ref if out.get(f["source"], ref) == ref else None
+        return out
+
+    def check_unknown(self) -> None:
+        """--unknown reference needs a reference level in every categorical column."""
+        if self.unknown != "reference":
+            return
+        for name, ref in self.references().items():
+            if ref is None:
+                raise TrainingError(f"--unknown reference: column {name!r} has no reference "
+                                    "level in this formula (its coding gives no level all "
+                                    "zeros); use Treatment coding, C(" + name + "), or "
+                                    "--unknown error")
 
     @property
     def names(self) -> list[str]:
@@ -166,22 +195,25 @@ class FormulaSpec:
         """The raw columns as the runtime's contract: numbers (with --impute's fill, if any)
         and categorical columns (their levels; a level not seen in training is refused)."""
         levels = {f["source"]: f["levels"] for f in self.factors if f["kind"] == "categorical"}
-        fills = self.fills or {}
-        return [ColumnSpec(n, "categorical", levels=tuple(levels[n]), reference=None)
+        fills, refs = self.fills or {}, self.references()
+        return [ColumnSpec(n, "categorical", levels=tuple(levels[n]), reference=refs[n],
+                           unknown=self.unknown if refs[n] is not None else "error")
                 if n in levels else ColumnSpec(n, "numeric", fill=fills.get(n))
                 for n in self.inputs()]
 
     def design(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The float64 design matrix (no intercept column) of raw columns ``data`` (a blank
         number filled as at training)."""
-        return evaluate(self, _NumpyBackend(data, self.fills))
+        return evaluate(self, _NumpyBackend(data, self.fills, {
+            s.name for s in self.column_specs() if s.kind == "categorical"
+            and s.unknown == "reference"}))
 
     def response_values(self, data: Mapping[str, np.ndarray]) -> np.ndarray:
         """The response of raw columns ``data``: a column, or a function of columns
         (``np.log(y)``: the model then predicts on that scale)."""
         if self.response in data:
             return np.asarray(data[self.response], dtype=np.float64)
-        node = ast.parse(self.response, mode="eval").body
+        node = _parse(self.response)
         return np.asarray(_expr(node, {"code": self.response, "transforms": {}},
                                 _NumpyBackend(data)), dtype=np.float64)
 
@@ -253,7 +285,7 @@ def _described(formula: str, columns: set[str]) -> Any:
     if response not in columns:  # a transformed response: numbers of the raw columns
         _check_code(response)
         if any(_dotted(n.func) in ("center", "standardize", "scale", "C", *_MULTI)
-               for n in ast.walk(ast.parse(response, mode="eval")) if isinstance(n, ast.Call)):
+               for n in ast.walk(_parse(response)) if isinstance(n, ast.Call)):
             raise _refuse(f"the response {response}: a response is a column or a function of "
                           "columns")
     for term in desc.rhs_termlist:
@@ -273,7 +305,7 @@ def _spec_of(formula: str, desc: Any, info: Any) -> FormulaSpec:
                             "source": _categorical_source(factor.code),
                             "levels": [level_text(c) for c in fi.categories]})
             continue
-        if fi.num_columns != 1 and _dotted(getattr(ast.parse(factor.code, mode="eval").body,
+        if fi.num_columns != 1 and _dotted(getattr(_parse(factor.code),
                                                    "func", None)) not in _MULTI:
             raise _refuse(f"{factor.code} ({fi.num_columns} columns)")
         factors.append({"code": factor.code, "kind": "numeric", "eval": fi.state["eval_code"],
@@ -342,7 +374,7 @@ def _combinations(widths: Sequence[int]):
 def _categorical_source(code: str) -> str:
     """The raw column of a categorical factor: ``city``, ``C(city)`` or ``C(city, Treatment(
     reference='Paris'))``; other codings and expressions are refused."""
-    node = ast.parse(code, mode="eval").body
+    node = _parse(code)
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Call) and _dotted(node.func) == "C" and node.args and \
@@ -355,9 +387,18 @@ def _categorical_source(code: str) -> str:
     raise _refuse(code)
 
 
+def _parse(code: str) -> ast.expr:
+    """A term's Python expression, or a one-line refusal of text that is not one."""
+    try:
+        return ast.parse(code, mode="eval").body
+    except SyntaxError:
+        raise TrainingError(f"--formula: {code!r} is not a Python expression; write terms such "
+                            "as a, C(city), a:b, I(a ** 2), np.log(b)") from None
+
+
 def _check_code(code: str) -> None:
     """Refuse, before patsy runs, what the compiler cannot carry into the graph."""
-    node = ast.parse(code, mode="eval").body
+    node = _parse(code)
     if isinstance(node, ast.Call) and _dotted(node.func) == "C":
         _categorical_source(code)
         return
@@ -409,7 +450,7 @@ def _dotted(node: ast.AST) -> str | None:
 
 def names_in(code: str) -> list[str]:
     """The raw columns an expression reads (its free names but numpy and patsy's objects)."""
-    tree = ast.parse(code, mode="eval")
+    tree = _parse(code)
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     out = [node.id for node in ast.walk(tree) if isinstance(node, ast.Name)
            and id(node) not in called and node.id not in ("np", "numpy")
@@ -424,7 +465,7 @@ def evaluate(spec: FormulaSpec, backend: Any) -> Any:
     values = []
     for f in spec.factors:
         if f["kind"] == "numeric":  # a list of its columns (poly() and bs() give several)
-            value = _expr(ast.parse(f["eval"], mode="eval").body, f, backend, top=True)
+            value = _expr(_parse(f["eval"]), f, backend, top=True)
             values.append(value if isinstance(value, list) else [value])
         else:
             values.append(backend.levels(f["source"], f["levels"]))
@@ -499,8 +540,9 @@ def _transform(state: dict[str, Any], x: Any, args: list[Any], kwargs: dict[str,
 
 class _NumpyBackend:
     def __init__(self, data: Mapping[str, np.ndarray],
-                 fills: Mapping[str, float] | None = None) -> None:
-        self.data, self.fills = data, fills or {}
+                 fills: Mapping[str, float] | None = None, lenient: set[str] = frozenset()
+                 ) -> None:
+        self.data, self.fills, self.lenient = data, fills or {}, lenient
 
     def input(self, name: str) -> np.ndarray:
         x = np.asarray(self.data[name], dtype=np.float64)
@@ -522,10 +564,12 @@ class _NumpyBackend:
         from serve.core.columns import level_text
 
         index = {lv: i for i, lv in enumerate(levels)}
-        return np.array([index.get(level_text(v), -1) for v in self.data[name]])
+        codes = np.array([index.get(level_text(v), -1) for v in self.data[name]])
+        return codes, 0.0 if name in self.lenient else np.nan  # what an unseen level codes as
 
-    def contrast(self, codes: np.ndarray, contrast: list[float]) -> np.ndarray:
-        table = np.append(np.asarray(contrast, dtype=np.float64), np.nan)  # -1: unseen
+    def contrast(self, levels: tuple[np.ndarray, float], contrast: list[float]) -> np.ndarray:
+        codes, unseen = levels
+        table = np.append(np.asarray(contrast, dtype=np.float64), unseen)  # -1: unseen
         return table[codes]
 
     def bspline(self, x: Any, pieces: list[tuple[float, np.ndarray]], lo: float,
@@ -554,16 +598,20 @@ def formula_nodes(spec: FormulaSpec, *, elem: int, np_dtype: Any,
     ``const`` add to the caller's graph; ``cells``: a categorical input's node to read instead,
     its NA tokens made blanks): the design's name, and the per-row penalties (NaN for a level
     not seen in training) to add to the prediction."""
-    backend = _OnnxBackend(elem, np_dtype, const, node, spec.fills, cells)
+    backend = _OnnxBackend(elem, np_dtype, const, node, spec.fills, cells,
+                           lenient={s.name for s in spec.column_specs()
+                                    if s.kind == "categorical" and s.unknown == "reference"})
     return evaluate(spec, backend), backend.penalties
 
 
 class _OnnxBackend:
     def __init__(self, elem: int, np_dtype: Any, const: Callable, node: Callable,
                  fills: Mapping[str, float] | None = None,
-                 cells: Mapping[str, str] | None = None) -> None:
+                 cells: Mapping[str, str] | None = None, lenient: set[str] = frozenset()
+                 ) -> None:
         self.elem, self.dtype, self._const, self._node = elem, np_dtype, const, node
         self._cells = cells or {}
+        self._lenient = lenient  # --unknown reference: an unseen level codes as all zeros
         self.penalties: list[str] = []
         self.n = 0
         self._levels: dict[str, str] = {}
@@ -600,9 +648,12 @@ class _OnnxBackend:
         row whose level is none of them."""
         if name in self._levels:
             return self._levels[name]
-        eq = self._node("Equal", [self._cells.get(name, name), self._const(self._name("levels"), np.array(
-            [list(levels)], dtype=object))], self._name("equal"))
+        known = self._const(self._name("levels"), np.array([list(levels)], dtype=object))
+        eq = self._node("Equal", [self._cells.get(name, name), known], self._name("equal"))
         onehot = self._node("Cast", [eq], self._name("onehot"), to=self.elem)
+        if name in self._lenient:  # all zeros: the reference level's coding
+            self._levels[name] = onehot
+            return onehot
         count = self._node("MatMul", [onehot, self._const(self._name("ones"), np.ones(
             (len(levels), 1), self.dtype))], self._name("count"))
         unknown = self._node("Equal", [count, self._const(self._name("zero"), np.zeros(

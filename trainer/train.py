@@ -74,7 +74,7 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
             data, train_idx, val_idx = load_formula_data(
                 data_path, encoding.formula, lambda n: split_rows(n, val_fraction, config.seed),
                 na=encoding.na_values, impute=encoding.impute,
-                missing_target=encoding.missing_target)
+                missing_target=encoding.missing_target, unknown=encoding.unknown)
             config = replace(config, bias=data.formula.intercept)
         else:
             data = load_training_data(data_path, targets=targets, features=features,

@@ -281,7 +281,7 @@ class _Share:
         outcome: Any = None
         if self.group.rank == 0:
             try:
-                outcome = _learned_formula(self, encoding.formula, kinds).to_json()
+                outcome = _learned_formula(self, encoding, kinds).to_json()
             except (DataError, TrainingError) as e:
                 outcome = e
         outcome = self.group.gather_object(outcome)[0]
@@ -331,7 +331,7 @@ def _formula_columns(ds: Any, formula: str, *, targets: Sequence[str],
     return response, [n for n in wanted if n not in response]
 
 
-def _learned_formula(share: _Share, formula: str, kinds: list) -> Any:
+def _learned_formula(share: _Share, encoding: EncodeConfig, kinds: list) -> Any:
     """patsy's design of ``formula`` over every training row of the dataset (rank 0), the terms'
     columns read as ``kinds`` says (numbers filled by --impute, or level texts); checked
     against patsy's own matrix on the first chunk."""
@@ -340,7 +340,7 @@ def _learned_formula(share: _Share, formula: str, kinds: list) -> Any:
     from trainer.dataset import validation_mask
     from trainer.formula import learn_streamed, raw_of
 
-    ds, response = share.ds, share.targets
+    ds, response, formula = share.ds, share.targets, encoding.formula
     parts = ds.shard(0, 1)
     fills = {s.name: s.fill for s in kinds if s.kind == "numeric" and s.fill is not None}
     ranges: dict[str, list[float]] = {}
@@ -372,7 +372,8 @@ def _learned_formula(share: _Share, formula: str, kinds: list) -> Any:
             yield raw
 
     spec, info = learn_streamed(formula, chunks, [*share.features, *response])
-    spec.fills, spec.ranges = fills or None, ranges
+    spec.fills, spec.ranges, spec.unknown = fills or None, ranges, encoding.unknown
+    spec.check_unknown()
     first = next(chunks(), None)
     if first is not None:  # the compiled design against patsy's own, on a chunk
         want = np.asarray(patsy.build_design_matrices([info], first)[0], dtype=np.float64)

@@ -393,8 +393,8 @@ def apply_on_unknown(frame: Frame, specs: Sequence[ColumnSpec], policy: str | No
             r = int(np.flatnonzero(bad)[0])
             raise FrameError(_where(source, row_offset + r, spec.name) + (
                 f"{_explain(values[r], spec).split(';')[0]}; on_unknown 'reference' needs a "
-                f"reference level, and {spec.name!r} has none (the model has no intercept): "
-                "use on_unknown 'nan' or 'error'"))
+                f"reference level, and {spec.name!r} has none (a model without an intercept, "
+                "or a formula coding it without one): use on_unknown 'nan' or 'error'"))
         fixed = values.copy()
         fixed[bad] = spec.reference if policy == "reference" else (
             spec.levels[0] if spec.kind == "categorical" else 0.0)

@@ -3,6 +3,7 @@ gRPC (ServerMetadata, ModelMetadata) alike."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from serve.core.columns import specs_json
@@ -12,6 +13,16 @@ from serve.server.dataplane import DATATYPE_OF, output_names
 from serve.version import __version__
 
 EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]
+
+
+def _json_list(value: str | None) -> list[str] | None:
+    """A metadata string holding a JSON list of names, or None."""
+    try:
+        names = json.loads(value) if value else None
+    except ValueError:
+        return None
+    return names if isinstance(names, list) and all(isinstance(n, str) for n in names) \
+        else None
 
 
 def server_metadata() -> dict[str, Any]:
@@ -29,6 +40,12 @@ def model_metadata(predictor: Predictor, name: str,
                for n in output_names(predictor)]
     if predictor.intervals is not None:  # linreg-export --intervals
         params["intervals"] = predictor.intervals
+    meta = predictor.metadata
+    if names := _json_list(meta.get("encoded_names")):  # the coefficients' names (design)
+        params["coefficient_names"] = names
+    if meta.get("linreg.formula"):  # --formula: the formula, and the scale it predicts on
+        params["formula"], params["response"] = meta["linreg.formula"], meta.get(
+            "linreg.response")
     if predictor.contributions is not None:  # linreg-export --contributions: its width
         outputs[-1]["shape"] = [-1, predictor.n_targets * len(predictor.contributions["terms"])]
         params["contributions"] = predictor.contributions

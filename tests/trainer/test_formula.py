@@ -100,6 +100,9 @@ def test_http_takes_raw_columns(fitted):
         nan = http.post("/v1/models/m:predict?on_unknown=nan",
                         json={"instances": [{**records[0], "city": "Nice"}, records[1]]})
         assert nan.json()["predictions"][0] is None and nan.json()["unpredictable_rows"] == 1
+        params = http.get("/v2/models/m").json()["parameters"]
+        assert params["coefficient_names"] == list(reference.params.index)[1:]
+        assert (params["formula"], params["response"]) == (FORMULA, "y")
 
 
 def test_no_intercept_codes_every_level(fitted, tmp_path):
@@ -420,3 +423,38 @@ def test_a_formula_over_a_dataset_folder_equals_the_in_memory_fit(tmp_path):
         e = Predictor.load(tmp_path / how).explain(new)
         np.testing.assert_allclose(e.prediction, base.prediction, rtol=1e-10)
         np.testing.assert_allclose(e.contributions, base.contributions, rtol=1e-9, atol=1e-10)
+
+
+def test_an_unseen_level_as_for_plain_columns(fitted, tmp_path):
+    """--unknown reference: an unseen level predicts as the Treatment reference level, in the
+    graph itself (its one-hot is all zeros) and in Python; a coding without a reference level
+    refuses the flag; per call, on_unknown='reference' works on any model with one."""
+    import onnxruntime as ort
+
+    from serve import Predictor
+
+    _, _, folder = fitted
+    formula = "y ~ C(city, Treatment('Rome')) * a"
+    train(folder / "f.csv", "--formula", formula, "--unknown", "reference", "--solver",
+          "lstsq", "--dtype", "float64", "--out", tmp_path / "m", "-q")
+    export(tmp_path / "m", "--format", "onnx", "-q")
+    p = Predictor.load(tmp_path / "m")
+    assert (p.columns[0].reference, p.columns[0].unknown) == ("Rome", "reference")
+    rows = {"city": ["Nice", "Rome"], "a": [2.0, 2.0]}
+    got = p.predict(rows)
+    assert got[0, 0] == got[1, 0]
+    sess = ort.InferenceSession(str(tmp_path / "m" / "model.onnx"))
+    bare = sess.run(None, {"city": np.array([["Nice"], ["Rome"]], dtype=object),
+                           "a": np.array([[2.0], [2.0]])})[0]
+    np.testing.assert_array_equal(bare, got)
+    res = train(folder / "f.csv", "--formula", "y ~ C(city, Sum) + a", "--unknown",
+                "reference", "--out", tmp_path / "s", code=1)
+    assert res.stderr.strip().splitlines()[-1] == (
+        "linreg-train: error: --unknown reference: column 'city' has no reference level in this "
+        "formula (its coding gives no level all zeros); use Treatment coding, C(city), or "
+        "--unknown error")
+    train(folder / "f.csv", "--formula", formula, "--solver", "lstsq", "--dtype", "float64",
+          "--out", tmp_path / "e", "-q")
+    export(tmp_path / "e", "--format", "onnx", "-q")
+    strict = Predictor.load(tmp_path / "e")
+    np.testing.assert_array_equal(strict.predict(rows, on_unknown="reference"), got)
