@@ -6,6 +6,7 @@ extra is missing. ``linreg-train`` is :mod:`trainer.cli`."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -183,7 +184,19 @@ def needs_train_extra(command: click.Command, modules: tuple[str, ...]) -> Calla
             click.echo(f"{command.name}: error: needs the train extra ({', '.join(missing)} "
                        "not installed): pip install 'linreg[train]'", err=True)
             sys.exit(1)
-        command()
+        try:
+            command()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+            if not code:
+                raise
+            # The one line is said and every file of ours is closed: leave without the
+            # interpreter's teardown, where a C++ thread still running (pyarrow's read-ahead
+            # of a file abandoned at a bad cell, torch's pools) can abort the process with
+            # "terminate called without an active exception" (seen under load).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     return entry
 
 
