@@ -1,0 +1,13 @@
+"""linreg's trainer: ``linreg-train``, ``linreg-export`` and ``linreg-summary``, and the
+scikit-learn estimator :class:`LinregRegressor` (imported on first use: ``from trainer import
+LinregRegressor`` needs scikit-learn, the CLIs do not)."""
+
+from typing import Any
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LinregRegressor":
+        from trainer.estimator import LinregRegressor
+
+        return LinregRegressor
+    raise AttributeError(f"module 'trainer' has no attribute {name!r}")

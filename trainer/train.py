@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -84,54 +84,93 @@ def train(data_path: str | Path, *, out: str | Path | None = None, config: Train
                                       na=encoding.na_values, progress=read_progress)
             train_idx, val_idx = split_rows(data.n_rows, val_fraction, config.seed)
             data = encode(data, train_idx, encoding, bias=config.bias)
-        X, Y = data.X[train_idx], data.Y[train_idx]
-        weights = None if data.weights is None else data.weights[train_idx]
-        if weights is not None and not weights.sum() > 0:
-            raise TrainingError("every training row has sample weight 0")
-        validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
-        start = warm_start(init_from, data.feature_names, data.target_names, config) \
-            if init_from is not None else None
-        file_rows = data.rows_in_file(train_idx)  # the folds and the diagnostics follow them
-        cv = None
-        if config.cv:  # --cv K: α from the grid, by the folds of the training rows
-            from trainer.cv import choose_alpha
-
-            config, cv = choose_alpha([(X, Y, np.ones(len(X)) if weights is None else weights, 0,
-                                        file_rows)], config, X.shape[1])
-        result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
-                     checkpoint=checkpoint, log=log, progress=progress)
-
-        stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
-                          names=data.feature_names, cov_type=cov, confidence=confidence,
-                          penalized=not_least_squares(config), weights=weights,
-                          rows=file_rows)
-        metrics = _metrics(data, result, config, train_idx, val_idx)
-        # (sgd_distance also records SGD's distance from the optimum in ``metrics``)
-        warnings = [*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
-                    *sgd_distance(metrics, stats, result.coef_, result.intercept_,
-                                  bias=config.bias)]
-        pictures = None
-        if plot:
-            from trainer.plots import PlotData
-
-            pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
-                                data.Y[val_idx], result.coef_, result.intercept_, config.bias,
-                                data.feature_names, data.target_names, result.best_epoch,
-                                cv=cv)
-        manifest = write_folder(
-            out, force=force, result=result, config=config, features=data.feature_names,
-            targets=data.target_names, columns=data.columns, encoding=encoding,
-            warnings=warnings, metrics=metrics,
-            stats=stats, data={
-                "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
-                "rows": data.n_rows, "dropped_rows": data.dropped,
-                "train_rows": int(len(train_idx)),
-                "validation_rows": int(len(val_idx)),
-                "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
-                "sample_weight": sample_weight}, plots=pictures,
-            training={"cv": cv} if cv else None, formula=data.formula,
-            means=X.mean(axis=0, dtype=np.float64))
+        fitted = fit_data(data, train_idx, val_idx, config=config, cov=cov,
+                          confidence=confidence, init_from=init_from, checkpoint=checkpoint,
+                          log=log, progress=progress, plot=plot)
+        manifest = write_fitted(out, fitted, encoding=encoding, force=force, data={
+            "path": str(Path(data.path).resolve()), "sha256": sha256_file(data.path),
+            "rows": data.n_rows, "dropped_rows": data.dropped,
+            "train_rows": int(len(train_idx)), "validation_rows": int(len(val_idx)),
+            "validation_indices": val_idx.tolist() if 0 < len(val_idx) <= 10000 else None,
+            "sample_weight": sample_weight})
     return out, manifest
+
+
+@dataclass
+class Fitted:
+    """One in-memory fit, before anything is written: the rows (encoded), the split, the
+    settings the fit ran with, its result, statistics, metrics, warnings and --cv's record."""
+
+    data: TrainingData
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    config: TrainConfig
+    result: FitResult
+    stats: Any
+    metrics: dict[str, Any]
+    warnings: list[str]
+    cv: dict[str, Any] | None = None
+    pictures: Any = None
+
+
+def fit_data(data: TrainingData, train_idx: np.ndarray, val_idx: np.ndarray, *,
+             config: TrainConfig, cov: str = "nonrobust", confidence: float = 0.95,
+             init_from: str | Path | None = None, checkpoint: Any = None,
+             log: Callable[[str], None] | None = None,
+             progress: Callable[[float], None] | None = None, plot: bool = False) -> Fitted:
+    """The fit of encoded rows ``data`` (its training rows ``train_idx``; ``val_idx`` are
+    watched): α by --cv, the fit, statistics, metrics and warnings. The one core that
+    ``linreg-train`` (:func:`train`) and the scikit-learn estimator
+    (:class:`trainer.estimator.LinregRegressor`) both run."""
+    # 1. The training rows, their weights and their place in the file.
+    X, Y = data.X[train_idx], data.Y[train_idx]
+    weights = None if data.weights is None else data.weights[train_idx]
+    if weights is not None and not weights.sum() > 0:
+        raise TrainingError("every training row has sample weight 0")
+    validation = (data.X[val_idx], data.Y[val_idx]) if len(val_idx) else None
+    start = warm_start(init_from, data.feature_names, data.target_names, config) \
+        if init_from is not None else None
+    file_rows = data.rows_in_file(train_idx)  # the folds and the diagnostics follow them
+    # 2. --cv K: α from the grid, by the folds of the training rows.
+    cv = None
+    if config.cv:
+        from trainer.cv import choose_alpha
+
+        config, cv = choose_alpha([(X, Y, np.ones(len(X)) if weights is None else weights, 0,
+                                    file_rows)], config, X.shape[1])
+    # 3. The fit, its statistics and metrics (sgd_distance also records SGD's distance from
+    #    the optimum in ``metrics``).
+    result = fit(X, Y, config, weights=weights, validation=validation, warm_start=start,
+                 checkpoint=checkpoint, log=log, progress=progress)
+    stats = inference(X, Y, result.coef_, result.intercept_, bias=config.bias,
+                      names=data.feature_names, cov_type=cov, confidence=confidence,
+                      penalized=not_least_squares(config), weights=weights, rows=file_rows)
+    metrics = _metrics(data, result, config, train_idx, val_idx)
+    warnings = [*data.warnings, *id_like(data.columns, len(train_idx)), *stats.warnings,
+                *sgd_distance(metrics, stats, result.coef_, result.intercept_,
+                              bias=config.bias)]
+    pictures = None
+    if plot:
+        from trainer.plots import PlotData
+
+        pictures = PlotData(result.history, result.history_columns, X, Y, data.X[val_idx],
+                            data.Y[val_idx], result.coef_, result.intercept_, config.bias,
+                            data.feature_names, data.target_names, result.best_epoch, cv=cv)
+    return Fitted(data, train_idx, val_idx, config, result, stats, metrics, warnings, cv,
+                  pictures)
+
+
+def write_fitted(out: Path, fitted: Fitted, *, encoding: EncodeConfig, data: dict[str, Any],
+                 force: bool = False) -> dict[str, Any]:
+    """The artifact folder of an in-memory fit (``data``: the manifest's record of the rows)."""
+    d = fitted.data
+    return write_folder(
+        out, force=force, result=fitted.result, config=fitted.config,
+        features=d.feature_names, targets=d.target_names, columns=d.columns,
+        encoding=encoding, warnings=fitted.warnings, metrics=fitted.metrics,
+        stats=fitted.stats, data=data, plots=fitted.pictures,
+        training={"cv": fitted.cv} if fitted.cv else None, formula=d.formula,
+        means=d.X[fitted.train_idx].mean(axis=0, dtype=np.float64))
 
 
 def _write_inference(folder: Path, manifest: dict[str, Any], stats: Any) -> None:
