@@ -17,7 +17,7 @@ setup: $(VENV)/.done
 $(VENV)/.done: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[train,plot,http,grpc,dask,spark,test]"
+	$(BIN)/pip install -q -e ".[train,plot,http,grpc,dask,spark,mlflow,test]"
 	touch $@
 
 # The runtime alone (no torch at all), to prove serve/ needs none of it.

@@ -36,3 +36,17 @@ def tutorial_csv(tmp_path: Path) -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark (a JVM) for the whole test session: the engines' tests and MLflow's
+    spark_udf share it."""
+    pytest.importorskip("pyspark")
+    if not any(Path(p, "java").exists() for p in os.environ["PATH"].split(os.pathsep)):
+        pytest.skip("Spark needs a Java runtime (make java)")
+    from serve.batch.engines import spark_session
+
+    session = spark_session("local[2]", "linreg-tests")
+    yield session
+    session.stop()

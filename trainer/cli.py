@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -190,6 +191,16 @@ def _range(name: str) -> click.ParamType:
               help="Print a log line every N epochs, and one for the saved model (0: never).")
 @click.option("--log-before-step", is_flag=True, help="Log the parameters each epoch's cost "
               "was computed with (before its step), as the bias-free tutorial does.")
+@click.option("--mlflow", "mlflow", is_flag=True, help="Log the run to MLflow tracking once "
+              "the model is saved: the settings, the cost per epoch, the final metrics and "
+              "statistics, the artifact folder (needs the mlflow extra).")
+@click.option("--mlflow-uri", default=None, metavar="URI", help="With --mlflow: the tracking "
+              "URI. Default: MLFLOW_TRACKING_URI, else sqlite:///mlruns.db (no server).")
+@click.option("--mlflow-experiment", default="linreg", show_default=True, metavar="NAME",
+              help="With --mlflow: the experiment (made if it is new).")
+@click.option("--mlflow-register", default=None, metavar="NAME", help="With --mlflow: also "
+              "log the MLflow Model (linreg-export --format mlflow) and register it as a new "
+              "version of NAME in MLflow's model registry.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                exclude: tuple[str, ...], categorical: tuple[str, ...], impute: str | None,
@@ -209,7 +220,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                momentum: float, weight_decay: float, batch_size: int, init: str | float,
                no_bias: bool, seed: int, standardize: bool, solver: str, tol: float | None,
                device: str, dtype: str, out: Path | None, force: bool, plot: bool,
-               log_every: int, log_before_step: bool, quiet: bool) -> None:
+               log_every: int, log_before_step: bool, mlflow: bool, mlflow_uri: str | None,
+               mlflow_experiment: str, mlflow_register: str | None, quiet: bool) -> None:
     """Fit a linear regression to DATA (CSV with a header, Parquet, .npy or .npz)."""
     from trainer.encode import EncodeConfig
     from trainer.runs import checkpoint_dir, resume_settings
@@ -254,16 +266,18 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
                         init_from=init_from, val_fraction=val_fraction, plot=plot,
                         checkpoint_every=checkpoint_every)
     config = settings["config"]
+    tracking = _tracking(mlflow, mlflow_uri, mlflow_experiment, mlflow_register)
     folder_of_checkpoint = resume or (checkpoint_dir(settings["out"] or Path("models") / Path(
         str(data).rstrip("/*")).stem) if settings.get("checkpoint_every") else None)
     try:
         with without_pandas():  # pyarrow would import it (0.2 s) and nothing here needs it
             if nproc > 1 or _streams(data, settings, val_data, batch_rows, max_memory):
-                _train_streamed(data, settings, nproc=nproc, val_data=val_data,
-                                batch_rows=batch_rows, max_memory=max_memory, summary=summary,
-                                force=force, quiet=quiet)
+                saved = _train_streamed(data, settings, nproc=nproc, val_data=val_data,
+                                        batch_rows=batch_rows, max_memory=max_memory,
+                                        summary=summary, force=force, quiet=quiet)
             else:
-                _train_in_memory(data, settings, summary=summary, force=force, quiet=quiet)
+                saved = _train_in_memory(data, settings, summary=summary, force=force,
+                                         quiet=quiet)
     except CellError as e:  # a target's cell: say which column is the target, and the way out
         raise CellError(_about_the_target(e, data, settings["targets"]), e.column) from None
     except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM: say how to resume, if it can be
@@ -271,6 +285,8 @@ def train_main(data: Path, targets: tuple[str, ...], features: tuple[str, ...],
             raise stopped(e, f"; the last checkpoint is in {folder_of_checkpoint}: continue "
                              f"with linreg-train --resume {folder_of_checkpoint}") from None
         raise
+    if saved is not None:  # this process wrote the folder (rank 0 of several): log it
+        _track(*saved, tracking, quiet)  # (MLflow needs pandas: out of the block above)
 
 
 def _about_the_target(e: CellError, data: Path, targets: list[str]) -> str:
@@ -296,8 +312,40 @@ def _last_column(data: Path) -> str | None:
         return None
 
 
+def _tracking(on: bool, uri: str | None, experiment: str, register: str | None) -> Any:
+    """--mlflow's settings, or None; the other --mlflow-* options need it."""
+    from trainer.tracking import Tracking
+
+    if not on:
+        given = [f for f, v in (("--mlflow-uri", uri), ("--mlflow-register", register)) if v]
+        if given:
+            raise click.UsageError(f"{given[0]} is for --mlflow; add --mlflow")
+        return None
+    return Tracking(uri, experiment, register)
+
+
+def _track(folder: Path, manifest: dict, tracking: Any, quiet: bool) -> None:
+    """Log the saved run to MLflow; a failure is one warning line (the model is saved)."""
+    from trainer.tracking import TrackingError, log_run
+
+    if tracking is None:
+        return
+    try:
+        record = log_run(folder, manifest, tracking)
+    except TrackingError as e:
+        click.echo(f"linreg-train: warning: the run was not logged ({e}); the model is saved "
+                   f"in {folder}", err=True)
+        return
+    if not quiet:
+        registered = record.get("registered")
+        click.echo(f"MLflow: run {record['run_id']} in experiment {record['experiment']!r} at "
+                   f"{record['tracking_uri']}" + (f"; registered {registered['name']!r} "
+                                                  f"version {registered['version']}"
+                                                  if registered else ""))
+
+
 def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
-                     quiet: bool) -> None:
+                     quiet: bool) -> tuple[Path, dict]:
     """The fit of a table that fits in memory, with its progress bars."""
     from serve.core.tables import estimate_rows
     from trainer.train import train
@@ -326,6 +374,7 @@ def _train_in_memory(data: Path, settings: dict, *, summary: bool, force: bool,
         from trainer.stats import summary_text
 
         click.echo(summary_text(manifest).rstrip("\n"))
+    return folder, manifest
 
 
 def _memory_budget(max_memory: int | None) -> int:
@@ -363,7 +412,7 @@ def _streams(data: Path, settings: dict, val_data: Path | None, batch_rows: int 
 
 def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | None,
                     batch_rows: int | None, max_memory: int | None, summary: bool, force: bool,
-                    quiet: bool) -> None:
+                    quiet: bool) -> tuple[Path, dict] | None:
     """The streamed (and distributed) fit: start ``--nproc`` processes, or run this rank."""
     from trainer.distributed import join, launch, under_torchrun
     from trainer.fit import resolve_device
@@ -371,7 +420,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
 
     if nproc > 1 and not under_torchrun():
         launch(nproc, _given_args(click.get_current_context(), leave_out="nproc"), _rank)
-        return
+        return None  # rank 0, one of the processes, logs the run
     config = settings["config"]
     group = join(resolve_device(config.device))
     try:
@@ -405,7 +454,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
     finally:
         group.close()
     if manifest is None:  # another rank than 0: rank 0 speaks
-        return
+        return None
     if not quiet:
         print_summary(folder, manifest, default_target=not settings["targets"]
                       and settings["encoding"].formula is None)
@@ -413,6 +462,7 @@ def _train_streamed(data: Path, settings: dict, *, nproc: int, val_data: Path | 
         from trainer.stats import summary_text
 
         click.echo(summary_text(manifest).rstrip("\n"))
+    return folder, manifest
 
 
 def _rank(argv: list[str]) -> None:

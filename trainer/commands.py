@@ -99,9 +99,13 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
 @click.version_option(__version__, prog_name="linreg")
 @click.argument("model_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--format", "formats", multiple=True,
-              type=click.Choice(["onnx", "torchscript", "pt2", "triton"]),
+              type=click.Choice(["onnx", "torchscript", "pt2", "triton", "mlflow"]),
               help="Repeatable. Default: onnx and torchscript. triton: put model.onnx into a "
-              "Triton model repository (--repository), exporting it first if needed.")
+              "Triton model repository (--repository), exporting it first if needed. mlflow: "
+              "write an MLflow Model (--mlflow-dir) around model.onnx, the same way.")
+@click.option("--mlflow-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --format mlflow: the MLflow Model directory to write (MLmodel with "
+              "the onnx and python_function flavours; the loader is linreg's runtime).")
 @click.option("--repository", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="With --format triton: the repository folder; writes REPOSITORY/NAME/"
               "config.pbtxt and REPOSITORY/NAME/VERSION/model.onnx (NAME: MODEL_DIR's name).")
@@ -124,7 +128,8 @@ def synth_main(out: Path, samples: int, features: int, targets: int, seed: int, 
               "(dynamo; slower, a plain model only). Both are checked against torch eager.")
 @click.option("--force", is_flag=True, help="Overwrite existing exported files.")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | None,
+def export_main(model_dir: Path, formats: tuple[str, ...], mlflow_dir: Path | None,
+                repository: Path | None,
                 model_version: int | None, opset: int | None, intervals: float | None,
                 contributions: bool, onnx_exporter: str, force: bool, quiet: bool) -> None:
     """Export MODEL_DIR (made by linreg-train) to ONNX and TorchScript, checking parity."""
@@ -136,8 +141,11 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
         raise click.UsageError("--format triton and --repository DIR go together")
     if model_version is not None and not triton:
         raise click.UsageError("--model-version is for --format triton")
-    formats = tuple(f for f in formats if f != "triton")
-    if triton and "onnx" not in formats and not (model_dir / "model.onnx").is_file():
+    mlflow = "mlflow" in formats
+    if mlflow != (mlflow_dir is not None):
+        raise click.UsageError("--format mlflow and --mlflow-dir DIR go together")
+    formats = tuple(f for f in formats if f not in ("triton", "mlflow"))
+    if (triton or mlflow) and "onnx" not in formats and not (model_dir / "model.onnx").is_file():
         formats += ("onnx",)  # nothing exported yet: export it now
     manifest = export(model_dir, formats=formats, opset=opset, force=force,
                       intervals=intervals, contributions=contributions,
@@ -151,6 +159,13 @@ def export_main(model_dir: Path, formats: tuple[str, ...], repository: Path | No
         if not quiet:
             click.echo(f"{folder}: Triton model {folder.name!r} version {version} "
                        f"({folder / version / 'model.onnx'}, {folder / 'config.pbtxt'})")
+    if mlflow:
+        from trainer.mlflow_export import write_mlflow_model
+
+        write_mlflow_model(model_dir, mlflow_dir, force=force)
+        if not quiet:
+            click.echo(f"{mlflow_dir}: MLflow Model (onnx and python_function flavours; "
+                       f"mlflow.pyfunc.load_model('{mlflow_dir}') predicts as linreg-predict)")
     if not quiet and manifest is not None:
         for fmt in formats:
             info = manifest["exports"][fmt]
@@ -188,16 +203,25 @@ def needs_train_extra(command: click.Command, modules: tuple[str, ...]) -> Calla
             command()
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-            if not code:
+            if not code or _tracks_resources():
                 raise
             # The one line is said and every file of ours is closed: leave without the
             # interpreter's teardown, where a C++ thread still running (pyarrow's read-ahead
             # of a file abandoned at a bad cell, torch's pools) can abort the process with
-            # "terminate called without an active exception" (seen under load).
+            # "terminate called without an active exception" (seen under load). Not in a
+            # process that started --nproc ranks: its semaphores' tracker must see them freed.
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
     return entry
+
+
+def _tracks_resources() -> bool:
+    """Whether multiprocessing's resource tracker runs for this process (it made semaphores:
+    the --nproc launcher), which a normal exit lets clean up."""
+    tracker = getattr(sys.modules.get("multiprocessing.resource_tracker"), "_resource_tracker",
+                      None)
+    return getattr(tracker, "_fd", None) is not None
 
 
 export_entry = needs_train_extra(export_main, ("torch", "onnx", "onnxscript"))

@@ -164,16 +164,6 @@ def test_serve_dask_predict(tmp_path):
     assert [got[i] for i in table.column("id").to_pylist()] == want[:, 0].tolist()
 
 
-@pytest.fixture(scope="module")
-def spark():
-    _needs("spark")
-    from serve.batch.engines import spark_session
-
-    session = spark_session("local[2]", "linreg-tests")
-    yield session
-    session.stop()
-
-
 def test_serve_spark_predict_and_sql_function(spark, tmp_path):
     from serve.batch import spark as linreg_spark
 
