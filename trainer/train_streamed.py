@@ -279,14 +279,16 @@ class _Share:
 
         kinds = learn_encoding(self.rows(None), self.features, encoding, self.group, bias=True)
         outcome: Any = None
-        if self.group.rank == 0:
+        if self.group.rank == 0:  # its spec, or its one-line error (every rank raises it)
             try:
                 outcome = _learned_formula(self, encoding, kinds).to_json()
-            except (DataError, TrainingError) as e:
-                outcome = e
+            except DataError as e:
+                outcome = ("data", str(e))
+            except TrainingError as e:
+                outcome = ("training", str(e))
         outcome = self.group.gather_object(outcome)[0]
-        if isinstance(outcome, Exception):
-            raise outcome
+        if isinstance(outcome, tuple):
+            raise (DataError if outcome[0] == "data" else TrainingError)(outcome[1])
         return FormulaSpec.from_json(outcome)
 
     def scan(self, encoding: EncodeConfig, *, bias: bool, formula: Any = None
@@ -335,7 +337,10 @@ def _learned_formula(share: _Share, encoding: EncodeConfig, kinds: list) -> Any:
     """patsy's design of ``formula`` over every training row of the dataset (rank 0), the terms'
     columns read as ``kinds`` says (numbers filled by --impute, or level texts); checked
     against patsy's own matrix on the first chunk."""
+    import contextlib
+
     import patsy
+    import pyarrow as pa
 
     from trainer.dataset import validation_mask
     from trainer.formula import learn_streamed, raw_of
@@ -358,8 +363,6 @@ def _learned_formula(share: _Share, encoding: EncodeConfig, kinds: list) -> Any:
                                 "response is blank; drop the row (or use --missing-target drop)")
             if not keep.any():
                 continue
-            import pyarrow as pa
-
             raw = raw_of(chunk.table.filter(pa.array(keep)), kinds,
                          source=str(ds.files[chunk.file]))
             for name, value in fills.items():
@@ -374,7 +377,8 @@ def _learned_formula(share: _Share, encoding: EncodeConfig, kinds: list) -> Any:
     spec, info = learn_streamed(formula, chunks, [*share.features, *response])
     spec.fills, spec.ranges, spec.unknown = fills or None, ranges, encoding.unknown
     spec.check_unknown()
-    first = next(chunks(), None)
+    with contextlib.closing(chunks()) as again:  # (closed: its reader ends now)
+        first = next(again, None)
     if first is not None:  # the compiled design against patsy's own, on a chunk
         want = np.asarray(patsy.build_design_matrices([info], first)[0], dtype=np.float64)
         want = want[:, 1:] if spec.intercept else want
