@@ -70,7 +70,7 @@ def tabular_graph(specs: Sequence[ColumnSpec] | None, weight: np.ndarray,
         inputs.append(helper.make_tensor_value_info(FEATURES, elem, ["batch", weight.shape[1]]))
         blocks.append(FEATURES)
     if formula is not None:
-        from trainer.formula import formula_nodes
+        from trainer.formula_graph import formula_nodes
 
         cells = {}
         for j, spec in enumerate(specs or []):
