@@ -16,14 +16,11 @@ from __future__ import annotations
 import ast
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from trainer.config import TrainingError
-
-if TYPE_CHECKING:
-    from trainer.formula import FormulaSpec
 
 FUNCTIONS = {"np.log": "Log", "np.log1p": "Log1p", "np.exp": "Exp", "np.sqrt": "Sqrt",
              "np.abs": "Abs", "numpy.log": "Log", "numpy.exp": "Exp", "numpy.sqrt": "Sqrt"}
@@ -93,8 +90,9 @@ def _bspline_pieces(knots: Sequence[float], degree: int) -> list[tuple[float, np
     return list(zip(starts.tolist(), pieces))
 
 
-def evaluate(spec: FormulaSpec, backend: Any) -> Any:
-    """Every design column of ``spec`` with ``backend`` (numpy arrays, or ONNX node names)."""
+def evaluate(spec: Any, backend: Any) -> Any:
+    """Every design column of ``spec`` (a :class:`trainer.formula.FormulaSpec`) with ``backend``
+    (numpy arrays, or ONNX node names)."""
     values = []
     for f in spec.factors:
         if f["kind"] == "numeric":  # a list of its columns (poly() and bs() give several)
@@ -224,7 +222,7 @@ class NumpyBackend:
                                 for c in columns]) if columns else np.empty((n, 0))
 
 
-def formula_nodes(spec: FormulaSpec, *, elem: int, np_dtype: Any,
+def formula_nodes(spec: Any, *, elem: int, np_dtype: Any,
                   const: Callable[[str, np.ndarray], str], node: Callable[..., str],
                   cells: Mapping[str, str] | None = None) -> tuple[str, list[str]]:
     """The design matrix of ``spec`` as ONNX nodes over raw-column inputs (``node`` and

@@ -1,10 +1,11 @@
 """``linreg-export MODEL --format mlflow --mlflow-dir DIR``: an MLflow Model directory.
 
 DIR/MLmodel has two flavours: ``onnx`` (``mlflow.onnx.load_model`` reads the graph) and
-``python_function`` whose loader is linreg's runtime (:mod:`serve.mlflow_model`: no torch), with
-the signature (each raw column's type; the output columns linreg-predict writes, intervals and
-contributions included) and the runtime's requirements only, pinned to the versions installed
-here. DIR/data/model holds model.onnx and model.json (the runtime checks one against the other).
+``python_function`` whose loader is linreg's runtime (:mod:`serve.runtime.mlflow_model`: no
+torch), with the signature (each raw column's type; the output columns linreg-predict writes,
+intervals and contributions included) and the runtime's requirements only, pinned to the
+versions installed here. DIR/data/model holds model.onnx and model.json (the runtime checks
+one against the other).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def write_mlflow_model(folder: Path, dest: Path, *, force: bool = False) -> Path
     """Write the MLflow Model of the exported model in ``folder`` (its model.onnx) to ``dest``,
     built beside it and renamed into place; ``force`` replaces one linreg wrote."""
     from serve.core.atomic import atomic_dir
-    from serve.mlflow_model import output_columns
+    from serve.runtime.mlflow_model import output_columns
     from serve.runtime.predictor import Predictor
 
     mlflow = mlflow_module()
@@ -57,7 +58,7 @@ def write_mlflow_model(folder: Path, dest: Path, *, force: bool = False) -> Path
             out.rmdir()  # save_model makes the folder itself
             try:
                 mlflow.pyfunc.save_model(
-                    str(out), loader_module="serve.mlflow_model", data_path=str(data),
+                    str(out), loader_module="serve.runtime.mlflow_model", data_path=str(data),
                     mlflow_model=model, signature=_signature(predictor, output_columns(
                         predictor)), pip_requirements=requirements())
             except LinregError:
@@ -102,6 +103,7 @@ def _check_mlflow_dir(path: Path) -> None:
     from serve.core.errors import OutputError
 
     mlmodel = path / "MLmodel"
-    if not mlmodel.is_file() or "serve.mlflow_model" not in mlmodel.read_text(errors="replace"):
+    if not mlmodel.is_file() or \
+            "serve.runtime.mlflow_model" not in mlmodel.read_text(errors="replace"):
         raise OutputError(f"{path}: not an MLflow model linreg-export wrote; --force replaces "
                           "only those (choose another --mlflow-dir)")

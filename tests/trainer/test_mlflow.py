@@ -185,7 +185,7 @@ def test_pyfunc_predicts_what_linreg_predict_writes(mlflow_model, tmp_path):
     np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-12)
     meta = mlflow.models.Model.load(str(mlflow_dir))
     assert set(meta.flavors) == {"onnx", "python_function"}
-    assert meta.flavors["python_function"]["loader_module"] == "serve.mlflow_model"
+    assert meta.flavors["python_function"]["loader_module"] == "serve.runtime.mlflow_model"
     inputs = {c["name"]: c for c in meta.signature.inputs.to_dict()}
     assert inputs["city"]["type"] == "string" and inputs["x2"]["type"] == "double"
     assert [c["name"] for c in meta.signature.outputs.to_dict()] == list(want.columns)
