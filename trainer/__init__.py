@@ -7,7 +7,12 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "LinregRegressor":
-        from trainer.estimator import LinregRegressor
-
+        try:
+            from trainer.estimator import LinregRegressor
+        except ModuleNotFoundError as e:
+            if e.name != "sklearn":
+                raise
+            raise ImportError("LinregRegressor needs scikit-learn: pip install "
+                              "'linreg[sklearn]'") from None
         return LinregRegressor
     raise AttributeError(f"module 'trainer' has no attribute {name!r}")
