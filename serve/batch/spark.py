@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from serve.batch.workers import ModelPayload, predict_batch, predictor
+from serve.batch.workers import ModelPayload, output_names, predict_batch, predictor
 from serve.runtime.predictor import Predictor
 
 
@@ -28,16 +28,19 @@ def _spark_type(model: Predictor) -> Any:
 
 
 def predict(df: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
-            suffix: str = "", on_unknown: str | None = None) -> Any:
+            suffix: str = "", on_unknown: str | None = None,
+            contributions: bool = False) -> Any:
     """``df`` with one more column per target (named after it, plus ``suffix``), computed with
     ``mapInArrow``; ``on_unknown="nan"`` makes a row the model cannot take NaN instead of
-    failing the job (see :meth:`Predictor.predict`)."""
+    failing the job (see :meth:`Predictor.predict`); ``contributions`` adds each target's
+    baseline and each term's contribution (``y_baseline``, ``y_contrib_<term>``, as
+    linreg-predict writes them; the model needs linreg-export --contributions)."""
     import pyarrow as pa
     from pyspark.sql.types import StructField, StructType
 
     payload = ModelPayload.of(model, threads=threads)
     local = predictor(payload)
-    names = [t + suffix for t in local.target_names]
+    names = output_names(local, suffix, contributions)
     if clash := sorted(set(names) & set(df.columns)):
         raise ValueError(f"the DataFrame already has a column {clash[0]!r}; pass suffix='_pred'")
     shared = df.sparkSession.sparkContext.broadcast(payload)
@@ -48,7 +51,8 @@ def predict(df: Any, model: str | os.PathLike | Predictor, *, threads: int = 1,
     def run(batches: Iterator[Any]) -> Iterator[Any]:
         model = predictor(shared.value)
         for batch in batches:
-            pred = predict_batch(model, batch, source="Spark batch", on_unknown=on_unknown)
+            pred = predict_batch(model, batch, source="Spark batch", on_unknown=on_unknown,
+                                 contributions=contributions)
             arrays = list(batch.columns) + [pa.array(pred[:, j], arrow_type)
                                             for j in range(pred.shape[1])]
             yield pa.RecordBatch.from_arrays(arrays, names=list(batch.schema.names) + names)

@@ -262,3 +262,30 @@ def test_engines_write_the_contributions(tmp_path, engine):
         assert got == want, name
         reference = np.full(len(ids), e.baseline[0]) if j == 0 else e.contributions[:, 0, j - 1]
         np.testing.assert_allclose([got[i] for i in ids], reference, rtol=0, atol=1e-5)
+
+
+def test_serve_dask_and_spark_add_the_contributions(spark, tmp_path):
+    """contributions=True on a DataFrame: linreg-predict's baseline and term columns, equal to
+    Predictor.explain's (to float32's rounding: other batch sizes); refused without them."""
+    dd = pytest.importorskip("dask.dataframe")
+    from serve.batch import dask as linreg_dask
+    from serve.batch import spark as linreg_spark
+
+    explain = MODELS / "explain"
+    table = _tabular_parts(tmp_path / "in", parts=2)
+    e = Predictor.load(explain).explain(table)
+    names = ["y_baseline", *(f"y_contrib_{t}" for t in e.terms)]
+    want = np.column_stack([np.full(len(e), e.baseline[0]), e.contributions[:, 0, :]])
+    out = linreg_dask.predict(dd.read_parquet(tmp_path / "in"), explain,
+                              contributions=True).compute()
+    assert list(out.columns[-len(names) - 1:]) == ["y", *names]
+    np.testing.assert_allclose(out[names].to_numpy(), want, rtol=0, atol=1e-5)
+    got = linreg_spark.predict(spark.read.parquet(str(tmp_path / "in")), explain,
+                               contributions=True).toArrow()
+    by_id = {i: [got.column(n)[k].as_py() for n in names]
+             for k, i in enumerate(got.column("id").to_pylist())}
+    ids = table.column("id").to_pylist()
+    np.testing.assert_allclose([by_id[i] for i in ids], want, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="this model has no contributions; export it with "
+                                         "linreg-export --contributions"):
+        linreg_dask.predict(dd.read_parquet(tmp_path / "in"), TAB, contributions=True)
