@@ -295,10 +295,8 @@ class Predictor:
         r, c, what = first_non_finite(pred)
         where = f"{source}: row {row_offset + r + 1}" if source else f"row {row_offset + r + 1}"
         if what == "NaN" and self.metadata.get("linreg.formula"):
-            return PredictionInputError(
-                f"{where}: the formula {self.metadata['linreg.formula']!r} gives no number for "
-                "these values (a function outside its domain, e.g. np.log of 0, or a value "
-                "outside the range bs() was fit on); on_unknown='nan' predicts NaN for it")
+            return PredictionInputError(formula_nan_message(self.metadata["linreg.formula"],
+                                                            where))
         return PredictionInputError(f"{where}: the prediction for {self.target_names[c]!r} "
                                     f"overflows {self.dtype} ({what}); the inputs are too "
                                     "large for this model")
@@ -441,6 +439,13 @@ class Predictor:
     def __repr__(self) -> str:
         return (f"Predictor({self.source!r}, features={self.feature_names}, "
                 f"targets={self.target_names}, dtype={self.dtype})")
+
+
+def formula_nan_message(formula: str, where: str) -> str:
+    """The one line for a row a formula gives no number for (``where``: "row 3", ...)."""
+    return (f"{where}: the formula {formula!r} gives no number for these values (a function "
+            "outside its domain, e.g. np.log of 0, or a value outside the range bs() was fit "
+            "on); on_unknown='nan' predicts NaN for it")
 
 
 def unpredictable_rows(predictions: np.ndarray) -> int:

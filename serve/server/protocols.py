@@ -26,7 +26,7 @@ from serve.core.jsontext import loads as json_loads
 from serve.core.numbers import shown
 from serve.core.tables import check_unique, csv_batches, to_matrix
 from serve.runtime.explanation import Explanation
-from serve.runtime.predictor import Predictor
+from serve.runtime.predictor import Predictor, formula_nan_message
 
 
 def parse_json(body: bytes) -> Any:
@@ -47,12 +47,26 @@ class Checked:
 
     rows: np.ndarray | Frame
     nan_rows: np.ndarray | None = None
+    on_unknown: str | None = None
+    formula: str | None = None  # a formula model's: it may give NaN for values it was given
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def finish(self, outputs: dict[str, np.ndarray]) -> int:
-        """NaN in every output for the rows that could not be predicted; their count."""
+        """NaN in every output for the rows that could not be predicted; their count. A row
+        a formula gave no number for (np.log of 0) is one of them under ``on_unknown="nan"``,
+        else this request's 422 (the model ran it as NaN: a batch is never failed for it)."""
+        if self.formula is not None:
+            bad = np.isnan(outputs[PREDICTION]).any(axis=1)
+            if self.nan_rows is not None:
+                bad &= ~self.nan_rows
+            if bad.any():
+                if self.on_unknown != "nan":
+                    r = int(np.flatnonzero(bad)[0])
+                    raise RequestError(formula_nan_message(self.formula, f"row {r + 1}"),
+                                       status=422)
+                self.nan_rows = bad if self.nan_rows is None else self.nan_rows | bad
         if self.nan_rows is None:
             return 0
         for values in outputs.values():
@@ -72,7 +86,7 @@ def checked(predictor: Predictor, rows: Any, *, max_rows: int, on_unknown: str |
         except DataError as e:
             raise RequestError(f"{prefix}{e}") from None
     check_rows(predictor, rows, max_rows, prefix)
-    return Checked(rows, nan_rows)
+    return Checked(rows, nan_rows, on_unknown, predictor.metadata.get("linreg.formula"))
 
 
 def on_unknown_of(value: Any) -> str | None:

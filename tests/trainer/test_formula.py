@@ -105,6 +105,39 @@ def test_http_takes_raw_columns(fitted):
         assert (params["formula"], params["response"]) == (FORMULA, "y")
 
 
+@pytest.mark.parametrize("batching", [None, 2000])
+def test_http_a_row_the_formula_gives_no_number_for(fitted, batching):
+    """np.log(b) of b = -1: that request's 422 (or null under on_unknown=nan), never a 500,
+    and never the failure of other requests batched with it."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from serve.server.app import create_app
+    from serve.server.repository import Repository
+    from serve.server.settings import ServerSettings
+
+    model, reference, _ = fitted
+    records = [dict(zip(NEW, r)) for r in zip(*NEW.values())]
+    bad = [records[0], {**records[1], "b": -1.0}]
+    settings = ServerSettings(max_batch_delay_us=batching)
+    with TestClient(create_app(Repository.open(model), settings)) as http:
+        answer = http.post("/v1/models/m:predict", json={"instances": bad})
+        assert answer.status_code == 422 and answer.json()["error"] == (
+            f"row 2: the formula {FORMULA!r} gives no number for these values (a function "
+            "outside its domain, e.g. np.log of 0, or a value outside the range bs() was fit "
+            "on); on_unknown='nan' predicts NaN for it")
+        nan = http.post("/v1/models/m:predict?on_unknown=nan", json={"instances": bad}).json()
+        assert nan["predictions"][1] is None and nan["unpredictable_rows"] == 1
+        assert nan["predictions"][0] == pytest.approx(
+            reference.predict(pd.DataFrame(records[:1]))[0], rel=1e-10)
+        good = http.post("/v1/models/m:predict", json={"instances": records})
+        assert good.status_code == 200
+        v2 = {"inputs": [{"name": k, "datatype": "BYTES" if k == "city" else "FP64",
+                          "shape": [2], "data": [r[k] for r in bad]} for k in NEW]}
+        assert http.post("/v2/models/m/infer", json=v2).status_code == 422
+
+
 def test_no_intercept_codes_every_level(fitted, tmp_path):
     _, _, folder = fitted
     formula = "y ~ C(city) + a - 1"
