@@ -194,19 +194,22 @@ class Predictor:
                                          on_unknown=on_unknown)))
 
     def outputs(self, X: Any, *, names: list[str] | None = None, on_unknown: str | None = None,
-                cancel: Cancel | None = None, row_offset: int = 0,
-                source: str | None = None) -> dict[str, np.ndarray]:
+                cancel: Cancel | None = None, row_offset: int = 0, source: str | None = None,
+                keep_nan: bool = False) -> dict[str, np.ndarray]:
         """Every output of the model (or those ``names``) by name, from one run: the
         prediction, the intervals and ``contributions`` (``(n_rows, n_targets · n_terms)``,
-        target-major) when it has them; arguments as :meth:`predict`."""
+        target-major) when it has them; arguments as :meth:`predict`. ``keep_nan``: a row
+        the model itself gives NaN for (a formula's np.log of 0) comes back NaN instead of
+        being refused (a server judges each request's rows by that request's policy)."""
         names = self.output_names if names is None else [PREDICTION, *(
             n for n in names if n != PREDICTION)]
         if unknown := [n for n in names if n not in self.output_names]:
             raise ModelError(f"{self.source}: no output {unknown[0]!r}; the model's outputs are "
                              f"{', '.join(self.output_names)}")
-        out = self._run(X, cancel, row_offset, source, names, on_unknown=on_unknown) \
-            if len(names) > 1 else [self._run(X, cancel, row_offset, source,
-                                              on_unknown=on_unknown)[0]]
+        out = self._run(X, cancel, row_offset, source, names, on_unknown=on_unknown,
+                        keep_nan=keep_nan) if len(names) > 1 else \
+            [self._run(X, cancel, row_offset, source, on_unknown=on_unknown,
+                       keep_nan=keep_nan)[0]]
         return dict(zip(names, out))
 
     def explain(self, X: Any, *, on_unknown: str | None = None, cancel: Cancel | None = None,
@@ -251,8 +254,8 @@ class Predictor:
             and X.shape[1] == self.n_features and X.flags.c_contiguous
 
     def _run(self, X: Any, cancel: Cancel | None, row_offset: int, source: str | None,
-             names: list[str] | None = None, *, on_unknown: str | None = None
-             ) -> list[np.ndarray]:
+             names: list[str] | None = None, *, on_unknown: str | None = None,
+             keep_nan: bool = False) -> list[np.ndarray]:
         nan_rows = None
         if on_unknown is not None:
             rows, nan_rows = self.prepare(X, on_unknown, row_offset=row_offset, source=source)
@@ -275,7 +278,7 @@ class Predictor:
         # One finiteness pass, on the (narrower) output: a NaN or inf input always shows there
         # in a linear model (a tabular graph gives NaN for a blank it cannot fill or an unseen
         # level), and is then named by its input cell; else the output overflowed.
-        if not _all_finite(pred):
+        if not _all_finite(pred) and not (keep_nan and not np.isinf(pred).any()):
             if on_unknown == "nan" and not np.isinf(pred).any():
                 # a formula's NaN (np.log of 0, a value outside bs()'s range): a NaN row too
                 bad = np.isnan(pred).any(axis=1)

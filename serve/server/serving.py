@@ -26,11 +26,11 @@ INLINE_ROWS = 256  # requests up to this many rows predict on the event loop (ab
 
 def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
     """``run(rows, cancel=None)``: every output by name (the prediction, and its intervals and
-    contributions when the model has them). A formula model runs under on_unknown "nan": a
-    row it gives no number for is NaN, which each request then judges by its own policy
-    (:meth:`serve.server.protocols.Checked.finish`), and a batch never fails for one row."""
+    contributions when the model has them). A formula model keeps the NaN of a row it gives
+    no number for, which each request then judges by its own policy
+    (:meth:`serve.server.protocols.Checked.finish`): a batch never fails for one row."""
     if predictor.metadata.get("linreg.formula"):
-        return functools.partial(predictor.outputs, names=None, on_unknown="nan")
+        return functools.partial(predictor.outputs, names=None, keep_nan=True)
     if len(predictor.output_names) > 1:
         return functools.partial(predictor.outputs, names=None)
     return lambda rows, cancel=None: {PREDICTION: predictor.predict(rows, cancel=cancel)}

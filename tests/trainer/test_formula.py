@@ -491,3 +491,30 @@ def test_an_unseen_level_as_for_plain_columns(fitted, tmp_path):
     export(tmp_path / "e", "--format", "onnx", "-q")
     strict = Predictor.load(tmp_path / "e")
     np.testing.assert_array_equal(strict.predict(rows, on_unknown="reference"), got)
+
+
+def test_http_unseen_levels_under_the_models_own_policy(fitted, tmp_path):
+    """--unknown reference served (dynamic batching on): an unseen level is the reference
+    level, while the same request's np.log of a negative is still named."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from fastapi.testclient import TestClient
+
+    from serve.server.app import create_app
+    from serve.server.repository import Repository
+    from serve.server.settings import ServerSettings
+
+    _, _, folder = fitted
+    formula = "y ~ C(city) + np.log(b)"
+    train(folder / "f.csv", "--formula", formula, "--unknown", "reference", "--solver",
+          "lstsq", "--dtype", "float64", "--out", tmp_path / "m", "-q")
+    export(tmp_path / "m", "--format", "onnx", "-q")
+    app = create_app(Repository.open(tmp_path / "m"), ServerSettings(max_batch_delay_us=2000))
+    with TestClient(app) as http:
+        got = http.post("/predict", json={"instances": [{"city": "Nice", "b": 2.0},
+                                                        {"city": "Lyon", "b": 2.0}]})
+        assert got.status_code == 200, got.text
+        first, second = got.json()["predictions"]
+        assert first == second  # Lyon: the reference level (the first, as patsy's Treatment)
+        bad = http.post("/predict", json={"instances": [{"city": "Nice", "b": -2.0}]})
+        assert bad.status_code == 422 and "gives no number" in bad.json()["error"]
