@@ -79,6 +79,7 @@ class Predictor:
         self.output_names = [PREDICTION, *(INTERVAL_OUTPUTS if self.intervals is not None else ()),
                              *((CONTRIBUTIONS,) if self.contributions is not None else ())]
         self.metadata = metadata
+        self.formula = metadata.get("linreg.formula")  # --formula's text, or None
         self.dtype = np.dtype(dtype)
         self.source = source
         self.n_features = len(self.feature_names)
@@ -297,9 +298,8 @@ class Predictor:
         a formula's function outside its domain, or overflow."""
         r, c, what = first_non_finite(pred)
         where = f"{source}: row {row_offset + r + 1}" if source else f"row {row_offset + r + 1}"
-        if what == "NaN" and self.metadata.get("linreg.formula"):
-            return PredictionInputError(formula_nan_message(self.metadata["linreg.formula"],
-                                                            where))
+        if what == "NaN" and self.formula:
+            return PredictionInputError(formula_nan_message(self.formula, where))
         return PredictionInputError(f"{where}: the prediction for {self.target_names[c]!r} "
                                     f"overflows {self.dtype} ({what}); the inputs are too "
                                     "large for this model")

@@ -86,7 +86,7 @@ def checked(predictor: Predictor, rows: Any, *, max_rows: int, on_unknown: str |
         except DataError as e:
             raise RequestError(f"{prefix}{e}") from None
     check_rows(predictor, rows, max_rows, prefix)
-    return Checked(rows, nan_rows, on_unknown, predictor.metadata.get("linreg.formula"))
+    return Checked(rows, nan_rows, on_unknown, predictor.formula)
 
 
 def on_unknown_of(value: Any) -> str | None:

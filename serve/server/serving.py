@@ -29,7 +29,7 @@ def outputs_runner(predictor: Predictor) -> Callable[..., Outputs]:
     contributions when the model has them). A formula model keeps the NaN of a row it gives
     no number for, which each request then judges by its own policy
     (:meth:`serve.server.protocols.Checked.finish`): a batch never fails for one row."""
-    if predictor.metadata.get("linreg.formula"):
+    if predictor.formula:
         return functools.partial(predictor.outputs, names=None, keep_nan=True)
     if len(predictor.output_names) > 1:
         return functools.partial(predictor.outputs, names=None)
