@@ -247,6 +247,10 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
         raw = {k: v[~blank] for k, v in raw.items()}
     n = len(next(iter(raw.values())))
     train_idx, val_idx = train_idx_of(n)
+
+    def row(r: int) -> int:  # the data row in the file (blank responses were left out)
+        return int(r if file_rows is None else file_rows[r]) + 1
+
     # 2. Blank numbers in the terms' columns: --impute's value from the training rows (every
     #    numeric column gets one, as plain columns do: a blank may come at prediction time).
     fills: dict[str, float] = {}
@@ -258,8 +262,7 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
         values = values.astype(np.float64)
         if impute is None:
             r = int(np.flatnonzero(np.isnan(values))[0])
-            r = r if file_rows is None else int(file_rows[r])
-            raise DataError(f"{path}: row {r + 1}, column {name!r}: missing value; pass "
+            raise DataError(f"{path}: row {row(r)}, column {name!r}: missing value; pass "
                             "--impute mean|median|most-frequent|constant:V to fill the column "
                             "before the formula reads it")
         observed = values[train_idx][~np.isnan(values[train_idx])]
@@ -274,9 +277,6 @@ def load_formula_data(path: str | Path, formula: str, train_idx_of: Callable[[in
     spec.check_unknown()
     spec.ranges = {k: [float(v[train_idx].min()), float(v[train_idx].max())]
                    for k, v in raw.items() if v.dtype != object and k != spec.response}
-    def row(r: int) -> int:  # the data row in the file (blank responses were left out)
-        return int(r if file_rows is None else file_rows[r]) + 1
-
     y = spec.response_values(raw)
     if not np.isfinite(y).all():
         r = int(np.flatnonzero(~np.isfinite(y))[0])

@@ -10,6 +10,7 @@ the output path only when every row has been predicted (a bad row leaves nothing
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -24,10 +25,9 @@ from serve.batch.writers import WRITERS
 from serve.core.atomic import output_file
 from serve.core.errors import DataError, OutputError
 from serve.core.formats import INPUT_FORMATS, OUTPUT_FORMATS, file_format, files_of
-from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
 from serve.core.ownership import own_temporary
 from serve.core.tables import STDIN, check_readable
-from serve.runtime.explanation import contribution_columns, contribution_names
+from serve.runtime.output_columns import column_names, column_values
 from serve.runtime.predictor import Cancel, Predictor, unpredictable_rows
 
 __all__ = ["predict_file", "predict_folder", "input_parts", "Predicted", "INPUT_FORMATS",
@@ -87,17 +87,8 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     keep = list(keep)
     suffix = pred_suffix if pred_suffix is not None else \
         ("_pred" if set(keep) & set(predictor.target_names) else "")
-    names = [t + suffix for t in predictor.target_names]
-    if intervals:
-        if predictor.intervals is None:
-            raise DataError(f"{predictor.source}: this model has no intervals; export it with "
-                            "linreg-export --intervals 0.95")
-        names += [f"{t}_{k}" for t in predictor.target_names for k in INTERVAL_SUFFIXES]
-    if contributions:
-        if predictor.contributions is None:
-            raise DataError(f"{predictor.source}: this model has no contributions; export it "
-                            "with linreg-export --contributions")
-        names += contribution_names(predictor.target_names, predictor.contributions["terms"])
+    names = column_names(predictor, suffix=suffix, intervals=intervals,
+                         contributions=contributions)
     if clash := sorted(set(keep) & set(names)):
         raise DataError(f"--keep {clash[0]}: the predictions have a column of that name; pick "
                         "another --pred-suffix")
@@ -116,6 +107,15 @@ def predict_file(predictor: Predictor, source: str | Path, output: str | Path, *
     with output_file(output, force=force) as sink:
         return _run(predictor, chunks, sink, out_fmt, keep, names, progress, name,
                     _columns_of(predictor, intervals, contributions), on_unknown)
+
+
+def _columns_of(predictor: Predictor, intervals: bool, contributions: bool
+                ) -> Callable[..., np.ndarray]:
+    """``predict`` giving the output file's number columns (:mod:`serve.runtime.output_columns`)."""
+    if not (intervals or contributions):
+        return predictor.predict
+    return functools.partial(column_values, predictor, intervals=intervals,
+                             contributions=contributions)
 
 
 def _same_file(a: str | Path, b: str | Path) -> bool:
@@ -166,30 +166,6 @@ def _run(predictor: Predictor, chunks: Iterator[Chunk], sink: BinaryIO, out_fmt:
     return Predicted(done, nan_rows)
 
 
-INTERVAL_SUFFIXES = ("lower", "upper", "mean_lower", "mean_upper")
-
-
-def _columns_of(predictor: Predictor, intervals: bool, contributions: bool
-                ) -> Callable[..., np.ndarray]:
-    """``predict`` giving the output file's number columns: the predictions, then per target
-    its four bounds (``intervals``), then per target its baseline and contributions."""
-    if not (intervals or contributions):
-        return predictor.predict
-    names = [*(INTERVAL_OUTPUTS if intervals else ()),
-             *([CONTRIBUTIONS] if contributions else [])]
-
-    def run(rows, **kwargs) -> np.ndarray:
-        out = predictor.outputs(rows, names=names, **kwargs)
-        pred = out[PREDICTION]
-        columns = [pred]
-        if intervals:
-            bounds = [out[k] for k in INTERVAL_OUTPUTS]
-            columns += [b[:, [t]] for t in range(predictor.n_targets) for b in bounds]
-        if contributions:
-            columns.append(contribution_columns(pred, out[CONTRIBUTIONS],
-                                                predictor.contributions["baseline"]))
-        return np.hstack(columns)
-    return run
 
 
 # ------------------------------------------------------------------ folders of files

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from serve.core.graph import CONTRIBUTIONS, PREDICTION
-from serve.runtime.explanation import contribution_columns, contribution_names
+from serve.runtime.output_columns import column_names, column_values
 from serve.runtime.predictor import Predictor
 
 _CACHE: dict[str, Predictor] = {}
@@ -104,8 +101,8 @@ def predict_batch(model: Predictor, batch: Any, *, source: str = "batch",
                   on_unknown: str | None = None, contributions: bool = False) -> Any:
     """Predictions ``(rows, targets)`` for an Arrow record batch or table holding the model's
     input columns by name (raw values for a tabular model); ``on_unknown`` as in
-    :meth:`Predictor.predict`. With ``contributions``, then the columns of
-    :func:`contribution_names` (each target's baseline and terms)."""
+    :meth:`Predictor.predict`. With ``contributions``, then each target's baseline and terms
+    (:mod:`serve.runtime.output_columns`)."""
     import pyarrow as pa
 
     from serve.core.tables import to_matrix
@@ -116,20 +113,10 @@ def predict_batch(model: Predictor, batch: Any, *, source: str = "batch",
     else:
         rows = to_matrix(batch, model.feature_names, source=source, dtype=model.dtype,
                          finite=on_unknown != "nan")
-    if not contributions:
-        return model.predict(rows, on_unknown=on_unknown)
-    out = model.outputs(rows, names=[CONTRIBUTIONS], on_unknown=on_unknown)
-    return np.hstack([out[PREDICTION], contribution_columns(
-        out[PREDICTION], out[CONTRIBUTIONS], model.contributions["baseline"])])
+    return column_values(model, rows, contributions=contributions, on_unknown=on_unknown)
 
 
 def output_names(model: Predictor, suffix: str, contributions: bool) -> list[str]:
     """The columns :func:`predict_batch` gives: each target (plus ``suffix``), then with
     ``contributions`` each target's baseline and terms (refused for a model without them)."""
-    names = [t + suffix for t in model.target_names]
-    if contributions:
-        if model.contributions is None:
-            raise ValueError(f"{model.source}: this model has no contributions; export it with "
-                             "linreg-export --contributions")
-        names += contribution_names(model.target_names, model.contributions["terms"])
-    return names
+    return column_names(model, suffix=suffix, contributions=contributions)

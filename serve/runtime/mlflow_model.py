@@ -15,25 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from serve.core.graph import CONTRIBUTIONS, INTERVAL_OUTPUTS, PREDICTION
-from serve.runtime.explanation import contribution_columns, contribution_names
+from serve.runtime.output_columns import column_names, column_values
 from serve.runtime.predictor import Predictor
-
-INTERVAL_SUFFIXES = ("lower", "upper", "mean_lower", "mean_upper")
 
 
 def output_columns(predictor: Predictor) -> list[str]:
-    """The columns :meth:`LinregModel.predict` returns, in order: each target, then per target
-    its four bounds (a model with intervals), then per target its baseline and each term's
-    contribution (a model with contributions): linreg-predict's names."""
-    names = list(predictor.target_names)
-    if predictor.intervals is not None:
-        names += [f"{t}_{k}" for t in predictor.target_names for k in INTERVAL_SUFFIXES]
-    if predictor.contributions is not None:
-        names += contribution_names(predictor.target_names, predictor.contributions["terms"])
-    return names
+    """The columns :meth:`LinregModel.predict` returns: linreg-predict's, every output the
+    model has (:mod:`serve.runtime.output_columns`)."""
+    return column_names(predictor, intervals=predictor.intervals is not None,
+                        contributions=predictor.contributions is not None)
 
 
 class LinregModel:
@@ -48,16 +38,9 @@ class LinregModel:
         import pandas as pd
 
         p = self.predictor
-        on_unknown = (params or {}).get("on_unknown")
-        out = p.outputs(model_input, on_unknown=on_unknown)
-        pred = out[PREDICTION]
-        blocks = [pred]
-        if p.intervals is not None:
-            blocks += [out[k][:, [t]] for t in range(p.n_targets) for k in INTERVAL_OUTPUTS]
-        if p.contributions is not None:
-            blocks.append(contribution_columns(pred, out[CONTRIBUTIONS],
-                                               p.contributions["baseline"]))
-        values = np.hstack(blocks)
+        values = column_values(p, model_input, intervals=p.intervals is not None,
+                               contributions=p.contributions is not None,
+                               on_unknown=(params or {}).get("on_unknown"))
         index = model_input.index if isinstance(model_input, pd.DataFrame) else None
         return pd.DataFrame(values, columns=self.columns, index=index)
 
